@@ -1,0 +1,160 @@
+"""Read a .tflite flatbuffer without TensorFlow: operators, tensors, I/O quantization.
+
+Uses the schema bindings that ship inside the tflite-micro wheel, so reading a
+model costs no TensorFlow import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from tinyscale.errors import ModelError
+
+# TFLite TensorType enum values -> numpy dtype names.
+_TENSOR_TYPES = {
+    0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string",
+    6: "bool", 7: "int16", 9: "int8", 10: "float64", 15: "uint32", 16: "uint16", 17: "int4",
+}
+_TFLITE_IDENTIFIER = b"TFL3"
+
+
+@lru_cache(maxsize=1)
+def _schema():
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
+
+    return schema_py_generated
+
+
+@lru_cache(maxsize=1)
+def _builtin_names() -> dict[int, str]:
+    ops = _schema().BuiltinOperator
+    return {value: name for name, value in vars(ops).items() if not name.startswith("_")}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    buffer: int
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    is_constant: bool
+
+    @property
+    def nbytes(self) -> int:
+        itemsize = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "uint32": 4,
+                    "float16": 2, "int16": 2, "uint16": 2}.get(self.dtype, 1)
+        count = 1
+        for dim in self.shape:
+            count *= max(dim, 1)
+        return count * itemsize
+
+
+@dataclass(frozen=True)
+class OperatorInfo:
+    index: int
+    name: str  # builtin name, e.g. CONV_2D, or the custom code
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    custom: bool = False
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    size_bytes: int
+    tensors: tuple[TensorInfo, ...]
+    operators: tuple[OperatorInfo, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    subgraphs: int
+
+    @property
+    def operator_names(self) -> tuple[str, ...]:
+        """Distinct operator names in first-use order (what an op resolver needs)."""
+        return tuple(dict.fromkeys(op.name for op in self.operators))
+
+    @property
+    def input_tensors(self) -> tuple[TensorInfo, ...]:
+        return tuple(self.tensors[i] for i in self.inputs)
+
+    @property
+    def output_tensors(self) -> tuple[TensorInfo, ...]:
+        return tuple(self.tensors[i] for i in self.outputs)
+
+
+def _tensor_info(index: int, tensor, model) -> TensorInfo:
+    quant = tensor.Quantization()
+    scale: tuple[float, ...] = ()
+    zero_point: tuple[int, ...] = ()
+    if quant is not None:
+        scale = tuple(float(quant.Scale(i)) for i in range(quant.ScaleLength()))
+        zero_point = tuple(int(quant.ZeroPoint(i)) for i in range(quant.ZeroPointLength()))
+    buffer_index = tensor.Buffer()
+    is_constant = False
+    if 0 < buffer_index < model.BuffersLength():
+        buffer = model.Buffers(buffer_index)
+        is_constant = buffer.DataLength() > 0 or buffer.Size() > 0
+    name = tensor.Name()
+    return TensorInfo(
+        index=index,
+        name=name.decode("utf-8", "replace") if name else "",
+        shape=tuple(int(tensor.Shape(i)) for i in range(tensor.ShapeLength())),
+        dtype=_TENSOR_TYPES.get(tensor.Type(), f"type{tensor.Type()}"),
+        buffer=buffer_index,
+        scale=scale,
+        zero_point=zero_point,
+        is_constant=is_constant,
+    )
+
+
+def _operator_name(model, opcode_index: int) -> tuple[str, bool]:
+    opcode = model.OperatorCodes(opcode_index)
+    # Newer schemas moved builtin codes >127 to BuiltinCode; the deprecated byte saturates.
+    code = max(int(opcode.BuiltinCode()), int(opcode.DeprecatedBuiltinCode()))
+    if code == _schema().BuiltinOperator.CUSTOM:
+        custom = opcode.CustomCode()
+        return (custom.decode("utf-8", "replace") if custom else "CUSTOM"), True
+    return _builtin_names().get(code, f"BUILTIN_{code}"), False
+
+
+def read_model(data: bytes) -> ModelInfo:
+    """Parse the main subgraph of a TFLite flatbuffer; ModelError if it is not one."""
+    if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
+        raise ModelError("not a TFLite flatbuffer (missing the TFL3 identifier)")
+    try:
+        model = _schema().Model.GetRootAsModel(bytearray(data), 0)
+        if model.SubgraphsLength() < 1:
+            raise ModelError("the TFLite model has no subgraph")
+        graph = model.Subgraphs(0)
+        tensors = tuple(_tensor_info(i, graph.Tensors(i), model) for i in range(graph.TensorsLength()))
+        operators = []
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            name, custom = _operator_name(model, op.OpcodeIndex())
+            operators.append(
+                OperatorInfo(
+                    index=i,
+                    name=name,
+                    inputs=tuple(int(op.Inputs(j)) for j in range(op.InputsLength())),
+                    outputs=tuple(int(op.Outputs(j)) for j in range(op.OutputsLength())),
+                    custom=custom,
+                )
+            )
+        inputs = tuple(int(graph.Inputs(i)) for i in range(graph.InputsLength()))
+        outputs = tuple(int(graph.Outputs(i)) for i in range(graph.OutputsLength()))
+        subgraphs = model.SubgraphsLength()
+    except ModelError:
+        raise
+    except Exception as exc:  # a truncated or corrupt buffer fails anywhere inside the bindings
+        raise ModelError(f"corrupt or truncated TFLite flatbuffer ({type(exc).__name__})") from None
+    return ModelInfo(
+        size_bytes=len(data),
+        tensors=tensors,
+        operators=tuple(operators),
+        inputs=inputs,
+        outputs=outputs,
+        subgraphs=subgraphs,
+    )
