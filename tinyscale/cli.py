@@ -1,0 +1,89 @@
+"""The `tinyscale` command line: thin commands over the Python API.
+
+Every command body runs under :func:`reports_errors`, which turns a
+:class:`TinyscaleError` into one line on stderr and the error's exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Callable, TypeVar
+
+import typer
+
+from tinyscale import __version__
+from tinyscale.errors import TinyscaleError
+
+app = typer.Typer(
+    name="tinyscale",
+    help="Fit compound-scaled EfficientNets to microcontrollers and generate TFLite Micro firmware.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def reports_errors(func: F) -> F:
+    """Turn library errors into one stderr line and an exit code (never a traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except TinyscaleError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted", err=True)
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug: still one line, details on request
+            if os.environ.get("TINYSCALE_DEBUG"):
+                raise
+            typer.echo(
+                f"error: internal error ({type(exc).__name__}: {exc}); rerun with TINYSCALE_DEBUG=1 for details",
+                err=True,
+            )
+            raise typer.Exit(70) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tinyscale {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _register_commands() -> None:
+    # Each module adds its commands to `app`; imported here, after `app` exists.
+    from tinyscale.commands import core  # noqa: F401
+
+
+_register_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
