@@ -16,7 +16,8 @@ from tinyscale.errors import TargetError
 from tinyscale.resources import data_dir
 
 KERNEL_LIBRARIES = ("cmsis-nn", "esp-nn", "reference")
-BUILD_SYSTEMS = ("esp-idf", "cmake-arm")
+BUILD_SYSTEMS = ("esp-idf", "cmake-arm", "arduino", "pico-sdk")
+CONSOLE_KINDS = ("uart", "semihosting", "usb-serial-jtag", "usb-cdc")
 MEMORY_KINDS = ("sram", "psram")
 
 # field name -> (type, required)
@@ -26,6 +27,7 @@ _TOP_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "board": (str, True),
     "core": (str, True),
     "cpu": (str, True),  # compiler's -mcpu / IDF target, e.g. cortex-m7, esp32s3
+    "fpu": (str, False),  # gcc -mfpu value (fpv4-sp-d16, fpv5-d16, ...); absent: soft float
     "clock_hz": (int, True),
     "kernel_library": (str, True),
     "build_system": (str, True),
@@ -55,6 +57,7 @@ _CONSOLE_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "baud": (int, False),
     "tx_pin": (str, False),
     "rx_pin": (str, False),
+    "af": (int, False),  # GPIO alternate-function number of the UART pins (STM32)
 }
 
 SCHEMA_VERSION = 1
@@ -94,6 +97,7 @@ class ConsoleSpec:
     baud: int | None = None
     tx_pin: str | None = None
     rx_pin: str | None = None
+    af: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class Target:
     flash: FlashSpec
     memory: tuple[MemoryRegion, ...]
     console: ConsoleSpec | None = None
+    fpu: str | None = None
     url: str | None = None
     notes: str | None = None
     path: Path | None = None
@@ -185,6 +190,7 @@ def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | No
     if "console" in data:
         _check_fields(f"{source} [console]", data["console"], _CONSOLE_FIELDS)
         console = ConsoleSpec(**data["console"])
+        _choice(f"{source} [console]", "kind", console.kind, CONSOLE_KINDS)
 
     if data["build_system"] == "cmake-arm":
         if flash.origin is None or any(region.origin is None for region in regions):
@@ -201,6 +207,7 @@ def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | No
         flash=flash,
         memory=tuple(regions),
         console=console,
+        fpu=data.get("fpu"),
         url=data.get("url"),
         notes=data.get("notes"),
         path=path,
