@@ -82,7 +82,19 @@ _register_commands()
 
 
 def main() -> None:
-    app()
+    """Console entry point: click's usage errors also become one line on stderr."""
+    import click
+
+    try:
+        result = app(standalone_mode=False)
+    except click.exceptions.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        command = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "tinyscale --help"
+        typer.echo(f"error: {exc.format_message()} (see '{command}')", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":

@@ -2,28 +2,67 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
+from tinyscale import arch
+from tinyscale.arch import BASES, ScaledNetwork
+from tinyscale.budget import Placement, place
 from tinyscale.cli import app, reports_errors
-from tinyscale.targets import load_all_targets
+from tinyscale.errors import UsageError
+from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients
+from tinyscale.targets import Target, load_all_targets, load_target
+
+Base = Enum("Base", {name: name for name in BASES}, type=str)  # type: ignore[misc]
+
+BaseOption = Annotated[Base, typer.Option("--base", help="Base architecture to scale.")]
+ClassesOption = Annotated[int, typer.Option("--classes", min=2, help="Number of output classes.")]
+ChannelsOption = Annotated[int, typer.Option("--channels", min=1, max=3, help="Input channels: 1 (grey) or 3 (RGB).")]
+AlphaOption = Annotated[float, typer.Option("--alpha", help="Depth growth per unit of phi.")]
+BetaOption = Annotated[float, typer.Option("--beta", help="Width growth per unit of phi.")]
+GammaOption = Annotated[float, typer.Option("--gamma", help="Resolution growth per unit of phi.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+TargetOption = Annotated[str, typer.Option("--target", "-t", help="Bundled target name or path to a board .toml.")]
+
+DEFAULT_BASE = "efficientnet-lite0"
 
 
 def _kib(n: int) -> str:
     return f"{n / 1024:,.1f} KiB"
 
 
+def _bytes(n: int) -> str:
+    return f"{n:,} B ({_kib(n)})"
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
+
+
 @app.command()
 @reports_errors
-def targets() -> None:
+def targets(json_output: JsonOption = False) -> None:
     """List the bundled boards and their budgets."""
-    rows = [("target", "board", "kernels", "model flash", "arena RAM (largest region)")]
-    for target in load_all_targets():
+    boards = load_all_targets()
+    if json_output:
+        typer.echo(json.dumps([_target_dict(target) for target in boards], indent=2))
+        return
+    rows = [("target", "board", "kernels", "build", "model flash", "arena SRAM (best region)")]
+    for target in boards:
         best = max(target.arena_regions, key=lambda region: region.arena_budget_bytes)
         rows.append(
             (
                 target.name,
                 target.board,
                 target.kernel_library,
+                target.build_system,
                 _kib(target.flash.model_budget_bytes),
                 f"{_kib(best.arena_budget_bytes)} ({best.name})",
             )
@@ -31,3 +70,197 @@ def targets() -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _target_dict(target: Target) -> dict:
+    return {
+        "name": target.name,
+        "board": target.board,
+        "kernel_library": target.kernel_library,
+        "build_system": target.build_system,
+        "flash_budget_bytes": target.flash.budget_bytes,
+        "flash_reserved_bytes": target.flash.reserved_bytes,
+        "arena_regions": {region.name: region.arena_budget_bytes for region in target.arena_regions},
+    }
+
+
+def _network_rows(network: ScaledNetwork) -> list[tuple[str, str]]:
+    spec = network.spec
+    return [
+        ("base", spec.base),
+        ("phi", f"{network.phi:g}"),
+        (
+            "multipliers",
+            f"depth {network.depth_multiplier:.4f}  width {network.width_multiplier:.4f}  "
+            f"resolution {network.resolution_multiplier:.4f}",
+        ),
+        ("input", "x".join(str(n) for n in spec.input_shape)),
+        ("blocks", f"{len(spec.blocks)} (stem {spec.stem_filters}, head {spec.head_filters} channels)"),
+        ("params", f"{arch.count_params(spec):,}"),
+        ("MACs", f"{arch.count_macs(spec):,}"),
+    ]
+
+
+def _placement_rows(placement: Placement) -> list[tuple[str, str]]:
+    flash_pct = 100 * placement.flash_needed_bytes / placement.flash_budget_bytes
+    sram_pct = 100 * placement.sram_needed_bytes / placement.sram_budget_bytes
+    return [
+        ("flash", f"{placement.flash_needed_bytes:,} / {placement.flash_budget_bytes:,} B ({flash_pct:.1f}%)"),
+        (
+            f"SRAM ({placement.arena_region})",
+            f"{placement.sram_needed_bytes:,} / {placement.sram_budget_bytes:,} B ({sram_pct:.1f}%)",
+        ),
+        ("headroom", f"flash {placement.flash_headroom_bytes:,} B, SRAM {placement.sram_headroom_bytes:,} B"),
+    ]
+
+
+@dataclass(frozen=True)
+class _Scaling:
+    base: str
+    classes: int
+    channels: int
+    coefficients: Coefficients
+
+
+def _scaling(base: Base, classes: int, channels: int, alpha: float, beta: float, gamma: float) -> _Scaling:
+    arch.check_classes_channels(classes, channels)
+    return _Scaling(base.value, classes, channels, Coefficients(alpha, beta, gamma))
+
+
+@app.command()
+@reports_errors
+def scale(
+    phi: Annotated[float, typer.Option("--phi", help="Compound coefficient (negative shrinks).")],
+    base: BaseOption = Base(DEFAULT_BASE),
+    classes: ClassesOption = 10,
+    channels: ChannelsOption = 3,
+    alpha: AlphaOption = PAPER_ALPHA,
+    beta: BetaOption = PAPER_BETA,
+    gamma: GammaOption = PAPER_GAMMA,
+    measure: Annotated[bool, typer.Option("--measure", help="Convert to int8 and measure in TFLM too.")] = False,
+    tflite: Annotated[Optional[Path], typer.Option("--tflite", help="Write the int8 model here.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Also check against this target.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --tflite file.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Describe the network at a given phi with its estimated (and measured) memory."""
+    from tinyscale.estimate import estimate_memory
+    from tinyscale.fsutil import refuse_clobber
+
+    settings = _scaling(base, classes, channels, alpha, beta, gamma)
+    settings.coefficients.warn_if_unbalanced()
+    board = load_target(target) if target else None
+    if tflite is not None:
+        refuse_clobber(tflite, force, "--tflite file")
+    network = arch.scale(settings.base, phi, settings.coefficients, settings.classes, settings.channels)
+    spec = network.spec
+    estimate = estimate_memory(spec)
+    result: dict = {
+        "base": spec.base,
+        "phi": network.phi,
+        "classes": spec.classes,
+        "channels": spec.channels,
+        "alpha": settings.coefficients.alpha,
+        "beta": settings.coefficients.beta,
+        "gamma": settings.coefficients.gamma,
+        "depth_multiplier": network.depth_multiplier,
+        "width_multiplier": network.width_multiplier,
+        "resolution_multiplier": network.resolution_multiplier,
+        "resolution": spec.resolution,
+        "blocks": len(spec.blocks),
+        "params": arch.count_params(spec),
+        "macs": arch.count_macs(spec),
+        "estimated_model_bytes": estimate.model_bytes,
+        "estimated_arena_bytes": estimate.arena_bytes,
+    }
+    rows = _network_rows(network) + [
+        ("model (estimated)", _bytes(estimate.model_bytes)),
+        ("arena (estimated)", _bytes(estimate.arena_bytes)),
+    ]
+    model_bytes, arena_bytes = estimate.model_bytes, estimate.arena_bytes
+    if measure or tflite is not None:
+        from tinyscale.fit import measured_memory
+
+        measured = measured_memory(spec)
+        model_bytes, arena_bytes = measured.model_bytes, measured.arena_bytes
+        result.update(measured_model_bytes=model_bytes, measured_arena_bytes=arena_bytes)
+        rows += [("model (measured)", _bytes(model_bytes)), ("arena (measured)", _bytes(arena_bytes))]
+        if tflite is not None:
+            atomic_write_bytes(tflite, measured.tflite)
+            rows.append(("wrote", str(tflite)))
+    result["model_bytes"], result["arena_bytes"] = model_bytes, arena_bytes
+    if board is not None:
+        placement = place(board, model_bytes, arena_bytes)
+        result.update(
+            target=board.name,
+            fits=placement.fits,
+            flash_needed_bytes=placement.flash_needed_bytes,
+            sram_needed_bytes=placement.sram_needed_bytes,
+            flash_budget_bytes=placement.flash_budget_bytes,
+            sram_budget_bytes=placement.sram_budget_bytes,
+        )
+        rows += [("target", board.name)] + _placement_rows(placement)
+        rows.append(("fits", "yes" if placement.fits else f"no: {placement.describe_shortfall()}"))
+    typer.echo(json.dumps(result, indent=2) if json_output else _table(rows))
+
+
+@app.command()
+@reports_errors
+def fit(
+    target: TargetOption,
+    base: BaseOption = Base(DEFAULT_BASE),
+    classes: ClassesOption = 10,
+    channels: ChannelsOption = 3,
+    alpha: AlphaOption = PAPER_ALPHA,
+    beta: BetaOption = PAPER_BETA,
+    gamma: GammaOption = PAPER_GAMMA,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Confirm the answer by a real int8 conversion in TFLM.")
+    ] = True,
+    prove: Annotated[
+        bool, typer.Option("--prove", help="Also convert and measure next_phi's network to show it does not fit.")
+    ] = False,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Write model.tflite and fit.json into this directory.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out directory.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Find the largest phi whose int8 TFLite Micro model fits the target's flash and SRAM."""
+    from tinyscale.fit import FitRequest, fit as run_fit
+
+    settings = _scaling(base, classes, channels, alpha, beta, gamma)
+    board = load_target(target)
+    if out is not None:
+        check_output_dir(out, force)
+    if out is not None and not verify:
+        raise UsageError("--out writes the verified model; it cannot be combined with --no-verify")
+    request = FitRequest(board, settings.base, settings.classes, settings.channels, settings.coefficients)
+    result = run_fit(request, verify=verify, prove_next=prove)
+    data = result.to_dict()
+    if out is not None and result.measured is not None:
+        atomic_write_bytes(out / "model.tflite", result.measured.tflite)
+        atomic_write_text(out / "fit.json", json.dumps(data, indent=2) + "\n")
+    if json_output:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    typer.echo(_fit_table(result, data, out))
+
+
+def _fit_table(result, data: dict, out: Optional[Path]) -> str:
+    source = "measured in TFLM" if result.verified else "estimated"
+    next_phi = "none (search ceiling)" if result.next_phi is None else f"{result.next_phi:g} (does not fit: {result.binding})"
+    rows = [("target", f"{data['target']} ({result.request.target.board})")]
+    rows += _network_rows(result.network)
+    rows += [
+        ("phi interval", f"[{result.phi_low:g}, {result.phi_high:g}) gives this network"),
+        ("next phi", next_phi),
+        (f"model ({source})", _bytes(data["model_bytes"])),
+        (f"arena ({source})", _bytes(data["arena_bytes"])),
+    ]
+    rows += _placement_rows(result.placement)
+    rows.append(("binding", result.binding))
+    rows.append(("verified", "yes" if result.verified else "no (--no-verify)"))
+    if out is not None and result.verified:
+        rows.append(("wrote", f"{out / 'model.tflite'}, {out / 'fit.json'}"))
+    return _table(rows)

@@ -1,0 +1,87 @@
+"""Does a model of given flash and arena size fit a target, and where?
+
+Pure arithmetic on a :class:`Target`: shared by the fitter, `simulate --target`
+and firmware generation so all three agree to the byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tinyscale.targets import MemoryRegion, Target
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Flash and SRAM need of one model on one target."""
+
+    model_bytes: int
+    arena_bytes: int
+    flash_needed_bytes: int
+    flash_budget_bytes: int
+    sram_needed_bytes: int
+    sram_budget_bytes: int
+    arena_region: str
+
+    @property
+    def flash_fits(self) -> bool:
+        return self.flash_needed_bytes <= self.flash_budget_bytes
+
+    @property
+    def sram_fits(self) -> bool:
+        return self.sram_needed_bytes <= self.sram_budget_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.flash_fits and self.sram_fits
+
+    @property
+    def flash_headroom_bytes(self) -> int:
+        return self.flash_budget_bytes - self.flash_needed_bytes
+
+    @property
+    def sram_headroom_bytes(self) -> int:
+        return self.sram_budget_bytes - self.sram_needed_bytes
+
+    @property
+    def failing(self) -> tuple[str, ...]:
+        """The budgets this placement exceeds: () when it fits."""
+        return tuple(name for name, ok in (("flash", self.flash_fits), ("sram", self.sram_fits)) if not ok)
+
+    def describe_shortfall(self) -> str:
+        parts = []
+        if not self.flash_fits:
+            parts.append(f"flash {self.flash_needed_bytes:,} B > {self.flash_budget_bytes:,} B")
+        if not self.sram_fits:
+            parts.append(f"SRAM ({self.arena_region}) {self.sram_needed_bytes:,} B > {self.sram_budget_bytes:,} B")
+        return ", ".join(parts) or "fits"
+
+
+def _region_need(region: MemoryRegion, arena_bytes: int) -> int:
+    return arena_bytes + region.reserved_bytes
+
+
+def choose_arena_region(target: Target, arena_bytes: int) -> MemoryRegion:
+    """The first arena-capable region (file order = preference) that holds the arena.
+
+    When none does, the roomiest one, so the shortfall is reported against the
+    best the board can offer.
+    """
+    regions = target.arena_regions
+    for region in regions:
+        if _region_need(region, arena_bytes) <= region.size_bytes:
+            return region
+    return max(regions, key=lambda region: region.arena_budget_bytes)
+
+
+def place(target: Target, model_bytes: int, arena_bytes: int) -> Placement:
+    region = choose_arena_region(target, arena_bytes)
+    return Placement(
+        model_bytes=model_bytes,
+        arena_bytes=arena_bytes,
+        flash_needed_bytes=model_bytes + target.flash.reserved_bytes,
+        flash_budget_bytes=target.flash.budget_bytes,
+        sram_needed_bytes=_region_need(region, arena_bytes),
+        sram_budget_bytes=region.size_bytes,
+        arena_region=region.name,
+    )

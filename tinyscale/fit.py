@@ -1,0 +1,341 @@
+"""The fitter: the largest phi whose int8 TFLM model fits a target.
+
+Memory grows monotonically with phi and the network is piecewise constant in
+phi (rounding), so the search bisects on the analytic estimate, then pins the
+exact phi interval that yields the answer's network and the first phi above it
+that yields a bigger one. The answer is then verified by a real conversion and
+TFLM measurement; if the measurement disagrees with the estimate the search
+steps down one network at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tinyscale import arch
+from tinyscale.arch import NetworkSpec, ScaledNetwork
+from tinyscale.budget import Placement, place
+from tinyscale.errors import DoesNotFitError
+from tinyscale.scaling import Coefficients
+from tinyscale.targets import Target
+
+log = logging.getLogger(__name__)
+
+PHI_MIN = -20.0  # at or beyond the point where every dimension has hit its floor
+PHI_MAX = 10.0  # ~B7 and beyond: larger than any microcontroller
+# Bisection stops when the bracket is this narrow; breakpoints of the rounding
+# are then located to BOUNDARY_TOL, well inside the reported 1e-4 precision.
+SEARCH_TOL = 1e-4
+BOUNDARY_TOL = 1e-7
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Flatbuffer and minimal arena size of one network, estimated or measured."""
+
+    model_bytes: int
+    arena_bytes: int
+
+
+@dataclass(frozen=True)
+class Measured(Memory):
+    tflite: bytes = field(repr=False, default=b"")
+    seconds: float = 0.0
+
+
+Estimator = Callable[[NetworkSpec], Memory]
+Measurer = Callable[[NetworkSpec], Measured]
+
+
+def analytic_memory(spec: NetworkSpec) -> Memory:
+    from tinyscale.estimate import estimate_memory
+
+    estimate = estimate_memory(spec)
+    return Memory(model_bytes=estimate.model_bytes, arena_bytes=estimate.arena_bytes)
+
+
+def measured_memory(spec: NetworkSpec) -> Measured:
+    """Build, convert to int8 and measure in TFLM (seconds; TensorFlow imported here)."""
+    from tinyscale.convert import spec_to_tflite
+    from tinyscale.tflm import measure_arena
+
+    start = time.perf_counter()
+    tflite = spec_to_tflite(spec)
+    arena = measure_arena(tflite)
+    return Measured(
+        model_bytes=len(tflite),
+        arena_bytes=arena.arena_bytes,
+        tflite=tflite,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass(frozen=True)
+class FitRequest:
+    target: Target
+    base: str = "efficientnet-lite0"
+    classes: int = 10
+    channels: int = 3
+    coefficients: Coefficients = field(default_factory=Coefficients)
+
+    def network(self, phi: float) -> ScaledNetwork:
+        return arch.scale(self.base, phi, self.coefficients, classes=self.classes, channels=self.channels)
+
+    def spec(self, phi: float) -> NetworkSpec:
+        return self.network(phi).spec
+
+
+@dataclass(frozen=True)
+class FitResult:
+    request: FitRequest
+    phi: float  # largest phi on a 0.01 grid (0.0001 if needed) giving the answer's network
+    phi_low: float  # the answer's network is produced for phi in [phi_low, phi_high)
+    phi_high: float
+    next_phi: float | None  # smallest phi giving a different, larger network (None at PHI_MAX)
+    network: ScaledNetwork
+    estimate: Memory
+    placement: Placement  # from the measurement when verified, else from the estimate
+    next_placement: Placement | None  # the next network's (estimated) need
+    measured: Measured | None
+    next_measured: Measured | None = None
+    capped: bool = False  # the search ceiling PHI_MAX itself fits
+    search_seconds: float = 0.0
+    probes: int = 0
+
+    @property
+    def verified(self) -> bool:
+        return self.measured is not None
+
+    @property
+    def binding(self) -> str:
+        """Which budget stops phi from growing: the one(s) the next network exceeds."""
+        if self.capped or self.next_placement is None:
+            return "none"
+        failing = self.next_placement.failing
+        return "+".join(failing) if failing else "none"
+
+    def to_dict(self) -> dict:
+        spec = self.network.spec
+        placement = self.placement
+        return {
+            "target": self.request.target.name,
+            "base": self.request.base,
+            "classes": self.request.classes,
+            "channels": self.request.channels,
+            "alpha": self.request.coefficients.alpha,
+            "beta": self.request.coefficients.beta,
+            "gamma": self.request.coefficients.gamma,
+            "phi": self.phi,
+            "phi_interval": [self.phi_low, self.phi_high],
+            "next_phi": self.next_phi,
+            "depth_multiplier": self.network.depth_multiplier,
+            "width_multiplier": self.network.width_multiplier,
+            "resolution_multiplier": self.network.resolution_multiplier,
+            "resolution": spec.resolution,
+            "blocks": len(spec.blocks),
+            "params": arch.count_params(spec),
+            "macs": arch.count_macs(spec),
+            "model_bytes": placement.model_bytes,
+            "arena_bytes": placement.arena_bytes,
+            "estimated_model_bytes": self.estimate.model_bytes,
+            "estimated_arena_bytes": self.estimate.arena_bytes,
+            "arena_region": placement.arena_region,
+            "flash_needed_bytes": placement.flash_needed_bytes,
+            "sram_needed_bytes": placement.sram_needed_bytes,
+            "flash_budget_bytes": placement.flash_budget_bytes,
+            "sram_budget_bytes": placement.sram_budget_bytes,
+            "flash_utilisation": placement.flash_needed_bytes / placement.flash_budget_bytes,
+            "sram_utilisation": placement.sram_needed_bytes / placement.sram_budget_bytes,
+            "binding": self.binding,
+            "verified": self.verified,
+            "next_verified": self.next_measured is not None,
+            "capped": self.capped,
+            "search_seconds": round(self.search_seconds, 4),
+            "verify_seconds": round(self.measured.seconds, 3) if self.measured else None,
+            "probes": self.probes,
+        }
+
+
+class _Search:
+    """Memoised evaluation of phi -> network -> memory -> placement."""
+
+    def __init__(self, request: FitRequest, estimator: Estimator) -> None:
+        self.request = request
+        self.estimator = estimator
+        self._estimates: dict[NetworkSpec, Memory] = {}
+        # Measurements replace estimates once taken: the truth wins.
+        self._measured: dict[NetworkSpec, Memory] = {}
+
+    @property
+    def probes(self) -> int:
+        return len(self._estimates)
+
+    def estimate(self, spec: NetworkSpec) -> Memory:
+        if spec not in self._estimates:
+            self._estimates[spec] = self.estimator(spec)
+        return self._estimates[spec]
+
+    def record_measurement(self, spec: NetworkSpec, memory: Memory) -> None:
+        self._measured[spec] = memory
+
+    def memory(self, spec: NetworkSpec) -> Memory:
+        return self._measured.get(spec) or self.estimate(spec)
+
+    def placement(self, spec: NetworkSpec) -> Placement:
+        memory = self.memory(spec)
+        return place(self.request.target, memory.model_bytes, memory.arena_bytes)
+
+    def fits(self, phi: float) -> bool:
+        return self.placement(self.request.spec(phi)).fits
+
+    def largest_fitting(self, lo: float, hi: float) -> float:
+        """Bisect a bracket with fits(lo) and not fits(hi)."""
+        while hi - lo > SEARCH_TOL:
+            mid = (lo + hi) / 2
+            if self.fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+    def boundary_above(self, phi: float, limit: float) -> float | None:
+        """Smallest phi' in (phi, limit] whose network differs from phi's (to BOUNDARY_TOL)."""
+        spec = self.request.spec(phi)
+        if self.request.spec(limit) == spec:
+            return None
+        lo, hi = phi, limit
+        while hi - lo > BOUNDARY_TOL:
+            mid = (lo + hi) / 2
+            if self.request.spec(mid) == spec:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def boundary_below(self, phi: float) -> float:
+        """Smallest phi' <= phi with the same network as phi (PHI_MIN if it never changes)."""
+        spec = self.request.spec(phi)
+        step = 0.25
+        lo = phi
+        while lo > PHI_MIN:
+            candidate = max(PHI_MIN, lo - step)
+            if self.request.spec(candidate) != spec:
+                break
+            lo = candidate
+        else:
+            return PHI_MIN
+        lo, hi = candidate, lo
+        while hi - lo > BOUNDARY_TOL:
+            mid = (lo + hi) / 2
+            if self.request.spec(mid) == spec:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+def _report_phi(low: float, high: float) -> float:
+    """The largest 0.01-grid phi in [low, high); 0.0001 grid if the interval is narrower."""
+    for decimals in (2, 4, 7):
+        scale = 10**decimals
+        candidate = math.floor((high - 1e-9) * scale) / scale
+        if candidate >= low:
+            return round(candidate, decimals)
+    return low
+
+
+def _ceil_phi(phi: float) -> float:
+    """Round a boundary up to 4 decimals so that the rounded value still lies past it."""
+    return math.ceil(phi * 1e4 - 1e-9) / 1e4
+
+
+def _smallest_need(search: _Search) -> str:
+    spec = search.request.spec(PHI_MIN)
+    placement = search.placement(spec)
+    return (
+        f"the smallest {search.request.base} network ({spec.resolution} px, {len(spec.blocks)} blocks) "
+        f"needs {placement.describe_shortfall()} on {search.request.target.name}"
+    )
+
+
+def fit(
+    request: FitRequest,
+    *,
+    verify: bool = True,
+    prove_next: bool = False,
+    estimator: Estimator = analytic_memory,
+    measurer: Measurer = measured_memory,
+) -> FitResult:
+    """Find the largest phi whose network fits `request.target`."""
+    request.coefficients.warn_if_unbalanced()
+    search = _Search(request, estimator)
+    start = time.perf_counter()
+    if not search.fits(PHI_MIN):
+        raise DoesNotFitError(f"nothing fits: {_smallest_need(search)}")
+    capped = search.fits(PHI_MAX)
+    phi = PHI_MAX if capped else search.largest_fitting(PHI_MIN, PHI_MAX)
+    search_seconds = time.perf_counter() - start
+
+    measured = next_measured = None
+    while True:
+        spec = request.spec(phi)
+        boundary = search.boundary_above(phi, PHI_MAX)
+        if boundary is not None and not capped:
+            next_spec = request.spec(_ceil_phi(boundary))
+            if search.placement(next_spec).fits:
+                # Two breakpoints closer than the search tolerance: keep climbing.
+                phi = _ceil_phi(boundary)
+                continue
+        if not verify:
+            break
+        measured = measurer(spec)
+        log.info("verified %s at phi=%.4f in %.1f s", request.base, phi, measured.seconds)
+        if place(request.target, measured.model_bytes, measured.arena_bytes).fits:
+            if prove_next and boundary is not None and not capped:
+                next_measured = measurer(request.spec(_ceil_phi(boundary)))
+                if place(request.target, next_measured.model_bytes, next_measured.arena_bytes).fits:
+                    log.warning("the estimate under-sized the next network; stepping up")
+                    search.record_measurement(request.spec(_ceil_phi(boundary)), next_measured)
+                    phi = _ceil_phi(boundary)
+                    continue
+            break
+        # The estimate was optimistic: record the truth and step one network down.
+        log.warning("measurement exceeds the budget at phi=%.4f; stepping down", phi)
+        search.record_measurement(spec, measured)
+        low = search.boundary_below(phi)
+        if low <= PHI_MIN:
+            raise DoesNotFitError(f"nothing fits: {_smallest_need(search)}")
+        phi = low - BOUNDARY_TOL
+        capped = False
+
+    spec = request.spec(phi)
+    low = search.boundary_below(phi)
+    high = PHI_MAX if capped else (search.boundary_above(phi, PHI_MAX) or PHI_MAX)
+    next_phi = None if capped or high >= PHI_MAX else _ceil_phi(high)
+    estimate = search.estimate(spec)
+    truth = measured or estimate
+    next_placement = None
+    if next_phi is not None:
+        next_spec = request.spec(next_phi)
+        next_memory = next_measured or search.memory(next_spec)
+        next_placement = place(request.target, next_memory.model_bytes, next_memory.arena_bytes)
+    return FitResult(
+        request=request,
+        phi=_report_phi(low, high),
+        phi_low=round(low, 6),
+        phi_high=round(high, 6),
+        next_phi=next_phi,
+        network=request.network(_report_phi(low, high)),
+        estimate=estimate,
+        placement=place(request.target, truth.model_bytes, truth.arena_bytes),
+        next_placement=next_placement,
+        measured=measured,
+        next_measured=next_measured,
+        capped=capped,
+        search_seconds=search_seconds,
+        probes=search.probes,
+    )

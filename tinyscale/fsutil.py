@@ -1,0 +1,52 @@
+"""Writing outputs without ever leaving a half-written or clobbered file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from tinyscale.errors import OutputExistsError, TinyscaleError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file in the same directory, then rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise TinyscaleError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise TinyscaleError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def refuse_clobber(path: Path, force: bool, what: str = "output") -> None:
+    """Refuse an existing file, or a non-empty directory, unless `force`."""
+    path = Path(path)
+    if force or not path.exists():
+        return
+    if path.is_dir():
+        if any(path.iterdir()):
+            raise OutputExistsError(f"{what} directory {path} exists and is not empty; use --force to overwrite")
+        return
+    raise OutputExistsError(f"{what} {path} exists; use --force to overwrite")
+
+
+def check_output_dir(path: Path, force: bool) -> None:
+    """Fail fast, before any long work, on an output directory we must not touch."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"{path} exists and is not a directory")
+    refuse_clobber(path, force)
