@@ -318,6 +318,7 @@ def fit(
     next_phi = None if capped or high >= PHI_MAX else _ceil_phi(high)
     estimate = search.estimate(spec)
     truth = measured or estimate
+    reported_phi = PHI_MAX if capped else _report_phi(low, high)
     next_placement = None
     if next_phi is not None:
         next_spec = request.spec(next_phi)
@@ -325,11 +326,11 @@ def fit(
         next_placement = place(request.target, next_memory.model_bytes, next_memory.arena_bytes)
     return FitResult(
         request=request,
-        phi=_report_phi(low, high),
+        phi=reported_phi,
         phi_low=round(low, 6),
         phi_high=round(high, 6),
         next_phi=next_phi,
-        network=request.network(_report_phi(low, high)),
+        network=request.network(reported_phi),
         estimate=estimate,
         placement=place(request.target, truth.model_bytes, truth.arena_bytes),
         next_placement=next_placement,

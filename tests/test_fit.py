@@ -1,0 +1,131 @@
+"""The fitter's search logic, with a deterministic stand-in for the memory model.
+
+The stand-in is monotone in the network like the real estimator; the real
+estimator and TFLM measurement are exercised in test_fit_measured.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tinyscale import arch
+from tinyscale.budget import place
+from tinyscale.errors import DoesNotFitError
+from tinyscale.fit import PHI_MAX, FitRequest, Measured, Memory, fit
+
+
+def proxy_memory(spec: arch.NetworkSpec) -> Memory:
+    params = arch.count_params(spec)
+    peak = max(layer.out_channels * layer.out_size**2 for layer in arch.layers(spec))
+    return Memory(model_bytes=params + 20_000, arena_bytes=2 * peak + 4_000)
+
+
+def never_called(spec):
+    raise AssertionError("verification was not requested")
+
+
+def request_for(target, base="efficientnet-lite0"):
+    return FitRequest(target, base=base)
+
+
+@pytest.mark.parametrize("base", ["efficientnet-lite0", "efficientnet-b0"])
+@pytest.mark.parametrize("flash, arena", [(400_000, 100_000), (1_000_000, 300_000), (2_000_000, 60_000)])
+def test_answer_fits_and_next_phi_does_not(synthetic_target, base, flash, arena):
+    target = synthetic_target(flash, arena)
+    result = fit(request_for(target, base), verify=False, estimator=proxy_memory, measurer=never_called)
+    request = result.request
+    spec = request.spec(result.phi)
+    assert spec == result.network.spec
+    memory = proxy_memory(spec)
+    assert place(target, memory.model_bytes, memory.arena_bytes).fits
+    assert result.phi_low <= result.phi < result.phi_high
+    assert request.spec(result.phi_low + 1e-6) == spec
+    assert request.spec(result.phi_high - 1e-6) == spec
+    assert result.next_phi is not None and result.next_phi >= result.phi_high
+    next_spec = request.spec(result.next_phi)
+    assert next_spec != spec
+    next_memory = proxy_memory(next_spec)
+    assert not place(target, next_memory.model_bytes, next_memory.arena_bytes).fits
+    assert result.binding in ("flash", "sram", "flash+sram")
+    assert set(result.binding.split("+")) == set(result.next_placement.failing)
+
+
+def test_answer_is_the_largest_on_a_fine_scan(synthetic_target):
+    target = synthetic_target(700_000, 150_000)
+    result = fit(request_for(target), verify=False, estimator=proxy_memory, measurer=never_called)
+    request = result.request
+    for step in range(1, 400):
+        phi = result.phi_high + step * 0.005
+        memory = proxy_memory(request.spec(phi))
+        assert not place(target, memory.model_bytes, memory.arena_bytes).fits, phi
+
+
+def test_phi_reported_to_a_hundredth_when_the_interval_allows(synthetic_target):
+    result = fit(request_for(synthetic_target(700_000, 150_000)), verify=False, estimator=proxy_memory)
+    if result.phi_high - result.phi_low > 0.01:
+        assert round(result.phi, 2) == result.phi
+        assert result.phi_high - result.phi <= 0.01 + 1e-9
+
+
+def test_nothing_fits_reports_what_the_smallest_needs(synthetic_target):
+    with pytest.raises(DoesNotFitError, match="smallest efficientnet-lite0 network"):
+        fit(request_for(synthetic_target(10_000, 2_000)), verify=False, estimator=proxy_memory)
+
+
+def test_huge_budget_is_capped(synthetic_target):
+    result = fit(request_for(synthetic_target(10**12, 10**12)), verify=False, estimator=proxy_memory)
+    assert result.capped and result.next_phi is None and result.binding == "none"
+    assert result.phi == pytest.approx(PHI_MAX)
+
+
+def test_verification_steps_down_when_measurement_exceeds_estimate(synthetic_target):
+    target = synthetic_target(1_000_000, 200_000)
+    optimistic = fit(request_for(target), verify=False, estimator=proxy_memory)
+    measured_specs = []
+
+    def pessimistic_measurer(spec):
+        measured_specs.append(spec)
+        memory = proxy_memory(spec)
+        # The estimate's first answer turns out 1 byte over budget when measured.
+        extra = 10**6 if spec == optimistic.network.spec else 0
+        return Measured(model_bytes=memory.model_bytes + extra, arena_bytes=memory.arena_bytes)
+
+    result = fit(request_for(target), verify=True, estimator=proxy_memory, measurer=pessimistic_measurer)
+    assert measured_specs[0] == optimistic.network.spec
+    assert result.verified and result.placement.fits
+    assert result.phi < optimistic.phi_low
+    assert result.network.spec != optimistic.network.spec
+    assert result.next_phi is not None and result.next_phi <= optimistic.phi_high
+
+
+def test_prove_measures_the_next_network(synthetic_target):
+    calls = []
+
+    def measurer(spec):
+        calls.append(spec)
+        memory = proxy_memory(spec)
+        return Measured(memory.model_bytes, memory.arena_bytes)
+
+    result = fit(request_for(synthetic_target(800_000, 120_000)), prove_next=True, estimator=proxy_memory, measurer=measurer)
+    assert calls == [result.network.spec, result.request.spec(result.next_phi)]
+    assert result.to_dict()["next_verified"] is True
+
+
+def test_sram_regions_in_preference_order(synthetic_target):
+    # Two regions: a small fast one listed first, a big one second (like internal RAM + PSRAM).
+    target = synthetic_target(10**9, [50_000, 10**9])
+    small = place(target, 1000, 40_000)
+    big = place(target, 1000, 60_000)
+    assert small.arena_region == "ram0" and big.arena_region == "ram1"
+
+
+def test_result_json_has_the_documented_keys(synthetic_target):
+    result = fit(request_for(synthetic_target(700_000, 150_000)), verify=False, estimator=proxy_memory)
+    data = result.to_dict()
+    for key in (
+        "target", "base", "phi", "next_phi", "depth_multiplier", "width_multiplier", "resolution", "params",
+        "macs", "model_bytes", "arena_bytes", "flash_needed_bytes", "sram_needed_bytes", "flash_budget_bytes",
+        "sram_budget_bytes", "binding", "verified",
+    ):
+        assert key in data
+    assert data["verified"] is False
