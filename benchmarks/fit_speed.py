@@ -1,0 +1,74 @@
+"""How fast is `tinyscale fit`, and does the analytic search find the same phi
+as a search that converts and measures every probe?
+
+    python benchmarks/fit_speed.py [--target esp32] [--base efficientnet-lite0]
+
+Prints one table. Wall times are for this machine; the CLI runs use a fresh,
+empty conversion cache so the verification conversion is really done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from tinyscale.fit import FitRequest, Measured, fit, measured_memory
+from tinyscale.targets import load_target
+
+
+def cli_run(args: list[str], cache_dir: str) -> tuple[float, dict]:
+    env = dict(os.environ, TINYSCALE_CACHE_DIR=cache_dir)
+    start = time.perf_counter()
+    done = subprocess.run(["tinyscale", *args, "--json"], env=env, capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--target", default="esp32")
+    parser.add_argument("--base", default="efficientnet-lite0")
+    args = parser.parse_args()
+    common = ["fit", "--target", args.target, "--base", args.base]
+
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        wall, analytic = cli_run([*common, "--no-verify"], cache)
+        rows.append(("CLI, analytic only (--no-verify)", wall, analytic["phi"], analytic["probes"], "-"))
+        wall, verified = cli_run(common, cache)
+        rows.append(("CLI, analytic + verification (cold cache)", wall, verified["phi"], verified["probes"], 1))
+        wall, again = cli_run(common, cache)
+        rows.append(("CLI, analytic + verification (warm cache)", wall, again["phi"], again["probes"], 1))
+
+    request = FitRequest(load_target(args.target), base=args.base)
+    start = time.perf_counter()
+    fit(request, verify=False)
+    rows.append(("in-process analytic search", time.perf_counter() - start, analytic["phi"], analytic["probes"], "-"))
+
+    conversions = []
+
+    def convert_every_probe(spec) -> Measured:
+        conversions.append(spec)
+        return measured_memory(spec)
+
+    os.environ["TINYSCALE_NO_CACHE"] = "1"
+    start = time.perf_counter()
+    brute = fit(request, verify=False, estimator=convert_every_probe)
+    brute_wall = time.perf_counter() - start
+    rows.append(("search converting every probe", brute_wall, brute.phi, brute.probes, len(conversions)))
+
+    print(f"target {args.target}, base {args.base}")
+    print(f"{'run':44} {'wall s':>8} {'phi':>8} {'networks':>9} {'conversions':>12}")
+    for name, wall, phi, probes, converted in rows:
+        print(f"{name:44} {wall:8.2f} {phi:8.2f} {probes:9} {converted!s:>12}")
+    ratio = brute_wall / rows[1][1]
+    same = "same" if brute.phi == verified["phi"] and brute.network.spec == request.spec(verified["phi"]) else "DIFFERENT"
+    print(f"convert-every-probe / verified CLI wall: {ratio:.1f}x; answers: {same} network")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
