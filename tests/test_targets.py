@@ -1,0 +1,301 @@
+"""Bundled board files and the target schema.
+
+Schema errors are exercised on a copy of a real bundled board, mutated one field
+at a time, so each test shows exactly which mistake it is about.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from typer.testing import CliRunner
+
+from tinyscale.cli import app
+from tinyscale.errors import TargetError
+from tinyscale.targets import (
+    BUILD_SYSTEMS,
+    bundled_target_names,
+    load_target,
+    Target,
+    parse_target,
+    targets_dir,
+)
+
+# The boards the project promises to ship (brief of the targets/ directory).
+EXPECTED_BOARDS = {
+    "esp32",
+    "esp32-s3",
+    "esp32-c3",
+    "stm32f746g-disco",
+    "nucleo-h743zi2",
+    "nucleo-l476rg",
+    "nucleo-f411re",
+    "b-u585i-iot02a",
+    "nano33ble",
+    "rpi-pico",
+    "mps2-an386",
+}
+ESP_IDF_TARGETS = {"esp32", "esp32s3", "esp32c3"}
+
+# A multi-region cmake-arm board makes the richest starting point for mutations.
+BASE_BOARD = "nucleo-h743zi2"
+
+
+def bundled_table(name: str = BASE_BOARD) -> dict[str, Any]:
+    return tomllib.loads((targets_dir() / f"{name}.toml").read_text(encoding="utf-8"))
+
+
+def _names_where(predicate: Callable[[Target], bool]) -> list[str]:
+    return [name for name in bundled_target_names() if predicate(load_target(name))]
+
+
+# --- every bundled file -------------------------------------------------------
+
+
+def test_the_promised_boards_are_bundled():
+    assert EXPECTED_BOARDS <= set(bundled_target_names())
+
+
+@pytest.mark.parametrize("name", bundled_target_names())
+def test_bundled_target_loads_under_its_file_name(name):
+    target = load_target(name)
+    assert target.name == name
+    assert target.path is not None and target.path.stem == name
+
+
+@pytest.mark.parametrize("name", bundled_target_names())
+def test_bundled_target_leaves_room_for_a_model(name):
+    target = load_target(name)
+    assert target.flash.model_budget_bytes > 0
+    assert all(region.arena_budget_bytes > 0 for region in target.arena_regions)
+
+
+@pytest.mark.parametrize("name", bundled_target_names())
+def test_bundled_target_toolchain_settings_agree(name):
+    target = load_target(name)
+    if target.build_system == "esp-idf":
+        assert target.kernel_library == "esp-nn"
+        assert target.cpu in ESP_IDF_TARGETS
+        assert target.fpu is None
+    else:
+        assert target.kernel_library == "cmsis-nn"
+        assert target.cpu.startswith("cortex-m")
+        # Every Cortex-M here except the M0+ has an FPU the build must enable.
+        assert (target.fpu is None) == (target.cpu == "cortex-m0plus")
+
+
+@pytest.mark.parametrize("name", _names_where(lambda t: t.build_system == "cmake-arm"))
+def test_cmake_arm_regions_do_not_overlap(name):
+    target = load_target(name)
+    spans = sorted((region.origin, region.origin + region.size_bytes, region.name) for region in target.memory)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        assert end <= start, f"{first} overlaps {second}"
+
+
+@pytest.mark.parametrize("name", _names_where(lambda t: t.build_system == "cmake-arm"))
+def test_cmake_arm_first_region_holds_the_arena(name):
+    # The bare-metal linker convention: stack, heap and .data/.bss share the
+    # first region with the arena, and that region's reserved_bytes counts them.
+    target = load_target(name)
+    assert target.memory[0].arena
+
+
+@pytest.mark.parametrize("name", _names_where(lambda t: t.console is not None and t.console.kind == "uart"))
+def test_uart_consoles_name_their_pins(name):
+    target = load_target(name)
+    console = target.console
+    assert console.instance and console.tx_pin and console.rx_pin and console.baud == 115200
+    # STM32 pins need their alternate function; ESP and RP2040 pins do not.
+    assert (console.af is not None) == (target.build_system == "cmake-arm")
+
+
+def test_esp32_s3_prefers_internal_sram_then_psram():
+    regions = load_target("esp32-s3").arena_regions
+    assert [region.kind for region in regions] == ["sram", "psram"]
+
+
+def test_h743_arena_is_the_axi_sram():
+    (region,) = load_target("nucleo-h743zi2").arena_regions
+    assert (region.origin, region.size_bytes) == (0x24000000, 512 * 1024)
+
+
+def test_nano33ble_budget_is_the_arduino_sketch_limit():
+    target = load_target("nano33ble")
+    assert target.flash.budget_bytes == 983_040
+    assert target.build_system == "arduino" and target.console.kind == "usb-cdc"
+
+
+def test_mps2_an386_matches_the_qemu_memory_map():
+    target = load_target("mps2-an386")
+    assert (target.flash.origin, target.flash.size_bytes) == (0, 4 * 1024 * 1024)
+    (arena,) = target.arena_regions
+    assert (arena.origin, arena.size_bytes) == (0x20000000, 4 * 1024 * 1024)
+    assert target.console.kind == "semihosting"
+
+
+# --- schema errors ------------------------------------------------------------
+
+
+def _parent(table: dict, path: tuple) -> tuple[Any, Any]:
+    """The container holding the last key of `path`, and that key."""
+    *parents, last = path
+    for key in parents:
+        table = table[key]
+    return table, last
+
+
+def _set(path: tuple, value: Any) -> Callable[[dict], None]:
+    def mutate(table: dict) -> None:
+        parent, key = _parent(table, path)
+        parent[key] = value
+
+    return mutate
+
+
+def _delete(path: tuple) -> Callable[[dict], None]:
+    def mutate(table: dict) -> None:
+        parent, key = _parent(table, path)
+        del parent[key]
+
+    return mutate
+
+
+def _no_arena(table: dict) -> None:
+    for region in table["memory"]:
+        region["arena"] = False
+
+
+def _reserved_over_size(table: dict) -> None:
+    region = table["memory"][0]
+    region["reserved_bytes"] = region["size_bytes"] + 1
+
+
+def _duplicate_region_name(table: dict) -> None:
+    table["memory"][1]["name"] = table["memory"][0]["name"]
+
+
+SCHEMA_ERRORS = [
+    pytest.param(_set(("flash_kb",), 1024), "unknown key 'flash_kb'", id="unknown-top-key"),
+    pytest.param(_set(("memory", 0, "sise_bytes"), 1), "unknown key 'sise_bytes'", id="unknown-region-key"),
+    pytest.param(_delete(("flash", "size_bytes")), "missing required key 'size_bytes'", id="missing-flash-size"),
+    pytest.param(_delete(("memory", 0, "size_bytes")), "missing required key 'size_bytes'", id="missing-region-size"),
+    pytest.param(_set(("memory", 0, "size_bytes"), "512K"), "'size_bytes' must be int, got '512K'", id="size-as-string"),
+    pytest.param(_set(("clock_hz",), 480.0), "'clock_hz' must be int", id="float-clock"),
+    pytest.param(_set(("flash", "budget_bytes"), True), "'budget_bytes' must be int, got True", id="bool-as-size"),
+    pytest.param(_set(("memory", 0, "reserved_bytes"), -1), "'reserved_bytes' must not be negative", id="negative-size"),
+    pytest.param(_reserved_over_size, "reserved_bytes exceeds size_bytes", id="reserved-over-size"),
+    pytest.param(_set(("flash", "budget_bytes"), 4 * 1024 * 1024), "budget_bytes exceeds size_bytes", id="budget-over-flash"),
+    pytest.param(_set(("flash", "reserved_bytes"), 2 * 1024 * 1024), "leaves no room for a model", id="no-room-for-model"),
+    pytest.param(_no_arena, "no memory region has arena = true", id="no-arena-region"),
+    pytest.param(_duplicate_region_name, "memory region names must be unique", id="duplicate-region"),
+    pytest.param(_set(("kernel_library",), "tflm"), "kernel_library 'tflm' is not one of", id="bad-kernel-library"),
+    pytest.param(_set(("build_system",), "make"), "build_system 'make' is not one of", id="bad-build-system"),
+    pytest.param(_set(("memory", 0, "kind"), "dram"), "kind 'dram' is not one of", id="bad-memory-kind"),
+    pytest.param(_set(("console", "kind"), "jtag"), "kind 'jtag' is not one of", id="bad-console-kind"),
+    pytest.param(_set(("schema_version",), 2), "schema_version 2 unsupported", id="future-schema"),
+    pytest.param(_set(("memory", 0), "axi"), "must be a table", id="region-not-a-table"),
+    pytest.param(_delete(("memory", 0, "origin")), "need an origin", id="cmake-arm-without-origin"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", SCHEMA_ERRORS)
+def test_schema_error_names_the_problem(mutate, message):
+    table = copy.deepcopy(bundled_table())
+    mutate(table)
+    with pytest.raises(TargetError, match=re.escape(message)) as caught:
+        parse_target(table, source="board.toml")
+    assert str(caught.value).startswith("board.toml")
+
+
+def test_the_unmutated_base_board_is_valid():
+    # Guards the schema-error tests: each failure above comes from its mutation.
+    assert parse_target(bundled_table(), source="board.toml").name == BASE_BOARD
+
+
+def test_invalid_toml_is_a_target_error(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text('name = "broken"\n[flash\nsize_bytes = 1\n', encoding="utf-8")
+    with pytest.raises(TargetError, match="broken.toml: invalid TOML"):
+        load_target(str(path))
+
+
+def test_missing_file_is_a_target_error(tmp_path):
+    with pytest.raises(TargetError, match="cannot read target file .*absent.toml"):
+        load_target(str(tmp_path / "absent.toml"))
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(TargetError, match="unknown target 'esp23'; did you mean .*esp32") as caught:
+        load_target("esp23")
+    assert "mps2" not in str(caught.value)
+
+
+def test_unknown_name_without_close_match_lists_the_boards():
+    with pytest.raises(TargetError, match="known targets: .*nucleo-f411re"):
+        load_target("zzzzzz")
+
+
+def test_bundled_file_whose_name_field_disagrees_is_rejected(tmp_path, monkeypatch):
+    source = (targets_dir() / "nucleo-f411re.toml").read_text(encoding="utf-8")
+    (tmp_path / "renamed.toml").write_text(source, encoding="utf-8")
+    monkeypatch.setattr("tinyscale.targets.targets_dir", lambda: tmp_path)
+    with pytest.raises(TargetError, match="name 'nucleo-f411re' does not match the file name"):
+        load_target("renamed")
+
+
+# --- a user's own board file --------------------------------------------------
+
+
+def _user_board(tmp_path: Path) -> Path:
+    source = (targets_dir() / "nucleo-f411re.toml").read_text(encoding="utf-8")
+    path = tmp_path / "my board.toml"
+    path.write_text(source.replace('name = "nucleo-f411re"', 'name = "my-f411"'), encoding="utf-8")
+    return path
+
+
+def test_user_file_loads_by_path(tmp_path):
+    path = _user_board(tmp_path)
+    target = load_target(str(path))
+    assert target.name == "my-f411"
+    assert target.path == path
+    assert target.flash.size_bytes == 512 * 1024
+
+
+def test_user_file_loads_by_relative_path(tmp_path, monkeypatch):
+    _user_board(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert load_target("my board.toml").name == "my-f411"
+
+
+# --- the command line ---------------------------------------------------------
+
+
+def test_cli_targets_lists_every_board():
+    result = CliRunner().invoke(app, ["targets"])
+    assert result.exit_code == 0, result.output
+    for name in bundled_target_names():
+        assert name in result.stdout
+    for build_system in BUILD_SYSTEMS:
+        assert build_system in result.stdout
+
+
+def test_cli_unknown_target_path_is_one_line_on_stderr(tmp_path):
+    missing = tmp_path / "nope.toml"
+    result = CliRunner().invoke(app, ["fit", "--target", str(missing), "--base", "tiny", "--no-verify"])
+    assert result.exit_code == TargetError.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: cannot read target file") and "nope.toml" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_cli_misspelt_target_name_suggests_the_board():
+    result = CliRunner().invoke(app, ["fit", "--target", "esp23", "--base", "tiny", "--no-verify"])
+    assert result.exit_code == TargetError.exit_code
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "did you mean" in result.stderr and "esp32" in result.stderr
