@@ -1,0 +1,58 @@
+"""Keras -> int8 flatbuffer conversion, its determinism and its cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tinyscale import arch
+from tinyscale.convert import convert_keras_model, random_representative_data, spec_to_tflite
+from tinyscale.errors import ConversionError
+from tinyscale.tflite_model import read_model
+
+pytest.importorskip("tensorflow")
+
+
+@pytest.fixture
+def no_cache(monkeypatch):
+    monkeypatch.setenv("TINYSCALE_NO_CACHE", "1")
+
+
+def test_representative_data_is_seeded_float_in_unit_range():
+    data = random_representative_data((8, 8, 3), count=4, seed=3)
+    assert data.shape == (4, 8, 8, 3) and data.dtype == np.float32
+    assert 0.0 <= data.min() and data.max() <= 1.0
+    assert np.array_equal(data, random_representative_data((8, 8, 3), count=4, seed=3))
+
+
+def test_same_spec_converts_to_identical_int8_bytes(no_cache):
+    spec = arch.scale("tiny-se", 0).spec
+    first = spec_to_tflite(spec)
+    second = spec_to_tflite(spec)
+    assert first == second
+    info = read_model(first)
+    (inp,) = info.input_tensors
+    (out,) = info.output_tensors
+    assert inp.dtype == out.dtype == "int8"
+    assert inp.shape == (1, *spec.input_shape) and out.shape == (1, spec.classes)
+    # Inputs in [0, 1] map pixel p to p - 128 exactly.
+    assert inp.zero_point == (-128,) and abs(inp.scale[0] - 1 / 255) < 1e-6
+
+
+def test_cache_returns_the_converted_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TINYSCALE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TINYSCALE_NO_CACHE", raising=False)
+    spec = arch.scale("tiny", 0, classes=3).spec
+    converted = spec_to_tflite(spec)
+    files = list(tmp_path.glob("*.tflite"))
+    assert len(files) == 1 and files[0].read_bytes() == converted
+    files[0].write_bytes(b"marker")  # a hit must come from the cache, not a new conversion
+    assert spec_to_tflite(spec) == b"marker"
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_conversion_failure_is_a_conversion_error():
+    with pytest.raises(ConversionError):
+        convert_keras_model(object(), np.zeros((1, 4, 4, 3), np.float32))
+    with pytest.raises(ConversionError):
+        convert_keras_model(object(), np.zeros((0, 4, 4, 3), np.float32))

@@ -1,0 +1,301 @@
+"""Measure and run int8 models with the TFLite Micro interpreter, crash-safely.
+
+The TFLM Python interpreter can abort() or segfault the whole process (a
+too-small arena, an unsupported model). All TFLM work therefore happens in a
+worker subprocess (:mod:`tinyscale._tflm_worker`, no TensorFlow) that forks one
+child per interpreter. This module talks to it over pipes with enforced
+timeouts and turns every failure into a one-line :class:`MeasurementError` or
+:class:`ModelError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyscale.errors import MeasurementError, ModelError
+
+log = logging.getLogger(__name__)
+
+# The first bracket around the RecordingMicroAllocator total: small models have
+# needed up to a few KB more than it, large ones ~15 B less. Widened (doubled)
+# until the lower end fails and the upper end succeeds.
+BRACKET_BELOW_BYTES = 64
+BRACKET_ABOVE_BYTES = 4096
+# Arena for the first, size-finding allocation run; doubled while it fails.
+FIRST_ARENA_BYTES = 1 << 20
+MAX_ARENA_BYTES = 1 << 31
+PROBE_TIMEOUT_SECONDS = 30.0
+WORKER_START_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ArenaMeasurement:
+    """The minimal TFLM tensor arena of a model, and how it was found."""
+
+    arena_bytes: int  # minimal arena with which the interpreter allocates and invokes
+    reported_bytes: int  # RecordingMicroAllocator's total at that arena
+    allocations: str  # raw print_allocations() text
+    probes: int  # interpreter constructions it took
+    seconds: float  # wall time of the measurement (worker start excluded)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    ok: bool
+    status: str  # "exit 0", "exit 1", "signal 6", "timeout"
+    text: str
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _tflm_reason(text: str) -> str:
+    """The most telling line TFLM printed: its last non-empty one."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return _one_line(lines[-1]) if lines else "no message"
+
+
+class _Worker:
+    """One `python -m tinyscale._tflm_worker` process holding one loaded model."""
+
+    def __init__(self, model: bytes, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self._directory = tempfile.TemporaryDirectory(prefix="tinyscale-tflm-")
+        self.directory = Path(self._directory.name)
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tinyscale._tflm_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env=_worker_environment(),
+        )
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self.process.stdout, selectors.EVENT_READ)
+        self._buffer = b""
+        self.runs = 0  # interpreters constructed so far
+        model_path = self.directory / "model.tflite"
+        model_path.write_bytes(model)
+        answer = self.request({"op": "load", "path": str(model_path)},
+                              min(timeout, WORKER_START_TIMEOUT_SECONDS + 60.0))
+        if not answer.get("ok"):
+            raise ModelError(f"TFLM cannot read the model: {_one_line(answer.get('error', ''))}")
+
+    def __enter__(self) -> "_Worker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()  # our own child, by its handle
+                self.process.wait()
+        self._selector.close()
+        self.process.stdout.close()
+        self._stderr.close()
+        self._directory.cleanup()
+
+    def _worker_died(self) -> MeasurementError:
+        self.process.kill()
+        self.process.wait()
+        self._stderr.seek(0)
+        reason = _tflm_reason(self._stderr.read().decode("utf-8", errors="replace"))
+        return MeasurementError(f"the TFLM worker process died (exit {self.process.returncode}): {reason}")
+
+    def request(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Send one request; wait for its answer until the timeout or the overall deadline."""
+        deadline = self.deadline if timeout is None else min(self.deadline, time.monotonic() + timeout)
+        try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            raise self._worker_died() from None
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._selector.select(remaining):
+                self.process.kill()
+                self.process.wait()
+                raise MeasurementError("TFLM did not finish within the time limit (killed)")
+            chunk = os.read(self.process.stdout.fileno(), 65536)
+            if not chunk:
+                raise self._worker_died()
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, arena: int, *, invoke: bool = False, capture: bool = False, allocations: bool = False,
+            inputs: Path | None = None, outputs: Path | None = None) -> _Outcome:
+        remaining = max(0.1, self.deadline - time.monotonic())
+        self.runs += 1
+        answer = self.request({
+            "op": "run", "arena": int(arena), "invoke": invoke, "capture": capture,
+            "allocations": allocations, "timeout": min(PROBE_TIMEOUT_SECONDS, remaining),
+            "inputs": str(inputs) if inputs else None, "outputs": str(outputs) if outputs else None,
+        })
+        if "status" not in answer:
+            raise MeasurementError(f"TFLM worker error: {_one_line(answer.get('error', ''))}")
+        return _Outcome(bool(answer["ok"]), answer["status"], answer.get("text", ""))
+
+    def allocates(self, arena: int, invoke: bool = False) -> bool:
+        """Whether the interpreter can be constructed (tensors allocated) with `arena` bytes."""
+        return self.run(arena, invoke=invoke).ok
+
+
+def _worker_environment() -> dict[str, str]:
+    """The caller's environment, with tinyscale importable from the worker."""
+    environment = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    paths = [package_root, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
+    environment["PYTHONPATH"] = os.pathsep.join(paths)
+    return environment
+
+
+# ---------------------------------------------------------------------------
+# Arena measurement
+
+
+def _reported_total(text: str) -> int | None:
+    for line in text.splitlines():
+        if "Arena allocation total" in line:
+            return int(line.split("total")[1].split()[0])
+    return None
+
+
+def _first_allocation(worker: _Worker) -> tuple[int, str]:
+    """Allocate with an arena that is surely large enough; RecordingMicroAllocator's total."""
+    arena = FIRST_ARENA_BYTES
+    while True:
+        outcome = worker.run(arena, capture=True, allocations=True)
+        if outcome.ok:
+            break
+        if arena >= MAX_ARENA_BYTES or outcome.status not in ("exit 1", "signal 6"):
+            raise ModelError(f"TFLM cannot load the model: {_tflm_reason(outcome.text)}")
+        arena *= 2
+    total = _reported_total(outcome.text)
+    if total is None:
+        raise MeasurementError(f"TFLM printed no allocation total: {_tflm_reason(outcome.text)}")
+    return total, outcome.text
+
+
+def _bracket(worker: _Worker, reported: int) -> tuple[int, int]:
+    """(lo, hi) around `reported` with lo failing and hi succeeding, widened as needed."""
+    below, above = BRACKET_BELOW_BYTES, BRACKET_ABOVE_BYTES
+    hi = reported + above
+    while not worker.allocates(hi):
+        if hi >= MAX_ARENA_BYTES:
+            raise MeasurementError(f"no arena up to {MAX_ARENA_BYTES} bytes works")
+        above *= 2
+        hi = reported + above
+    lo = max(0, reported - below)
+    while lo > 0 and worker.allocates(lo):
+        hi = lo  # a success below the bracket is a tighter upper end
+        below *= 2
+        lo = max(0, reported - below)
+    return lo, hi
+
+
+def _bisect(worker: _Worker, lo: int, hi: int, invoke: bool = False) -> int:
+    """Smallest arena in (lo, hi] that works, given lo fails and hi succeeds."""
+    while hi - lo > 1:
+        middle = (lo + hi) // 2
+        if worker.allocates(middle, invoke):
+            hi = middle
+        else:
+            lo = middle
+    return hi
+
+
+def _bisect_invoking(worker: _Worker, allocating: int, failed: _Outcome) -> tuple[int, _Outcome]:
+    """Fallback when the minimal allocating arena does not invoke: search with invokes."""
+    hi = allocating * 2
+    if not worker.allocates(hi, invoke=True):
+        raise MeasurementError(f"TFLM cannot invoke the model ({failed.status}): {_tflm_reason(failed.text)}")
+    arena = _bisect(worker, allocating, hi, invoke=True)
+    return arena, worker.run(arena, invoke=True, capture=True, allocations=True)
+
+
+def measure_arena(model: bytes, *, timeout: float = 120.0) -> ArenaMeasurement:
+    """The minimal tensor arena, to the byte, with which TFLM allocates and invokes `model`.
+
+    TFLM does all its arena allocation while constructing the interpreter
+    (AllocateTensors, including the kernels' scratch buffers), so the bisection
+    probes construct only (about a millisecond each); the result is then
+    confirmed by a full invoke at the minimal arena. Should that invoke fail
+    while a larger arena works, the search repeats with invoking probes.
+    """
+    with _Worker(model, timeout) as worker:
+        started = time.perf_counter()
+        reported, _ = _first_allocation(worker)
+        lo, hi = _bracket(worker, reported)
+        arena = _bisect(worker, lo, hi)
+        final = worker.run(arena, invoke=True, capture=True, allocations=True)
+        if not final.ok:
+            arena, final = _bisect_invoking(worker, arena, final)
+        probes = worker.runs
+        seconds = time.perf_counter() - started
+    total = _reported_total(final.text)
+    measurement = ArenaMeasurement(
+        arena_bytes=arena,
+        reported_bytes=total if total is not None else reported,
+        allocations=final.text.strip(),
+        probes=probes,
+        seconds=seconds,
+    )
+    log.info("TFLM arena: minimal %d bytes (allocator reports %d), %d probes, %.0f ms",
+             measurement.arena_bytes, measurement.reported_bytes, measurement.probes, seconds * 1000)
+    return measurement
+
+
+def probe(model: bytes, arena_bytes: int, *, invoke: bool = True, timeout: float = 60.0) -> bool:
+    """Whether TFLM constructs (and, with `invoke`, runs) `model` with `arena_bytes` (isolated)."""
+    with _Worker(model, timeout) as worker:
+        return worker.allocates(arena_bytes, invoke)
+
+
+# ---------------------------------------------------------------------------
+# Running and loading
+
+
+def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = None,
+              timeout: float = 300.0) -> np.ndarray:
+    """Output 0 of `model` for each int8 input of the batch `inputs` (N, *input_shape), stacked.
+
+    Without `arena_bytes`, the arena is measured first.
+    """
+    inputs = np.asarray(inputs)
+    if inputs.dtype != np.int8:
+        raise ModelError(f"TFLM inputs must be int8, got {inputs.dtype}")
+    if arena_bytes is None:
+        arena_bytes = measure_arena(model, timeout=timeout).arena_bytes
+    with _Worker(model, timeout) as worker:
+        inputs_path = worker.directory / "inputs.npy"
+        outputs_path = worker.directory / "outputs.npy"
+        np.save(inputs_path, inputs)
+        outcome = worker.run(arena_bytes, invoke=True, capture=True, inputs=inputs_path, outputs=outputs_path)
+        if not outcome.ok:
+            raise MeasurementError(f"TFLM failed to run the model ({outcome.status}): {_tflm_reason(outcome.text)}")
+        return np.load(outputs_path)
+
+
+def check_loads(model: bytes, *, timeout: float = 120.0) -> None:
+    """Raise ModelError, with TFLM's own reason, when TFLM cannot load `model`."""
+    with _Worker(model, timeout) as worker:
+        _first_allocation(worker)
