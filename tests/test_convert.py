@@ -56,3 +56,28 @@ def test_conversion_failure_is_a_conversion_error():
         convert_keras_model(object(), np.zeros((1, 4, 4, 3), np.float32))
     with pytest.raises(ConversionError):
         convert_keras_model(object(), np.zeros((0, 4, 4, 3), np.float32))
+
+
+def test_batchnorm_calibration_normalises_an_untrained_network():
+    import keras
+
+    from tinyscale.convert import calibrate_batchnorm
+    from tinyscale.keras_builder import build_keras_model
+
+    spec = arch.scale("tiny-se", 0).spec
+    model = build_keras_model(spec)
+    data = random_representative_data(spec.input_shape, count=8)
+    calibrate_batchnorm(model, data)
+    head = keras.Model(model.input, model.get_layer("head_bn").output)
+    out = np.asarray(head(data, training=False))
+    assert abs(out.mean()) < 0.05 and abs(out.var() - 1.0) < 0.05
+    assert model.get_layer("head_bn").momentum == 0.99  # restored
+
+
+def test_many_class_untrained_model_runs_in_tflm(no_cache):
+    pytest.importorskip("tflite_micro")
+    from tinyscale.tflm import measure_arena
+
+    # Near-uniform logits over 1000 classes made TFLM's int8 softmax abort().
+    model = spec_to_tflite(arch.scale("tiny", 0, classes=1000).spec)
+    assert measure_arena(model).arena_bytes > 0  # includes an invoke at the minimal arena

@@ -7,20 +7,17 @@ import pytest
 
 from tinyscale import arch
 from tinyscale.errors import MeasurementError, ModelError
-from tinyscale.tflm import check_loads, measure_arena, probe, run_model
+from tinyscale.tflm import _Worker, check_loads, measure_arena, probe, run_model
 
 pytest.importorskip("tflite_micro")
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-se"])
-def model(request, tmp_path_factory):
+def model(request):
     pytest.importorskip("tensorflow")
-    from tinyscale.convert import spec_to_tflite
+    from tinyscale.convert import convert_spec
 
-    import os
-
-    os.environ.setdefault("TINYSCALE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    return spec_to_tflite(arch.scale(request.param, 0).spec)
+    return convert_spec(arch.scale(request.param, 0).spec)
 
 
 def test_measured_arena_is_minimal(model):
@@ -57,6 +54,34 @@ def test_garbage_bytes_are_a_model_error():
 
 def test_check_loads_accepts_a_converted_model(model):
     check_loads(model)
+
+
+def test_missing_operator_is_reported_with_tflm_reason(model):
+    flatbuffers = pytest.importorskip("flatbuffers")
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    code = tree.operatorCodes[0]
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.LSH_PROJECTION
+    builder = flatbuffers.Builder(0)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    with pytest.raises(ModelError, match="LSH_PROJECTION") as caught:
+        check_loads(bytes(builder.Output()))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_crashing_probe_does_not_kill_the_caller(model):
+    with _Worker(model, timeout=60) as worker:
+        crashed = worker.run(64, capture=True)  # far too small: TFLM segfaults or aborts
+        assert not crashed.ok
+        assert crashed.status != "exit 0"
+        assert worker.allocates(measure_arena(model).arena_bytes, invoke=True)  # same worker lives on
+    assert not probe(model, 64)
+
+
+def test_timeout_is_a_measurement_error(model):
+    with pytest.raises(MeasurementError, match="time limit"):
+        measure_arena(model, timeout=0.001)
 
 
 def _input_shape(model: bytes) -> tuple[int, ...]:

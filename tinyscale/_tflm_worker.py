@@ -31,6 +31,9 @@ import numpy as np
 
 _EXIT_OK = 0
 _EXIT_FAILED = 1
+# Prefixes the Python exception a child reports, so the caller can tell it from
+# TFLM's own messages (which are the more telling ones).
+EXCEPTION_MARKER = "tinyscale-worker-exception: "
 
 
 class _Model:
@@ -90,7 +93,7 @@ def _child(model: _Model, request: dict[str, Any], sink_fd: int) -> None:
             interpreter.PrintAllocations()
         status = _EXIT_OK
     except BaseException as error:  # report any failure through the exit status
-        os.write(2, f"\n{type(error).__name__}: {error}\n".encode(errors="replace"))
+        os.write(2, f"\n{EXCEPTION_MARKER}{type(error).__name__}: {error}\n".encode(errors="replace"))
     finally:
         os._exit(status)
 

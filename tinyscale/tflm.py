@@ -10,10 +10,12 @@ timeouts and turns every failure into a one-line :class:`MeasurementError` or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,20 +26,21 @@ from typing import Any
 
 import numpy as np
 
+from tinyscale._tflm_worker import EXCEPTION_MARKER
 from tinyscale.errors import MeasurementError, ModelError
 
 log = logging.getLogger(__name__)
 
-# The first bracket around the RecordingMicroAllocator total: small models have
-# needed up to a few KB more than it, large ones ~15 B less. Widened (doubled)
-# until the lower end fails and the upper end succeeds.
-BRACKET_BELOW_BYTES = 64
-BRACKET_ABOVE_BYTES = 4096
+# The RecordingMicroAllocator total is usually the minimal arena, but not
+# always: some TFLM versions have needed up to a few KB more for small models
+# and ~15 B less for large ones. The search starts at the total and widens by
+# this factor on the side that needs it; the first step above the total:
+BRACKET_GROWTH = 16
+BRACKET_FIRST_STEP_ABOVE = 64
 # Arena for the first, size-finding allocation run; doubled while it fails.
 FIRST_ARENA_BYTES = 1 << 20
 MAX_ARENA_BYTES = 1 << 31
 PROBE_TIMEOUT_SECONDS = 30.0
-WORKER_START_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,36 +66,53 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 def _tflm_reason(text: str) -> str:
-    """The most telling line TFLM printed: its last non-empty one."""
+    """TFLM's own messages in one line, else the Python exception the child reported."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _one_line(lines[-1]) if lines else "no message"
+    own = [line for line in lines if not line.startswith(EXCEPTION_MARKER)]
+    if own:
+        return _one_line("; ".join(dict.fromkeys(own)))
+    exceptions = [line.removeprefix(EXCEPTION_MARKER) for line in lines]
+    return _one_line(exceptions[-1]) if exceptions else "no message"
 
 
 class _Worker:
-    """One `python -m tinyscale._tflm_worker` process holding one loaded model."""
+    """One `python -m tinyscale._tflm_worker` process holding one loaded model.
+
+    The worker runs in its own process group, so that a timeout kills it
+    together with the interpreter child it may have forked.
+    """
 
     def __init__(self, model: bytes, timeout: float) -> None:
         self.deadline = time.monotonic() + timeout
+        self.runs = 0  # interpreters constructed so far
+        self._buffer = b""
         self._directory = tempfile.TemporaryDirectory(prefix="tinyscale-tflm-")
         self.directory = Path(self._directory.name)
         self._stderr = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tinyscale._tflm_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            env=_worker_environment(),
-        )
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.process.stdout, selectors.EVENT_READ)
-        self._buffer = b""
-        self.runs = 0  # interpreters constructed so far
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tinyscale._tflm_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._stderr,
+                env=_worker_environment(),
+                start_new_session=True,
+            )
+        except OSError as error:
+            self._cleanup_files()
+            raise MeasurementError(f"cannot start the TFLM worker: {error}") from None
+        try:
+            self._load(model)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, model: bytes) -> None:
         model_path = self.directory / "model.tflite"
         model_path.write_bytes(model)
-        answer = self.request({"op": "load", "path": str(model_path)},
-                              min(timeout, WORKER_START_TIMEOUT_SECONDS + 60.0))
+        answer = self.request({"op": "load", "path": str(model_path)})
         if not answer.get("ok"):
-            raise ModelError(f"TFLM cannot read the model: {_one_line(answer.get('error', ''))}")
+            raise _unreadable(model, answer.get("error", ""))
 
     def __enter__(self) -> "_Worker":
         return self
@@ -100,39 +120,48 @@ class _Worker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _kill(self) -> None:
+        """Kill the worker and any interpreter child: the group we created for it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def close(self) -> None:
         if self.process.poll() is None:
-            self.process.stdin.close()
+            with contextlib.suppress(OSError):
+                self.process.stdin.close()
             try:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self.process.kill()  # our own child, by its handle
-                self.process.wait()
-        self._selector.close()
+                self._kill()
         self.process.stdout.close()
+        self._cleanup_files()
+
+    def _cleanup_files(self) -> None:
         self._stderr.close()
         self._directory.cleanup()
 
     def _worker_died(self) -> MeasurementError:
-        self.process.kill()
-        self.process.wait()
+        try:
+            code = self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            code = self.process.returncode
         self._stderr.seek(0)
         reason = _tflm_reason(self._stderr.read().decode("utf-8", errors="replace"))
-        return MeasurementError(f"the TFLM worker process died (exit {self.process.returncode}): {reason}")
+        return MeasurementError(f"the TFLM worker process died (exit {code}): {reason}")
 
-    def request(self, request: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """Send one request; wait for its answer until the timeout or the overall deadline."""
-        deadline = self.deadline if timeout is None else min(self.deadline, time.monotonic() + timeout)
+    def request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request; wait for its answer until the overall deadline."""
         try:
             self.process.stdin.write((json.dumps(request) + "\n").encode())
             self.process.stdin.flush()
         except BrokenPipeError:
             raise self._worker_died() from None
         while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._selector.select(remaining):
-                self.process.kill()
-                self.process.wait()
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 or not _readable(self.process.stdout, remaining):
+                self._kill()
                 raise MeasurementError("TFLM did not finish within the time limit (killed)")
             chunk = os.read(self.process.stdout.fileno(), 65536)
             if not chunk:
@@ -142,12 +171,14 @@ class _Worker:
         return json.loads(line)
 
     def run(self, arena: int, *, invoke: bool = False, capture: bool = False, allocations: bool = False,
-            inputs: Path | None = None, outputs: Path | None = None) -> _Outcome:
+            inputs: Path | None = None, outputs: Path | None = None,
+            timeout: float = PROBE_TIMEOUT_SECONDS) -> _Outcome:
+        """One interpreter in a forked child, killed after `timeout` seconds."""
         remaining = max(0.1, self.deadline - time.monotonic())
         self.runs += 1
         answer = self.request({
             "op": "run", "arena": int(arena), "invoke": invoke, "capture": capture,
-            "allocations": allocations, "timeout": min(PROBE_TIMEOUT_SECONDS, remaining),
+            "allocations": allocations, "timeout": min(timeout, remaining),
             "inputs": str(inputs) if inputs else None, "outputs": str(outputs) if outputs else None,
         })
         if "status" not in answer:
@@ -156,7 +187,27 @@ class _Worker:
 
     def allocates(self, arena: int, invoke: bool = False) -> bool:
         """Whether the interpreter can be constructed (tensors allocated) with `arena` bytes."""
-        return self.run(arena, invoke=invoke).ok
+        outcome = self.run(arena, invoke=invoke)
+        if outcome.status == "timeout":  # neither a yes nor a no: do not let it steer a search
+            raise MeasurementError(f"a TFLM probe at {arena} bytes did not finish within {PROBE_TIMEOUT_SECONDS:g} s")
+        return outcome.ok
+
+
+def _readable(stream: Any, timeout: float) -> bool:
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        return bool(selector.select(timeout))
+
+
+def _unreadable(model: bytes, worker_error: str) -> ModelError:
+    """The clearest reason a model cannot be read: our flatbuffer reader's, else TFLM's."""
+    from tinyscale.tflite_model import read_model  # noqa: PLC0415 - only on this error path
+
+    try:
+        read_model(model)
+    except ModelError as error:
+        return error
+    return ModelError(f"TFLM cannot read the model: {_one_line(worker_error)}")
 
 
 def _worker_environment() -> dict[str, str]:
@@ -179,37 +230,53 @@ def _reported_total(text: str) -> int | None:
     return None
 
 
-def _first_allocation(worker: _Worker) -> tuple[int, str]:
-    """Allocate with an arena that is surely large enough; RecordingMicroAllocator's total."""
+@dataclass(frozen=True)
+class _FirstAllocation:
+    arena: int  # an arena that works
+    reported: int  # RecordingMicroAllocator's total with that arena
+
+
+def _first_allocation(worker: _Worker) -> _FirstAllocation:
+    """Allocate with an arena that is surely large enough; ModelError if none is.
+
+    Any failure doubles the arena (a too-small one can even segfault); a model
+    TFLM cannot load at all fails at every size, and TFLM's reason is reported.
+    """
     arena = FIRST_ARENA_BYTES
     while True:
         outcome = worker.run(arena, capture=True, allocations=True)
         if outcome.ok:
             break
-        if arena >= MAX_ARENA_BYTES or outcome.status not in ("exit 1", "signal 6"):
+        if arena >= MAX_ARENA_BYTES or outcome.status == "timeout":
             raise ModelError(f"TFLM cannot load the model: {_tflm_reason(outcome.text)}")
         arena *= 2
     total = _reported_total(outcome.text)
     if total is None:
         raise MeasurementError(f"TFLM printed no allocation total: {_tflm_reason(outcome.text)}")
-    return total, outcome.text
+    return _FirstAllocation(arena, total)
 
 
 def _bracket(worker: _Worker, reported: int) -> tuple[int, int]:
-    """(lo, hi) around `reported` with lo failing and hi succeeding, widened as needed."""
-    below, above = BRACKET_BELOW_BYTES, BRACKET_ABOVE_BYTES
-    hi = reported + above
-    while not worker.allocates(hi):
+    """(lo, hi) with lo failing and hi allocating, starting from the allocator's total.
+
+    Usually the total is exact, and two probes (total, total - 1) settle it. When
+    it is not, the bracket widens geometrically on the side that needs it.
+    """
+    if worker.allocates(reported):
+        hi, step = reported, 1
+        while True:
+            lo = max(0, reported - step)
+            if lo == 0 or not worker.allocates(lo):
+                return lo, hi
+            hi, step = lo, step * BRACKET_GROWTH
+    lo, step = reported, BRACKET_FIRST_STEP_ABOVE
+    while True:
+        hi = reported + step
+        if worker.allocates(hi):
+            return lo, hi
         if hi >= MAX_ARENA_BYTES:
-            raise MeasurementError(f"no arena up to {MAX_ARENA_BYTES} bytes works")
-        above *= 2
-        hi = reported + above
-    lo = max(0, reported - below)
-    while lo > 0 and worker.allocates(lo):
-        hi = lo  # a success below the bracket is a tighter upper end
-        below *= 2
-        lo = max(0, reported - below)
-    return lo, hi
+            raise MeasurementError(f"no arena up to {MAX_ARENA_BYTES} bytes allocates the model")
+        lo, step = hi, step * BRACKET_GROWTH
 
 
 def _bisect(worker: _Worker, lo: int, hi: int, invoke: bool = False) -> int:
@@ -232,7 +299,7 @@ def _bisect_invoking(worker: _Worker, allocating: int, failed: _Outcome) -> tupl
     return arena, worker.run(arena, invoke=True, capture=True, allocations=True)
 
 
-def measure_arena(model: bytes, *, timeout: float = 120.0) -> ArenaMeasurement:
+def measure_arena(model: bytes, *, timeout: float = 120.0, verify_invoke: bool = True) -> ArenaMeasurement:
     """The minimal tensor arena, to the byte, with which TFLM allocates and invokes `model`.
 
     TFLM does all its arena allocation while constructing the interpreter
@@ -240,13 +307,17 @@ def measure_arena(model: bytes, *, timeout: float = 120.0) -> ArenaMeasurement:
     probes construct only (about a millisecond each); the result is then
     confirmed by a full invoke at the minimal arena. Should that invoke fail
     while a larger arena works, the search repeats with invoking probes.
+    That invoke dominates the time for large models (~120 ms for
+    EfficientNet-lite0 at 128 px, against ~5 ms per probe); `verify_invoke=False`
+    skips it.
     """
+    launched = time.perf_counter()
     with _Worker(model, timeout) as worker:
         started = time.perf_counter()
-        reported, _ = _first_allocation(worker)
+        reported = _first_allocation(worker).reported
         lo, hi = _bracket(worker, reported)
         arena = _bisect(worker, lo, hi)
-        final = worker.run(arena, invoke=True, capture=True, allocations=True)
+        final = worker.run(arena, invoke=verify_invoke, capture=True, allocations=True)
         if not final.ok:
             arena, final = _bisect_invoking(worker, arena, final)
         probes = worker.runs
@@ -259,8 +330,9 @@ def measure_arena(model: bytes, *, timeout: float = 120.0) -> ArenaMeasurement:
         probes=probes,
         seconds=seconds,
     )
-    log.info("TFLM arena: minimal %d bytes (allocator reports %d), %d probes, %.0f ms",
-             measurement.arena_bytes, measurement.reported_bytes, measurement.probes, seconds * 1000)
+    log.info("TFLM arena: minimal %d bytes (allocator reports %d), %d probes, %.0f ms (+%.0f ms worker start)",
+             measurement.arena_bytes, measurement.reported_bytes, measurement.probes, seconds * 1000,
+             (started - launched) * 1000)
     return measurement
 
 
@@ -278,18 +350,19 @@ def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = Non
               timeout: float = 300.0) -> np.ndarray:
     """Output 0 of `model` for each int8 input of the batch `inputs` (N, *input_shape), stacked.
 
-    Without `arena_bytes`, the arena is measured first.
+    Without `arena_bytes`, any arena large enough is used.
     """
     inputs = np.asarray(inputs)
     if inputs.dtype != np.int8:
         raise ModelError(f"TFLM inputs must be int8, got {inputs.dtype}")
-    if arena_bytes is None:
-        arena_bytes = measure_arena(model, timeout=timeout).arena_bytes
     with _Worker(model, timeout) as worker:
+        if arena_bytes is None:
+            arena_bytes = _first_allocation(worker).arena
         inputs_path = worker.directory / "inputs.npy"
         outputs_path = worker.directory / "outputs.npy"
         np.save(inputs_path, inputs)
-        outcome = worker.run(arena_bytes, invoke=True, capture=True, inputs=inputs_path, outputs=outputs_path)
+        outcome = worker.run(arena_bytes, invoke=True, capture=True, inputs=inputs_path, outputs=outputs_path,
+                             timeout=timeout)
         if not outcome.ok:
             raise MeasurementError(f"TFLM failed to run the model ({outcome.status}): {_tflm_reason(outcome.text)}")
         return np.load(outputs_path)
