@@ -1,0 +1,78 @@
+"""Training: a learnable toy task, repeatability with a seed, saving without clobbering."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tinyscale import arch
+from tinyscale.data import Dataset
+from tinyscale.errors import DataError, OutputExistsError, UsageError
+from tinyscale.train import HISTORY_FILE, MODEL_FILE, TrainConfig, load_keras_model, save_training, train_network
+
+
+def stripes(count: int = 96, size: int = 20, seed: int = 0) -> Dataset:
+    """Two classes anyone can tell apart: horizontal vs vertical stripes, with noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    pattern = (np.arange(size) // 2 % 2 * 200).astype(np.float32)
+    images = np.where(labels[:, None, None] == 0, pattern[None, :, None], pattern[None, None, :])
+    images = images + rng.normal(0, 20, size=(count, size, size))
+    x = np.clip(images, 0, 255).astype(np.uint8)[..., None]
+    return Dataset(x, labels, ("horizontal", "vertical"), "stripes")
+
+
+NETWORK = arch.scale("tiny", 0, classes=2, channels=1)
+QUICK = TrainConfig(epochs=2, batch_size=32, augment=False, seed=7)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    reports = []
+    result = train_network(NETWORK, stripes(), QUICK, progress=reports.append)
+    return result, reports
+
+
+def test_training_reports_progress_and_keeps_the_best_epoch(trained):
+    result, reports = trained
+    assert [r.epoch for r in reports] == [1, 2]
+    assert result.epochs_run == 2
+    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    best = int(np.argmin(result.history["val_loss"]))
+    assert result.best_epoch == best + 1
+    assert result.val_accuracy == result.history["val_accuracy"][best]
+    assert result.train_samples + result.val_samples == 96
+    assert tuple(result.model.input_shape[1:]) == NETWORK.spec.input_shape
+
+
+def test_same_seed_same_history(trained):
+    again = train_network(NETWORK, stripes(), QUICK)
+    assert again.history == trained[0].history
+
+
+def test_class_mismatch_and_bad_settings():
+    three = Dataset(stripes().x, np.arange(96) % 3, ("a", "b", "c"), "three")
+    with pytest.raises(DataError, match="3 classes but the network .* predicts 2"):
+        train_network(NETWORK, three, QUICK)
+    with pytest.raises(UsageError, match="--epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(UsageError, match="--validation-split"):
+        TrainConfig(validation_fraction=1.0)
+
+
+def test_save_writes_both_files_and_refuses_to_clobber(trained, tmp_path):
+    result, _ = trained
+    model_path, history_path = save_training(result, tmp_path, {"data": "stripes"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [HISTORY_FILE, MODEL_FILE]
+    history = json.loads(history_path.read_text())
+    assert history["data"] == "stripes" and history["best_epoch"] == result.best_epoch
+    reloaded = load_keras_model(model_path)
+    x = np.random.default_rng(0).random((3, 32, 32, 1)).astype(np.float32)
+    assert np.allclose(reloaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-6)
+    before = model_path.read_bytes()
+    with pytest.raises(OutputExistsError, match="--force"):
+        save_training(result, tmp_path, {"data": "other"})
+    assert model_path.read_bytes() == before
+    assert json.loads(history_path.read_text())["data"] == "stripes"

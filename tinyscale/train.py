@@ -1,0 +1,354 @@
+"""Train a scaled network on a :class:`~tinyscale.data.Dataset` with Keras.
+
+Images stay uint8 at their stored size; a tf.data pipeline resizes each batch
+to the network's resolution (and grey <-> RGB) on the fly, so memory does not
+grow with the resolution. TensorFlow is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tinyscale.arch import ScaledNetwork
+from tinyscale.data import Dataset, check_classes, split
+from tinyscale.errors import DataError, TinyscaleError, UsageError
+from tinyscale.fsutil import atomic_write_text, refuse_clobber
+from tinyscale.quiet import quiet_tensorflow
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+# Translation of up to 10% of the side: objects in photos and Fashion-MNIST are
+# roughly centred, so small shifts add variety without cutting them off.
+TRANSLATE_FRACTION = 0.1
+# Below this many optimizer steps, batch-norm momentum 0.99 leaves the moving
+# statistics mostly at their initial values; 0.9 converges in ~50 steps.
+# Tracing the training step into a graph costs ~10 s; for a handful of steps
+# (quick --limit runs, tests) running eagerly is faster overall.
+EAGER_MAX_STEPS = 50
+SHORT_RUN_STEPS = 2000
+SHORT_RUN_BN_MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+    validation_fraction: float = 0.1
+    patience: int = 5  # epochs without a better validation loss before stopping
+    augment: bool = True
+    flip: bool = True  # horizontal flips (wrong for text or digits: turn off with --no-flip)
+    dropout: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise UsageError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise UsageError(f"--validation-split must lie in (0, 1), got {self.validation_fraction}")
+        if self.patience < 1:
+            raise UsageError(f"--patience must be at least 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    epoch: int  # 1-based
+    epochs: int
+    loss: float
+    accuracy: float
+    val_loss: float
+    val_accuracy: float
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"epoch {self.epoch}/{self.epochs}  loss {self.loss:.4f}  acc {self.accuracy:.4f}"
+            f"  val_loss {self.val_loss:.4f}  val_acc {self.val_accuracy:.4f}  {self.seconds:.1f}s"
+        )
+
+
+@dataclass
+class TrainResult:
+    model: Any  # keras.Model with the best validation weights restored
+    history: dict[str, list[float]]
+    best_epoch: int  # 1-based
+    val_accuracy: float
+    train_samples: int
+    val_samples: int
+    seconds: float
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history.get("loss", []))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "val_accuracy": self.val_accuracy,
+            "train_samples": self.train_samples,
+            "val_samples": self.val_samples,
+            "train_seconds": round(self.seconds, 2),
+            "config": asdict(self.config),
+            "history": self.history,
+        }
+
+
+def _import_tensorflow():
+    with quiet_tensorflow():
+        import keras  # noqa: PLC0415 - TF/Keras stay out of the core import path
+        import tensorflow as tf  # noqa: PLC0415
+    tf.get_logger().setLevel(logging.ERROR)
+    return tf, keras
+
+
+def _make_deterministic(tf, keras, seed: int) -> None:
+    # Same seed, same data, same machine -> same weights and history.
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _to_network(tf, images, resolution: int, channels: int):
+    """A uint8/float batch -> float32 in [0, 1] at `resolution` with `channels` (inside tf.data)."""
+    images = tf.cast(images, tf.float32) / 255.0  # the pipeline always carries 0..255
+    if images.shape[-1] == 3 and channels == 1:
+        images = tf.image.rgb_to_grayscale(images)
+    elif images.shape[-1] == 1 and channels == 3:
+        images = tf.image.grayscale_to_rgb(images)
+    if images.shape[1] != resolution or images.shape[2] != resolution:
+        images = tf.image.resize(images, (resolution, resolution), method="bilinear")
+    return tf.clip_by_value(images, 0.0, 1.0)
+
+
+def _dataset_pipeline(tf, keras, dataset: Dataset, resolution: int, channels: int, config: TrainConfig,
+                      training: bool):
+    x = dataset.x if dataset.x.dtype == np.uint8 else (dataset.x * 255.0).astype(np.float32)
+    pipeline = tf.data.Dataset.from_tensor_slices((x, dataset.y))
+    if training:
+        pipeline = pipeline.shuffle(len(dataset), seed=config.seed, reshuffle_each_iteration=True)
+    pipeline = pipeline.batch(config.batch_size)
+    augment = None
+    if training and config.augment:
+        augment = keras.Sequential(
+            [keras.layers.RandomTranslation(TRANSLATE_FRACTION, TRANSLATE_FRACTION, fill_mode="nearest",
+                                            seed=config.seed)]
+            + ([keras.layers.RandomFlip("horizontal", seed=config.seed + 1)] if config.flip else []),
+            name="augment",
+        )
+
+    def prepare(images, labels):
+        images = _to_network(tf, images, resolution, channels)
+        if augment is not None:
+            images = augment(images, training=True)
+        return images, labels
+
+    return pipeline.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+
+
+class _ProgressCallback:
+    """Adapts Keras' epoch-end logs to an EpochReport callback."""
+
+    def __init__(self, keras, epochs: int, progress: Callable[[EpochReport], None]) -> None:
+        outer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                outer.started = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                progress(
+                    EpochReport(
+                        epoch=epoch + 1,
+                        epochs=epochs,
+                        loss=float(logs.get("loss", float("nan"))),
+                        accuracy=float(logs.get("accuracy", float("nan"))),
+                        val_loss=float(logs.get("val_loss", float("nan"))),
+                        val_accuracy=float(logs.get("val_accuracy", float("nan"))),
+                        seconds=time.perf_counter() - outer.started,
+                    )
+                )
+
+        self.started = time.perf_counter()
+        self.callback = Callback()
+
+
+def _adapt_batchnorm_momentum(model: Any, total_steps: int) -> None:
+    """Short runs: a lower BN momentum so the moving statistics converge in time.
+
+    With the default 0.99, the moving mean/variance need a few hundred steps to
+    forget their initial 0/1; a quick run (a small dataset, --limit, few epochs)
+    would validate and convert with statistics that never saw the data.
+    """
+    if total_steps >= SHORT_RUN_STEPS:
+        return
+    for layer in model.layers:
+        if hasattr(layer, "moving_variance"):
+            layer.momentum = SHORT_RUN_BN_MOMENTUM
+
+
+def train_network(
+    network: ScaledNetwork,
+    dataset: Dataset,
+    config: TrainConfig | None = None,
+    progress: Callable[[EpochReport], None] | None = None,
+) -> TrainResult:
+    """Train `network` on `dataset` (a validation split is held out); best weights kept."""
+    config = config or TrainConfig()
+    spec = network.spec
+    check_classes(dataset, spec.classes, f"the network ({spec.base}, phi={network.phi:g})")
+    train_set, val_set = split(dataset, config.validation_fraction, seed=config.seed)
+    if len(train_set) < 1 or len(val_set) < 1:
+        raise DataError(f"{dataset.source}: too few samples to train ({len(dataset)})")
+    tf, keras = _import_tensorflow()
+    _make_deterministic(tf, keras, config.seed)
+    from tinyscale.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
+
+    model = build_keras_model(spec, dropout=config.dropout, seed=config.seed)
+    steps = math.ceil(len(train_set) / config.batch_size)
+    _adapt_batchnorm_momentum(model, steps * config.epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps * config.epochs,
+                                                      alpha=0.01)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,  # XLA compilation costs more than it saves on these small CPU runs
+        run_eagerly=steps * config.epochs <= EAGER_MAX_STEPS,
+    )
+    callbacks = [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
+    ]
+    if progress is not None:
+        callbacks.append(_ProgressCallback(keras, config.epochs, progress).callback)
+    resolution, channels = spec.resolution, spec.channels
+    started = time.perf_counter()
+    fitted = model.fit(
+        _dataset_pipeline(tf, keras, train_set, resolution, channels, config, training=True),
+        validation_data=_dataset_pipeline(tf, keras, val_set, resolution, channels, config, training=False),
+        epochs=config.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the pipeline shuffles, seeded
+        verbose=0,
+    )
+    seconds = time.perf_counter() - started
+    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
+    if not history.get("val_loss") or not all(math.isfinite(v) for v in history["loss"]):
+        raise TinyscaleError("training diverged (loss is not finite); try a lower --learning-rate")
+    best = int(np.argmin(history["val_loss"]))
+    return TrainResult(
+        model=model,
+        history=history,
+        best_epoch=best + 1,
+        val_accuracy=history["val_accuracy"][best],
+        train_samples=len(train_set),
+        val_samples=len(val_set),
+        seconds=seconds,
+        config=config,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Saving and loading
+
+
+def save_keras_model(model: Any, path: Path) -> None:
+    """Save atomically: Keras writes a temp file in the same directory, then it is renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    os.close(handle)
+    try:
+        with quiet_tensorflow():
+            model.save(temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_training(result: TrainResult, out_dir: Path, metadata: dict[str, Any], force: bool = False) -> tuple[Path, Path]:
+    """Write model.keras and history.json into `out_dir`; refuse to clobber without `force`."""
+    out_dir = Path(out_dir)
+    model_path, history_path = out_dir / MODEL_FILE, out_dir / HISTORY_FILE
+    for path in (model_path, history_path):
+        refuse_clobber(path, force)
+    document = {**metadata, **result.summary()}
+    save_keras_model(result.model, model_path)
+    atomic_write_text(history_path, json.dumps(document, indent=2) + "\n")
+    return model_path, history_path
+
+
+def _load_or_fail(kind: str, path: Path, load: Callable[[], Any]) -> Any:
+    """Run a TF/Keras loader silenced; any failure becomes one ModelError line."""
+    from tinyscale.errors import ModelError  # noqa: PLC0415
+
+    with quiet_tensorflow() as captured:
+        try:
+            result = load()
+            error = None
+        except Exception as caught:  # TF and Keras raise many types for a bad file
+            error = caught
+    if error is not None:
+        reason = " ".join(str(error).split())[:200] or captured.last_lines(1)
+        raise ModelError(f"cannot load {kind} {path}: {reason}")
+    return result
+
+
+def load_keras_model(path: Path) -> Any:
+    """A Keras model from a .keras/.h5 file; ModelError if missing or unreadable."""
+    from tinyscale.errors import ModelError  # noqa: PLC0415
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"no model at {path}")
+    _, keras = _import_tensorflow()
+    return _load_or_fail("Keras model", path, lambda: keras.models.load_model(path, compile=False))
+
+
+def read_history(model_path: Path) -> dict[str, Any] | None:
+    """The history.json saved next to a trained model, if any."""
+    path = Path(model_path).parent / HISTORY_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def load_saved_model(path: Path) -> Any:
+    """A SavedModel directory wrapped as a Keras model (its serving signature, one image input)."""
+    from tinyscale.errors import ModelError  # noqa: PLC0415
+
+    tf, keras = _import_tensorflow()
+
+    def input_specs():
+        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        return list(signature.structured_input_signature[1].values())
+
+    specs = _load_or_fail("SavedModel", path, input_specs)
+    if len(specs) != 1:
+        raise ModelError(f"SavedModel {path} has {len(specs)} inputs; tinyscale converts single-image models")
+    inputs = keras.Input(shape=tuple(specs[0].shape[1:]), name="input")
+    outputs = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")(inputs)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise ModelError(f"SavedModel {path} has {len(outputs)} outputs; tinyscale converts single-output models")
+        outputs = next(iter(outputs.values()))
+    return keras.Model(inputs, outputs, name="saved_model")
