@@ -1,0 +1,492 @@
+"""`tinyscale firmware`: rendering, golden trees, bad input, and the generated C compiled.
+
+Uses the `tiny` base model at phi=0 (tests/golden/tiny.tflite, made by
+``spec_to_tflite(scale("tiny", 0).spec)``) so no TensorFlow runs here.
+Regenerate the golden trees with ``TINYSCALE_UPDATE_GOLDEN=1 pytest tests/test_firmware.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tinyscale import firmware as fw
+from tinyscale.cli import app
+from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
+from tinyscale.targets import load_all_targets, load_target
+from tinyscale.tflite_model import read_model
+
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_FIRMWARE = GOLDEN / "firmware"
+TINY_MODEL = GOLDEN / "tiny.tflite"
+GOLDEN_TARGETS = ("mps2-an386", "nucleo-h743zi2", "esp32")
+# Model data (large) and files copied verbatim from firmware/ or templates/ (their
+# sources are in the repository already): the golden tree holds their sha256.
+HASHED_FILES = ("model_data.c", "selftest_data.c", "tinyscale_runner.cc", "tinyscale_runner.h",
+                "tinyscale_platform.h", "board.h")
+UPDATE_GOLDEN = os.environ.get("TINYSCALE_UPDATE_GOLDEN") == "1"
+
+ARM_GCC = shutil.which("arm-none-eabi-gcc")
+ARM_GXX = shutil.which("arm-none-eabi-g++")
+HOST_GCC = shutil.which("gcc")
+HOST_GXX = shutil.which("g++")
+QEMU = shutil.which("qemu-system-arm")
+needs_arm = pytest.mark.skipif(not (ARM_GCC and ARM_GXX), reason="arm-none-eabi-gcc/g++ not installed")
+needs_host_gcc = pytest.mark.skipif(not (HOST_GCC and HOST_GXX), reason="host gcc/g++ not installed")
+
+CMAKE_ARM_TARGETS = [t.name for t in load_all_targets() if t.build_system == "cmake-arm"]
+ESP_IDF_TARGETS = [t.name for t in load_all_targets() if t.build_system == "esp-idf"]
+
+
+@pytest.fixture(scope="module")
+def model() -> bytes:
+    return TINY_MODEL.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def host_figures(model) -> tuple[int, np.ndarray]:
+    """Host-measured arena and expected output, once per module (each costs a TFLM worker)."""
+    arena = fw.measure_arena_bytes(model)
+    info = read_model(model)
+    expected = fw.host_expected_output(model, fw.selftest_input(info.input_tensors[0]), arena + 4096)
+    return arena, expected
+
+
+def context_for(model: bytes, figures, target_name: str, **options) -> fw.ProjectContext:
+    arena, expected = figures
+    target = load_target(target_name)
+    opts = fw.FirmwareOptions(target=target, out_dir=Path("unused"), name="tiny", model_file="tiny.tflite", **options)
+    return fw.build_context(model, opts, measured_arena_bytes=arena, expected=expected)
+
+
+def render(context: fw.ProjectContext, directory: Path) -> Path:
+    fw.write_project(context, directory, force=False)
+    return directory
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------------------
+# Golden trees and determinism
+
+
+def _golden_view(files: dict[str, bytes]) -> dict[str, bytes]:
+    view = {}
+    for name, data in files.items():
+        if Path(name).name in HASHED_FILES:
+            view[name + ".sha256"] = (hashlib.sha256(data).hexdigest() + "\n").encode()
+        else:
+            view[name] = data
+    return view
+
+
+@pytest.mark.parametrize("target_name", GOLDEN_TARGETS)
+def test_rendered_tree_matches_golden(target_name, tmp_path):
+    # Frozen copies of the target files: a board file's edit must not change these goldens.
+    target = load_target(str(GOLDEN_FIRMWARE / "targets" / f"{target_name}.toml"))
+    options = fw.FirmwareOptions(target=target, out_dir=tmp_path / "out", name="tiny", model_file="tiny.tflite")
+    fw.generate_firmware(TINY_MODEL.read_bytes(), options)
+    rendered = _golden_view(tree(tmp_path / "out"))
+    golden_dir = GOLDEN_FIRMWARE / target_name
+    if UPDATE_GOLDEN:
+        shutil.rmtree(golden_dir, ignore_errors=True)
+        for name, data in rendered.items():
+            (golden_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (golden_dir / name).write_bytes(data)
+    golden = tree(golden_dir)
+    assert sorted(rendered) == sorted(golden)
+    for name in golden:
+        assert rendered[name] == golden[name], f"{target_name}/{name} differs from the golden file"
+
+
+def test_same_inputs_give_byte_identical_projects(model, tmp_path):
+    target = load_target("mps2-an386")
+    for name in ("a", "b"):
+        fw.generate_firmware(model, fw.FirmwareOptions(target=target, out_dir=tmp_path / name, model_file="m.tflite"))
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")
+
+
+def test_project_contents_follow_the_model_and_target(model, host_figures, tmp_path):
+    context = context_for(model, host_figures, "nucleo-h743zi2")
+    out = render(context, tmp_path / "h7")
+    ops = (out / "src/model_ops.h").read_text()
+    assert "#define TS_OP_COUNT 6" in ops
+    assert [op.name for op in context.operators] == list(read_model(model).operator_names)
+    for op in context.operators:
+        assert f"resolver.{op.method}()" in ops
+    model_c = (out / "src/model_data.c").read_text()
+    assert "__attribute__((aligned(16)))" in model_c and f"[{len(model)}]" in model_c
+    linker = (out / "linker.ld").read_text()
+    assert "} > AXI_SRAM" in linker and "KEEP(*(.init))" in linker and "KEEP(*(.init_array*))" in linker
+    manifest = (out / "manifest.json").read_text()
+    assert hashlib.sha256(model).hexdigest() in manifest and '"target": "nucleo-h743zi2"' in manifest
+    readme = (out / "README.md").read_text()
+    assert "cmake -S . -B build -DTFLM_ROOT=" in readme and "STM32_Programmer_CLI" in readme
+    assert "picocom -b 115200 /dev/ttyACM0" in readme
+
+
+# ---------------------------------------------------------------------------
+# Sizing rules
+
+
+def test_arena_is_measured_plus_margin_and_aligned(model, host_figures):
+    arena, _ = host_figures
+    for target_name in ("mps2-an386", "esp32"):
+        context = context_for(model, host_figures, target_name)
+        plan = context.arena
+        assert plan.measured_bytes == arena
+        assert plan.arena_bytes % fw.ARENA_ALIGNMENT == 0
+        assert plan.margin_bytes >= fw.arena_margin_bytes(arena, context.target.kernel_library)
+        assert plan.arena_bytes == plan.measured_bytes + plan.margin_bytes
+
+
+def test_esp32_s3_arena_moves_to_psram_when_internal_ram_is_short(model, host_figures, tmp_path):
+    _, expected = host_figures
+    context = context_for(model, (400_000, expected), "esp32-s3")
+    assert context.arena.region == "psram" and context.esp_idf.psram
+    out = render(context, tmp_path / "s3")
+    assert "CONFIG_SPIRAM=y" in (out / "sdkconfig.defaults").read_text()
+    assert "MALLOC_CAP_SPIRAM" in (out / "main/main.cc").read_text()
+
+
+def test_partition_table_only_when_the_image_exceeds_one_megabyte(model, host_figures, tmp_path):
+    context = context_for(model, host_figures, "esp32")
+    assert context.esp_idf.factory_partition_bytes is None
+    assert not (render(context, tmp_path / "small") / "partitions.csv").exists()
+
+    target = load_target("esp32")
+    big_flash = replace(target.flash, budget_bytes=3 * 1024 * 1024, reserved_bytes=1024 * 1024)
+    arena, expected = host_figures
+    options = fw.FirmwareOptions(target=replace(target, flash=big_flash), out_dir=Path("unused"), name="tiny")
+    context = fw.build_context(model, options, measured_arena_bytes=arena, expected=expected)
+    size = context.esp_idf.factory_partition_bytes
+    assert size is not None and size % 0x10000 == 0 and size >= context.placement.flash_needed_bytes
+    out = render(context, tmp_path / "big")
+    assert f"factory,  app,  factory, 0x10000, 0x{size:X}," in (out / "partitions.csv").read_text()
+    assert 'CONFIG_PARTITION_TABLE_CUSTOM_FILENAME="partitions.csv"' in (out / "sdkconfig.defaults").read_text()
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("person-det.v2.tflite", "person_det_v2"), ("2class.tflite", "app_2class"), ("int.tflite", "app_int"),
+])
+def test_default_project_name_is_a_c_identifier(name, expected):
+    assert fw.default_project_name(name) == expected
+
+
+@pytest.mark.parametrize("bad", ["1abc", "a-b", "int", "", "a b"])
+def test_invalid_identifiers_are_refused(bad):
+    with pytest.raises(TemplateError, match="not a valid C identifier"):
+        fw.check_identifier(bad, "project name")
+
+
+# ---------------------------------------------------------------------------
+# Bad input: one line, non-zero exit, nothing written
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(app, ["firmware", *args])
+
+
+def assert_refused(result, exit_code: int, message: str, parent: Path, before: set[str]):
+    assert result.exit_code == exit_code, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert {p.name for p in parent.iterdir()} == before  # no project, no temporary directory
+
+
+def write_model_with_operator(model: bytes, path: Path, builtin_code: int) -> Path:
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+    import flatbuffers
+
+    obj = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    obj.operatorCodes[0].builtinCode = builtin_code
+    obj.operatorCodes[0].deprecatedBuiltinCode = min(builtin_code, 127)
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, model):
+    (tmp_path / "model.tflite").write_bytes(model)
+    return tmp_path
+
+
+def test_unknown_target_is_refused(workdir):
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "model.tflite"), "--target", "nucleo-h999", "-o", str(workdir / "out"))
+    assert_refused(result, 2, "unknown target 'nucleo-h999'", workdir, before)
+
+
+@pytest.mark.parametrize("target_name", ["nano33ble", "rpi-pico"])
+def test_build_system_without_template_is_refused(workdir, target_name):
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "model.tflite"), "--target", target_name, "-o", str(workdir / "out"))
+    assert_refused(result, 1, "has no firmware template", workdir, before)
+
+
+def test_operator_tflm_lacks_is_refused(workdir, model):
+    write_model_with_operator(model, workdir / "odd.tflite", 15)  # LSH_PROJECTION: no TFLM kernel
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "odd.tflite"), "--target", "mps2-an386", "-o", str(workdir / "out"))
+    assert_refused(result, 1, "operator LSH_PROJECTION has no TFLM MicroMutableOpResolver Add method", workdir, before)
+
+
+SMALL_TARGET = """
+schema_version = 1
+name = "small-ram"
+board = "test board (STM32F411RE) with 8 KB of RAM"
+core = "Arm Cortex-M4"
+cpu = "cortex-m4"
+clock_hz = 16_000_000
+kernel_library = "cmsis-nn"
+build_system = "cmake-arm"
+
+[flash]
+size_bytes = 524_288
+origin = 0x0800_0000
+budget_bytes = 524_288
+reserved_bytes = 131_072
+
+[[memory]]
+name = "sram"
+kind = "sram"
+origin = 0x2000_0000
+size_bytes = 8_192
+reserved_bytes = 4_096
+arena = true
+
+[console]
+kind = "semihosting"
+"""
+
+
+def test_model_that_does_not_fit_is_refused_with_numbers(workdir):
+    target_file = workdir / "small-ram.toml"
+    target_file.write_text(SMALL_TARGET)
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "model.tflite"), "--target", str(target_file), "-o", str(workdir / "out"))
+    assert_refused(result, 3, "does not fit small-ram: SRAM (sram)", workdir, before)
+    assert " B > 8,192 B" in result.output
+
+    forced = run_cli(str(workdir / "model.tflite"), "--target", str(target_file), "-o", str(workdir / "out"), "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "generated with `--force`" in (workdir / "out" / "README.md").read_text()
+    assert "--target small-ram.toml" in (workdir / "out" / "manifest.json").read_text()
+
+
+def test_existing_directory_is_not_overwritten(workdir):
+    out = workdir / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "model.tflite"), "--target", "mps2-an386", "-o", str(out))
+    assert_refused(result, 4, "exists and is not empty", workdir, before)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+    replaced = run_cli(str(workdir / "model.tflite"), "--target", "mps2-an386", "-o", str(out), "--force")
+    assert replaced.exit_code == 0, replaced.output
+    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
+    assert {p.name for p in workdir.iterdir()} == before  # the old tree and the staging dir are gone
+
+
+@pytest.mark.parametrize("data", [b"", b"not a model at all", None])
+def test_corrupt_model_is_refused(workdir, model, data):
+    bad = workdir / "bad.tflite"
+    bad.write_bytes(model[: len(model) // 3] if data is None else data)
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(bad), "--target", "mps2-an386", "-o", str(workdir / "out"))
+    assert_refused(result, 1, "error: ", workdir, before)
+
+
+def test_missing_model_file_is_refused(workdir):
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "absent.tflite"), "--target", "mps2-an386", "-o", str(workdir / "out"))
+    assert_refused(result, 1, "cannot read", workdir, before)
+
+
+def test_render_failure_leaves_nothing(model, host_figures, tmp_path, monkeypatch):
+    context = context_for(model, host_figures, "mps2-an386")
+    monkeypatch.setattr(fw, "manifest", lambda _ctx: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        fw.write_project(context, tmp_path / "out", force=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_undefined_template_variable_is_an_error(model, host_figures, tmp_path):
+    context = context_for(model, host_figures, "mps2-an386")
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "x.txt.jinja").write_text("{{ ctx.no_such_field }}")
+    with pytest.raises(TemplateError, match="no_such_field"):
+        fw.render_tree(tmp_path / "tpl", tmp_path / "out", context)
+
+
+def test_library_errors_are_typed(model, host_figures, tmp_path):
+    with pytest.raises(ModelError):
+        fw.build_context(b"garbage!", fw.FirmwareOptions(target=load_target("esp32"), out_dir=tmp_path))
+    arena, expected = host_figures
+    tight = load_target("nucleo-l476rg")
+    with pytest.raises(DoesNotFitError):
+        fw.build_context(model, fw.FirmwareOptions(target=tight, out_dir=tmp_path, name="x"),
+                         measured_arena_bytes=10_000_000, expected=expected)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(OutputExistsError):
+        fw.write_project(context_for(model, host_figures, "esp32"), tmp_path / "full", force=False)
+
+
+# ---------------------------------------------------------------------------
+# The generated C/C++ that needs no TFLM, compiled with -Wall -Werror
+
+# Stand-ins for the two external APIs the glue calls: TFLM's debug-log hook and ESP-IDF's heap/timer.
+STUB_HEADERS = {
+    "tensorflow/lite/micro/cortex_m_generic/debug_log_callback.h": (
+        "#pragma once\ntypedef void (*DebugLogCallback)(const char* s);\n"
+        "#ifdef __cplusplus\nextern \"C\"\n#endif\nvoid RegisterDebugLogCallback(DebugLogCallback callback);\n"),
+    "esp_heap_caps.h": (
+        "#pragma once\n#include <stddef.h>\n#define MALLOC_CAP_INTERNAL (1 << 11)\n#define MALLOC_CAP_SPIRAM (1 << 10)\n"
+        "#define MALLOC_CAP_8BIT (1 << 2)\nextern \"C\" void* heap_caps_aligned_alloc(size_t, size_t, unsigned);\n"
+        "extern \"C\" size_t heap_caps_get_largest_free_block(unsigned);\nextern \"C\" void heap_caps_free(void*);\n"),
+    "esp_timer.h": "#pragma once\n#include <stdint.h>\nextern \"C\" int64_t esp_timer_get_time(void);\n",
+}
+# What a link needs besides the glue: TFLM's hook and the inference core, replaced by a
+# stub that exercises the console, the timer and the embedded data.
+STUB_RUNNER = r"""
+#include <stddef.h>
+#include <stdint.h>
+#include "model_data.h"
+#include "selftest_data.h"
+#include "tinyscale_platform.h"
+typedef void (*DebugLogCallback)(const char* s);
+extern "C" void RegisterDebugLogCallback(DebugLogCallback callback) { callback("hook registered\n"); }
+int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
+  uint32_t start = ts_time_us();
+  arena[0] = 1; arena[arena_bytes - 1] = 2;
+  volatile uint32_t sum = 0;
+  for (unsigned i = 0; i < ts_model_data_len; ++i) sum += ts_model_data[i];
+  ts_console_write(ts_model_data[4] == 'T' && ts_selftest_expected[0].length > 0 ? "STUB OK\n" : "STUB BAD\n");
+  return ts_time_us() >= start ? 0 : 1;
+}
+"""
+
+
+def write_stubs(directory: Path) -> Path:
+    for name, text in STUB_HEADERS.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text)
+    return directory
+
+
+def compile_file(compiler: str, source: Path, flags: list[str], out: Path | None = None) -> None:
+    command = [compiler, *flags, "-Wall", "-Wextra", "-Werror", "-O2", "-c", str(source),
+               "-o", str(out or source.with_suffix(source.suffix + ".o"))]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr}"
+
+
+def arm_flags(context: fw.ProjectContext) -> list[str]:
+    flags = [f"-mcpu={context.cmake_arm.cpu}", "-mthumb", "-ffunction-sections", "-fdata-sections"]
+    fpu = context.cmake_arm.fpu
+    return flags + ([f"-mfpu={fpu}", "-mfloat-abi=hard"] if fpu else ["-mfloat-abi=soft"])
+
+
+@needs_host_gcc
+@pytest.mark.parametrize("target_name", ["mps2-an386", "nucleo-f411re", "esp32"])
+def test_generated_sources_compile_with_host_gcc(model, host_figures, tmp_path, target_name):
+    context = context_for(model, host_figures, target_name)
+    out = render(context, tmp_path / "p")
+    src = out / context.source_dir
+    stubs = write_stubs(tmp_path / "stubs")
+    for name in ("model_data.c", "selftest_data.c"):
+        compile_file(HOST_GCC, src / name, ["-std=c11", f"-I{src}"], tmp_path / f"{name}.o")
+    if context.build_system == "esp-idf":
+        compile_file(HOST_GXX, src / "main.cc", ["-std=c++17", f"-I{src}", f"-I{stubs}"], tmp_path / "main.o")
+    else:
+        # Board glue holds Arm instructions and register addresses: the host checks its C only.
+        for name in ("startup.c", "board.c"):
+            compile_file(HOST_GCC, src / name, ["-std=c11", "-fsyntax-only", f"-I{src}"], tmp_path / f"{name}.o")
+
+
+@needs_arm
+@pytest.mark.parametrize("target_name", CMAKE_ARM_TARGETS)
+def test_glue_compiles_and_links_into_the_planned_regions(model, host_figures, tmp_path, target_name):
+    context = context_for(model, host_figures, target_name)
+    elf = build_stub_elf(context, tmp_path)
+    sections = section_table(elf)
+    glue = context.cmake_arm
+    regions = {r.symbol: r for r in glue.regions}
+    arena_region = regions[glue.arena_region]
+    data_region = regions[glue.data_region]
+
+    assert sections[".isr_vector"][1] == glue.flash_origin
+    addr, size = sections[".tensor_arena"][1], sections[".tensor_arena"][0]
+    assert size == context.arena.arena_bytes and addr % 16 == 0
+    assert arena_region.origin <= addr and addr + size <= arena_region.origin + arena_region.length
+    for name in (".data", ".bss", ".stack"):
+        size, addr = sections[name]
+        assert data_region.origin <= addr and addr + size <= data_region.origin + data_region.length, name
+    text_size, text_addr = sections[".text"]
+    assert glue.flash_origin <= text_addr and text_addr + text_size <= glue.flash_origin + glue.flash_length
+    # The model is const: it lands in flash (.text holds .rodata), not RAM.
+    assert text_size > context.model_size_bytes
+    assert sections[".data"][0] < 1024
+
+
+@needs_arm
+@pytest.mark.skipif(not QEMU, reason="qemu-system-arm not installed")
+def test_mps2_glue_boots_under_qemu(model, host_figures, tmp_path):
+    """Startup, static init, semihosting console, SysTick timer and exit, without TFLM."""
+    context = context_for(model, host_figures, "mps2-an386")
+    elf = build_stub_elf(context, tmp_path)
+    result = subprocess.run(
+        [QEMU, "-M", "mps2-an386", "-nographic", "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, timeout=60,
+    )
+    # QEMU writes semihosting output to stderr or stdout depending on the terminal: read both.
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines() == ["hook registered", "tinyscale tiny on mps2-an386", "STUB OK"]
+
+
+def build_stub_elf(context: fw.ProjectContext, tmp_path: Path) -> Path:
+    out = render(context, tmp_path / "p")
+    src = out / "src"
+    stubs = write_stubs(tmp_path / "stubs")
+    (src / "stub_runner.cc").write_text(STUB_RUNNER)
+    flags = arm_flags(context)
+    objects = []
+    for name in ("startup.c", "board.c", "model_data.c", "selftest_data.c"):
+        objects.append(tmp_path / f"{name}.o")
+        compile_file(ARM_GCC, src / name, [*flags, "-std=c11", f"-I{src}"], objects[-1])
+    for name in ("main.cc", "stub_runner.cc"):
+        objects.append(tmp_path / f"{name}.o")
+        compile_file(ARM_GXX, src / name, [*flags, "-std=c++17", "-fno-rtti", "-fno-exceptions",
+                                           f"-I{src}", f"-I{stubs}"], objects[-1])
+    elf = tmp_path / "app.elf"
+    command = [ARM_GXX, *flags, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections",
+               f"-T{out / 'linker.ld'}", *map(str, objects), "-o", str(elf)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return elf
+
+
+def section_table(elf: Path) -> dict[str, tuple[int, int]]:
+    """name -> (size, address) from `arm-none-eabi-size -A`."""
+    size_tool = shutil.which("arm-none-eabi-size")
+    text = subprocess.run([size_tool, "-A", str(elf)], capture_output=True, text=True, check=True).stdout
+    sections = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sections[parts[0]] = (int(parts[1]), int(parts[2]))
+    return sections

@@ -1,0 +1,728 @@
+"""Render a flashable firmware project for one int8 model and one target.
+
+Data flows one way: model bytes + target -> checks (operators, fit) ->
+host-measured arena and self-test vectors -> one :class:`ProjectContext` ->
+Jinja templates (``templates/<build system>/`` at the project root,
+``templates/common/`` and the shared ``firmware/`` sources in the source
+directory) -> a temporary directory beside the output, renamed into place.
+Nothing is written when any step fails.
+
+Template rules (after copier): only ``*.jinja`` files are rendered (the
+suffix is dropped), everything else is copied byte for byte; undefined
+variables are errors (``StrictUndefined``); a template that renders to
+whitespace only is not written, which is how optional files such as an
+ESP-IDF ``partitions.csv`` appear only when needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tinyscale import __version__
+from tinyscale.budget import Placement, place
+from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
+from tinyscale.fsutil import check_output_dir
+from tinyscale.resources import data_dir
+from tinyscale.targets import MemoryRegion, Target
+from tinyscale.tflite_model import ModelInfo, TensorInfo, read_model
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_BUILD_SYSTEMS = ("cmake-arm", "esp-idf")
+# Where each build system keeps its sources (firmware/ and templates/common/ go there).
+SOURCE_DIRS = {"cmake-arm": "src", "esp-idf": "main"}
+MODEL_BYTES_PER_LINE = 12
+SELFTEST_SEED = 0
+ARENA_ALIGNMENT = 16
+# Model data is aligned like TFLM's own examples: flatbuffer tables may hold
+# 8- and 16-byte scalars that are read in place.
+MODEL_ALIGNMENT = 16
+
+# Arena margin added to the host-measured minimum, per kernel library.
+# The host figure comes from the x86-64 Python interpreter with reference
+# kernels. On a 32-bit MCU the allocator's pointer-sized structs shrink (the
+# arena needed gets smaller), while optimized kernels request scratch buffers
+# (CMSIS-NN im2col/depthwise buffers, ESP-NN's larger ones) that the host never
+# asks for. Measured on mps2-an386 under QEMU (tests/test_firmware_integration.py,
+# `tiny` base model, phi=0): see FIRMWARE_MARGIN_NOTE in the manifest.
+ARENA_MARGIN_FRACTION = {"reference": 0.0, "cmsis-nn": 1 / 16, "esp-nn": 1 / 4}
+ARENA_MARGIN_MIN_BYTES = {"reference": 256, "cmsis-nn": 1024, "esp-nn": 8192}
+MARGIN_NOTE = (
+    "arena = align16(host minimum + max(min_bytes, fraction x host minimum)); the 64-bit host figure "
+    "exceeds the 32-bit MCU need (pointer-sized structs) and the margin covers optimized-kernel scratch "
+    "buffers that the host's reference kernels never request"
+)
+
+# BuiltinOperator name -> TFLM MicroMutableOpResolver method (tflite-micro
+# micro_mutable_op_resolver.h). Only builtins: custom operators are refused.
+OP_RESOLVER_METHODS = {
+    "ABS": "AddAbs", "ADD": "AddAdd", "ADD_N": "AddAddN", "ARG_MAX": "AddArgMax", "ARG_MIN": "AddArgMin",
+    "ASSIGN_VARIABLE": "AddAssignVariable", "AVERAGE_POOL_2D": "AddAveragePool2D",
+    "BATCH_MATMUL": "AddBatchMatMul", "BATCH_TO_SPACE_ND": "AddBatchToSpaceNd",
+    "BROADCAST_ARGS": "AddBroadcastArgs", "BROADCAST_TO": "AddBroadcastTo", "CALL_ONCE": "AddCallOnce",
+    "CAST": "AddCast", "CEIL": "AddCeil", "CONCATENATION": "AddConcatenation", "CONV_2D": "AddConv2D",
+    "COS": "AddCos", "CUMSUM": "AddCumSum", "DEPTH_TO_SPACE": "AddDepthToSpace",
+    "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "DEQUANTIZE": "AddDequantize", "DIV": "AddDiv",
+    "DYNAMIC_UPDATE_SLICE": "AddDynamicUpdateSlice", "EMBEDDING_LOOKUP": "AddEmbeddingLookup",
+    "ELU": "AddElu", "EQUAL": "AddEqual", "EXP": "AddExp", "EXPAND_DIMS": "AddExpandDims",
+    "FILL": "AddFill", "FLOOR": "AddFloor", "FLOOR_DIV": "AddFloorDiv", "FLOOR_MOD": "AddFloorMod",
+    "FULLY_CONNECTED": "AddFullyConnected", "GATHER": "AddGather", "GATHER_ND": "AddGatherNd",
+    "GREATER": "AddGreater", "GREATER_EQUAL": "AddGreaterEqual", "HARD_SWISH": "AddHardSwish",
+    "IF": "AddIf", "L2_NORMALIZATION": "AddL2Normalization", "L2_POOL_2D": "AddL2Pool2D",
+    "LEAKY_RELU": "AddLeakyRelu", "LESS": "AddLess", "LESS_EQUAL": "AddLessEqual", "LOG": "AddLog",
+    "LOGICAL_AND": "AddLogicalAnd", "LOGICAL_NOT": "AddLogicalNot", "LOGICAL_OR": "AddLogicalOr",
+    "LOGISTIC": "AddLogistic", "LOG_SOFTMAX": "AddLogSoftmax", "MAXIMUM": "AddMaximum",
+    "MAX_POOL_2D": "AddMaxPool2D", "MIRROR_PAD": "AddMirrorPad", "MEAN": "AddMean",
+    "MINIMUM": "AddMinimum", "MUL": "AddMul", "NEG": "AddNeg", "NOT_EQUAL": "AddNotEqual",
+    "PACK": "AddPack", "PAD": "AddPad", "PADV2": "AddPadV2", "PRELU": "AddPrelu",
+    "QUANTIZE": "AddQuantize", "READ_VARIABLE": "AddReadVariable", "REDUCE_ALL": "AddReduceAll",
+    "REDUCE_MAX": "AddReduceMax", "REDUCE_MIN": "AddReduceMin", "RELU": "AddRelu", "RELU6": "AddRelu6",
+    "RESHAPE": "AddReshape", "RESIZE_BILINEAR": "AddResizeBilinear",
+    "RESIZE_NEAREST_NEIGHBOR": "AddResizeNearestNeighbor", "REVERSE_V2": "AddReverseV2",
+    "ROUND": "AddRound", "RSQRT": "AddRsqrt", "SELECT_V2": "AddSelectV2", "SHAPE": "AddShape",
+    "SIN": "AddSin", "SLICE": "AddSlice", "SOFTMAX": "AddSoftmax", "SPACE_TO_BATCH_ND": "AddSpaceToBatchNd",
+    "SPACE_TO_DEPTH": "AddSpaceToDepth", "SPLIT": "AddSplit", "SPLIT_V": "AddSplitV",
+    "SQUEEZE": "AddSqueeze", "SQRT": "AddSqrt", "SQUARE": "AddSquare",
+    "SQUARED_DIFFERENCE": "AddSquaredDifference", "STRIDED_SLICE": "AddStridedSlice", "SUB": "AddSub",
+    "SUM": "AddSum", "SVDF": "AddSvdf", "TANH": "AddTanh", "TRANSPOSE_CONV": "AddTransposeConv",
+    "TRANSPOSE": "AddTranspose", "UNPACK": "AddUnpack",
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": "AddUnidirectionalSequenceLSTM", "VAR_HANDLE": "AddVarHandle",
+    "WHILE": "AddWhile", "ZEROS_LIKE": "AddZerosLike",
+}
+
+_C_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_C_KEYWORDS = frozenset(
+    "alignas alignof and asm auto bool break case catch char class const constexpr continue default "
+    "delete do double else enum explicit export extern false float for friend goto if inline int long "
+    "main mutable namespace new noexcept not nullptr operator or private protected public register "
+    "return short signed sizeof static struct switch template this throw true try typedef typename "
+    "union unsigned using virtual void volatile while".split()
+)
+
+
+# ---------------------------------------------------------------------------
+# Context: everything the templates see, built and checked in Python
+
+
+@dataclass(frozen=True)
+class OpEntry:
+    name: str  # BuiltinOperator name, e.g. CONV_2D
+    method: str  # MicroMutableOpResolver method, e.g. AddConv2D
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """An int8 tensor embedded in the firmware (self-test input or expected output)."""
+
+    name: str
+    shape: tuple[int, ...]
+    values: tuple[int, ...]
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        return _c_array_lines([str(v) for v in self.values], 16)
+
+
+@dataclass(frozen=True)
+class ArenaPlan:
+    measured_bytes: int  # host (x86-64, reference kernels) minimum
+    margin_bytes: int
+    arena_bytes: int  # what the firmware allocates
+    region: str  # memory region the arena lives in
+    region_kind: str  # sram or psram
+
+
+@dataclass(frozen=True)
+class LinkerRegion:
+    name: str  # as in the target file
+    symbol: str  # MEMORY name in the linker script
+    origin: int
+    length: int
+
+
+@dataclass(frozen=True)
+class CmakeArmContext:
+    cpu: str
+    fpu: str | None
+    regions: tuple[LinkerRegion, ...]
+    data_region: str  # symbol of the region holding .data/.bss/heap/stack
+    arena_region: str  # symbol of the region holding .tensor_arena
+    flash_origin: int
+    flash_length: int
+    stack_bytes: int
+    heap_bytes: int
+    core_clock_hz: int  # what SysTick counts at with the reset clock tree
+    console: str  # semihosting or uart
+    uart: UartGlue | None
+
+
+@dataclass(frozen=True)
+class UartGlue:
+    """Register-level setup of an STM32 USART wired to the ST-LINK virtual COM port."""
+
+    family: str
+    instance: str
+    usart_base: int
+    usart_enable_register: int
+    usart_enable_bit: int
+    gpio_enable_register: int
+    pins: tuple[PinMux, ...]
+    af: int
+    baud: int
+    brr: int
+    layout: str  # "v1" (F4: SR/DR) or "v2" (ISR/TDR)
+
+    @property
+    def gpio_ports(self) -> tuple[tuple[int, str], ...]:
+        """(index, letter) of each GPIO port the pins use, once each."""
+        return tuple((i, "ABCDEFGHIJK"[i]) for i in sorted({pin.port_index for pin in self.pins}))
+
+
+@dataclass(frozen=True)
+class PinMux:
+    name: str  # e.g. PD8
+    port_index: int  # A=0
+    port_base: int
+    pin: int
+
+
+@dataclass(frozen=True)
+class EspIdfContext:
+    idf_target: str
+    flash_size_mb: int
+    cpu_mhz: int
+    arena_caps: str
+    psram: bool
+    console: str  # uart or usb-serial-jtag
+    factory_partition_bytes: int | None  # None: the default 1 MB app partition is enough
+    component_version: str
+
+
+@dataclass(frozen=True)
+class ProjectContext:
+    """The one object a project's templates are rendered from."""
+
+    project_name: str
+    tinyscale_version: str
+    target: Target
+    build_system: str
+    source_dir: str
+    phi: float | None
+    model_file: str
+    model_sha256: str
+    model_size_bytes: int
+    model_alignment: int
+    model_lines: tuple[str, ...]
+    operators: tuple[OpEntry, ...]
+    inputs: tuple[TensorData, ...]
+    expected: tuple[TensorData, ...]
+    tolerance: int
+    arena: ArenaPlan
+    placement: Placement
+    forced: bool
+    cmake_arm: CmakeArmContext | None = None
+    esp_idf: EspIdfContext | None = None
+    regenerate_command: str = ""
+
+
+@dataclass(frozen=True)
+class FirmwareOptions:
+    target: Target
+    out_dir: Path
+    name: str | None = None  # project name (C identifier); default from the model file name
+    force: bool = False  # overwrite a non-empty out_dir and ignore a failed fit
+    phi: float | None = None  # recorded in the manifest when the model came from tinyscale
+    tolerance: int | None = None  # self-test max |difference|; default per kernel library
+    model_file: str = "model.tflite"
+
+
+@dataclass(frozen=True)
+class FirmwareResult:
+    out_dir: Path
+    context: ProjectContext
+    files: tuple[str, ...] = field(default_factory=tuple)
+
+
+# ---------------------------------------------------------------------------
+# Checks
+
+
+def check_identifier(value: str, what: str) -> str:
+    if not _C_IDENTIFIER.match(value) or value in _C_KEYWORDS:
+        raise TemplateError(f"{what} {value!r} is not a valid C identifier (letters, digits, _; not a keyword)")
+    return value
+
+
+def default_project_name(model_file: str) -> str:
+    """A C identifier from the model's file name: `person-det.v2.tflite` -> `person_det_v2`."""
+    stem = Path(model_file).name.split(".tflite")[0] or "model"
+    name = re.sub(r"[^A-Za-z0-9_]", "_", stem).strip("_") or "model"
+    if name[0].isdigit() or name in _C_KEYWORDS:
+        name = f"app_{name}"
+    return name
+
+
+def check_build_system(target: Target) -> None:
+    if target.build_system not in TEMPLATE_BUILD_SYSTEMS:
+        raise TemplateError(
+            f"target {target.name!r} uses build system {target.build_system!r}, which has no firmware "
+            f"template yet (templates exist for {', '.join(TEMPLATE_BUILD_SYSTEMS)})"
+        )
+
+
+def resolver_ops(info: ModelInfo) -> tuple[OpEntry, ...]:
+    """The model's distinct operators with their resolver methods; ModelError for any TFLM lacks."""
+    entries = []
+    for op in info.operators:
+        if op.custom:
+            raise ModelError(f"custom operator {op.name!r} has no TFLM MicroMutableOpResolver Add method")
+        method = OP_RESOLVER_METHODS.get(op.name)
+        if method is None:
+            raise ModelError(f"operator {op.name} has no TFLM MicroMutableOpResolver Add method")
+        entries.append(OpEntry(op.name, method))
+    if not entries:
+        raise ModelError("the model has no operators")
+    return tuple(dict.fromkeys(entries))
+
+
+def check_io(info: ModelInfo) -> None:
+    # The self-test feeds one int8 input and checks one int8 output, as the
+    # host runner (tinyscale.tflm.run_model) does.
+    if len(info.inputs) != 1 or len(info.outputs) != 1:
+        raise ModelError(
+            f"firmware needs a model with one input and one output, got {len(info.inputs)} and {len(info.outputs)}"
+        )
+    for tensor in (*info.input_tensors, *info.output_tensors):
+        if tensor.dtype != "int8":
+            raise ModelError(f"firmware needs int8 input and output; tensor {tensor.name!r} is {tensor.dtype}")
+
+
+# ---------------------------------------------------------------------------
+# Memory
+
+
+def align_up(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def arena_margin_bytes(measured_bytes: int, kernel_library: str) -> int:
+    fraction = ARENA_MARGIN_FRACTION[kernel_library]
+    return max(ARENA_MARGIN_MIN_BYTES[kernel_library], int(measured_bytes * fraction))
+
+
+def plan_arena(measured_bytes: int, target: Target, model_bytes: int) -> tuple[ArenaPlan, Placement]:
+    margin = arena_margin_bytes(measured_bytes, target.kernel_library)
+    arena = align_up(measured_bytes + margin, ARENA_ALIGNMENT)
+    placement = place(target, model_bytes, arena)
+    region = next(r for r in target.memory if r.name == placement.arena_region)
+    plan = ArenaPlan(measured_bytes, arena - measured_bytes, arena, region.name, region.kind)
+    return plan, placement
+
+
+def check_fit(placement: Placement, target: Target, force: bool) -> None:
+    if placement.fits:
+        return
+    message = f"the model does not fit {target.name}: {placement.describe_shortfall()}"
+    if not force:
+        raise DoesNotFitError(f"{message} (use --force to generate the project anyway)")
+    log.warning("%s; generating anyway (--force)", message)
+
+
+# ---------------------------------------------------------------------------
+# Self-test vectors
+
+
+def selftest_input(tensor: TensorInfo, seed: int = SELFTEST_SEED) -> np.ndarray:
+    """A deterministic int8 input covering the whole int8 range (batch of one)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(max(d, 1) for d in tensor.shape)
+    return rng.integers(-128, 128, size=shape, dtype=np.int8)
+
+
+def host_expected_output(model: bytes, inputs: np.ndarray, arena_bytes: int) -> np.ndarray:
+    from tinyscale import tflm  # noqa: PLC0415 - starts a TFLM worker process
+
+    batch = inputs if inputs.shape[0] == 1 else inputs[np.newaxis]
+    outputs = tflm.run_model(model, batch, arena_bytes=arena_bytes)
+    return np.asarray(outputs, dtype=np.int8).reshape(-1)
+
+
+def measure_arena_bytes(model: bytes) -> int:
+    from tinyscale import tflm  # noqa: PLC0415 - starts a TFLM worker process
+
+    return tflm.measure_arena(model).arena_bytes
+
+
+# ---------------------------------------------------------------------------
+# Board specifics
+
+
+def _c_array_lines(items: list[str], per_line: int) -> tuple[str, ...]:
+    return tuple(", ".join(items[i:i + per_line]) + "," for i in range(0, len(items), per_line))
+
+
+def model_lines(model: bytes) -> tuple[str, ...]:
+    return _c_array_lines([f"0x{b:02x}" for b in model], MODEL_BYTES_PER_LINE)
+
+
+@dataclass(frozen=True)
+class _Stm32Family:
+    reset_clock_hz: int  # core and bus clock straight out of reset (no PLL set up)
+    rcc_base: int
+    gpio_enable_offset: int  # RCC register whose bit n enables GPIO port n
+    gpioa_base: int
+    layout: str
+    usarts: dict[str, tuple[int, int, int]]  # instance -> (base, RCC enable offset, bit)
+
+
+# Reference manuals: RM0383 (F411), RM0385 (F746), RM0433 (H743), RM0351 (L476), RM0456 (U585).
+# Addresses are the non-secure aliases; at reset every bus prescaler is 1 and
+# each USART's kernel clock is its APB clock, so BRR = reset clock / baud.
+_STM32_FAMILIES = {
+    "F4": _Stm32Family(16_000_000, 0x40023800, 0x30, 0x40020000, "v1", {
+        "USART1": (0x40011000, 0x44, 4), "USART2": (0x40004400, 0x40, 17), "USART6": (0x40011400, 0x44, 5)}),
+    "F7": _Stm32Family(16_000_000, 0x40023800, 0x30, 0x40020000, "v2", {
+        "USART1": (0x40011000, 0x44, 4), "USART2": (0x40004400, 0x40, 17), "USART3": (0x40004800, 0x40, 18),
+        "USART6": (0x40011400, 0x44, 5)}),
+    "H7": _Stm32Family(64_000_000, 0x58024400, 0xE0, 0x58020000, "v2", {
+        "USART1": (0x40011000, 0xF0, 4), "USART2": (0x40004400, 0xE8, 17), "USART3": (0x40004800, 0xE8, 18)}),
+    "L4": _Stm32Family(4_000_000, 0x40021000, 0x4C, 0x48000000, "v2", {
+        "USART1": (0x40013800, 0x60, 14), "USART2": (0x40004400, 0x58, 17), "USART3": (0x40004800, 0x58, 18)}),
+    "U5": _Stm32Family(4_000_000, 0x46020C00, 0x8C, 0x42020000, "v2", {
+        "USART1": (0x40013800, 0xA4, 14), "USART2": (0x40004400, 0x9C, 17), "USART3": (0x40004800, 0x9C, 18)}),
+}
+_GPIO_PORT_STRIDE = 0x400
+
+
+def stm32_family(target: Target) -> str:
+    match = re.search(r"STM32([A-Z]\d)", target.board.upper())
+    if match is None or match.group(1) not in _STM32_FAMILIES:
+        raise TemplateError(
+            f"target {target.name!r}: UART console glue exists for STM32 families "
+            f"{', '.join(_STM32_FAMILIES)}; board {target.board!r} names none of them"
+        )
+    return match.group(1)
+
+
+def _pin(name: str | None, family: _Stm32Family, target: Target) -> PinMux:
+    match = re.fullmatch(r"P([A-K])(\d{1,2})", name or "")
+    if match is None or int(match.group(2)) > 15:
+        raise TemplateError(f"target {target.name!r}: console pin {name!r} is not an STM32 pin like PA2")
+    port = ord(match.group(1)) - ord("A")
+    return PinMux(name, port, family.gpioa_base + port * _GPIO_PORT_STRIDE, int(match.group(2)))
+
+
+def uart_glue(target: Target) -> UartGlue:
+    console = target.console
+    family_name = stm32_family(target)
+    family = _STM32_FAMILIES[family_name]
+    if console is None or console.instance not in family.usarts or console.af is None:
+        raise TemplateError(
+            f"target {target.name!r}: a UART console needs instance (one of {', '.join(family.usarts)}), "
+            "tx_pin, rx_pin and af"
+        )
+    baud = console.baud or 115200
+    base, enable_offset, enable_bit = family.usarts[console.instance]
+    pins = tuple(_pin(p, family, target) for p in (console.tx_pin, console.rx_pin))
+    return UartGlue(
+        family=family_name,
+        instance=console.instance,
+        usart_base=base,
+        usart_enable_register=family.rcc_base + enable_offset,
+        usart_enable_bit=enable_bit,
+        gpio_enable_register=family.rcc_base + family.gpio_enable_offset,
+        pins=pins,
+        af=console.af,
+        baud=baud,
+        brr=(family.reset_clock_hz + baud // 2) // baud,
+        layout=family.layout,
+    )
+
+
+def _linker_symbol(region: MemoryRegion) -> str:
+    return check_identifier(region.name, "memory region name").upper()
+
+
+# Stack and newlib heap of the bare-metal projects: they live in the first
+# memory region (the target files count them in its reserved_bytes).
+STACK_BYTES = 16 * 1024
+HEAP_BYTES = 4 * 1024
+
+
+def cmake_arm_context(target: Target, arena: ArenaPlan) -> CmakeArmContext:
+    regions = tuple(LinkerRegion(r.name, _linker_symbol(r), r.origin or 0, r.size_bytes) for r in target.memory)
+    symbols = {r.name: r.symbol for r in regions}
+    console_kind = target.console.kind if target.console else "semihosting"
+    if console_kind not in ("semihosting", "uart"):
+        raise TemplateError(f"target {target.name!r}: cmake-arm projects support uart or semihosting consoles")
+    uart = uart_glue(target) if console_kind == "uart" else None
+    clock = _STM32_FAMILIES[uart.family].reset_clock_hz if uart else target.clock_hz
+    return CmakeArmContext(
+        cpu=target.cpu,
+        fpu=target.fpu,
+        regions=regions,
+        data_region=regions[0].symbol,
+        arena_region=symbols[arena.region],
+        flash_origin=target.flash.origin or 0,
+        flash_length=target.flash.budget_bytes,
+        stack_bytes=STACK_BYTES,
+        heap_bytes=HEAP_BYTES,
+        core_clock_hz=clock,
+        console=console_kind,
+        uart=uart,
+    )
+
+
+ESP_TFLITE_MICRO_VERSION = "~1.4.0"
+ESP_DEFAULT_APP_PARTITION_BYTES = 1024 * 1024
+ESP_APP_OFFSET = 0x10000  # where the factory app starts in IDF's default tables
+ESP_PARTITION_ALIGNMENT = 0x10000
+# Extra room in a custom app partition so a slightly larger rebuild still fits.
+ESP_APP_HEADROOM = 1 / 8
+_ESP_CPU_MHZ = {"esp32": 240, "esp32s2": 240, "esp32s3": 240, "esp32c3": 160, "esp32c6": 160}
+
+
+def factory_partition_bytes(target: Target, image_bytes: int) -> int | None:
+    """Size of a custom factory app partition, or None when IDF's default 1 MB app fits."""
+    if image_bytes <= ESP_DEFAULT_APP_PARTITION_BYTES:
+        return None
+    wanted = align_up(int(image_bytes * (1 + ESP_APP_HEADROOM)), ESP_PARTITION_ALIGNMENT)
+    room = (target.flash.size_bytes - ESP_APP_OFFSET) // ESP_PARTITION_ALIGNMENT * ESP_PARTITION_ALIGNMENT
+    return min(wanted, room)
+
+
+def esp_idf_context(target: Target, arena: ArenaPlan, placement: Placement) -> EspIdfContext:
+    psram = arena.region_kind == "psram"
+    console_kind = target.console.kind if target.console else "uart"
+    mhz = min(target.clock_hz // 1_000_000, _ESP_CPU_MHZ.get(target.cpu, 160))
+    return EspIdfContext(
+        idf_target=target.cpu,
+        flash_size_mb=max(1, target.flash.size_bytes // (1024 * 1024)),
+        cpu_mhz=mhz,
+        arena_caps="MALLOC_CAP_SPIRAM | MALLOC_CAP_8BIT" if psram else "MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT",
+        psram=psram,
+        console=console_kind,
+        factory_partition_bytes=factory_partition_bytes(target, placement.flash_needed_bytes),
+        component_version=ESP_TFLITE_MICRO_VERSION,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Building the context
+
+
+def default_tolerance(kernel_library: str) -> int:
+    # Reference kernels run the same integer code as the host interpreter: bit-exact.
+    # Optimized kernels may round a requantization differently by one step.
+    return 0 if kernel_library == "reference" else 1
+
+
+def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_bytes: int | None = None,
+                  expected: np.ndarray | None = None) -> ProjectContext:
+    """Check everything and compute the context; measures on the host unless given the figures."""
+    target = options.target
+    check_build_system(target)
+    info = read_model(model)
+    operators = resolver_ops(info)
+    check_io(info)
+    name = check_identifier(options.name or default_project_name(options.model_file), "project name")
+
+    measured = measured_arena_bytes if measured_arena_bytes is not None else measure_arena_bytes(model)
+    arena, placement = plan_arena(measured, target, len(model))
+    check_fit(placement, target, options.force)
+
+    input_tensor, output_tensor = info.input_tensors[0], info.output_tensors[0]
+    inputs = selftest_input(input_tensor)
+    if expected is None:
+        expected = host_expected_output(model, inputs, arena.arena_bytes)
+    expected = np.asarray(expected, dtype=np.int8).reshape(-1)
+    if expected.size != int(np.prod([max(d, 1) for d in output_tensor.shape])):
+        raise ModelError(f"host output has {expected.size} values, the output tensor {output_tensor.shape}")
+
+    return ProjectContext(
+        project_name=name,
+        tinyscale_version=__version__,
+        target=target,
+        build_system=target.build_system,
+        source_dir=SOURCE_DIRS[target.build_system],
+        phi=options.phi,
+        model_file=Path(options.model_file).name,
+        model_sha256=hashlib.sha256(model).hexdigest(),
+        model_size_bytes=len(model),
+        model_alignment=MODEL_ALIGNMENT,
+        model_lines=model_lines(model),
+        operators=operators,
+        inputs=(TensorData(input_tensor.name, input_tensor.shape, tuple(int(v) for v in inputs.reshape(-1))),),
+        expected=(TensorData(output_tensor.name, output_tensor.shape, tuple(int(v) for v in expected)),),
+        tolerance=options.tolerance if options.tolerance is not None else default_tolerance(target.kernel_library),
+        arena=arena,
+        placement=placement,
+        forced=options.force and not placement.fits,
+        cmake_arm=cmake_arm_context(target, arena) if target.build_system == "cmake-arm" else None,
+        esp_idf=esp_idf_context(target, arena, placement) if target.build_system == "esp-idf" else None,
+        regenerate_command=_regenerate_command(options, name),
+    )
+
+
+def _regenerate_command(options: FirmwareOptions, name: str) -> str:
+    target = options.target
+    bundled = target.path is None or target.path.resolve().parent == data_dir("targets").resolve()
+    # A user's target file is named, not located: absolute paths would make output machine-dependent.
+    parts = ["tinyscale firmware", Path(options.model_file).name,
+             "--target", target.name if bundled else target.path.name, "--name", name, "-o", "DIR"]
+    if options.tolerance is not None:
+        parts += ["--tolerance", str(options.tolerance)]
+    if options.phi is not None:
+        parts += ["--phi", repr(options.phi)]
+    return " ".join(parts)
+
+
+def manifest(context: ProjectContext) -> str:
+    """The project's manifest.json: enough to regenerate it and to audit its sizing."""
+    data = {
+        "tinyscale_version": context.tinyscale_version,
+        "target": context.target.name,
+        "build_system": context.build_system,
+        "kernel_library": context.target.kernel_library,
+        "phi": context.phi,
+        "model": {"file": context.model_file, "sha256": context.model_sha256, "size_bytes": context.model_size_bytes},
+        "options": {"name": context.project_name, "tolerance": context.tolerance, "forced": context.forced,
+                    "selftest_seed": SELFTEST_SEED},
+        "arena": {**asdict(context.arena), "margin_rule": MARGIN_NOTE},
+        "predicted": {
+            "flash_needed_bytes": context.placement.flash_needed_bytes,
+            "flash_budget_bytes": context.placement.flash_budget_bytes,
+            "sram_needed_bytes": context.placement.sram_needed_bytes,
+            "sram_budget_bytes": context.placement.sram_budget_bytes,
+            "fits": context.placement.fits,
+        },
+        "operators": [op.name for op in context.operators],
+        "regenerate": context.regenerate_command,
+    }
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+
+
+def templates_root() -> Path:
+    return data_dir("templates")
+
+
+def firmware_sources_dir() -> Path:
+    return data_dir("firmware")
+
+
+def _environment(root: Path):
+    import jinja2  # noqa: PLC0415 - only rendering needs it
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["hex"] = lambda value, width=8: f"0x{value:0{width}X}"
+    return env
+
+
+def _files(directory: Path) -> list[Path]:
+    # Dotfiles (.gitkeep) and caches are repository plumbing, not project files.
+    return sorted(
+        p for p in directory.rglob("*")
+        if p.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(directory).parts)
+    )
+
+
+def render_tree(source: Path, destination: Path, context: ProjectContext) -> list[str]:
+    """Render `source` into `destination`; returns the written paths relative to `destination`."""
+    import jinja2  # noqa: PLC0415
+
+    env = _environment(source)
+    written = []
+    for path in _files(source):
+        relative = path.relative_to(source)
+        if path.suffix == ".jinja":
+            out = destination / relative.with_suffix("")
+            try:
+                text = env.get_template(relative.as_posix()).render(ctx=context)
+            except jinja2.TemplateError as exc:
+                raise TemplateError(f"template {relative}: {exc}") from None
+            if not text.strip():
+                continue  # optional file not needed for this project
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text, encoding="utf-8")
+        else:
+            out = destination / relative
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out)
+        written.append(out.relative_to(destination).as_posix())
+    return written
+
+
+def render_project(context: ProjectContext, destination: Path) -> list[str]:
+    """Write the whole project into the (empty) directory `destination`."""
+    templates = templates_root()
+    system_dir = templates / context.build_system
+    if not system_dir.is_dir():
+        raise TemplateError(f"templates for {context.build_system} are missing ({system_dir})")
+    sources = destination / context.source_dir
+    written = render_tree(system_dir, destination, context)
+    written += [f"{context.source_dir}/{p}" for p in render_tree(templates / "common", sources, context)]
+    written += [f"{context.source_dir}/{p}" for p in render_tree(firmware_sources_dir(), sources, context)]
+    (destination / "manifest.json").write_text(manifest(context), encoding="utf-8")
+    written.append("manifest.json")
+    return sorted(written)
+
+
+def _replace_directory(staged: Path, out_dir: Path) -> None:
+    """Move the fully rendered `staged` into place; an old `out_dir` is removed only afterwards."""
+    if not out_dir.exists():
+        os.rename(staged, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+    os.rename(out_dir, old / "previous")
+    os.rename(staged, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_project(context: ProjectContext, out_dir: Path, force: bool) -> tuple[str, ...]:
+    out_dir = Path(out_dir)
+    check_output_dir(out_dir, force)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise OutputExistsError(f"cannot write beside {out_dir}: {exc.strerror or exc}") from None
+    try:
+        files = render_project(context, staged)
+        _replace_directory(staged, out_dir)
+    except BaseException as exc:
+        shutil.rmtree(staged, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise TinyscaleError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+        raise
+    return tuple(files)
+
+
+def generate_firmware(model: bytes, options: FirmwareOptions) -> FirmwareResult:
+    """Check, measure and render: the whole `tinyscale firmware` command as a function."""
+    check_build_system(options.target)
+    check_output_dir(Path(options.out_dir), options.force)  # fail before the slow measurements
+    context = build_context(model, options)
+    files = write_project(context, Path(options.out_dir), options.force)
+    log.info("wrote %d files to %s", len(files), options.out_dir)
+    return FirmwareResult(Path(options.out_dir), context, files)
