@@ -1,0 +1,174 @@
+"""Predicted vs linked flash and RAM of generated mps2-an386 firmware, and host-vs-QEMU agreement.
+
+Renders `tinyscale firmware` projects, builds them against TFLite Micro trees
+made by create_tflm_tree.py, runs them under QEMU and prints one row per
+(model, kernels):
+
+    python benchmarks/firmware_sizes.py --tflm /path/tree-cmsis --tflm /path/tree-ref \
+        [--model tiny:0 --model tiny:0.5 | --tflite some.tflite] [--work DIR]
+
+A tree with third_party/cmsis_nn builds with CMSIS-NN, one without with reference
+kernels. Build directories under --work are reused, so a second run recompiles
+only the application. tests/test_firmware_integration.py uses the helpers below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from tinyscale import firmware as fw
+from tinyscale.targets import load_target
+
+QEMU_COMMAND = ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting-config", "enable=on,target=native"]
+# Sections the image occupies in flash (.data is copied from flash at reset) and in RAM.
+FLASH_SECTIONS = (".isr_vector", ".text", ".ARM.extab", ".ARM.exidx", ".preinit_array", ".init_array",
+                  ".fini_array", ".data")
+RAM_SECTIONS = (".data", ".bss", ".tensor_arena", ".heap", ".stack")
+
+
+def kernels_of(tflm_root: Path) -> str:
+    return "cmsis-nn" if (Path(tflm_root) / "third_party" / "cmsis_nn").is_dir() else "reference"
+
+
+def mps2_target(kernels: str):
+    """The bundled mps2-an386 target, with its kernel library set to what the tree provides."""
+    target = load_target("mps2-an386")
+    return target if target.kernel_library == kernels else replace(target, kernel_library=kernels)
+
+
+def build(project: Path, build_dir: Path, tflm_root: Path, jobs: int = 2) -> Path:
+    """Configure and build a cmake-arm project; returns the .elf. Raises RuntimeError with the log tail."""
+    for command in (["cmake", "-S", str(project), "-B", str(build_dir), f"-DTFLM_ROOT={tflm_root}"],
+                    ["cmake", "--build", str(build_dir), f"-j{jobs}"]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+            raise RuntimeError(f"{' '.join(command)} failed:\n{tail}")
+    return build_dir / "app.elf"
+
+
+@dataclass(frozen=True)
+class QemuRun:
+    returncode: int
+    text: str
+    arena_used_bytes: int | None
+    inference_us: int | None
+    outputs: tuple[int, ...]
+    max_diff: int | None
+    passed: bool
+
+
+def _number(pattern: str, text: str) -> int | None:
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else None
+
+
+def run_qemu(elf: Path, timeout: float = 600.0) -> QemuRun:
+    result = subprocess.run([*QEMU_COMMAND, "-kernel", str(elf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, timeout=timeout)
+    text = result.stdout
+    output_line = re.search(r"^OUTPUT 0:(.*)$", text, re.MULTILINE)
+    outputs = tuple(int(v) for v in output_line.group(1).split() if v != "...") if output_line else ()
+    return QemuRun(
+        returncode=result.returncode,
+        text=text,
+        arena_used_bytes=_number(r"ARENA used (\d+) B", text),
+        inference_us=_number(r"INFERENCE us (\d+)", text),
+        outputs=outputs,
+        max_diff=_number(r"max_diff (\d+)", text),
+        passed="SELFTEST PASS" in text,
+    )
+
+
+def section_sizes(elf: Path) -> dict[str, int]:
+    text = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True, check=True).stdout
+    sizes = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
+            sizes[parts[0]] = int(parts[1])
+    return sizes
+
+
+def linked_sizes(elf: Path) -> dict[str, int]:
+    sizes = section_sizes(elf)
+    return {
+        "flash_bytes": sum(sizes.get(name, 0) for name in FLASH_SECTIONS),
+        "ram_bytes": sum(sizes.get(name, 0) for name in RAM_SECTIONS),
+        "arena_bytes": sizes.get(".tensor_arena", 0),
+    }
+
+
+def measure(model: bytes, label: str, tflm_root: Path, work: Path) -> dict:
+    """Render, build and run one model with one TFLM tree; returns a result row."""
+    kernels = kernels_of(tflm_root)
+    slot = work / f"{label}-{kernels}"
+    options = fw.FirmwareOptions(target=mps2_target(kernels), out_dir=slot / "project", name="app",
+                                 force=True, model_file=f"{label}.tflite")
+    result = fw.generate_firmware(model, options)
+    context = result.context
+    elf = build(slot / "project", slot / "build", tflm_root)
+    run = run_qemu(elf)
+    linked = linked_sizes(elf)
+    expected = context.expected[0].values
+    host_diff = int(np.max(np.abs(np.array(run.outputs, int) - np.array(expected[: len(run.outputs)], int)))) \
+        if run.outputs else None
+    return {
+        "model": label,
+        "kernels": kernels,
+        "model_bytes": context.model_size_bytes,
+        "predicted_flash_bytes": context.placement.flash_needed_bytes,
+        "linked_flash_bytes": linked["flash_bytes"],
+        "predicted_ram_bytes": context.placement.sram_needed_bytes,
+        "linked_ram_bytes": linked["ram_bytes"],
+        "host_arena_bytes": context.arena.measured_bytes,
+        "arena_bytes": context.arena.arena_bytes,
+        "device_arena_used_bytes": run.arena_used_bytes,
+        "selftest": "PASS" if run.passed else "FAIL",
+        "max_diff_vs_host": host_diff,
+        "outputs_printed": len(run.outputs),
+        "qemu_inference_us": run.inference_us,
+    }
+
+
+def _models(specs: list[str], files: list[str]) -> list[tuple[str, bytes]]:
+    models = [(Path(f).stem, Path(f).read_bytes()) for f in files]
+    if specs:
+        from tinyscale.arch import scale  # noqa: PLC0415
+        from tinyscale.convert import spec_to_tflite  # noqa: PLC0415 - TensorFlow
+
+        for spec in specs:
+            base, _, phi = spec.partition(":")
+            models.append((f"{base}-phi{phi or 0}", spec_to_tflite(scale(base, float(phi or 0)).spec)))
+    return models
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tflm", action="append", required=True, help="TFLM tree (repeat for CMSIS-NN and reference)")
+    parser.add_argument("--model", action="append", default=[], help="base:phi, e.g. tiny:0 (default)")
+    parser.add_argument("--tflite", action="append", default=[], help="a .tflite file")
+    parser.add_argument("--work", default="/tmp/tinyscale-firmware-sizes", help="reused build directories")
+    args = parser.parse_args(argv)
+    if not shutil.which("qemu-system-arm") or not shutil.which("arm-none-eabi-gcc"):
+        print("needs qemu-system-arm and arm-none-eabi-gcc", file=sys.stderr)
+        return 2
+    rows = []
+    for label, model in _models(args.model or ([] if args.tflite else ["tiny:0"]), args.tflite):
+        for tree in args.tflm:
+            rows.append(measure(model, label, Path(tree), Path(args.work)))
+            print(json.dumps(rows[-1]), flush=True)
+    return 0 if all(row["selftest"] == "PASS" for row in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

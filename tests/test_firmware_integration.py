@@ -1,0 +1,66 @@
+"""The generated mps2-an386 project built against real TFLite Micro and run under QEMU.
+
+Skips unless TFLM_ROOT names a tree made by TFLM's create_tflm_tree.py. A tree
+with third_party/cmsis_nn builds with CMSIS-NN; TFLM_REFERENCE_ROOT may name a
+second tree made without OPTIMIZED_KERNEL_DIR for the reference kernels:
+
+    TFLM_ROOT=/work/tflm/tree-cmsis TFLM_REFERENCE_ROOT=/work/tflm/tree-ref \
+        pytest -s tests/test_firmware_integration.py
+
+A cold TFLM build takes minutes; set TINYSCALE_FIRMWARE_BUILD_DIR to keep the
+build directories between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import firmware_sizes  # noqa: E402
+
+TINY_MODEL = Path(__file__).parent / "golden" / "tiny.tflite"
+TREES = {
+    firmware_sizes.kernels_of(Path(root)): Path(root)
+    for root in (os.environ.get("TFLM_ROOT"), os.environ.get("TFLM_REFERENCE_ROOT"))
+    if root and (Path(root) / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file()
+}
+MISSING_TOOLS = [tool for tool in ("cmake", "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
+                 if not shutil.which(tool)]
+
+pytestmark = [
+    pytest.mark.skipif(not TREES, reason="set TFLM_ROOT to a TFLite Micro tree made by create_tflm_tree.py"),
+    pytest.mark.skipif(bool(MISSING_TOOLS), reason=f"missing tools: {', '.join(MISSING_TOOLS)}"),
+]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    kept = os.environ.get("TINYSCALE_FIRMWARE_BUILD_DIR")
+    return Path(kept) if kept else tmp_path_factory.mktemp("firmware-builds")
+
+
+@pytest.mark.parametrize("kernels", ["cmsis-nn", "reference"])
+def test_mps2_firmware_passes_its_selftest_under_qemu(kernels, work):
+    if kernels not in TREES:
+        pytest.skip(f"no {kernels} TFLM tree (TFLM_ROOT / TFLM_REFERENCE_ROOT)")
+    row = firmware_sizes.measure(TINY_MODEL.read_bytes(), "tiny", TREES[kernels], work)
+    print("\n" + json.dumps(row, indent=2))
+    (work / f"report-{kernels}.json").write_text(json.dumps(row, indent=2) + "\n")
+
+    assert row["selftest"] == "PASS"
+    assert row["outputs_printed"] > 0
+    if kernels == "reference":
+        # The same integer kernels as the host interpreter: bit-identical outputs.
+        assert row["max_diff_vs_host"] == 0
+    else:
+        assert row["max_diff_vs_host"] <= 1
+    # The arena sized from the host measurement was enough, and the image fits the prediction.
+    assert row["device_arena_used_bytes"] <= row["arena_bytes"]
+    assert row["linked_flash_bytes"] <= row["predicted_flash_bytes"]
+    assert row["linked_ram_bytes"] <= row["predicted_ram_bytes"]
