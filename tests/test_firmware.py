@@ -490,3 +490,29 @@ def section_table(elf: Path) -> dict[str, tuple[int, int]]:
         if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
             sections[parts[0]] = (int(parts[1]), int(parts[2]))
     return sections
+
+
+@pytest.mark.parametrize("target", load_all_targets(), ids=lambda t: t.name)
+def test_every_bundled_target_renders_or_is_refused_clearly(model, host_figures, tmp_path, target):
+    if target.build_system not in fw.TEMPLATE_BUILD_SYSTEMS:
+        with pytest.raises(TemplateError, match=f"build system '{target.build_system}'"):
+            context_for(model, host_figures, target.name)
+        return
+    context = context_for(model, host_figures, target.name)
+    out = render(context, tmp_path / "p")
+    readme = (out / "README.md").read_text()
+    if target.build_system == "esp-idf":
+        assert f"idf.py set-target {target.cpu}" in readme and "flash monitor" in readme
+        assert f'CONFIG_IDF_TARGET="{target.cpu}"' in (out / "sdkconfig.defaults").read_text()
+    else:
+        assert "cmake --build build" in readme
+        assert (out / "linker.ld").is_file() and (out / "src/startup.c").is_file()
+
+
+@pytest.mark.parametrize("target_name, brr, family", [
+    ("nucleo-f411re", 139, "F4"), ("stm32f746g-disco", 139, "F7"), ("nucleo-h743zi2", 556, "H7"),
+    ("nucleo-l476rg", 35, "L4"), ("b-u585i-iot02a", 35, "U5"),
+])
+def test_stm32_uart_divisor_follows_the_reset_clock(target_name, brr, family):
+    glue = fw.uart_glue(load_target(target_name))
+    assert (glue.family, glue.brr, glue.baud) == (family, brr, 115200)
