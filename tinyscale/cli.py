@@ -77,6 +77,7 @@ def _register_commands() -> None:
     # Each module adds its commands to `app`; imported here, after `app` exists.
     from tinyscale.commands import core  # noqa: F401
     from tinyscale.commands import firmware  # noqa: F401
+    from tinyscale.commands import pipeline  # noqa: F401
 
 
 _register_commands()

@@ -1,0 +1,258 @@
+"""`tinyscale train`, `convert`, `simulate` and `build` through the CLI, good and bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tinyscale.cli import app
+
+runner = CliRunner()
+NUCLEO = Path(__file__).resolve().parent.parent / "targets" / "nucleo-l476rg.toml"
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, code: int | None = None, match: str = "") -> str:
+    """Assert a clean failure: non-zero exit, one `error:` line, no traceback."""
+    assert result.exit_code != 0, result.output
+    if code is not None:
+        assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert "internal error" not in lines[0], lines[0]
+    assert re.search(match, lines[0]), lines[0]
+    return lines[0]
+
+
+def write_stripes(path: Path, count: int = 64, classes: int = 2, size: int = 16) -> Path:
+    """A learnable npz: class k has stripes of period k+2."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(count) % classes
+    columns = np.arange(size)
+    images = np.stack([((columns // (label + 1)) % 2 * 220)[None, :].repeat(size, 0) for label in labels])
+    images = np.clip(images + rng.normal(0, 15, images.shape), 0, 255).astype(np.uint8)
+    np.savez(path, x=images, y=labels, class_names=np.array([f"period{k + 2}" for k in range(classes)]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("pipeline")
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    data = write_stripes(workdir / "stripes.npz")
+    out = workdir / "run"
+    result = invoke("train", "--data", data, "--base", "tiny", "--phi", "0", "--epochs", "1",
+                    "--batch-size", "16", "--seed", "3", "-o", out)
+    assert result.exit_code == 0, result.output
+    return data, out, result
+
+
+@pytest.fixture(scope="module")
+def converted(trained):
+    _, out, _ = trained
+    result = invoke("convert", out / "model.keras", "--calibration-samples", "16")
+    assert result.exit_code == 0, result.output
+    return out / "model.tflite", result
+
+
+# ---------------------------------------------------------------------------
+# train
+
+
+def test_train_writes_model_and_history(trained):
+    data, out, result = trained
+    assert sorted(p.name for p in out.iterdir()) == ["history.json", "model.keras"]
+    history = json.loads((out / "history.json").read_text())
+    assert history["data"] == str(data)
+    assert history["network"]["base"] == "tiny" and history["network"]["classes"] == 2
+    assert history["network"]["channels"] == 1 and history["epochs_run"] == 1
+    assert "epoch 1/1" in result.stderr and "val accuracy" in result.stdout
+
+
+def test_train_refuses_to_clobber(trained):
+    data, out, _ = trained
+    before = (out / "model.keras").read_bytes()
+    result = invoke("train", "--data", data, "--base", "tiny", "--phi", "0", "--epochs", "1", "-o", out)
+    one_line_error(result, 4, "--force")
+    assert (out / "model.keras").read_bytes() == before
+
+
+def test_train_needs_exactly_one_network_source(workdir, trained):
+    data = trained[0]
+    one_line_error(invoke("train", "--data", data, "-o", workdir / "x"), 2, "exactly one of")
+    one_line_error(invoke("train", "--data", data, "--phi", "0", "--target", "esp32", "-o", workdir / "x"), 2)
+
+
+def test_train_from_fit_json_with_class_mismatch(workdir, trained):
+    fit = {"target": "x", "base": "tiny", "phi": 0, "classes": 5, "channels": 1,
+           "alpha": 1.2, "beta": 1.1, "gamma": 1.15, "resolution": 32}
+    (workdir / "fit.json").write_text(json.dumps(fit))
+    result = invoke("train", "--data", trained[0], "--fit", workdir / "fit.json", "-o", workdir / "y")
+    one_line_error(result, 1, "fitted for 5 classes .* has 2")
+    assert not (workdir / "y").exists()
+
+
+def test_train_bad_datasets(workdir):
+    np.savez(workdir / "empty.npz", x=np.zeros((0, 8, 8), np.uint8), y=np.zeros(0, int))
+    one_line_error(invoke("train", "--data", workdir / "empty.npz", "--base", "tiny", "--phi", "0",
+                          "-o", workdir / "z"), 1, "empty")
+    (workdir / "noise.npz").write_bytes(b"not a zip at all")
+    one_line_error(invoke("train", "--data", workdir / "noise.npz", "--base", "tiny", "--phi", "0",
+                          "-o", workdir / "z"), 1, "cannot read")
+    one_line_error(invoke("train", "--data", workdir / "missing", "--base", "tiny", "--phi", "0",
+                          "-o", workdir / "z"), 1, "no dataset")
+    assert not (workdir / "z").exists()
+
+
+# ---------------------------------------------------------------------------
+# convert
+
+
+def test_convert_prints_ops_sizes_and_quantization(converted):
+    path, result = converted
+    assert path.read_bytes()[4:8] == b"TFL3"
+    assert "CONV_2D" in result.stdout and "zero point" in result.stdout
+    assert "loads (checked)" in result.stdout
+
+
+def test_convert_json_and_no_clobber(trained, converted):
+    _, out, _ = trained
+    one_line_error(invoke("convert", out / "model.keras"), 4, "--force")
+    result = invoke("convert", out / "model.keras", "-o", out / "again.tflite", "--json", "--calibration-samples", "8")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["model_bytes"] == (out / "again.tflite").stat().st_size
+    assert data["inputs"][0]["dtype"] == "int8" and data["outputs"][0]["dtype"] == "int8"
+    assert data["calibration_samples"] == 8
+
+
+def test_convert_bad_inputs(workdir, trained, converted):
+    tflite, _ = converted
+    one_line_error(invoke("convert", tflite, "-o", workdir / "c.tflite"), 1, "already a TFLite flatbuffer")
+    (workdir / "junk.keras").write_bytes(b"junk")
+    one_line_error(invoke("convert", workdir / "junk.keras", "-o", workdir / "c.tflite"), 1, "cannot load")
+    lonely = workdir / "lonely"
+    lonely.mkdir()
+    (lonely / "model.keras").write_bytes((trained[1] / "model.keras").read_bytes())
+    one_line_error(invoke("convert", lonely / "model.keras"), 2, "pass --data")
+    three = write_stripes(workdir / "three.npz", classes=3)
+    one_line_error(invoke("convert", lonely / "model.keras", "--data", three), 1, "3 classes .* predicts 2")
+    assert not (workdir / "c.tflite").exists() and not (lonely / "model.tflite").exists()
+
+
+# ---------------------------------------------------------------------------
+# simulate
+
+
+def test_simulate_table(converted):
+    result = invoke("simulate", converted[0], "--target", "nucleo-l476rg")
+    assert result.exit_code == 0, result.output
+    assert "arena (minimal)" in result.stdout and "<- peak" in result.stdout
+    assert "fits" in result.stdout and "headroom" in result.stdout
+
+
+def test_simulate_json_with_data_and_keras(trained, converted):
+    data, out, _ = trained
+    result = invoke("simulate", converted[0], "--target", "nucleo-l476rg", "--data", data,
+                    "--keras", out / "model.keras", "--workers", "2", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for key in ("model_bytes", "arena_bytes", "ops", "fits", "flash_needed_bytes", "sram_needed_bytes",
+                "int8_accuracy", "float_accuracy", "agreement", "per_class_accuracy", "confusion_matrix",
+                "images_per_second", "layers"):
+        assert key in report, key
+    assert report["samples"] == 64 and np.sum(report["confusion_matrix"]) == 64
+    assert 0.0 <= report["agreement"] <= 1.0
+    assert report["model_bytes"] == converted[0].stat().st_size
+
+
+def test_simulate_plot_needs_matplotlib_or_writes_png(converted, workdir):
+    result = invoke("simulate", converted[0], "--plot", workdir / "memory.png")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        one_line_error(result, 2, "matplotlib")
+        assert not (workdir / "memory.png").exists()
+        return
+    assert result.exit_code == 0, result.output
+    assert (workdir / "memory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_simulate_bad_models(workdir, converted):
+    good = converted[0].read_bytes()
+    cases = {
+        "truncated.tflite": good[: len(good) // 2],
+        "random.tflite": np.random.default_rng(1).bytes(5000),
+        "empty.tflite": b"",
+        "zeros.tflite": bytes(len(good)),
+    }
+    for name, content in cases.items():
+        (workdir / name).write_bytes(content)
+        one_line_error(invoke("simulate", workdir / name), 1)
+    one_line_error(invoke("simulate", workdir / "absent.tflite"), 1, "cannot read")
+
+
+def test_simulate_float_model_is_refused(workdir):
+    import keras
+    import tensorflow as tf
+
+    from tinyscale.quiet import quiet_tensorflow
+
+    inputs = keras.Input(shape=(8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    with quiet_tensorflow():
+        float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    (workdir / "float.tflite").write_bytes(float_model)
+    one_line_error(invoke("simulate", workdir / "float.tflite"), 1, "float model; convert it")
+
+
+def test_simulate_bad_data(workdir, converted):
+    three = write_stripes(workdir / "three-classes.npz", classes=3)
+    one_line_error(invoke("simulate", converted[0], "--data", three), 1, "3 classes but the model predicts 2")
+    np.savez(workdir / "empty2.npz", x=np.zeros((0, 8, 8), np.uint8), y=np.zeros(0, int))
+    one_line_error(invoke("simulate", converted[0], "--data", workdir / "empty2.npz"), 1, "empty")
+    one_line_error(invoke("simulate", converted[0], "--keras", "x.keras"), 2, "--data")
+
+
+# ---------------------------------------------------------------------------
+# build
+
+
+def small_target(path: Path) -> Path:
+    """nucleo-l476rg with budgets that the `tiny` base fills near phi 0 (fast to train)."""
+    text = NUCLEO.read_text()
+    text = text.replace('name = "nucleo-l476rg"', 'name = "small-board"')
+    text = re.sub(r"budget_bytes = 1_048_576", "budget_bytes = 180_000", text)
+    text = re.sub(r"size_bytes = 98_304", "size_bytes = 50_000", text)
+    path.write_text(text)
+    return path
+
+
+def test_build_end_to_end(workdir, trained):
+    data = trained[0]
+    out = workdir / "built"
+    target = small_target(workdir / "small-board.toml")
+    result = invoke("build", "--target", target, "--data", data, "--base", "tiny", "--epochs", "1",
+                    "--calibration-samples", "16", "--workers", "2", "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    for key in ("phi", "resolution", "model_bytes", "arena_bytes", "float_accuracy", "int8_accuracy", "fits"):
+        assert key in summary, key
+    names = {p.name for p in out.iterdir()}
+    assert {"fit.json", "model.keras", "history.json", "model.tflite", "simulation.json", "report.json"} <= names
+    assert summary["model_bytes"] == (out / "model.tflite").stat().st_size
+    assert json.loads((out / "report.json").read_text())["int8_accuracy"] == summary["int8_accuracy"]
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".built.")]  # no staging left behind
+    one_line_error(invoke("build", "--target", target, "--data", data, "-o", out), 4, "--force")

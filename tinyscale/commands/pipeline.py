@@ -1,0 +1,649 @@
+"""`tinyscale train`, `convert`, `simulate` and `build`: from data to a verified int8 model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import typer
+
+from tinyscale import arch
+from tinyscale.arch import ScaledNetwork
+from tinyscale.cli import app, reports_errors
+from tinyscale.commands.core import (
+    DEFAULT_BASE,
+    AlphaOption,
+    Base,
+    BaseOption,
+    BetaOption,
+    GammaOption,
+    JsonOption,
+    _bytes,
+    _network_rows,
+    _placement_rows,
+    _table,
+)
+from tinyscale.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
+from tinyscale.errors import DataError, ModelError, OutputExistsError, UsageError
+from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, refuse_clobber
+from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients
+from tinyscale.targets import Target, load_target
+
+FIT_FILE = "fit.json"
+TFLITE_FILE = "model.tflite"
+SIMULATION_FILE = "simulation.json"
+REPORT_FILE = "report.json"
+# Image folders and .npz files have no test split: `build` holds this much out
+# (per class) before training, to measure accuracy on images never trained on.
+BUILD_TEST_FRACTION = 0.2
+DEFAULT_CALIBRATION_SAMPLES = 200
+
+DataOption = Annotated[
+    str, typer.Option("--data", "-d", help=f"Image folder (one sub-folder per class), a .npz with x and y, or {FASHION_MNIST!r}.")
+]
+LimitOption = Annotated[Optional[int], typer.Option("--limit", min=1, help="Use a random subset of N samples (quick runs).")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Seed for the split, shuffling, augmentation and weights.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+EpochsOption = Annotated[int, typer.Option("--epochs", min=1, help="Maximum training epochs (early stopping may end sooner).")]
+BatchOption = Annotated[int, typer.Option("--batch-size", min=1, help="Training batch size.")]
+WorkersOption = Annotated[
+    Optional[int], typer.Option("--workers", min=1, help="Parallel TFLM worker processes for evaluation (default: all cores).")
+]
+DataChannelsOption = Annotated[
+    Optional[int], typer.Option("--channels", min=1, max=3, help="Network input channels (default: the data's).")
+]
+CalibrationOption = Annotated[
+    int, typer.Option("--calibration-samples", min=1, help="Real training images used to calibrate the int8 ranges.")
+]
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+# ---------------------------------------------------------------------------
+# Which network: fit.json, --target (run the fitter) or --phi
+
+
+def _read_fit_json(path: Path) -> dict[str, Any]:
+    path = path / FIT_FILE if path.is_dir() else path
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from None
+    missing = {"base", "phi", "classes", "channels", "alpha", "beta", "gamma"} - set(data)
+    if not isinstance(data, dict) or missing:
+        raise UsageError(f"{path} is not a fit.json from `tinyscale fit` (missing {', '.join(sorted(missing))})")
+    return data
+
+
+def _network_from_fit_json(data: dict[str, Any], dataset: Dataset, source: Path) -> ScaledNetwork:
+    if int(data["classes"]) != dataset.classes:
+        raise DataError(
+            f"{source} was fitted for {data['classes']} classes but {dataset.source} has {dataset.classes}; "
+            f"rerun `tinyscale fit --classes {dataset.classes}`"
+        )
+    coefficients = Coefficients(float(data["alpha"]), float(data["beta"]), float(data["gamma"]))
+    network = arch.scale(data["base"], float(data["phi"]), coefficients, int(data["classes"]), int(data["channels"]))
+    if "resolution" in data and int(data["resolution"]) != network.spec.resolution:
+        raise UsageError(f"{source}: phi {data['phi']} gives {network.spec.resolution} px, the file says {data['resolution']}")
+    return network
+
+
+def _run_fit(target: Target, base: str, coefficients: Coefficients, classes: int, channels: int) -> dict[str, Any]:
+    from tinyscale.fit import FitRequest, fit  # noqa: PLC0415 - the fitter pulls in the converter
+
+    return fit(FitRequest(target, base, classes, channels, coefficients)).to_dict()
+
+
+def _choose_network(
+    dataset: Dataset,
+    fit_file: Optional[Path],
+    target: Optional[str],
+    phi: Optional[float],
+    base: str,
+    coefficients: Coefficients,
+    channels: Optional[int],
+) -> tuple[ScaledNetwork, Optional[dict[str, Any]]]:
+    """The network to train, and the fit result it came from (if any)."""
+    given = [name for name, value in (("--fit", fit_file), ("--target", target), ("--phi", phi)) if value is not None]
+    if len(given) != 1:
+        raise UsageError("say which network to train: exactly one of --fit fit.json, --target T or --phi P")
+    if fit_file is not None:
+        data = _read_fit_json(fit_file)
+        return _network_from_fit_json(data, dataset, fit_file), data
+    channels = channels or dataset.channels
+    if target is not None:
+        data = _run_fit(load_target(target), base, coefficients, dataset.classes, channels)
+        return _network_from_fit_json(data, dataset, Path(f"fit for {target}")), data
+    return arch.scale(base, phi, coefficients, dataset.classes, channels), None
+
+
+def _network_dict(network: ScaledNetwork) -> dict[str, Any]:
+    spec = network.spec
+    return {
+        "base": spec.base,
+        "phi": network.phi,
+        "alpha": network.coefficients.alpha,
+        "beta": network.coefficients.beta,
+        "gamma": network.coefficients.gamma,
+        "resolution": spec.resolution,
+        "channels": spec.channels,
+        "classes": spec.classes,
+        "blocks": len(spec.blocks),
+        "params": arch.count_params(spec),
+        "macs": arch.count_macs(spec),
+    }
+
+
+def _training_metadata(data: str, limit: Optional[int], seed: int, dataset: Dataset, network: ScaledNetwork,
+                       target: Optional[str]) -> dict[str, Any]:
+    """What history.json records about a run, so `convert` can find the calibration data."""
+    return {
+        "data": data,
+        "limit": limit,
+        "seed": seed,
+        "class_names": list(dataset.class_names),
+        "network": _network_dict(network),
+        "target": target,
+    }
+
+
+def _load_data(source: str, split_name: str, limit: Optional[int], seed: int) -> Dataset:
+    dataset = load_dataset(source, split_name)
+    return dataset.limit(limit, seed)
+
+
+# ---------------------------------------------------------------------------
+# train
+
+
+def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
+    from tinyscale.train import train_network  # noqa: PLC0415 - imports TensorFlow
+
+    spec = network.spec
+    if not quiet:
+        _err(
+            f"training {spec.base} phi={network.phi:g} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
+            f"{arch.count_params(spec):,} params) on {len(dataset):,} samples of {dataset.source}"
+        )
+    return train_network(network, dataset, config, progress=None if quiet else (lambda report: _err(report.line())))
+
+
+def _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed):
+    from tinyscale.train import TrainConfig  # noqa: PLC0415
+
+    return TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                       validation_fraction=validation_split, patience=patience, augment=augment, flip=flip, seed=seed)
+
+
+@app.command()
+@reports_errors
+def train(
+    data: DataOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for model.keras and history.json.")],
+    fit_file: Annotated[Optional[Path], typer.Option("--fit", help="fit.json (or its directory) from `tinyscale fit`.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Fit this target first and train its network.")] = None,
+    phi: Annotated[Optional[float], typer.Option("--phi", help="Train the network at this phi.")] = None,
+    base: BaseOption = Base(DEFAULT_BASE),
+    channels: DataChannelsOption = None,
+    alpha: AlphaOption = PAPER_ALPHA,
+    beta: BetaOption = PAPER_BETA,
+    gamma: GammaOption = PAPER_GAMMA,
+    epochs: EpochsOption = 30,
+    batch_size: BatchOption = 64,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", help="Adam's initial rate (cosine decay).")] = 2e-3,
+    validation_split: Annotated[float, typer.Option("--validation-split", help="Fraction held out for validation.")] = 0.1,
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Stop after this many epochs without improvement.")] = 5,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random shifts (and flips) while training.")] = True,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal flips in augmentation (off for text, digits).")] = True,
+    limit: LimitOption = None,
+    seed: SeedOption = 0,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Train the fitted network on a dataset; writes model.keras and history.json."""
+    from tinyscale.train import HISTORY_FILE, MODEL_FILE, save_training  # noqa: PLC0415
+
+    config = _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed)
+    for name in (MODEL_FILE, HISTORY_FILE):
+        refuse_clobber(out / name, force)
+    dataset = _load_data(data, "train", limit, seed)
+    coefficients = Coefficients(alpha, beta, gamma)
+    network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels)
+    result = _train(network, dataset, config, quiet=json_output)
+    metadata = _training_metadata(data, limit, seed, dataset, network, fitted.get("target") if fitted else None)
+    model_path, history_path = save_training(result, out, metadata, force=force)
+    summary = {**metadata, **{k: v for k, v in result.summary().items() if k != "history"},
+               "model": str(model_path), "history": str(history_path)}
+    if json_output:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(_table(_network_rows(network) + [
+        ("data", f"{dataset.source}: {result.train_samples:,} train / {result.val_samples:,} validation"),
+        ("epochs", f"{result.epochs_run} run, best {result.best_epoch}"),
+        ("val accuracy", _percent(result.val_accuracy)),
+        ("train time", f"{result.seconds:.1f} s"),
+        ("wrote", f"{model_path}, {history_path}"),
+    ]))
+
+
+# ---------------------------------------------------------------------------
+# convert
+
+
+def _is_saved_model(path: Path) -> bool:
+    return path.is_dir() and (path / "saved_model.pb").is_file()
+
+
+def _load_float_model(path: Path):
+    if not path.exists():
+        raise ModelError(f"no model at {path}")
+    if path.suffix == ".tflite" or (path.is_file() and path.read_bytes()[4:8] == b"TFL3"):
+        raise ModelError(f"{path} is already a TFLite flatbuffer; convert takes a Keras model (.keras) or a SavedModel "
+                         "directory; run `tinyscale simulate` on a .tflite")
+    if _is_saved_model(path):
+        from tinyscale.train import load_saved_model  # noqa: PLC0415
+
+        return load_saved_model(path)
+    if path.is_dir():
+        raise ModelError(f"{path} is a directory without saved_model.pb: give a .keras file or a SavedModel directory")
+    from tinyscale.train import load_keras_model  # noqa: PLC0415
+
+    return load_keras_model(path)
+
+
+def _model_geometry(model) -> tuple[tuple[int, int], int, int]:
+    """((height, width), channels, classes) of an image classifier, else ModelError."""
+    shape = tuple(model.input_shape)
+    outputs = tuple(model.output_shape)
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] not in (1, 3):
+        raise ModelError(f"the model's input shape {list(shape)} is not (batch, H, W, 1|3) with a fixed size")
+    if len(outputs) != 2 or not outputs[1]:
+        raise ModelError(f"the model's output shape {list(outputs)} is not (batch, classes)")
+    return (int(shape[1]), int(shape[2])), int(shape[3]), int(outputs[1])
+
+
+def _calibration_inputs(model, data: Optional[str], history: Optional[dict], samples: int, seed: int) -> np.ndarray:
+    """Real training images for calibration, shaped for the model; never random data."""
+    from tinyscale.data import check_classes  # noqa: PLC0415
+
+    source = data or (history or {}).get("data")
+    if not source:
+        raise UsageError("no calibration data: pass --data (the training data), or convert a model saved by "
+                         "`tinyscale train` (its history.json names the data)")
+    size, channels, classes = _model_geometry(model)
+    dataset = load_dataset(source, "train")
+    check_classes(dataset, classes, "the model")
+    subset = dataset.limit(samples, seed)
+    return network_inputs(subset.x, size, channels)
+
+
+def convert_model(model, representative: np.ndarray, max_samples: int) -> bytes:
+    """Convert and check: full int8 that TFLM loads, or ModelError/ConversionError."""
+    from tinyscale import tflm  # noqa: PLC0415
+    from tinyscale.convert import convert_keras_model  # noqa: PLC0415
+    from tinyscale.simulate import load_model_bytes  # noqa: PLC0415
+
+    flatbuffer = convert_keras_model(model, representative, max_samples=max_samples)
+    load_model_bytes(flatbuffer, "the converted model")
+    tflm.check_loads(flatbuffer)
+    return flatbuffer
+
+
+def _io_rows(info) -> list[tuple[str, str]]:
+    rows = []
+    for label, tensors in (("input", info.input_tensors), ("output", info.output_tensors)):
+        for tensor in tensors:
+            scale = tensor.scale[0] if tensor.scale else float("nan")
+            zero = tensor.zero_point[0] if tensor.zero_point else 0
+            rows.append((label, f"{tensor.dtype} {list(tensor.shape)}  scale {scale:.6g}  zero point {zero}"))
+    return rows
+
+
+@app.command()
+@reports_errors
+def convert(
+    model: Annotated[Path, typer.Argument(help="Keras model (.keras) or SavedModel directory.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output .tflite (default: MODEL with .tflite).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help="Training data for calibration (default: from history.json).")] = None,
+    calibration_samples: CalibrationOption = DEFAULT_CALIBRATION_SAMPLES,
+    seed: SeedOption = 0,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Convert a trained model to a full-integer int8 TFLite Micro model, calibrated on real data."""
+    from tinyscale.train import read_history  # noqa: PLC0415
+    from tinyscale.tflite_model import read_model  # noqa: PLC0415
+
+    out = out or model.with_suffix(".tflite")
+    refuse_clobber(out, force)
+    keras_model = _load_float_model(model)
+    representative = _calibration_inputs(keras_model, data, read_history(model), calibration_samples, seed)
+    flatbuffer = convert_model(keras_model, representative, calibration_samples)
+    atomic_write_bytes(out, flatbuffer)
+    info = read_model(flatbuffer)
+    from tinyscale.simulate import io_dict  # noqa: PLC0415
+
+    result = {
+        "model": str(out),
+        "model_bytes": info.size_bytes,
+        "ops": list(info.operator_names),
+        "operators": len(info.operators),
+        "calibration_samples": len(representative),
+        "inputs": [io_dict(t) for t in info.input_tensors],
+        "outputs": [io_dict(t) for t in info.output_tensors],
+    }
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(_table([
+        ("wrote", str(out)),
+        ("size", _bytes(info.size_bytes)),
+        ("operators", f"{len(info.operators)}: {', '.join(info.operator_names)}"),
+        ("calibration", f"{len(representative)} training images"),
+        *_io_rows(info),
+        ("TFLM", "loads (checked)"),
+    ]))
+
+
+# ---------------------------------------------------------------------------
+# simulate
+
+
+def _simulation(model_bytes: bytes, source: str, target: Optional[Target], dataset: Optional[Dataset],
+                keras_model, workers: int, quiet: bool):
+    from tinyscale.data import check_classes  # noqa: PLC0415
+    from tinyscale.simulate import evaluate, memory_report, output_classes  # noqa: PLC0415
+
+    report = memory_report(model_bytes, target, source)
+    evaluation = None
+    if dataset is not None:
+        check_classes(dataset, output_classes(report.info), "the model")  # before any progress line
+        if not quiet:
+            _err(f"evaluating {len(dataset):,} samples with {workers} worker process(es)")
+        evaluation = evaluate(model_bytes, report.info, dataset, report.arena_bytes, workers, keras_model)
+    return report, evaluation
+
+
+def _simulation_dict(report, evaluation, target: Optional[Target]) -> dict[str, Any]:
+    data = report.to_dict()
+    if target is not None:
+        data["target"] = target.name
+    if evaluation is not None:
+        data.update(evaluation.to_dict())
+    return data
+
+
+def _operator_table(report) -> str:
+    from tinyscale.simulate import format_macs, format_shape  # noqa: PLC0415
+
+    peak = report.peak
+    rows = [("#", "operator", "output", "MACs", "live activations")]
+    for row in report.rows:
+        mark = "  <- peak" if peak is not None and row.index == peak.index else ""
+        rows.append((str(row.index), row.name, format_shape(row.output_shape), format_macs(row.macs),
+                     f"{row.live_bytes:,} B{mark}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _memory_rows(report, target: Optional[Target]) -> list[tuple[str, str]]:
+    info = report.info
+    rows = [
+        ("model", _bytes(report.model_bytes)),
+        ("operators", f"{len(info.operators)} in {info.subgraphs} subgraph(s): {', '.join(info.operator_names)}"),
+        *_io_rows(info),
+        ("arena (minimal)", f"{_bytes(report.arena_bytes)}; allocator reports {report.arena.reported_bytes:,} B"),
+        ("peak activations", _bytes(report.peak.live_bytes) if report.peak else "-"),
+        ("runtime flash", f"{report.runtime_bytes:,} B ({report.runtime_source})"),
+        ("flash needed", _bytes(report.flash_needed_bytes)),
+    ]
+    if target is not None and report.placement is not None:
+        placement = report.placement
+        rows.append(("target", target.name))
+        rows += _placement_rows(placement)
+        rows.append(("fits", "yes" if placement.fits else f"no: {placement.describe_shortfall()}"))
+    return rows
+
+
+def _accuracy_text(evaluation) -> str:
+    rows = [
+        ("samples", f"{evaluation.samples:,}"),
+        ("int8 accuracy", _percent(evaluation.int8_accuracy)),
+    ]
+    if evaluation.float_accuracy is not None:
+        rows += [("float accuracy", _percent(evaluation.float_accuracy)),
+                 ("agreement", _percent(evaluation.agreement))]
+    rows.append(("throughput", f"{evaluation.images_per_second:,.1f} images/s ({evaluation.workers} workers)"))
+    names = evaluation.class_names
+    per_class = evaluation.per_class_accuracy()
+    rows += [(f"  class {name}", _percent(value)) for name, value in zip(names, per_class)]
+    matrix = evaluation.confusion()
+    width = max(5, max(len(str(v)) for v in matrix.flat) + 1)
+    header = " " * 6 + "".join(f"{i:>{width}}" for i in range(len(names)))
+    lines = [header] + [f"{i:>4}  " + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
+    return _table(rows) + "\n\nconfusion matrix (rows: true class, columns: int8 prediction)\n" + "\n".join(lines)
+
+
+def _read_tflite(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise ModelError(f"{path} is a directory, not a .tflite file") from None
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+@app.command()
+@reports_errors
+def simulate(
+    model: Annotated[Path, typer.Argument(help="An int8 TFLite Micro model (.tflite).")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="Check flash and SRAM against this target.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", "-d", help=f"Evaluate on this data (an image folder, .npz, or {FASHION_MNIST!r}: its test split).")] = None,
+    keras: Annotated[Optional[Path], typer.Option("--keras", help="The float Keras model, for float accuracy and agreement.")] = None,
+    limit: LimitOption = None,
+    workers: WorkersOption = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of activation memory per operator.")] = None,
+    seed: SeedOption = 0,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the model in TFLM on the host: minimal arena, flash need, per-operator memory, accuracy."""
+    from tinyscale.simulate import plot_memory  # noqa: PLC0415
+
+    if keras is not None and data is None:
+        raise UsageError("--keras compares accuracies on --data; pass --data too")
+    if plot is not None:
+        refuse_clobber(plot, force, "--plot file")
+    board = load_target(target) if target else None
+    model_bytes = _read_tflite(model)
+    dataset = _load_data(data, "test", limit, seed) if data is not None else None
+    keras_model = _load_float_model(keras) if keras is not None else None
+    report, evaluation = _simulation(model_bytes, str(model), board, dataset, keras_model,
+                                     workers or os.cpu_count() or 1, json_output)
+    if plot is not None:
+        plot_memory(report, plot, report.placement.sram_budget_bytes if report.placement else None)
+    if json_output:
+        typer.echo(json.dumps(_simulation_dict(report, evaluation, board), indent=2))
+        return
+    parts = [_table(_memory_rows(report, board)), _operator_table(report)]
+    if evaluation is not None:
+        parts.append(_accuracy_text(evaluation))
+    if plot is not None:
+        parts.append(f"wrote {plot}")
+    typer.echo("\n\n".join(parts))
+
+
+# ---------------------------------------------------------------------------
+# build
+
+
+def _build_datasets(source: str, limit: Optional[int], seed: int) -> tuple[Dataset, Dataset]:
+    """(training data, test data): Fashion-MNIST's own test split, else a held-out share."""
+    if source == FASHION_MNIST:
+        train_set = _load_data(source, "train", limit, seed)
+        test_limit = None if limit is None else max(1, limit // 6)  # keep Fashion-MNIST's 6:1 ratio
+        return train_set, _load_data(source, "test", test_limit, seed)
+    dataset = _load_data(source, "train", limit, seed)
+    return split(dataset, BUILD_TEST_FRACTION, seed=seed + 1)
+
+
+def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes: int, out_dir: Path) -> str | None:
+    """Render the firmware project into out_dir/firmware; the reason when it cannot be."""
+    from tinyscale.errors import DoesNotFitError, TemplateError  # noqa: PLC0415
+    from tinyscale.firmware import FirmwareOptions, build_context, write_project  # noqa: PLC0415
+
+    options = FirmwareOptions(target=target, out_dir=out_dir / "firmware", phi=phi, model_file=TFLITE_FILE)
+    try:
+        context = build_context(flatbuffer, options, measured_arena_bytes=arena_bytes)
+    except (DoesNotFitError, TemplateError) as exc:
+        return str(exc)  # the model and its report are still useful without firmware
+    write_project(context, options.out_dir, force=False)
+    return None
+
+
+def _stage_directory(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+
+
+def _publish(stage: Path, out: Path, force: bool) -> None:
+    """Move the finished staging directory to `out` (replacing it only with --force)."""
+    if out.exists():
+        if not force and any(out.iterdir()):
+            raise OutputExistsError(f"output directory {out} exists and is not empty; use --force to overwrite")
+        shutil.rmtree(out)
+    os.replace(stage, out)
+
+
+@app.command()
+@reports_errors
+def build(
+    target: Annotated[str, typer.Option("--target", "-t", help="Bundled target name or path to a board .toml.")],
+    data: DataOption,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (everything is written here).")],
+    base: BaseOption = Base(DEFAULT_BASE),
+    channels: DataChannelsOption = None,
+    alpha: AlphaOption = PAPER_ALPHA,
+    beta: BetaOption = PAPER_BETA,
+    gamma: GammaOption = PAPER_GAMMA,
+    epochs: EpochsOption = 30,
+    batch_size: BatchOption = 64,
+    limit: LimitOption = None,
+    calibration_samples: CalibrationOption = DEFAULT_CALIBRATION_SAMPLES,
+    workers: WorkersOption = None,
+    seed: SeedOption = 0,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Fit, train, convert and simulate (and generate firmware) in one go."""
+    from tinyscale.train import TrainConfig, save_training  # noqa: PLC0415
+
+    started = time.perf_counter()
+    check_output_dir(out, force)
+    board = load_target(target)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed)
+    train_set, test_set = _build_datasets(data, limit, seed)
+    channels = channels or train_set.channels
+    coefficients = Coefficients(alpha, beta, gamma)
+    quiet = json_output
+    if not quiet:
+        _err(f"fitting {base.value} to {board.name} ({train_set.classes} classes, {channels} channel(s))")
+    fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels)
+    network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
+    stage = _stage_directory(out)
+    try:
+        atomic_write_text(stage / FIT_FILE, json.dumps(fitted, indent=2) + "\n")
+        trained = _train(network, train_set, config, quiet)
+        metadata = _training_metadata(data, limit, seed, train_set, network, board.name)
+        model_path, _ = save_training(trained, stage, metadata)
+        if not quiet:
+            _err(f"converting to int8 (calibration on {calibration_samples} training images)")
+        size, model_channels, _ = _model_geometry(trained.model)
+        representative = network_inputs(train_set.limit(calibration_samples, seed).x, size, model_channels)
+        flatbuffer = convert_model(trained.model, representative, calibration_samples)
+        atomic_write_bytes(stage / TFLITE_FILE, flatbuffer)
+        report, evaluation = _simulation(flatbuffer, TFLITE_FILE, board, test_set, trained.model,
+                                         workers or os.cpu_count() or 1, quiet)
+        simulation = _simulation_dict(report, evaluation, board)
+        atomic_write_text(stage / SIMULATION_FILE, json.dumps(simulation, indent=2) + "\n")
+        firmware_problem = _render_firmware(flatbuffer, board, network.phi, report.arena_bytes, stage)
+        summary = _build_summary(board, network, trained, report, evaluation, out, firmware_problem)
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
+        _publish(stage, out, force)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if json_output:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(_build_text(summary, report, board))
+
+
+def _build_summary(board: Target, network: ScaledNetwork, trained, report, evaluation, out: Path,
+                   firmware_problem: str | None) -> dict[str, Any]:
+    placement = report.placement
+    files = [FIT_FILE, "model.keras", "history.json", TFLITE_FILE, SIMULATION_FILE, REPORT_FILE]
+    if firmware_problem is None:
+        files.append("firmware/")
+    return {
+        "target": board.name,
+        "phi": network.phi,
+        "base": network.spec.base,
+        "resolution": network.spec.resolution,
+        "channels": network.spec.channels,
+        "classes": network.spec.classes,
+        "model_bytes": report.model_bytes,
+        "arena_bytes": report.arena_bytes,
+        "fits": placement.fits,
+        "flash_needed_bytes": placement.flash_needed_bytes,
+        "flash_budget_bytes": placement.flash_budget_bytes,
+        "sram_needed_bytes": placement.sram_needed_bytes,
+        "sram_budget_bytes": placement.sram_budget_bytes,
+        "arena_region": placement.arena_region,
+        "float_accuracy": evaluation.float_accuracy,
+        "int8_accuracy": evaluation.int8_accuracy,
+        "agreement": evaluation.agreement,
+        "test_samples": evaluation.samples,
+        "images_per_second": round(evaluation.images_per_second, 2),
+        "epochs_run": trained.epochs_run,
+        "train_seconds": round(trained.seconds, 1),
+        "firmware": firmware_problem is None,
+        "firmware_problem": firmware_problem,
+        "out": str(out),
+        "files": files,
+    }
+
+
+def _build_text(summary: dict[str, Any], report, board: Target) -> str:
+    fits = "yes" if summary["fits"] else f"NO: {report.placement.describe_shortfall()}"
+    rows = [
+        ("target", f"{board.name} ({board.board})"),
+        ("network", f"{summary['base']} phi={summary['phi']:g}, {summary['resolution']}x{summary['resolution']}"
+                    f"x{summary['channels']}, {summary['classes']} classes"),
+        ("model", _bytes(summary["model_bytes"])),
+        ("arena (minimal)", _bytes(summary["arena_bytes"])),
+        *_placement_rows(report.placement),
+        ("fits", fits),
+        ("accuracy", f"int8 {_percent(summary['int8_accuracy'])}, float {_percent(summary['float_accuracy'])}, "
+                     f"agreement {_percent(summary['agreement'])} on {summary['test_samples']:,} test images"),
+        ("training", f"{summary['epochs_run']} epochs, {summary['train_seconds']:.0f} s"),
+        ("firmware", "firmware/ (see firmware/README.md)" if summary["firmware"]
+         else f"not generated: {summary['firmware_problem']}"),
+        ("wrote", f"{summary['out']}/: {', '.join(summary['files'])}"),
+    ]
+    return _table(rows)
