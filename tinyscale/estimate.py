@@ -1,0 +1,877 @@
+"""Analytic memory model: flatbuffer size and minimal TFLM arena of a spec.
+
+Pure Python, no TensorFlow and no tflite_micro. It reproduces, step by step,
+what the two real tools do with the network that tinyscale's converter emits:
+
+1. :func:`tflite_graph` rebuilds the TFLite graph that TFLiteConverter
+   (TF 2.21, full int8) writes for a :class:`NetworkSpec` built by
+   ``keras_builder``: the same operators in the same order, the same tensors
+   in the same order, with the same names, shapes, quantization and buffer
+   sharing.
+2. :func:`flatbuffer_bytes` sizes the serialised flatbuffer of that graph.
+3. :func:`arena_plan` replays TFLM's ``MicroAllocator`` on it: persistent
+   tail allocations (interpreter structs, per-op data), the temporary
+   allocations of each kernel's Prepare, the memory plan of the greedy
+   planner (a reimplementation of ``GreedyMemoryPlanner``) and the planner's
+   own scratch, then finds the smallest arena for which every phase fits.
+
+Sizes of C structs are those of the x86-64 host build of the TFLM Python
+interpreter (the measurement reference), read from the TFLM sources.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from tinyscale.arch import BlockSpec, NetworkSpec
+
+# ---------------------------------------------------------------------------
+# 1. The TFLite graph the converter emits
+#
+# Tensor names come from the Keras layer names of keras_builder (each layer
+# scope gets Keras' "_1" call suffix under the "tinyscale_1" model scope), fused
+# by the converter into ";"-joined lists when it folds BN and activations into
+# a convolution. Names repeat for a producer's bias and output, so the
+# converter's name mapper makes them unique by appending a counter.
+
+_SCOPE = "tinyscale_1"
+# convert.py traces `lambda images: model(images)`: the argument names the input,
+# the traced function's return value the output.
+INPUT_NAME = "images"
+OUTPUT_NAME = "Identity"
+# The MEAN axis constant (1, 2) is named after its op when only one MEAN uses it,
+# otherwise it is a shared (CSE'd) constant and gets an "arith.constant" name.
+_AXIS_NAME = f"{_SCOPE}/avg_pool_1/Mean/reduction_indices"
+_ZERO_CONSTANT = "arith.constant"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "int8" or "int32"
+    channels: int  # quantization parameters (scale/zero point pairs); 0: none
+    constant: bool
+    # Constants with equal content share one flatbuffer buffer. All-zero
+    # biases are keyed by their byte size; every other constant is unique.
+    content: object = None
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count * (4 if self.dtype == "int32" else 1)
+
+
+@dataclass(frozen=True)
+class Operator:
+    kind: str  # builtin name, e.g. CONV_2D
+    inputs: tuple[int, ...]  # -1: omitted optional input (FC bias)
+    outputs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Graph:
+    tensors: tuple[Tensor, ...]
+    operators: tuple[Operator, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+
+
+class _NameMapper:
+    """TFLite's OpOrArgNameMapper: a taken name gets the next free counter suffix."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+        self.counters: dict[str, int] = {}
+
+    def unique(self, name: str) -> str:
+        if name not in self.used:
+            self.used.add(name)
+            return name
+        count = self.counters.get(name, 0)
+        while True:
+            count += 1
+            candidate = f"{name}{count}"
+            if candidate not in self.used:
+                break
+        self.counters[name] = count
+        self.used.add(candidate)
+        return candidate
+
+
+class _Node:
+    """A tensor before indices are assigned (identity is the object)."""
+
+    __slots__ = ("name", "shape", "dtype", "channels", "constant", "content", "group")
+
+    def __init__(self, name, shape, dtype="int8", channels=1, constant=False, content=None, group=None):
+        self.name = name
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.channels = channels
+        self.constant = constant
+        self.content = content
+        self.group = group  # zero constants CSE'd by the converter: (group key)
+
+
+class _GraphBuilder:
+    """Mirrors keras_builder layer by layer, emitting the converter's fused ops."""
+
+    def __init__(self, spec: NetworkSpec) -> None:
+        self.spec = spec
+        self.swish = spec.activation == "swish"
+        self.ops: list[tuple[str, tuple, tuple]] = []
+        self.unique_counter = 0
+        self.uses_se = any(block.se_filters for block in spec.blocks)
+        self.axis = _Node(_ZERO_CONSTANT if self.uses_se else _AXIS_NAME, (2,), "int32", 0, True, "axis")
+        # Zero constants of the SE convolutions, CSE'd per length by the converter.
+        self.zero_groups: dict[int, list[_Node]] = {}
+        self.zero_group_order: list[int] = []
+
+    def _unique(self) -> object:
+        self.unique_counter += 1
+        return ("unique", self.unique_counter)
+
+    def _bias(self, name: str, channels: int, zero: bool) -> _Node:
+        content = ("zeros", channels) if zero else self._unique()
+        return _Node(name, (channels,), "int32", channels, True, content)
+
+    def _activation(self, x: _Node, scope: str) -> _Node:
+        """Swish as LOGISTIC + MUL (ReLU6 is fused into the producer instead)."""
+        sigmoid = _Node(f"{_SCOPE}/{scope}_1/Sigmoid", x.shape)
+        self.ops.append(("LOGISTIC", (x,), (sigmoid,)))
+        product = _Node(f"{_SCOPE}/{scope}_1/mul_1", x.shape)
+        self.ops.append(("MUL", (x, sigmoid), (product,)))
+        return product
+
+    def conv_bn(self, x: _Node, filters: int, kernel: int, size: int, prefix: str,
+                activated: bool, zero_bias: bool) -> _Node:
+        """Conv2D + BN (+ activation): one CONV_2D with folded int32 bias."""
+        conv, bn = f"{_SCOPE}/{prefix}_conv_1", f"{_SCOPE}/{prefix}_bn_1"
+        fused = f"{bn}/batchnorm/add_1;{conv}/convolution;{bn}/batchnorm/sub"
+        if activated and not self.swish:
+            fused = f"{_SCOPE}/{prefix}_act_1/Relu6;{fused}"
+        weights = _Node(f"{conv}/convolution", (filters, kernel, kernel, x.shape[-1]), channels=filters,
+                        constant=True, content=self._unique())
+        bias = self._bias(fused, filters, zero_bias)
+        out = _Node(fused, (1, size, size, filters))
+        self.ops.append(("CONV_2D", (x, weights, bias), (out,)))
+        if activated and self.swish:
+            out = self._activation(out, f"{prefix}_act")
+        return out
+
+    def dwconv_bn(self, x: _Node, block: BlockSpec, size: int, prefix: str) -> _Node:
+        dw, bn = f"{_SCOPE}/{prefix}_dwconv_1", f"{_SCOPE}/{prefix}_dw_bn_1"
+        core = f"{bn}/batchnorm/mul_1;{dw}/depthwise;{bn}/batchnorm/Rsqrt"
+        fused = f"{bn}/batchnorm/add_1;{core};{bn}/batchnorm/sub"
+        if not self.swish:
+            fused = f"{_SCOPE}/{prefix}_dw_act_1/Relu6;{fused}"
+        channels = block.expanded_filters
+        weights = _Node(core, (1, block.kernel, block.kernel, channels), channels=channels,
+                        constant=True, content=self._unique())
+        bias = self._bias(fused, channels, zero=False)  # its input is activated: nonzero mean
+        out = _Node(fused, (1, size, size, channels))
+        self.ops.append(("DEPTHWISE_CONV_2D", (x, weights, bias), (out,)))
+        if self.swish:
+            out = self._activation(out, f"{prefix}_dw_act")
+        return out
+
+    def _zero_constant(self, channels: int) -> _Node:
+        node = _Node(_ZERO_CONSTANT, (channels,), "int32", channels, True, ("zeros", channels), group=channels)
+        if channels not in self.zero_groups:
+            self.zero_groups[channels] = []
+        self.zero_groups[channels].append(node)
+        return node
+
+    def se_conv(self, x: _Node, filters: int, name: str, bias: _Node) -> _Node:
+        conv = f"{_SCOPE}/{name}_1/convolution"
+        weights = _Node(conv, (filters, 1, 1, x.shape[-1]), channels=filters, constant=True,
+                        content=self._unique())
+        out = _Node(conv, (1, 1, 1, filters))
+        self.ops.append(("CONV_2D", (x, weights, bias), (out,)))
+        return out
+
+    def squeeze_excite(self, x: _Node, block: BlockSpec, prefix: str) -> _Node:
+        # The converter numbers the SE zero constants block by block, the
+        # expand bias before the reduce bias (observed order; names only).
+        for channels in (block.expanded_filters, block.se_filters):
+            if channels not in self.zero_group_order:
+                self.zero_group_order.append(channels)
+        squeezed = _Node(f"{_SCOPE}/{prefix}_se_squeeze_1/Mean", (1, 1, 1, x.shape[-1]))
+        self.ops.append(("MEAN", (x, self.axis), (squeezed,)))
+        s = self.se_conv(squeezed, block.se_filters, f"{prefix}_se_reduce", self._zero_constant(block.se_filters))
+        s = self._activation(s, f"{prefix}_se_reduce_act")
+        s = self.se_conv(s, block.expanded_filters, f"{prefix}_se_expand",
+                         self._zero_constant(block.expanded_filters))
+        gate = _Node(f"{_SCOPE}/{prefix}_se_gate_1/Sigmoid", s.shape)
+        self.ops.append(("LOGISTIC", (s,), (gate,)))
+        excited = _Node(f"{_SCOPE}/{prefix}_se_excite_1/Mul", x.shape)
+        self.ops.append(("MUL", (x, gate), (excited,)))
+        return excited
+
+    def build(self) -> None:
+        spec = self.spec
+        size = -(-spec.resolution // 2)
+        x = _Node(INPUT_NAME, (1, *spec.input_shape))
+        self.input = x
+        x = self.conv_bn(x, spec.stem_filters, 3, size, "stem", activated=True, zero_bias=False)
+        # A BN output that is not activated has zero mean over the calibration
+        # batch (convert.calibrate_batchnorm sets BN statistics to batch
+        # statistics), so a 1x1 convolution reading it gets a folded bias that
+        # quantizes to all zeros: such biases share one buffer per length.
+        zero_mean = False
+        for index, block in enumerate(spec.blocks):
+            prefix = f"b{index}"
+            shortcut, block_input_zero_mean = x, zero_mean
+            if block.has_expand:
+                x = self.conv_bn(x, block.expanded_filters, 1, size, f"{prefix}_expand",
+                                 activated=True, zero_bias=block_input_zero_mean)
+            size = -(-size // block.stride)
+            x = self.dwconv_bn(x, block, size, prefix)
+            if block.se_filters:
+                x = self.squeeze_excite(x, block, prefix)
+            x = self.conv_bn(x, block.out_filters, 1, size, f"{prefix}_project", activated=False, zero_bias=False)
+            if block.has_skip:
+                added = _Node(f"{_SCOPE}/{prefix}_add_1/Add", x.shape)
+                self.ops.append(("ADD", (shortcut, x), (added,)))
+                x = added
+                zero_mean = block_input_zero_mean
+            else:
+                zero_mean = True
+        x = self.conv_bn(x, spec.head_filters, 1, size, "head", activated=True, zero_bias=zero_mean)
+        pooled = _Node(f"{_SCOPE}/avg_pool_1/Mean", (1, spec.head_filters))
+        self.ops.append(("MEAN", (x, self.axis), (pooled,)))
+        # convert.spread_logits gives the Dense layer a nonzero bias, so the
+        # converter keeps it (a zero bias would be dropped).
+        dense = f"{_SCOPE}/logits_1"
+        weights = _Node(f"{dense}/MatMul", (spec.classes, spec.head_filters), channels=spec.classes,
+                        constant=True, content=self._unique())
+        bias = self._bias(f"{dense}/BiasAdd", spec.classes, zero=False)
+        logits = _Node(f"{dense}/MatMul;{dense}/BiasAdd", (1, spec.classes))
+        self.ops.append(("FULLY_CONNECTED", (pooled, weights, bias), (logits,)))
+        probabilities = _Node(OUTPUT_NAME, (1, spec.classes))
+        self.ops.append(("SOFTMAX", (logits,), (probabilities,)))
+        self.output = probabilities
+
+    def constant_order(self) -> list[_Node]:
+        """Constants as the converter lays them out.
+
+        The axis first; then operators in reverse, each contributing its bias
+        then its weights; a CSE'd zero constant appears with all its per-use
+        copies at the place of its first (forward) use.
+        """
+        order: list[_Node] = [self.axis]
+        last_use: dict[int, int] = {}
+        for position, (_, inputs, _) in enumerate(self.ops):
+            for node in inputs:
+                if node is not None and node.group is not None and node.group not in last_use:
+                    last_use[node.group] = position
+        for position in range(len(self.ops) - 1, -1, -1):
+            _, inputs, _ = self.ops[position]
+            for node in reversed(inputs[1:]):
+                if node is None or not node.constant or node is self.axis:
+                    continue
+                if node.group is None:
+                    order.append(node)
+                elif last_use[node.group] == position:
+                    order.extend(self.zero_groups[node.group])
+        return order
+
+    def zero_constant_base(self, group: object) -> str:
+        """"arith.constant<k>": k numbers the CSE'd constants (observed order).
+
+        The shared MEAN axis first, then the SE zero biases block by block.
+        """
+        number = ["axis", *self.zero_group_order].index(group)
+        return f"{_ZERO_CONSTANT}{number or ''}"
+
+
+def tflite_graph(spec: NetworkSpec) -> Graph:
+    """The operators and tensors of the converter's int8 flatbuffer for `spec`."""
+    builder = _GraphBuilder(spec)
+    builder.build()
+    nodes = [builder.input, *builder.constant_order()]
+    nodes += [out for _, _, outputs in builder.ops for out in outputs]
+    index = {id(node): position for position, node in enumerate(nodes)}
+    names = _NameMapper()
+    tensors = []
+    for node in nodes:
+        base = node.name
+        if node.group is not None:
+            base = builder.zero_constant_base(node.group)
+        elif node is builder.axis and builder.uses_se:
+            base = builder.zero_constant_base("axis")
+        tensors.append(Tensor(names.unique(base), node.shape, node.dtype, node.channels, node.constant,
+                              node.content))
+    operators = tuple(
+        Operator(kind, tuple(-1 if node is None else index[id(node)] for node in inputs),
+                 tuple(index[id(node)] for node in outputs))
+        for kind, inputs, outputs in builder.ops
+    )
+    return Graph(tuple(tensors), operators, (0,), (len(nodes) - 1,))
+
+
+# ---------------------------------------------------------------------------
+# 2. The flatbuffer
+#
+# TFLite's exporter writes the model with the C++ FlatBufferBuilder, which
+# builds back to front: every scalar is aligned to its size, every vector to
+# 4 bytes (this exporter does not force 16 for buffer data), each table gets a vtable unless an identical
+# one was written before, and fields equal to their schema default are left
+# out. _SizeBuilder follows exactly these rules but only counts bytes.
+# tflite_flatbuffer_size() replays the exporter's creation order (read off
+# converted files): operator codes, tensors, subgraph, buffers, metadata, model.
+
+_BUILTIN_CODES = {"ADD": 0, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9,
+                  "LOGISTIC": 14, "MUL": 18, "SOFTMAX": 25, "MEAN": 40}
+# Operator versions the converter records for these int8 kernels.
+_OPCODE_VERSIONS = {"ADD": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4,
+                    "LOGISTIC": 2, "MUL": 2, "SOFTMAX": 2, "MEAN": 2}
+_TENSOR_TYPES = {"int8": 9, "int32": 2}
+_DESCRIPTION = "MLIR Converted."
+_SUBGRAPH_NAME = "main"
+# Metadata: (name, buffer bytes). The runtime version string is padded to 16;
+# CONVERSION_METADATA is a small flatbuffer of the converter options.
+_METADATA = (("min_runtime_version", 16), ("CONVERSION_METADATA", 96))
+_FILE_HEADER_BYTES = 8  # root offset + "TFL3"
+_OFFSET = "offset"  # a field holding a uoffset to a child object
+# Tensor: shape, type, buffer, name, quantization, has_rank (declaration order).
+_TENSOR_FIELDS = ((0, _OFFSET), (1, 1), (2, 4), (3, _OFFSET), (4, _OFFSET), (8, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _table_layout(fields: tuple[tuple[int, object], ...], start_mod4: int) -> tuple[int, tuple[int, ...]]:
+    """Bytes a table adds (without its vtable) and its vtable, for a start offset mod 4.
+
+    Table fields are at most 4-byte aligned, so the layout only depends on
+    the builder's size modulo 4.
+    """
+    size = start = start_mod4
+    ends: dict[int, int] = {}
+    for field_id, kind in fields:
+        width = 4 if kind == _OFFSET else kind
+        size += -size % width + width
+        ends[field_id] = size
+    size += -size % 4 + 4  # soffset to the vtable
+    slots = max(ends, default=-1) + 1
+    vtable = (4 + 2 * slots, size - start, *(size - ends[i] if i in ends else 0 for i in range(slots)))
+    return size - start, vtable
+
+
+class _SizeBuilder:
+    """The byte accounting of flatbuffers::FlatBufferBuilder (no bytes kept)."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.min_align = 1
+        self.vtables: set[tuple[int, ...]] = set()
+
+    def _pre_align(self, length: int, alignment: int) -> None:
+        self.min_align = max(self.min_align, alignment)
+        self.size += -(self.size + length) % alignment
+
+    def _push(self, nbytes: int) -> None:
+        self._pre_align(0, nbytes)
+        self.size += nbytes
+
+    def vector(self, count: int, element_bytes: int, alignment: int = 0) -> None:
+        payload = count * element_bytes
+        self._pre_align(payload, 4)
+        self._pre_align(payload, alignment or element_bytes)
+        self.size += payload
+        self._push(4)  # element count
+
+    def string(self, length: int) -> None:
+        self._pre_align(length + 1, 4)
+        self.size += length + 1  # bytes and the terminating zero
+        self._push(4)
+
+    def table(self, fields: tuple[tuple[int, object], ...]) -> None:
+        """`fields`: (field id, byte size or _OFFSET) in the order they are added."""
+        bytes_written, vtable = _table_layout(fields, self.size % 4)
+        self.min_align = max(self.min_align, 4)
+        self.size += bytes_written
+        if vtable not in self.vtables:  # dedup_vtables_: an identical vtable is reused
+            self.vtables.add(vtable)
+            self.size += vtable[0]
+
+    def finish(self) -> int:
+        self._pre_align(_FILE_HEADER_BYTES, self.min_align)
+        return self.size + _FILE_HEADER_BYTES
+
+
+def _options_fields(graph: Graph, op: Operator, swish: bool) -> list[tuple[int, object]] | None:
+    """The builtin options table of an operator (None: the op has none)."""
+    kind = op.kind
+    if kind == "LOGISTIC":
+        return None
+    if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        fields: list[tuple[int, object]] = [(1, 4), (2, 4)]  # stride_w, stride_h; SAME padding is the default
+        if kind == "DEPTHWISE_CONV_2D":
+            fields.append((3, 4))  # depth_multiplier = 1
+        output_name = graph.tensors[op.outputs[0]].name
+        if "/Relu6;" in output_name:
+            fields.append((3 if kind == "CONV_2D" else 4, 1))  # fused RELU6
+        return fields
+    if kind == "MEAN":
+        keep_dims = len(graph.tensors[op.outputs[0]].shape) == 4
+        return [(0, 1)] if keep_dims else []
+    if kind == "SOFTMAX":
+        return [(0, 4)]  # beta = 1.0
+    return []  # ADD, MUL, FULLY_CONNECTED: all options at their defaults
+
+
+def flatbuffer_bytes(graph: Graph) -> int:
+    """Size of the converter's flatbuffer for `graph`."""
+    fb = _SizeBuilder()
+    opcodes = list(dict.fromkeys(op.kind for op in graph.operators))
+    for kind in opcodes:
+        code, fields = _BUILTIN_CODES[kind], []
+        if code:
+            fields.append((0, 1))  # deprecated_builtin_code
+        if _OPCODE_VERSIONS[kind] != 1:
+            fields.append((2, 4))
+        if code:
+            fields.append((3, 4))
+        fb.table(tuple(fields))
+    fb.vector(len(opcodes), 4)
+    depthwise_weights = {op.inputs[1] for op in graph.operators if op.kind == "DEPTHWISE_CONV_2D"}
+    for index, tensor in enumerate(graph.tensors):
+        fb.vector(len(tensor.shape), 4)
+        fb.string(len(tensor.name.encode()))
+        if tensor.channels:
+            fb.vector(tensor.channels, 4)  # scale (float32)
+            fb.vector(tensor.channels, 8)  # zero_point (int64)
+            quantization = [(2, _OFFSET), (3, _OFFSET)]
+            if index in depthwise_weights:
+                quantization.append((6, 4))  # quantized_dimension = 3
+            fb.table(tuple(quantization))
+        else:
+            fb.table(())
+        fb.table(_TENSOR_FIELDS)  # ..., has_rank
+    fb.vector(len(graph.tensors), 4)
+    fb.vector(len(graph.inputs), 4)
+    fb.vector(len(graph.outputs), 4)
+    swish = any(op.kind == "LOGISTIC" for op in graph.operators)
+    for op in graph.operators:
+        fb.vector(len(op.inputs), 4)
+        fb.vector(len(op.outputs), 4)
+        options = _options_fields(graph, op, swish)
+        fields = []
+        if opcodes.index(op.kind):
+            fields.append((0, 4))
+        fields += [(1, _OFFSET), (2, _OFFSET)]
+        if options is not None:
+            fb.table(tuple(options))
+            fields += [(3, 1), (4, _OFFSET)]
+        fb.table(tuple(fields))
+    fb.vector(len(graph.operators), 4)
+    fb.string(len(_SUBGRAPH_NAME))
+    fb.table(((0, _OFFSET), (1, _OFFSET), (2, _OFFSET), (3, _OFFSET), (4, _OFFSET)))
+    fb.vector(1, 4)
+    fb.string(len(_DESCRIPTION))
+    fb.table(())  # buffer 0: the empty sentinel
+    stored: set[object] = set()
+    for tensor in graph.tensors:
+        # One buffer per tensor; a constant equal to an earlier one is
+        # deduplicated: its own buffer stays, but empty.
+        if tensor.constant and tensor.content not in stored:
+            stored.add(tensor.content)
+            fb.vector(tensor.nbytes, 1)
+            fb.table(((0, _OFFSET),))
+        else:
+            fb.table(())
+    for _, nbytes in _METADATA:
+        fb.vector(nbytes, 1)
+        fb.table(((0, _OFFSET),))
+    fb.vector(len(graph.tensors) + 1 + len(_METADATA), 4)
+    for name, _ in _METADATA:
+        fb.string(len(name))
+        fb.table(((0, _OFFSET), (1, 4)))
+    fb.vector(len(_METADATA), 4)
+    fb.vector(0, 4)  # signature_defs
+    fb.table(((0, 4), (1, _OFFSET), (2, _OFFSET), (3, _OFFSET), (4, _OFFSET), (6, _OFFSET), (7, _OFFSET)))
+    return fb.finish()
+
+
+# ---------------------------------------------------------------------------
+# 3. The TFLM arena
+#
+# MicroAllocator splits one arena: the *tail* grows down from the end and
+# holds everything persistent (interpreter structs, per-op data); the *head*
+# grows up from the start and holds, in turn, the scratch-buffer requests and
+# temporary TfLiteTensors of each kernel's Prepare, the memory planner's own
+# working arrays, and finally the activation plan. The minimal arena is the
+# smallest size for which every one of those phases fits.
+
+ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment(): tensor buffers, op data
+# sizeof on x86-64 (TFLM built with USE_TFLM_COMPRESSION, as the pip wheel is).
+EVAL_TENSOR_BYTES = 24  # TfLiteEvalTensor
+NODE_AND_REGISTRATION_BYTES = 64
+TFLITE_TENSOR_BYTES = 64  # TfLiteTensor under TF_LITE_STATIC_MEMORY
+AFFINE_QUANTIZATION_BYTES = 24  # TfLiteAffineQuantization
+SCRATCH_REQUEST_BYTES = 16  # internal::ScratchBufferRequest
+SCRATCH_HANDLE_BYTES = 8  # ScratchBufferHandle
+ALLOCATION_INFO_BYTES = 32  # AllocationInfo
+MAX_SCRATCH_BUFFERS_PER_OP = 12  # kMaxScratchBuffersPerOp
+# GreedyMemoryPlanner::per_buffer_size(): requirements (16) + sorted size,
+# sorted id (4 + 4) + list entry (12) + offset (4).
+PLANNER_BYTES_PER_BUFFER = 40
+# RecordingSingleArenaBufferAllocator + GreedyMemoryPlanner +
+# RecordingMicroAllocator + MicroBuiltinDataAllocator + SubgraphAllocations:
+# created before anything model-dependent; calibrated against print_allocations.
+FIXED_TAIL_BYTES = 504
+# Four bytes more than the options structs account for land between the
+# options and the op data; found by replaying against print_allocations at
+# every arena size modulo 16 (tiny, tiny-se) and minimal arenas of lite0/b0.
+UNACCOUNTED_OPTIONS_BYTES = 4
+
+# Per operator: builtin options parsed into the tail (size, alignment), the
+# kernel's OpData from Init (16-aligned), and how many temporary TfLiteTensors
+# its Prepare allocates (inputs/outputs fetched repeatedly are counted again).
+_BUILTIN_DATA = {
+    "CONV_2D": (28, 4),  # TfLiteConvParams
+    "DEPTHWISE_CONV_2D": (28, 4),  # TfLiteDepthwiseConvParams
+    "ADD": (8, 4),  # TfLiteAddParams
+    "MUL": (4, 4),  # TfLiteMulParams
+    "MEAN": (1, 1),  # TfLiteReducerParams
+    "FULLY_CONNECTED": (16, 4),  # TfLiteFullyConnectedParams
+    "SOFTMAX": (4, 4),  # TfLiteSoftmaxParams
+    "LOGISTIC": (0, 0),  # no options
+}
+_OP_DATA_BYTES = {
+    "CONV_2D": 80,  # OpDataConv (with the compression scratch indices)
+    "DEPTHWISE_CONV_2D": 80,  # OpDataConv
+    "ADD": 60,  # OpDataAdd
+    "MUL": 36,  # OpDataMul
+    "MEAN": 44,  # OpDataReduce
+    "FULLY_CONNECTED": 72,  # OpDataFullyConnected
+    "SOFTMAX": 80,  # SoftmaxParams
+    "LOGISTIC": 16,  # OpDataLogistic
+}
+# Tensor positions (in the op's inputs + outputs, -1 = first output) each
+# kernel's Prepare fetches as temporary TfLiteTensors, in order.
+_PREPARE_TEMPS = {
+    "CONV_2D": ("o0", "i0", "i1", "i0", "i1", "i2", "o0"),
+    "DEPTHWISE_CONV_2D": ("o0", "i0", "i1", "i0", "i1", "i2", "o0"),
+    "ADD": ("i0", "i1", "o0"),
+    "MUL": ("i0", "i1", "o0"),
+    "MEAN": ("i0", "o0", "i1", "i0", "o0"),
+    "FULLY_CONNECTED": ("i0", "i1", "i2", "o0"),
+    "SOFTMAX": ("i0", "o0"),
+    "LOGISTIC": ("i0", "o0"),
+}
+
+
+def _align_up(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def _align_down(value: int, alignment: int) -> int:
+    return value // alignment * alignment
+
+
+class _Requirement:
+    """SingleArenaBufferAllocator, solved for the arena size instead of run in one.
+
+    The head (and temporaries) grow up from the arena start, which is 16-byte
+    aligned (malloc); the tail grows down from the arena end. Tail positions
+    are kept relative to an unknown 16-aligned base, so every alignment is
+    computed exactly, and each check TFLM makes ("does this fit?") becomes a
+    lower bound on that base: `need`.
+    """
+
+    def __init__(self, tail: int = 0) -> None:
+        self.head = self.temp = 0
+        self.tail = tail  # relative to the base
+        self.need = 0  # smallest base for which every check so far passes
+
+    def _require(self, base: int) -> None:
+        self.need = max(self.need, base)
+
+    def persistent(self, size: int, alignment: int = ARENA_ALIGNMENT) -> None:
+        self.tail = _align_down(self.tail - size, alignment)
+        self._require(self.head - self.tail)
+
+    def temporary(self, size: int, alignment: int) -> None:
+        start = _align_up(self.temp, alignment)
+        self._require(start + size - self.tail)
+        self.temp = start + size
+
+    def reset_temporaries(self) -> None:
+        self.temp = self.head
+
+    def resize_head(self, size: int) -> None:
+        self._require(size - self.tail)
+        self.head = self.temp = size
+
+    def planner_scratch(self, buffer_count: int) -> None:
+        """GreedyMemoryPlanner::Init gets all free memory; it must hold every buffer."""
+        free_start = _align_up(self.temp, ARENA_ALIGNMENT)
+        self._require(free_start + PLANNER_BYTES_PER_BUFFER * buffer_count - _align_down(self.tail, ARENA_ALIGNMENT))
+
+
+def _tensor_struct_allocations(tensor: Tensor) -> list[tuple[int, int]]:
+    """(size, alignment) of a TfLiteTensor and its quantization copy."""
+    allocations = [(TFLITE_TENSOR_BYTES, 8)]
+    if tensor.channels:
+        # TfLiteAffineQuantization plus an int zero-point array (TfLiteIntArray).
+        allocations += [(AFFINE_QUANTIZATION_BYTES, 8), (4 + 4 * tensor.channels, 4)]
+    return allocations
+
+
+def _prepare_temporaries(graph: Graph, op: Operator) -> list[list[tuple[int, int]]]:
+    """Per temporary TfLiteTensor of the op's Prepare: its (size, alignment) allocations."""
+    tensors = []
+    for position in _PREPARE_TEMPS[op.kind]:
+        indices = op.inputs if position[0] == "i" else op.outputs
+        index = int(position[1:])
+        if index < len(indices) and indices[index] >= 0:
+            tensors.append(_tensor_struct_allocations(graph.tensors[indices[index]]))
+    return tensors
+
+
+# Temporary tensors a kernel fetches before allocating its per-channel arrays
+# (ConvPrepare: output, input, filter; FC: all of them).
+_TEMPS_BEFORE_ARRAYS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3}
+
+
+def _per_channel_channels(graph: Graph, op: Operator) -> int:
+    """Channels of the per-channel multiplier/shift arrays Prepare allocates (0: none)."""
+    if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+        return graph.tensors[op.inputs[1]].channels
+    return 0
+
+
+def _scratch_requests(graph: Graph, op: Operator) -> list[int]:
+    """Bytes of each RequestScratchBufferInArena call of the op's Prepare."""
+    if op.kind == "MEAN":
+        # int8 MEAN: int32 accumulators per output element, then the input
+        # iterator (one int per input dimension) and the resolved axes.
+        output = graph.tensors[op.outputs[0]]
+        elements = output.nbytes  # int8: one byte per element
+        rank = len(graph.tensors[op.inputs[0]].shape)
+        axes = graph.tensors[op.inputs[1]].shape[0]
+        return [4 * elements, 4 * rank, 4 * axes]
+    return []
+
+
+@dataclass(frozen=True)
+class _Buffer:
+    """One planned head buffer: a tensor or a scratch buffer, with its lifetime."""
+
+    size: int  # aligned to ARENA_ALIGNMENT
+    first: int
+    last: int
+
+
+def planned_buffers(graph: Graph) -> list[_Buffer]:
+    """AllocationInfoBuilder: lifetimes in "allocation scopes", in planner order.
+
+    Graph inputs are created at scope 0, operator i runs at scope i + 1, graph
+    outputs live to the last scope. Tensors come in index order (constants
+    need no allocation), then scratch buffers in request order.
+    """
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for index in graph.inputs:
+        first[index] = last[index] = 0
+    scratch: list[_Buffer] = []
+    for position, op in enumerate(graph.operators):
+        scope = position + 1
+        for index in op.outputs:
+            first.setdefault(index, scope)
+        for index in (*op.inputs, *op.outputs):
+            if index >= 0:
+                last[index] = scope
+        for size in _scratch_requests(graph, op):
+            scratch.append(_Buffer(_align_up(size, ARENA_ALIGNMENT), scope, scope))
+    end = len(graph.operators)
+    for index in graph.outputs:
+        first.setdefault(index, end)
+        last[index] = end
+    buffers = [
+        _Buffer(_align_up(tensor.nbytes, ARENA_ALIGNMENT), first[index], last[index])
+        for index, tensor in enumerate(graph.tensors)
+        if not tensor.constant and tensor.nbytes and index in first
+    ]
+    return buffers + scratch
+
+
+def greedy_plan(buffers: list[_Buffer]) -> list[int]:
+    """GreedyMemoryPlanner::CalculateOffsetsIfNeeded: one offset per buffer.
+
+    Buffers are placed largest first; ReverseSortInPlace is a stable bubble
+    sort over the buffers listed in *reverse* order of addition, so equal
+    sizes go latest-added first. Each buffer takes the first gap, in offset
+    order, between the already placed buffers whose lifetimes overlap its own.
+    """
+    count = len(buffers)
+    order = sorted(range(count - 1, -1, -1), key=lambda i: -buffers[i].size)
+    offsets = [0] * count
+    # Placed buffers overlapping in time, found through a lifetime sweep:
+    # lifetimes are short, so each buffer overlaps only a few others.
+    by_first = sorted(range(count), key=lambda i: buffers[i].first)
+    overlaps: list[list[int]] = [[] for _ in range(count)]
+    for position, i in enumerate(by_first):
+        for j in by_first[position + 1:]:
+            if buffers[j].first > buffers[i].last:
+                break
+            overlaps[i].append(j)
+            overlaps[j].append(i)
+    placed_rank = [-1] * count  # insertion order among equal offsets
+    for rank, i in enumerate(order):
+        wanted = buffers[i].size
+        # The planner's offset-ordered list keeps insertion order for equal offsets.
+        active = sorted((offsets[j], placed_rank[j], j) for j in overlaps[i] if placed_rank[j] >= 0)
+        offset = 0
+        for start, _, j in active:
+            if start - offset >= wanted:
+                break
+            offset = max(offset, start + buffers[j].size)
+        offsets[i] = offset
+        placed_rank[i] = rank
+    return offsets
+
+
+def plan_bytes(buffers: list[_Buffer], offsets: list[int]) -> int:
+    """GetMaximumMemorySize: the head the activations need."""
+    return max((offset + buffer.size for offset, buffer in zip(offsets, buffers)), default=0)
+
+
+@dataclass(frozen=True)
+class ArenaPlan:
+    arena_bytes: int  # minimal arena
+    head_bytes: int  # activation plan (GreedyMemoryPlanner's maximum)
+    tail_bytes: int  # persistent allocations at the minimal arena
+
+
+def _start_allocations(graph: Graph, arena: _Requirement) -> None:
+    """Interpreter and allocator structs, model arrays and parsed options.
+
+    These come before the first 16-aligned allocation, so their padding
+    depends on the arena size modulo 16.
+    """
+    arena.persistent(FIXED_TAIL_BYTES, 8)
+    arena.resize_head(SCRATCH_REQUEST_BYTES * MAX_SCRATCH_BUFFERS_PER_OP)
+    arena.persistent(EVAL_TENSOR_BYTES * len(graph.tensors), 8)
+    arena.persistent(NODE_AND_REGISTRATION_BYTES * len(graph.operators), 8)
+    for op in graph.operators:  # PrepareNodeAndRegistrationDataFromFlatbuffer
+        builtin, alignment = _BUILTIN_DATA[op.kind]
+        if builtin:
+            arena.persistent(builtin, alignment)
+    arena.persistent(UNACCOUNTED_OPTIONS_BYTES, 4)
+
+
+def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, buffer_count: int) -> None:
+    """Init, Prepare, memory planning and the interpreter's I/O tensors."""
+    for op in graph.operators:  # InitSubgraphs
+        arena.persistent(_OP_DATA_BYTES[op.kind])
+    requests = 0
+    for op in graph.operators:  # PrepareSubgraphs
+        temporaries = _prepare_temporaries(graph, op)
+        split = _TEMPS_BEFORE_ARRAYS.get(op.kind, len(temporaries))
+        for tensor in temporaries[:split]:
+            for allocation in tensor:
+                arena.temporary(*allocation)
+        channels = _per_channel_channels(graph, op)
+        if channels:
+            arena.persistent(4 * channels)  # per-channel output multipliers
+            arena.persistent(4 * channels)  # per-channel output shifts
+        for tensor in temporaries[split:]:
+            for allocation in tensor:
+                arena.temporary(*allocation)
+        requests += len(_scratch_requests(graph, op))
+        arena.reset_temporaries()  # FinishPrepareNodeAllocations
+        arena.resize_head(SCRATCH_REQUEST_BYTES * (requests + MAX_SCRATCH_BUFFERS_PER_OP))
+    if requests:
+        arena.persistent(SCRATCH_HANDLE_BYTES * requests, 8)
+    # CommitStaticMemoryPlan: allocation info, then all the rest for the planner.
+    arena.temporary(8, 8)  # subgraph offsets
+    arena.temporary(ALLOCATION_INFO_BYTES * (len(graph.tensors) + requests), 8)
+    arena.planner_scratch(buffer_count)
+    arena.reset_temporaries()
+    arena.resize_head(0)
+    arena.resize_head(head_bytes)  # the activation plan now occupies the head
+    for index in (*graph.inputs, *graph.outputs):  # interpreter input/output TfLiteTensors
+        arena.persistent(8)
+        for allocation in _tensor_struct_allocations(graph.tensors[index]):
+            arena.persistent(*allocation)
+
+
+def fits_in_arena(graph: Graph, size: int) -> bool:
+    """Whether MicroInterpreter::AllocateTensors succeeds with an arena of `size` (direct replay)."""
+    buffers = planned_buffers(graph)
+    head = plan_bytes(buffers, greedy_plan(buffers))
+    arena = _Requirement(tail=size)
+    _start_allocations(graph, arena)
+    _remaining_allocations(graph, arena, head, len(buffers))
+    return arena.need <= 0
+
+
+def arena_plan(graph: Graph) -> ArenaPlan:
+    """The minimal arena, solved for every arena size modulo 16.
+
+    After the start allocations everything in the tail is 16-aligned, so the
+    rest is replayed once from a 16-aligned tail; only the start allocations
+    are replayed for each of the 16 residues of the arena size.
+    """
+    buffers = planned_buffers(graph)
+    head = plan_bytes(buffers, greedy_plan(buffers))
+    rest = _Requirement()
+    _remaining_allocations(graph, rest, head, len(buffers))
+    best: tuple[int, int] | None = None
+    for residue in range(ARENA_ALIGNMENT):
+        start = _Requirement(tail=residue)
+        _start_allocations(graph, start)
+        aligned_tail = _align_down(start.tail, ARENA_ALIGNMENT)  # where the rest begins
+        base = _align_up(max(start.need, rest.need - aligned_tail, 0), ARENA_ALIGNMENT)
+        size = base + residue
+        tail = size - (base + aligned_tail + rest.tail)
+        if best is None or size < best[0]:
+            best = (size, tail)
+    return ArenaPlan(arena_bytes=best[0], head_bytes=head, tail_bytes=best[1])
+
+
+# ---------------------------------------------------------------------------
+# Public API
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Predicted flash and RAM of the int8 TFLM deployment of one network."""
+
+    model_bytes: int  # flatbuffer size
+    arena_bytes: int  # minimal TFLM tensor arena (x86-64 host build)
+    weights_bytes: int  # constant tensor data stored in the flatbuffer (after deduplication)
+    activations_peak_bytes: int  # the memory planner's head: activations and scratch buffers
+    persistent_bytes: int  # the tail: interpreter structs and per-op data
+    tensors: int
+    operators: int
+
+
+def _weights_bytes(graph: Graph) -> int:
+    stored = {tensor.content: tensor.nbytes for tensor in graph.tensors if tensor.constant}
+    return sum(stored.values())
+
+
+@functools.lru_cache(maxsize=512)
+def estimate_memory(spec: NetworkSpec) -> MemoryEstimate:
+    """Flatbuffer size and minimal TFLM arena of `spec` as converted by tinyscale.
+
+    Memoised: specs are hashable and the fitter asks for the same ones repeatedly.
+    """
+    graph = tflite_graph(spec)
+    plan = arena_plan(graph)
+    return MemoryEstimate(
+        model_bytes=flatbuffer_bytes(graph),
+        arena_bytes=plan.arena_bytes,
+        weights_bytes=_weights_bytes(graph),
+        activations_peak_bytes=plan.head_bytes,
+        persistent_bytes=plan.tail_bytes,
+        tensors=len(graph.tensors),
+        operators=len(graph.operators),
+    )
