@@ -81,3 +81,18 @@ def test_many_class_untrained_model_runs_in_tflm(no_cache):
     # Near-uniform logits over 1000 classes made TFLM's int8 softmax abort().
     model = spec_to_tflite(arch.scale("tiny", 0, classes=1000).spec)
     assert measure_arena(model).arena_bytes > 0  # includes an invoke at the minimal arena
+
+
+def test_quiet_tensorflow_captures_fd_output_and_restores_fds_on_errors():
+    import os
+
+    from tinyscale.quiet import quiet_tensorflow
+
+    before = os.fstat(1).st_ino, os.fstat(2).st_ino
+    with pytest.raises(RuntimeError), quiet_tensorflow() as captured:
+        os.write(1, b"from C to stdout\n")
+        os.write(2, b"from C to stderr\n")
+        raise RuntimeError("boom")
+    assert "from C to stdout" in captured.text and "from C to stderr" in captured.text
+    assert (os.fstat(1).st_ino, os.fstat(2).st_ino) == before
+    assert "TF_CPP_MIN_LOG_LEVEL" in os.environ  # set before TensorFlow is imported

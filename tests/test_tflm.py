@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinyscale import arch
-from tinyscale.errors import MeasurementError, ModelError
+from tinyscale.errors import DataError, MeasurementError, ModelError
 from tinyscale.tflm import _Worker, check_loads, measure_arena, probe, run_model
 
 pytest.importorskip("tflite_micro")
@@ -88,3 +88,17 @@ def _input_shape(model: bytes) -> tuple[int, ...]:
     from tinyscale.tflite_model import read_model
 
     return read_model(model).input_tensors[0].shape[1:]
+
+
+def test_inputs_of_the_wrong_shape_or_type_are_data_errors(model):
+    shape = _input_shape(model)
+    with pytest.raises(DataError, match="shape"):
+        run_model(model, np.zeros(shape, np.int8))  # missing batch axis
+    with pytest.raises(DataError, match="int8"):
+        run_model(model, np.zeros((1, *shape), np.float32))
+
+
+def test_first_arena_too_small_is_grown_not_reported_as_a_model_error(model, monkeypatch):
+    expected = measure_arena(model).arena_bytes
+    monkeypatch.setattr("tinyscale.tflm.FIRST_ARENA_BYTES", 512)  # forces the fallback to a large arena
+    assert measure_arena(model).arena_bytes == expected

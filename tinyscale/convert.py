@@ -29,6 +29,9 @@ NO_CACHE_VARIABLE = "TINYSCALE_NO_CACHE"
 # Calibration batch for spec_to_tflite: enough images for stable BN statistics
 # of an untrained net, few enough that calibration stays a small part of the time.
 MEMORY_CALIBRATION_SAMPLES = 8
+# Part of the cache key: bump when convert_spec's recipe (initialisation,
+# calibration, converter settings) changes, so stale flatbuffers are not reused.
+RECIPE_VERSION = "2"
 
 
 def random_representative_data(input_shape: tuple[int, ...], count: int = 8, seed: int = 0) -> np.ndarray:
@@ -172,7 +175,7 @@ def _tensorflow_version() -> str:
 
 
 def cache_key(spec: NetworkSpec, seed: int) -> str:
-    text = "\n".join((repr(spec), str(seed), __version__, _tensorflow_version()))
+    text = "\n".join((repr(spec), str(seed), __version__, RECIPE_VERSION, _tensorflow_version()))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tinyscale._tflm_worker import EXCEPTION_MARKER
-from tinyscale.errors import MeasurementError, ModelError
+from tinyscale.errors import DataError, MeasurementError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,9 @@ log = logging.getLogger(__name__)
 # this factor on the side that needs it; the first step above the total:
 BRACKET_GROWTH = 16
 BRACKET_FIRST_STEP_ABOVE = 64
-# Arena for the first, size-finding allocation run; doubled while it fails.
+# Arenas for the first, size-finding allocation: usually enough, then surely enough.
 FIRST_ARENA_BYTES = 1 << 20
+LARGE_ARENA_BYTES = 1 << 30
 MAX_ARENA_BYTES = 1 << 31
 PROBE_TIMEOUT_SECONDS = 30.0
 
@@ -239,17 +240,20 @@ class _FirstAllocation:
 def _first_allocation(worker: _Worker) -> _FirstAllocation:
     """Allocate with an arena that is surely large enough; ModelError if none is.
 
-    Any failure doubles the arena (a too-small one can even segfault); a model
-    TFLM cannot load at all fails at every size, and TFLM's reason is reported.
+    TFLM's out-of-arena failures take many forms ("Failed to resize buffer",
+    "Too many buffers", even a segfault), so they are not parsed: when the
+    usual arena fails, a huge one is tried (its untouched pages are never
+    mapped: measured as fast as 1 MB). If that fails
+    too, the model is at fault and TFLM's own reason is reported.
     """
-    arena = FIRST_ARENA_BYTES
-    while True:
+    for arena in (FIRST_ARENA_BYTES, LARGE_ARENA_BYTES):
         outcome = worker.run(arena, capture=True, allocations=True)
         if outcome.ok:
             break
-        if arena >= MAX_ARENA_BYTES or outcome.status == "timeout":
-            raise ModelError(f"TFLM cannot load the model: {_tflm_reason(outcome.text)}")
-        arena *= 2
+        if outcome.status == "timeout":
+            raise MeasurementError(f"TFLM did not load the model within {PROBE_TIMEOUT_SECONDS:g} s")
+    else:
+        raise ModelError(f"TFLM cannot load the model: {_tflm_reason(outcome.text)}")
     total = _reported_total(outcome.text)
     if total is None:
         raise MeasurementError(f"TFLM printed no allocation total: {_tflm_reason(outcome.text)}")
@@ -353,8 +357,7 @@ def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = Non
     Without `arena_bytes`, any arena large enough is used.
     """
     inputs = np.asarray(inputs)
-    if inputs.dtype != np.int8:
-        raise ModelError(f"TFLM inputs must be int8, got {inputs.dtype}")
+    _check_inputs(model, inputs)
     with _Worker(model, timeout) as worker:
         if arena_bytes is None:
             arena_bytes = _first_allocation(worker).arena
@@ -366,6 +369,20 @@ def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = Non
         if not outcome.ok:
             raise MeasurementError(f"TFLM failed to run the model ({outcome.status}): {_tflm_reason(outcome.text)}")
         return np.load(outputs_path)
+
+
+def _check_inputs(model: bytes, inputs: np.ndarray) -> None:
+    """DataError unless `inputs` is a batch of int8 samples of the model's input shape."""
+    from tinyscale.tflite_model import read_model  # noqa: PLC0415
+
+    expected = read_model(model).input_tensors[0].shape[1:]
+    if inputs.dtype != np.int8:
+        raise DataError(f"TFLM inputs must be int8, got {inputs.dtype}")
+    if inputs.ndim != len(expected) + 1 or tuple(inputs.shape[1:]) != tuple(expected):
+        shape = "(N, " + ", ".join(map(str, expected)) + ")"
+        raise DataError(f"TFLM inputs must have shape {shape}, got {tuple(inputs.shape)}")
+    if len(inputs) == 0:
+        raise DataError("no inputs to run")
 
 
 def check_loads(model: bytes, *, timeout: float = 120.0) -> None:
