@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from tinyscale.arch import BlockSpec, NetworkSpec
 
@@ -56,20 +57,21 @@ class Tensor:
     # Constants with equal content share one flatbuffer buffer. All-zero
     # biases are keyed by their byte size; every other constant is unique.
     content: object = None
+    nbytes: int = 0  # filled in from shape and dtype
 
-    @property
-    def nbytes(self) -> int:
+    def __post_init__(self) -> None:
         count = 1
         for dim in self.shape:
             count *= dim
-        return count * (4 if self.dtype == "int32" else 1)
+        object.__setattr__(self, "nbytes", count * (4 if self.dtype == "int32" else 1))
 
 
 @dataclass(frozen=True)
 class Operator:
     kind: str  # builtin name, e.g. CONV_2D
-    inputs: tuple[int, ...]  # -1: omitted optional input (FC bias)
+    inputs: tuple[int, ...]  # -1: omitted optional input
     outputs: tuple[int, ...]
+    fused_relu6: bool = False  # a convolution with ReLU6 folded in (lite)
 
 
 @dataclass(frozen=True)
@@ -117,13 +119,22 @@ class _Node:
         self.group = group  # zero constants CSE'd by the converter: (group key)
 
 
+class _PendingOp(NamedTuple):
+    """An operator whose tensors are still _Nodes."""
+
+    kind: str
+    inputs: tuple
+    outputs: tuple
+    fused_relu6: bool = False
+
+
 class _GraphBuilder:
     """Mirrors keras_builder layer by layer, emitting the converter's fused ops."""
 
     def __init__(self, spec: NetworkSpec) -> None:
         self.spec = spec
         self.swish = spec.activation == "swish"
-        self.ops: list[tuple[str, tuple, tuple]] = []
+        self.ops: list[_PendingOp] = []
         self.unique_counter = 0
         self.uses_se = any(block.se_filters for block in spec.blocks)
         self.axis = _Node(_ZERO_CONSTANT if self.uses_se else _AXIS_NAME, (2,), "int32", 0, True, "axis")
@@ -142,9 +153,9 @@ class _GraphBuilder:
     def _activation(self, x: _Node, scope: str) -> _Node:
         """Swish as LOGISTIC + MUL (ReLU6 is fused into the producer instead)."""
         sigmoid = _Node(f"{_SCOPE}/{scope}_1/Sigmoid", x.shape)
-        self.ops.append(("LOGISTIC", (x,), (sigmoid,)))
+        self.ops.append(_PendingOp("LOGISTIC", (x,), (sigmoid,)))
         product = _Node(f"{_SCOPE}/{scope}_1/mul_1", x.shape)
-        self.ops.append(("MUL", (x, sigmoid), (product,)))
+        self.ops.append(_PendingOp("MUL", (x, sigmoid), (product,)))
         return product
 
     def conv_bn(self, x: _Node, filters: int, kernel: int, size: int, prefix: str,
@@ -158,7 +169,7 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(fused, filters, zero_bias)
         out = _Node(fused, (1, size, size, filters))
-        self.ops.append(("CONV_2D", (x, weights, bias), (out,)))
+        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,), activated and not self.swish))
         if activated and self.swish:
             out = self._activation(out, f"{prefix}_act")
         return out
@@ -174,7 +185,7 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(fused, channels, zero=False)  # its input is activated: nonzero mean
         out = _Node(fused, (1, size, size, channels))
-        self.ops.append(("DEPTHWISE_CONV_2D", (x, weights, bias), (out,)))
+        self.ops.append(_PendingOp("DEPTHWISE_CONV_2D", (x, weights, bias), (out,), not self.swish))
         if self.swish:
             out = self._activation(out, f"{prefix}_dw_act")
         return out
@@ -191,7 +202,7 @@ class _GraphBuilder:
         weights = _Node(conv, (filters, 1, 1, x.shape[-1]), channels=filters, constant=True,
                         content=self._unique())
         out = _Node(conv, (1, 1, 1, filters))
-        self.ops.append(("CONV_2D", (x, weights, bias), (out,)))
+        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,)))
         return out
 
     def squeeze_excite(self, x: _Node, block: BlockSpec, prefix: str) -> _Node:
@@ -201,15 +212,15 @@ class _GraphBuilder:
             if channels not in self.zero_group_order:
                 self.zero_group_order.append(channels)
         squeezed = _Node(f"{_SCOPE}/{prefix}_se_squeeze_1/Mean", (1, 1, 1, x.shape[-1]))
-        self.ops.append(("MEAN", (x, self.axis), (squeezed,)))
+        self.ops.append(_PendingOp("MEAN", (x, self.axis), (squeezed,)))
         s = self.se_conv(squeezed, block.se_filters, f"{prefix}_se_reduce", self._zero_constant(block.se_filters))
         s = self._activation(s, f"{prefix}_se_reduce_act")
         s = self.se_conv(s, block.expanded_filters, f"{prefix}_se_expand",
                          self._zero_constant(block.expanded_filters))
         gate = _Node(f"{_SCOPE}/{prefix}_se_gate_1/Sigmoid", s.shape)
-        self.ops.append(("LOGISTIC", (s,), (gate,)))
+        self.ops.append(_PendingOp("LOGISTIC", (s,), (gate,)))
         excited = _Node(f"{_SCOPE}/{prefix}_se_excite_1/Mul", x.shape)
-        self.ops.append(("MUL", (x, gate), (excited,)))
+        self.ops.append(_PendingOp("MUL", (x, gate), (excited,)))
         return excited
 
     def build(self) -> None:
@@ -236,14 +247,14 @@ class _GraphBuilder:
             x = self.conv_bn(x, block.out_filters, 1, size, f"{prefix}_project", activated=False, zero_bias=False)
             if block.has_skip:
                 added = _Node(f"{_SCOPE}/{prefix}_add_1/Add", x.shape)
-                self.ops.append(("ADD", (shortcut, x), (added,)))
+                self.ops.append(_PendingOp("ADD", (shortcut, x), (added,)))
                 x = added
                 zero_mean = block_input_zero_mean
             else:
                 zero_mean = True
         x = self.conv_bn(x, spec.head_filters, 1, size, "head", activated=True, zero_bias=zero_mean)
         pooled = _Node(f"{_SCOPE}/avg_pool_1/Mean", (1, spec.head_filters))
-        self.ops.append(("MEAN", (x, self.axis), (pooled,)))
+        self.ops.append(_PendingOp("MEAN", (x, self.axis), (pooled,)))
         # convert.spread_logits gives the Dense layer a nonzero bias, so the
         # converter keeps it (a zero bias would be dropped).
         dense = f"{_SCOPE}/logits_1"
@@ -251,9 +262,9 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(f"{dense}/BiasAdd", spec.classes, zero=False)
         logits = _Node(f"{dense}/MatMul;{dense}/BiasAdd", (1, spec.classes))
-        self.ops.append(("FULLY_CONNECTED", (pooled, weights, bias), (logits,)))
+        self.ops.append(_PendingOp("FULLY_CONNECTED", (pooled, weights, bias), (logits,)))
         probabilities = _Node(OUTPUT_NAME, (1, spec.classes))
-        self.ops.append(("SOFTMAX", (logits,), (probabilities,)))
+        self.ops.append(_PendingOp("SOFTMAX", (logits,), (probabilities,)))
         self.output = probabilities
 
     def constant_order(self) -> list[_Node]:
@@ -265,13 +276,12 @@ class _GraphBuilder:
         """
         order: list[_Node] = [self.axis]
         last_use: dict[int, int] = {}
-        for position, (_, inputs, _) in enumerate(self.ops):
-            for node in inputs:
+        for position, op in enumerate(self.ops):
+            for node in op.inputs:
                 if node is not None and node.group is not None and node.group not in last_use:
                     last_use[node.group] = position
         for position in range(len(self.ops) - 1, -1, -1):
-            _, inputs, _ = self.ops[position]
-            for node in reversed(inputs[1:]):
+            for node in reversed(self.ops[position].inputs[1:]):
                 if node is None or not node.constant or node is self.axis:
                     continue
                 if node.group is None:
@@ -294,7 +304,7 @@ def tflite_graph(spec: NetworkSpec) -> Graph:
     builder = _GraphBuilder(spec)
     builder.build()
     nodes = [builder.input, *builder.constant_order()]
-    nodes += [out for _, _, outputs in builder.ops for out in outputs]
+    nodes += [out for op in builder.ops for out in op.outputs]
     index = {id(node): position for position, node in enumerate(nodes)}
     names = _NameMapper()
     tensors = []
@@ -307,9 +317,9 @@ def tflite_graph(spec: NetworkSpec) -> Graph:
         tensors.append(Tensor(names.unique(base), node.shape, node.dtype, node.channels, node.constant,
                               node.content))
     operators = tuple(
-        Operator(kind, tuple(-1 if node is None else index[id(node)] for node in inputs),
-                 tuple(index[id(node)] for node in outputs))
-        for kind, inputs, outputs in builder.ops
+        Operator(op.kind, tuple(-1 if node is None else index[id(node)] for node in op.inputs),
+                 tuple(index[id(node)] for node in op.outputs), op.fused_relu6)
+        for op in builder.ops
     )
     return Graph(tuple(tensors), operators, (0,), (len(nodes) - 1,))
 
@@ -319,18 +329,18 @@ def tflite_graph(spec: NetworkSpec) -> Graph:
 #
 # TFLite's exporter writes the model with the C++ FlatBufferBuilder, which
 # builds back to front: every scalar is aligned to its size, every vector to
-# 4 bytes (this exporter does not force 16 for buffer data), each table gets a vtable unless an identical
-# one was written before, and fields equal to their schema default are left
-# out. _SizeBuilder follows exactly these rules but only counts bytes.
-# tflite_flatbuffer_size() replays the exporter's creation order (read off
-# converted files): operator codes, tensors, subgraph, buffers, metadata, model.
+# 4 bytes (weights too: no 16-byte alignment in this export path), each table
+# gets a vtable unless an identical one was written before, and fields equal
+# to their schema default are left out. _SizeBuilder follows these rules but
+# only counts bytes; flatbuffer_bytes() replays the exporter's creation order
+# (read off converted files): operator codes, tensors, subgraph, buffers,
+# metadata, model. Table fields are added in schema declaration order.
 
 _BUILTIN_CODES = {"ADD": 0, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9,
                   "LOGISTIC": 14, "MUL": 18, "SOFTMAX": 25, "MEAN": 40}
 # Operator versions the converter records for these int8 kernels.
 _OPCODE_VERSIONS = {"ADD": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4,
                     "LOGISTIC": 2, "MUL": 2, "SOFTMAX": 2, "MEAN": 2}
-_TENSOR_TYPES = {"int8": 9, "int32": 2}
 _DESCRIPTION = "MLIR Converted."
 _SUBGRAPH_NAME = "main"
 # Metadata: (name, buffer bytes). The runtime version string is padded to 16;
@@ -340,6 +350,9 @@ _FILE_HEADER_BYTES = 8  # root offset + "TFL3"
 _OFFSET = "offset"  # a field holding a uoffset to a child object
 # Tensor: shape, type, buffer, name, quantization, has_rank (declaration order).
 _TENSOR_FIELDS = ((0, _OFFSET), (1, 1), (2, 4), (3, _OFFSET), (4, _OFFSET), (8, 1))
+# QuantizationParameters: scale, zero_point, and quantized_dimension = 3 for
+# depthwise weights (0, the default, everywhere else).
+_QUANTIZATION_FIELDS = {False: ((2, _OFFSET), (3, _OFFSET)), True: ((2, _OFFSET), (3, _OFFSET), (6, 4))}
 
 
 @functools.lru_cache(maxsize=None)
@@ -370,24 +383,21 @@ class _SizeBuilder:
         self.vtables: set[tuple[int, ...]] = set()
 
     def _pre_align(self, length: int, alignment: int) -> None:
+        """Pad so that `length` more bytes end aligned (PreAlign)."""
         self.min_align = max(self.min_align, alignment)
         self.size += -(self.size + length) % alignment
 
-    def _push(self, nbytes: int) -> None:
-        self._pre_align(0, nbytes)
-        self.size += nbytes
-
-    def vector(self, count: int, element_bytes: int, alignment: int = 0) -> None:
+    def vector(self, count: int, element_bytes: int) -> None:
+        """StartVector aligns the payload to 4 and to the element size; then the count."""
         payload = count * element_bytes
-        self._pre_align(payload, 4)
-        self._pre_align(payload, alignment or element_bytes)
-        self.size += payload
-        self._push(4)  # element count
+        alignment = max(4, element_bytes)
+        if alignment > self.min_align:
+            self.min_align = alignment
+        self.size += -(self.size + payload) % alignment + payload + 4
 
     def string(self, length: int) -> None:
-        self._pre_align(length + 1, 4)
-        self.size += length + 1  # bytes and the terminating zero
-        self._push(4)
+        """Bytes, a terminating zero and the length, 4-aligned."""
+        self.size += -(self.size + length + 1) % 4 + length + 1 + 4
 
     def table(self, fields: tuple[tuple[int, object], ...]) -> None:
         """`fields`: (field id, byte size or _OFFSET) in the order they are added."""
@@ -403,7 +413,7 @@ class _SizeBuilder:
         return self.size + _FILE_HEADER_BYTES
 
 
-def _options_fields(graph: Graph, op: Operator, swish: bool) -> list[tuple[int, object]] | None:
+def _options_fields(graph: Graph, op: Operator) -> list[tuple[int, object]] | None:
     """The builtin options table of an operator (None: the op has none)."""
     kind = op.kind
     if kind == "LOGISTIC":
@@ -412,8 +422,7 @@ def _options_fields(graph: Graph, op: Operator, swish: bool) -> list[tuple[int, 
         fields: list[tuple[int, object]] = [(1, 4), (2, 4)]  # stride_w, stride_h; SAME padding is the default
         if kind == "DEPTHWISE_CONV_2D":
             fields.append((3, 4))  # depth_multiplier = 1
-        output_name = graph.tensors[op.outputs[0]].name
-        if "/Relu6;" in output_name:
+        if op.fused_relu6:
             fields.append((3 if kind == "CONV_2D" else 4, 1))  # fused RELU6
         return fields
     if kind == "MEAN":
@@ -441,25 +450,21 @@ def flatbuffer_bytes(graph: Graph) -> int:
     depthwise_weights = {op.inputs[1] for op in graph.operators if op.kind == "DEPTHWISE_CONV_2D"}
     for index, tensor in enumerate(graph.tensors):
         fb.vector(len(tensor.shape), 4)
-        fb.string(len(tensor.name.encode()))
+        fb.string(len(tensor.name))  # names are ASCII
         if tensor.channels:
             fb.vector(tensor.channels, 4)  # scale (float32)
             fb.vector(tensor.channels, 8)  # zero_point (int64)
-            quantization = [(2, _OFFSET), (3, _OFFSET)]
-            if index in depthwise_weights:
-                quantization.append((6, 4))  # quantized_dimension = 3
-            fb.table(tuple(quantization))
+            fb.table(_QUANTIZATION_FIELDS[index in depthwise_weights])
         else:
             fb.table(())
-        fb.table(_TENSOR_FIELDS)  # ..., has_rank
+        fb.table(_TENSOR_FIELDS)
     fb.vector(len(graph.tensors), 4)
     fb.vector(len(graph.inputs), 4)
     fb.vector(len(graph.outputs), 4)
-    swish = any(op.kind == "LOGISTIC" for op in graph.operators)
     for op in graph.operators:
         fb.vector(len(op.inputs), 4)
         fb.vector(len(op.outputs), 4)
-        options = _options_fields(graph, op, swish)
+        options = _options_fields(graph, op)
         fields = []
         if opcodes.index(op.kind):
             fields.append((0, 4))
@@ -552,17 +557,18 @@ _OP_DATA_BYTES = {
     "SOFTMAX": 80,  # SoftmaxParams
     "LOGISTIC": 16,  # OpDataLogistic
 }
-# Tensor positions (in the op's inputs + outputs, -1 = first output) each
-# kernel's Prepare fetches as temporary TfLiteTensors, in order.
+# The tensors each kernel's Prepare fetches as temporary TfLiteTensors, in
+# order (a tensor fetched twice is allocated twice).
+_I, _O = True, False  # a temporary fetched from the op's inputs or outputs
 _PREPARE_TEMPS = {
-    "CONV_2D": ("o0", "i0", "i1", "i0", "i1", "i2", "o0"),
-    "DEPTHWISE_CONV_2D": ("o0", "i0", "i1", "i0", "i1", "i2", "o0"),
-    "ADD": ("i0", "i1", "o0"),
-    "MUL": ("i0", "i1", "o0"),
-    "MEAN": ("i0", "o0", "i1", "i0", "o0"),
-    "FULLY_CONNECTED": ("i0", "i1", "i2", "o0"),
-    "SOFTMAX": ("i0", "o0"),
-    "LOGISTIC": ("i0", "o0"),
+    "CONV_2D": ((_O, 0), (_I, 0), (_I, 1), (_I, 0), (_I, 1), (_I, 2), (_O, 0)),
+    "DEPTHWISE_CONV_2D": ((_O, 0), (_I, 0), (_I, 1), (_I, 0), (_I, 1), (_I, 2), (_O, 0)),
+    "ADD": ((_I, 0), (_I, 1), (_O, 0)),
+    "MUL": ((_I, 0), (_I, 1), (_O, 0)),
+    "MEAN": ((_I, 0), (_O, 0), (_I, 1), (_I, 0), (_O, 0)),
+    "FULLY_CONNECTED": ((_I, 0), (_I, 1), (_I, 2), (_O, 0)),
+    "SOFTMAX": ((_I, 0), (_O, 0)),
+    "LOGISTIC": ((_I, 0), (_O, 0)),
 }
 
 
@@ -590,7 +596,8 @@ class _Requirement:
         self.need = 0  # smallest base for which every check so far passes
 
     def _require(self, base: int) -> None:
-        self.need = max(self.need, base)
+        if base > self.need:
+            self.need = base
 
     def persistent(self, size: int, alignment: int = ARENA_ALIGNMENT) -> None:
         self.tail = _align_down(self.tail - size, alignment)
@@ -600,6 +607,11 @@ class _Requirement:
         start = _align_up(self.temp, alignment)
         self._require(start + size - self.tail)
         self.temp = start + size
+
+    def temporaries_until(self, end: int) -> None:
+        """Temporary allocations from the (16-aligned) head that end at head + end."""
+        self.temp = self.head + end
+        self._require(self.temp - self.tail)
 
     def reset_temporaries(self) -> None:
         self.temp = self.head
@@ -614,24 +626,40 @@ class _Requirement:
         self._require(free_start + PLANNER_BYTES_PER_BUFFER * buffer_count - _align_down(self.tail, ARENA_ALIGNMENT))
 
 
-def _tensor_struct_allocations(tensor: Tensor) -> list[tuple[int, int]]:
+def _tensor_struct_allocations(channels: int) -> list[tuple[int, int]]:
     """(size, alignment) of a TfLiteTensor and its quantization copy."""
     allocations = [(TFLITE_TENSOR_BYTES, 8)]
-    if tensor.channels:
+    if channels:
         # TfLiteAffineQuantization plus an int zero-point array (TfLiteIntArray).
-        allocations += [(AFFINE_QUANTIZATION_BYTES, 8), (4 + 4 * tensor.channels, 4)]
+        allocations += [(AFFINE_QUANTIZATION_BYTES, 8), (4 + 4 * channels, 4)]
     return allocations
 
 
-def _prepare_temporaries(graph: Graph, op: Operator) -> list[list[tuple[int, int]]]:
-    """Per temporary TfLiteTensor of the op's Prepare: its (size, alignment) allocations."""
-    tensors = []
-    for position in _PREPARE_TEMPS[op.kind]:
-        indices = op.inputs if position[0] == "i" else op.outputs
-        index = int(position[1:])
-        if index < len(indices) and indices[index] >= 0:
-            tensors.append(_tensor_struct_allocations(graph.tensors[indices[index]]))
-    return tensors
+def _prepare_channels(graph: Graph, op: Operator) -> tuple[int, ...]:
+    """Quantization channels of each temporary TfLiteTensor the op's Prepare fetches."""
+    tensors = graph.tensors
+    channels = []
+    for is_input, position in _PREPARE_TEMPS[op.kind]:
+        indices = op.inputs if is_input else op.outputs
+        if position < len(indices) and indices[position] >= 0:
+            channels.append(tensors[indices[position]].channels)
+    return tuple(channels)
+
+
+@functools.lru_cache(maxsize=4096)
+def _temporary_ends(channels: tuple[int, ...]) -> tuple[int, ...]:
+    """Where the temporary area ends after each tensor, relative to a 16-aligned head.
+
+    Each temporary TfLiteTensor comes with a copy of its quantization. They
+    only grow until the op's Prepare is done, so checking the end after each
+    group of them against the tail is the same as checking each allocation.
+    """
+    end, ends = 0, []
+    for count in channels:
+        for size, alignment in _tensor_struct_allocations(count):
+            end = _align_up(end, alignment) + size
+        ends.append(end)
+    return tuple(ends)
 
 
 # Temporary tensors a kernel fetches before allocating its per-channel arrays
@@ -749,7 +777,18 @@ class ArenaPlan:
     tail_bytes: int  # persistent allocations at the minimal arena
 
 
-def _start_allocations(graph: Graph, arena: _Requirement) -> None:
+def _options_bytes(graph: Graph) -> int:
+    """Tail bytes of the parsed builtin options (alignments <= 4, from an 8-aligned tail)."""
+    options = _Requirement()
+    for op in graph.operators:  # PrepareNodeAndRegistrationDataFromFlatbuffer
+        size, alignment = _BUILTIN_DATA[op.kind]
+        if size:
+            options.persistent(size, alignment)
+    options.persistent(UNACCOUNTED_OPTIONS_BYTES, 4)
+    return -options.tail
+
+
+def _start_allocations(graph: Graph, arena: _Requirement, options_bytes: int) -> None:
     """Interpreter and allocator structs, model arrays and parsed options.
 
     These come before the first 16-aligned allocation, so their padding
@@ -759,11 +798,9 @@ def _start_allocations(graph: Graph, arena: _Requirement) -> None:
     arena.resize_head(SCRATCH_REQUEST_BYTES * MAX_SCRATCH_BUFFERS_PER_OP)
     arena.persistent(EVAL_TENSOR_BYTES * len(graph.tensors), 8)
     arena.persistent(NODE_AND_REGISTRATION_BYTES * len(graph.operators), 8)
-    for op in graph.operators:  # PrepareNodeAndRegistrationDataFromFlatbuffer
-        builtin, alignment = _BUILTIN_DATA[op.kind]
-        if builtin:
-            arena.persistent(builtin, alignment)
-    arena.persistent(UNACCOUNTED_OPTIONS_BYTES, 4)
+    # The options' own alignments divide 8, so from here on they take the
+    # same bytes whatever the residue; the last one is the tightest check.
+    arena.persistent(options_bytes, 1)
 
 
 def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, buffer_count: int) -> None:
@@ -772,18 +809,16 @@ def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, b
         arena.persistent(_OP_DATA_BYTES[op.kind])
     requests = 0
     for op in graph.operators:  # PrepareSubgraphs
-        temporaries = _prepare_temporaries(graph, op)
-        split = _TEMPS_BEFORE_ARRAYS.get(op.kind, len(temporaries))
-        for tensor in temporaries[:split]:
-            for allocation in tensor:
-                arena.temporary(*allocation)
+        ends = _temporary_ends(_prepare_channels(graph, op))
+        split = _TEMPS_BEFORE_ARRAYS.get(op.kind, len(ends))
+        if split:
+            arena.temporaries_until(ends[split - 1])
         channels = _per_channel_channels(graph, op)
         if channels:
             arena.persistent(4 * channels)  # per-channel output multipliers
             arena.persistent(4 * channels)  # per-channel output shifts
-        for tensor in temporaries[split:]:
-            for allocation in tensor:
-                arena.temporary(*allocation)
+        if split < len(ends):
+            arena.temporaries_until(ends[-1])
         requests += len(_scratch_requests(graph, op))
         arena.reset_temporaries()  # FinishPrepareNodeAllocations
         arena.resize_head(SCRATCH_REQUEST_BYTES * (requests + MAX_SCRATCH_BUFFERS_PER_OP))
@@ -798,7 +833,7 @@ def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, b
     arena.resize_head(head_bytes)  # the activation plan now occupies the head
     for index in (*graph.inputs, *graph.outputs):  # interpreter input/output TfLiteTensors
         arena.persistent(8)
-        for allocation in _tensor_struct_allocations(graph.tensors[index]):
+        for allocation in _tensor_struct_allocations(graph.tensors[index].channels):
             arena.persistent(*allocation)
 
 
@@ -807,7 +842,7 @@ def fits_in_arena(graph: Graph, size: int) -> bool:
     buffers = planned_buffers(graph)
     head = plan_bytes(buffers, greedy_plan(buffers))
     arena = _Requirement(tail=size)
-    _start_allocations(graph, arena)
+    _start_allocations(graph, arena, _options_bytes(graph))
     _remaining_allocations(graph, arena, head, len(buffers))
     return arena.need <= 0
 
@@ -823,10 +858,11 @@ def arena_plan(graph: Graph) -> ArenaPlan:
     head = plan_bytes(buffers, greedy_plan(buffers))
     rest = _Requirement()
     _remaining_allocations(graph, rest, head, len(buffers))
+    options_bytes = _options_bytes(graph)
     best: tuple[int, int] | None = None
     for residue in range(ARENA_ALIGNMENT):
         start = _Requirement(tail=residue)
-        _start_allocations(graph, start)
+        _start_allocations(graph, start, options_bytes)
         aligned_tail = _align_down(start.tail, ARENA_ALIGNMENT)  # where the rest begins
         base = _align_up(max(start.need, rest.need - aligned_tail, 0), ARENA_ALIGNMENT)
         size = base + residue
