@@ -49,11 +49,16 @@ def _load(model: _Model, request: dict[str, Any]) -> dict[str, Any]:
         data = file.read()
     try:
         # Parsed once here (tens of ms for a 1 MB model), not in every probe.
-        model.resource_variables = runtime.count_resource_variables(data)
+        tree = runtime.convert_bytearray_to_object(data)
+        model.resource_variables = runtime.count_resource_variables(tree)
+        graph = tree.subgraphs[0]
+        first_input = graph.tensors[graph.inputs[0]]
+        input_shape = [int(size) for size in first_input.shape]
+        input_type = int(first_input.type)
     except Exception as error:  # the flatbuffer parser raises assorted types on garbage
         return {"ok": False, "error": f"unreadable model ({type(error).__name__}: {error})"}
     model.data = data
-    return {"ok": True}
+    return {"ok": True, "input_shape": input_shape, "input_type": input_type}
 
 
 def _interpreter(model: _Model, arena: int) -> Any:

@@ -42,6 +42,7 @@ FIRST_ARENA_BYTES = 1 << 20
 LARGE_ARENA_BYTES = 1 << 30
 MAX_ARENA_BYTES = 1 << 31
 PROBE_TIMEOUT_SECONDS = 30.0
+_TFLITE_INT8 = 9  # TensorType.INT8 in the TFLite schema
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class _Worker:
         answer = self.request({"op": "load", "path": str(model_path)})
         if not answer.get("ok"):
             raise _unreadable(model, answer.get("error", ""))
+        self.input_shape = tuple(answer["input_shape"])  # of input 0, batch axis included
+        self.input_is_int8 = answer["input_type"] == _TFLITE_INT8
 
     def __enter__(self) -> "_Worker":
         return self
@@ -357,8 +360,8 @@ def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = Non
     Without `arena_bytes`, any arena large enough is used.
     """
     inputs = np.asarray(inputs)
-    _check_inputs(model, inputs)
     with _Worker(model, timeout) as worker:
+        _check_inputs(worker, inputs)
         if arena_bytes is None:
             arena_bytes = _first_allocation(worker).arena
         inputs_path = worker.directory / "inputs.npy"
@@ -371,14 +374,14 @@ def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = Non
         return np.load(outputs_path)
 
 
-def _check_inputs(model: bytes, inputs: np.ndarray) -> None:
+def _check_inputs(worker: _Worker, inputs: np.ndarray) -> None:
     """DataError unless `inputs` is a batch of int8 samples of the model's input shape."""
-    from tinyscale.tflite_model import read_model  # noqa: PLC0415
-
-    expected = read_model(model).input_tensors[0].shape[1:]
+    if not worker.input_is_int8:
+        raise ModelError("the model's input is not int8 (convert it with full-integer quantization)")
+    expected = worker.input_shape[1:]
     if inputs.dtype != np.int8:
         raise DataError(f"TFLM inputs must be int8, got {inputs.dtype}")
-    if inputs.ndim != len(expected) + 1 or tuple(inputs.shape[1:]) != tuple(expected):
+    if inputs.ndim != len(expected) + 1 or tuple(inputs.shape[1:]) != expected:
         shape = "(N, " + ", ".join(map(str, expected)) + ")"
         raise DataError(f"TFLM inputs must have shape {shape}, got {tuple(inputs.shape)}")
     if len(inputs) == 0:
