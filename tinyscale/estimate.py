@@ -22,7 +22,7 @@ interpreter (the measurement reference), read from the TFLM sources.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from tinyscale.arch import BlockSpec, NetworkSpec
@@ -57,7 +57,7 @@ class Tensor:
     # Constants with equal content share one flatbuffer buffer. All-zero
     # biases are keyed by their byte size; every other constant is unique.
     content: object = None
-    nbytes: int = 0  # filled in from shape and dtype
+    nbytes: int = field(init=False, repr=False, compare=False)  # from shape and dtype
 
     def __post_init__(self) -> None:
         count = 1
@@ -116,7 +116,7 @@ class _Node:
         self.channels = channels
         self.constant = constant
         self.content = content
-        self.group = group  # zero constants CSE'd by the converter: (group key)
+        self.group = group  # SE zero bias: the converter CSEs those of equal length
 
 
 class _PendingOp(NamedTuple):
@@ -253,6 +253,11 @@ class _GraphBuilder:
             else:
                 zero_mean = True
         x = self.conv_bn(x, spec.head_filters, 1, size, "head", activated=True, zero_bias=zero_mean)
+        self.output = self.classifier(x)
+
+    def classifier(self, x: _Node) -> _Node:
+        """Global average pool, Dense, softmax."""
+        spec = self.spec
         pooled = _Node(f"{_SCOPE}/avg_pool_1/Mean", (1, spec.head_filters))
         self.ops.append(_PendingOp("MEAN", (x, self.axis), (pooled,)))
         # convert.spread_logits gives the Dense layer a nonzero bias, so the
@@ -265,7 +270,7 @@ class _GraphBuilder:
         self.ops.append(_PendingOp("FULLY_CONNECTED", (pooled, weights, bias), (logits,)))
         probabilities = _Node(OUTPUT_NAME, (1, spec.classes))
         self.ops.append(_PendingOp("SOFTMAX", (logits,), (probabilities,)))
-        self.output = probabilities
+        return probabilities
 
     def constant_order(self) -> list[_Node]:
         """Constants as the converter lays them out.
@@ -275,18 +280,18 @@ class _GraphBuilder:
         copies at the place of its first (forward) use.
         """
         order: list[_Node] = [self.axis]
-        last_use: dict[int, int] = {}
+        first_use: dict[int, int] = {}
         for position, op in enumerate(self.ops):
             for node in op.inputs:
-                if node is not None and node.group is not None and node.group not in last_use:
-                    last_use[node.group] = position
+                if node is not None and node.group is not None and node.group not in first_use:
+                    first_use[node.group] = position
         for position in range(len(self.ops) - 1, -1, -1):
             for node in reversed(self.ops[position].inputs[1:]):
                 if node is None or not node.constant or node is self.axis:
                     continue
                 if node.group is None:
                     order.append(node)
-                elif last_use[node.group] == position:
+                elif first_use[node.group] == position:
                     order.extend(self.zero_groups[node.group])
         return order
 
