@@ -66,11 +66,24 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(verbose)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Send the library's log records to the current stderr, once per invocation.
+
+    A handler on the "tinyscale" logger (not the root) so that warnings reach
+    the user even when something else (a test runner) already configured root.
+    """
+    logger = logging.getLogger("tinyscale")
+    for handler in list(logger.handlers):
+        if getattr(handler, "tinyscale_cli", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.tinyscale_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _register_commands() -> None:
