@@ -17,7 +17,9 @@ from tinyscale import arch
 from tinyscale.estimate import (
     MemoryEstimate,
     _Buffer,
+    arena_plan,
     estimate_memory,
+    fits_in_arena,
     flatbuffer_bytes,
     greedy_plan,
     plan_bytes,
@@ -61,6 +63,14 @@ def test_greedy_planner_fills_gaps_between_placed_buffers():
     assert offsets[3] == 0 and offsets[0] == 100  # the two big ones stack
     assert offsets[1] == 0  # lives with buffer 0 only: the gap below it is free at t=0
     assert offsets[2] == 200  # lives with both big ones: first gap is above them
+
+
+@pytest.mark.parametrize("base, phi", [("tiny", 0.0), ("tiny-se", 0.0), ("efficientnet-b0", -9.0)])
+def test_arena_solved_per_residue_is_the_smallest_that_replays(base, phi):
+    graph = tflite_graph(spec(base, phi))
+    minimal = arena_plan(graph).arena_bytes
+    assert fits_in_arena(graph, minimal)
+    assert not any(fits_in_arena(graph, minimal - shortfall) for shortfall in range(1, 17))
 
 
 def test_graph_has_one_operator_per_fused_layer():

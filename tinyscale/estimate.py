@@ -404,6 +404,24 @@ class _SizeBuilder:
         """Bytes, a terminating zero and the length, 4-aligned."""
         self.size += -(self.size + length + 1) % 4 + length + 1 + 4
 
+    def tensor(self, rank: int, name_length: int, channels: int, depthwise_weights: bool) -> None:
+        """A Tensor table and its children, in the exporter's order (inlined for speed).
+
+        Shape (int32 vector), name (ASCII string), then for quantized tensors
+        scale (float32 vector) and zero point (int64 vector, 8-aligned), the
+        QuantizationParameters table, and the Tensor table.
+        """
+        size = self.size
+        size += -(size + 4 * rank) % 4 + 4 * rank + 4
+        size += -(size + name_length + 1) % 4 + name_length + 1 + 4
+        if channels:
+            size += 4 * channels + 4  # scale: size is 4-aligned here
+            size += -(size + 8 * channels) % 8 + 8 * channels + 4
+            self.min_align = max(self.min_align, 8)
+        self.size = size
+        self.table(_QUANTIZATION_FIELDS[depthwise_weights] if channels else ())
+        self.table(_TENSOR_FIELDS)
+
     def table(self, fields: tuple[tuple[int, object], ...]) -> None:
         """`fields`: (field id, byte size or _OFFSET) in the order they are added."""
         bytes_written, vtable = _table_layout(fields, self.size % 4)
@@ -454,15 +472,7 @@ def flatbuffer_bytes(graph: Graph) -> int:
     fb.vector(len(opcodes), 4)
     depthwise_weights = {op.inputs[1] for op in graph.operators if op.kind == "DEPTHWISE_CONV_2D"}
     for index, tensor in enumerate(graph.tensors):
-        fb.vector(len(tensor.shape), 4)
-        fb.string(len(tensor.name))  # names are ASCII
-        if tensor.channels:
-            fb.vector(tensor.channels, 4)  # scale (float32)
-            fb.vector(tensor.channels, 8)  # zero_point (int64)
-            fb.table(_QUANTIZATION_FIELDS[index in depthwise_weights])
-        else:
-            fb.table(())
-        fb.table(_TENSOR_FIELDS)
+        fb.tensor(len(tensor.shape), len(tensor.name), tensor.channels, index in depthwise_weights)
     fb.vector(len(graph.tensors), 4)
     fb.vector(len(graph.inputs), 4)
     fb.vector(len(graph.outputs), 4)
