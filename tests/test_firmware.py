@@ -204,13 +204,13 @@ def assert_refused(result, exit_code: int, message: str, parent: Path, before: s
     assert {p.name for p in parent.iterdir()} == before  # no project, no temporary directory
 
 
-def write_model_with_operator(model: bytes, path: Path, builtin_code: int) -> Path:
+def write_edited_model(model: bytes, path: Path, edit) -> Path:
+    """`model` re-packed after `edit(ModelT)`: a real flatbuffer with one deliberate defect."""
     from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
     import flatbuffers
 
     obj = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    obj.operatorCodes[0].builtinCode = builtin_code
-    obj.operatorCodes[0].deprecatedBuiltinCode = min(builtin_code, 127)
+    edit(obj)
     builder = flatbuffers.Builder(len(model) + 1024)
     builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
     path.write_bytes(bytes(builder.Output()))
@@ -236,8 +236,15 @@ def test_build_system_without_template_is_refused(workdir, target_name):
     assert_refused(result, 1, "has no firmware template", workdir, before)
 
 
+def _set_first_operator(code: int):
+    def edit(obj):
+        obj.operatorCodes[0].builtinCode = code
+        obj.operatorCodes[0].deprecatedBuiltinCode = min(code, 127)
+    return edit
+
+
 def test_operator_tflm_lacks_is_refused(workdir, model):
-    write_model_with_operator(model, workdir / "odd.tflite", 15)  # LSH_PROJECTION: no TFLM kernel
+    write_edited_model(model, workdir / "odd.tflite", _set_first_operator(15))  # LSH_PROJECTION: no TFLM kernel
     before = {p.name for p in workdir.iterdir()}
     result = run_cli(str(workdir / "odd.tflite"), "--target", "mps2-an386", "-o", str(workdir / "out"))
     assert_refused(result, 1, "operator LSH_PROJECTION has no TFLM MicroMutableOpResolver Add method", workdir, before)
@@ -270,6 +277,16 @@ arena = true
 [console]
 kind = "semihosting"
 """
+
+
+def test_float_input_is_refused(workdir, model):
+    def make_input_float(obj):
+        obj.subgraphs[0].tensors[obj.subgraphs[0].inputs[0]].type = 0  # FLOAT32
+
+    write_edited_model(model, workdir / "float.tflite", make_input_float)
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "float.tflite"), "--target", "esp32", "-o", str(workdir / "out"))
+    assert_refused(result, 1, "firmware needs int8 input and output", workdir, before)
 
 
 def test_model_that_does_not_fit_is_refused_with_numbers(workdir):
