@@ -138,6 +138,20 @@ def test_convert_json_and_no_clobber(trained, converted):
     assert data["calibration_samples"] == 8
 
 
+def test_convert_saved_model_directory(workdir, trained):
+    data, out, _ = trained
+    from tinyscale.quiet import quiet_tensorflow
+    from tinyscale.train import load_keras_model
+
+    with quiet_tensorflow():
+        load_keras_model(out / "model.keras").export(str(workdir / "saved"))
+    result = invoke("convert", workdir / "saved", "-o", workdir / "saved.tflite", "--data", data,
+                    "--calibration-samples", "8", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["outputs"][0]["shape"] == [1, 2]
+    one_line_error(invoke("convert", workdir, "-o", workdir / "d.tflite"), 1, "without saved_model.pb")
+
+
 def test_convert_bad_inputs(workdir, trained, converted):
     tflite, _ = converted
     one_line_error(invoke("convert", tflite, "-o", workdir / "c.tflite"), 1, "already a TFLite flatbuffer")

@@ -513,10 +513,11 @@ def plot_memory(report: MemoryReport, path, budget_bytes: int | None = None) -> 
     axes.axhline(report.arena_bytes / 1024, color="#DD8452", linestyle="--", label="minimal arena (measured)")
     if budget_bytes is not None:
         axes.axhline(budget_bytes / 1024, color="#C44E52", label="arena budget")
-    axes.set_xlabel("operator")
+    axes.set_xlabel("operator index")
+    axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_ylabel("KiB")
     axes.set_title("Activation memory per operator")
-    axes.legend(loc="upper right")
+    axes.legend(loc="best")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)

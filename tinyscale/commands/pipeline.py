@@ -447,6 +447,13 @@ def _read_tflite(path: Path) -> bytes:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def _arena_budget(placement) -> Optional[int]:
+    """What the arena itself may take in its region (the region minus its reserved bytes)."""
+    if placement is None:
+        return None
+    return placement.sram_budget_bytes - (placement.sram_needed_bytes - placement.arena_bytes)
+
+
 @app.command()
 @reports_errors
 def simulate(
@@ -475,7 +482,7 @@ def simulate(
     report, evaluation = _simulation(model_bytes, str(model), board, dataset, keras_model,
                                      workers or os.cpu_count() or 1, json_output)
     if plot is not None:
-        plot_memory(report, plot, report.placement.sram_budget_bytes if report.placement else None)
+        plot_memory(report, plot, _arena_budget(report.placement))
     if json_output:
         typer.echo(json.dumps(_simulation_dict(report, evaluation, board), indent=2))
         return
