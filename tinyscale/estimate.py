@@ -549,9 +549,8 @@ FIXED_TAIL_BYTES = 504
 # every arena size modulo 16 (tiny, tiny-se) and minimal arenas of lite0/b0.
 UNACCOUNTED_OPTIONS_BYTES = 4
 
-# Per operator: builtin options parsed into the tail (size, alignment), the
-# kernel's OpData from Init (16-aligned), and how many temporary TfLiteTensors
-# its Prepare allocates (inputs/outputs fetched repeatedly are counted again).
+# Per operator kind: the builtin options parsed into the tail (size,
+# alignment), and the kernel's OpData allocated by Init (16-aligned).
 _BUILTIN_DATA = {
     "CONV_2D": (28, 4),  # TfLiteConvParams
     "DEPTHWISE_CONV_2D": (28, 4),  # TfLiteDepthwiseConvParams
