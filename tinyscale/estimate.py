@@ -759,8 +759,10 @@ def greedy_plan(buffers: list[_Buffer]) -> list[int]:
     by_first = sorted(range(count), key=lambda i: buffers[i].first)
     overlaps: list[list[int]] = [[] for _ in range(count)]
     for position, i in enumerate(by_first):
-        for j in by_first[position + 1:]:
-            if buffers[j].first > buffers[i].last:
+        last = buffers[i].last
+        for later in range(position + 1, count):
+            j = by_first[later]
+            if buffers[j].first > last:
                 break
             overlaps[i].append(j)
             overlaps[j].append(i)
