@@ -22,7 +22,7 @@ interpreter (the measurement reference), read from the TFLM sources.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from tinyscale.arch import BlockSpec, NetworkSpec
@@ -47,8 +47,7 @@ _AXIS_NAME = f"{_SCOPE}/avg_pool_1/Mean/reduction_indices"
 _ZERO_CONSTANT = "arith.constant"
 
 
-@dataclass(frozen=True)
-class Tensor:
+class Tensor(NamedTuple):
     name: str
     shape: tuple[int, ...]
     dtype: str  # "int8" or "int32"
@@ -56,18 +55,18 @@ class Tensor:
     constant: bool
     # Constants with equal content share one flatbuffer buffer. All-zero
     # biases are keyed by their byte size; every other constant is unique.
-    content: object = None
-    nbytes: int = field(init=False, repr=False, compare=False)  # from shape and dtype
-
-    def __post_init__(self) -> None:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        object.__setattr__(self, "nbytes", count * (4 if self.dtype == "int32" else 1))
+    content: object
+    nbytes: int
 
 
-@dataclass(frozen=True)
-class Operator:
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count * (4 if dtype == "int32" else 1)
+
+
+class Operator(NamedTuple):
     kind: str  # builtin name, e.g. CONV_2D
     inputs: tuple[int, ...]  # -1: omitted optional input
     outputs: tuple[int, ...]
@@ -320,7 +319,7 @@ def tflite_graph(spec: NetworkSpec) -> Graph:
         elif node is builder.axis and builder.uses_se:
             base = builder.zero_constant_base("axis")
         tensors.append(Tensor(names.unique(base), node.shape, node.dtype, node.channels, node.constant,
-                              node.content))
+                              node.content, _nbytes(node.shape, node.dtype)))
     operators = tuple(
         Operator(op.kind, tuple(-1 if node is None else index[id(node)] for node in op.inputs),
                  tuple(index[id(node)] for node in op.outputs), op.fused_relu6)
@@ -436,24 +435,33 @@ class _SizeBuilder:
         return self.size + _FILE_HEADER_BYTES
 
 
-def _options_fields(graph: Graph, op: Operator) -> list[tuple[int, object]] | None:
+@functools.lru_cache(maxsize=None)
+def _options_fields(kind: str, fused_relu6: bool, keep_dims: bool) -> tuple[tuple[int, object], ...] | None:
     """The builtin options table of an operator (None: the op has none)."""
-    kind = op.kind
     if kind == "LOGISTIC":
         return None
     if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         fields: list[tuple[int, object]] = [(1, 4), (2, 4)]  # stride_w, stride_h; SAME padding is the default
         if kind == "DEPTHWISE_CONV_2D":
             fields.append((3, 4))  # depth_multiplier = 1
-        if op.fused_relu6:
+        if fused_relu6:
             fields.append((3 if kind == "CONV_2D" else 4, 1))  # fused RELU6
-        return fields
+        return tuple(fields)
     if kind == "MEAN":
-        keep_dims = len(graph.tensors[op.outputs[0]].shape) == 4
-        return [(0, 1)] if keep_dims else []
+        return ((0, 1),) if keep_dims else ()
     if kind == "SOFTMAX":
-        return [(0, 4)]  # beta = 1.0
-    return []  # ADD, MUL, FULLY_CONNECTED: all options at their defaults
+        return ((0, 4),)  # beta = 1.0
+    return ()  # ADD, MUL, FULLY_CONNECTED: all options at their defaults
+
+
+@functools.lru_cache(maxsize=None)
+def _operator_fields(has_opcode_index: bool, has_options: bool) -> tuple[tuple[int, object], ...]:
+    """Operator: opcode_index (0 is the default), inputs, outputs, options type and table."""
+    fields = [(0, 4)] if has_opcode_index else []
+    fields += [(1, _OFFSET), (2, _OFFSET)]
+    if has_options:
+        fields += [(3, 1), (4, _OFFSET)]
+    return tuple(fields)
 
 
 def flatbuffer_bytes(graph: Graph) -> int:
@@ -470,6 +478,7 @@ def flatbuffer_bytes(graph: Graph) -> int:
             fields.append((3, 4))
         fb.table(tuple(fields))
     fb.vector(len(opcodes), 4)
+    opcode_index = {kind: position for position, kind in enumerate(opcodes)}
     depthwise_weights = {op.inputs[1] for op in graph.operators if op.kind == "DEPTHWISE_CONV_2D"}
     for index, tensor in enumerate(graph.tensors):
         fb.tensor(len(tensor.shape), len(tensor.name), tensor.channels, index in depthwise_weights)
@@ -479,15 +488,11 @@ def flatbuffer_bytes(graph: Graph) -> int:
     for op in graph.operators:
         fb.vector(len(op.inputs), 4)
         fb.vector(len(op.outputs), 4)
-        options = _options_fields(graph, op)
-        fields = []
-        if opcodes.index(op.kind):
-            fields.append((0, 4))
-        fields += [(1, _OFFSET), (2, _OFFSET)]
+        keep_dims = op.kind == "MEAN" and len(graph.tensors[op.outputs[0]].shape) == 4
+        options = _options_fields(op.kind, op.fused_relu6, keep_dims)
         if options is not None:
-            fb.table(tuple(options))
-            fields += [(3, 1), (4, _OFFSET)]
-        fb.table(tuple(fields))
+            fb.table(options)
+        fb.table(_operator_fields(opcode_index[op.kind] > 0, options is not None))
     fb.vector(len(graph.operators), 4)
     fb.string(len(_SUBGRAPH_NAME))
     fb.table(((0, _OFFSET), (1, _OFFSET), (2, _OFFSET), (3, _OFFSET), (4, _OFFSET)))
