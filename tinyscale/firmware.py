@@ -171,6 +171,12 @@ class CmakeArmContext:
     console: str  # semihosting or uart
     uart: UartGlue | None
 
+    @property
+    def tflm_target_arch(self) -> str:
+        """TARGET_ARCH for TFLM's create_tflm_tree.py (its cortex_m_generic names)."""
+        # Only the M4 and M7 have "+fp" variants there; the tree's sources do not depend on it.
+        return f"{self.cpu}+fp" if self.fpu and self.cpu in ("cortex-m4", "cortex-m7") else self.cpu
+
 
 @dataclass(frozen=True)
 class UartGlue:
