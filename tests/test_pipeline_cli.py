@@ -268,5 +268,6 @@ def test_build_end_to_end(workdir, trained):
     assert {"fit.json", "model.keras", "history.json", "model.tflite", "simulation.json", "report.json"} <= names
     assert summary["model_bytes"] == (out / "model.tflite").stat().st_size
     assert json.loads((out / "report.json").read_text())["int8_accuracy"] == summary["int8_accuracy"]
+    assert summary["firmware"] is True and (out / "firmware" / "README.md").is_file()
     assert not [p for p in workdir.iterdir() if p.name.startswith(".built.")]  # no staging left behind
     one_line_error(invoke("build", "--target", target, "--data", data, "-o", out), 4, "--force")

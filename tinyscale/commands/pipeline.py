@@ -577,10 +577,10 @@ def build(
         trained = _train(network, train_set, config, quiet)
         metadata = _training_metadata(data, limit, seed, train_set, network, board.name)
         model_path, _ = save_training(trained, stage, metadata)
-        if not quiet:
-            _err(f"converting to int8 (calibration on {calibration_samples} training images)")
         size, model_channels, _ = _model_geometry(trained.model)
         representative = network_inputs(train_set.limit(calibration_samples, seed).x, size, model_channels)
+        if not quiet:
+            _err(f"converting to int8 (calibration on {len(representative)} training images)")
         flatbuffer = convert_model(trained.model, representative, calibration_samples)
         atomic_write_bytes(stage / TFLITE_FILE, flatbuffer)
         report, evaluation = _simulation(flatbuffer, TFLITE_FILE, board, test_set, trained.model,
