@@ -37,6 +37,8 @@ TRANSLATE_FRACTION = 0.1
 # Tracing the training step into a graph costs ~10 s; for a handful of steps
 # (quick --limit runs, tests) running eagerly is faster overall.
 EAGER_MAX_STEPS = 50
+# Epochs of at least this many batches also report progress about every 10%.
+LONG_EPOCH_STEPS = 100
 SHORT_RUN_STEPS = 2000
 SHORT_RUN_BN_MOMENTUM = 0.9
 
@@ -75,8 +77,19 @@ class EpochReport:
     val_loss: float
     val_accuracy: float
     seconds: float
+    step: int | None = None  # set on reports from inside an epoch (no validation yet)
+    steps: int | None = None
+
+    @property
+    def partial(self) -> bool:
+        return self.step is not None
 
     def line(self) -> str:
+        if self.partial:
+            return (
+                f"epoch {self.epoch}/{self.epochs}  {self.step}/{self.steps} batches  loss {self.loss:.4f}"
+                f"  acc {self.accuracy:.4f}  {self.seconds:.1f}s"
+            )
         return (
             f"epoch {self.epoch}/{self.epochs}  loss {self.loss:.4f}  acc {self.accuracy:.4f}"
             f"  val_loss {self.val_loss:.4f}  val_acc {self.val_accuracy:.4f}  {self.seconds:.1f}s"
@@ -163,30 +176,42 @@ def _dataset_pipeline(tf, keras, dataset: Dataset, resolution: int, channels: in
 
 
 class _ProgressCallback:
-    """Adapts Keras' epoch-end logs to an EpochReport callback."""
+    """Adapts Keras' logs to EpochReports: one per epoch, and about ten inside long epochs."""
 
-    def __init__(self, keras, epochs: int, progress: Callable[[EpochReport], None]) -> None:
+    def __init__(self, keras, epochs: int, steps: int, progress: Callable[[EpochReport], None]) -> None:
         outer = self
+        interval = steps // 10 if steps >= LONG_EPOCH_STEPS else 0
+
+        def report(epoch: int, logs: dict | None, step: int | None = None) -> None:
+            logs = logs or {}
+            progress(
+                EpochReport(
+                    epoch=epoch + 1,
+                    epochs=epochs,
+                    loss=float(logs.get("loss", float("nan"))),
+                    accuracy=float(logs.get("accuracy", float("nan"))),
+                    val_loss=float(logs.get("val_loss", float("nan"))),
+                    val_accuracy=float(logs.get("val_accuracy", float("nan"))),
+                    seconds=time.perf_counter() - outer.started,
+                    step=step,
+                    steps=steps if step is not None else None,
+                )
+            )
 
         class Callback(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
                 outer.started = time.perf_counter()
+                outer.epoch = epoch
+
+            def on_train_batch_end(self, batch, logs=None):
+                if interval and (batch + 1) % interval == 0 and batch + 1 < steps:
+                    report(outer.epoch, logs, step=batch + 1)
 
             def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                progress(
-                    EpochReport(
-                        epoch=epoch + 1,
-                        epochs=epochs,
-                        loss=float(logs.get("loss", float("nan"))),
-                        accuracy=float(logs.get("accuracy", float("nan"))),
-                        val_loss=float(logs.get("val_loss", float("nan"))),
-                        val_accuracy=float(logs.get("val_accuracy", float("nan"))),
-                        seconds=time.perf_counter() - outer.started,
-                    )
-                )
+                report(epoch, logs)
 
         self.started = time.perf_counter()
+        self.epoch = 0
         self.callback = Callback()
 
 
@@ -237,7 +262,7 @@ def train_network(
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
     ]
     if progress is not None:
-        callbacks.append(_ProgressCallback(keras, config.epochs, progress).callback)
+        callbacks.append(_ProgressCallback(keras, config.epochs, steps, progress).callback)
     resolution, channels = spec.resolution, spec.channels
     started = time.perf_counter()
     fitted = model.fit(
