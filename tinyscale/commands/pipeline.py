@@ -248,10 +248,15 @@ def _is_saved_model(path: Path) -> bool:
     return path.is_dir() and (path / "saved_model.pb").is_file()
 
 
+def _file_head(path: Path, size: int = 8) -> bytes:
+    with path.open("rb") as file:
+        return file.read(size)
+
+
 def _load_float_model(path: Path):
     if not path.exists():
         raise ModelError(f"no model at {path}")
-    if path.suffix == ".tflite" or (path.is_file() and path.read_bytes()[4:8] == b"TFL3"):
+    if path.suffix == ".tflite" or (path.is_file() and _file_head(path)[4:8] == b"TFL3"):
         raise ModelError(f"{path} is already a TFLite flatbuffer; convert takes a Keras model (.keras) or a SavedModel "
                          "directory; run `tinyscale simulate` on a .tflite")
     if _is_saved_model(path):
