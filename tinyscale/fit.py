@@ -238,13 +238,20 @@ class _Search:
         return hi
 
 
-def _report_phi(low: float, high: float) -> float:
-    """The largest 0.01-grid phi in [low, high); 0.0001 grid if the interval is narrower."""
-    for decimals in (2, 4, 7):
+def _report_phi(request: FitRequest, spec: NetworkSpec, low: float, high: float) -> float:
+    """The largest 0.01-grid phi giving `spec` (0.0001 grid if the interval is narrower).
+
+    Checked against the spec itself, not only the interval arithmetic, since the
+    interval's ends are known to BOUNDARY_TOL only.
+    """
+    for decimals in (2, 4, 6):
         scale = 10**decimals
-        candidate = math.floor((high - 1e-9) * scale) / scale
-        if candidate >= low:
-            return round(candidate, decimals)
+        candidate = math.floor(high * scale) / scale
+        if candidate >= high:
+            candidate -= 1 / scale
+        candidate = round(candidate, decimals)
+        if candidate >= low and request.spec(candidate) == spec:
+            return candidate
     return low
 
 
@@ -318,7 +325,7 @@ def fit(
     next_phi = None if capped or high >= PHI_MAX else _ceil_phi(high)
     estimate = search.estimate(spec)
     truth = measured or estimate
-    reported_phi = PHI_MAX if capped else _report_phi(low, high)
+    reported_phi = PHI_MAX if capped else _report_phi(request, spec, low, high)
     next_placement = None
     if next_phi is not None:
         next_spec = request.spec(next_phi)
