@@ -10,6 +10,7 @@ import pytest
 
 from tinyscale import arch
 from tinyscale.budget import place
+from tinyscale.fit import placement_for
 from tinyscale.errors import DoesNotFitError
 from tinyscale.fit import PHI_MAX, FitRequest, Measured, Memory, fit
 
@@ -37,7 +38,7 @@ def test_answer_fits_and_next_phi_does_not(synthetic_target, base, flash, arena)
     spec = request.spec(result.phi)
     assert spec == result.network.spec
     memory = proxy_memory(spec)
-    assert place(target, memory.model_bytes, memory.arena_bytes).fits
+    assert placement_for(target, spec, memory).fits
     assert result.phi_low <= result.phi < result.phi_high
     assert request.spec(result.phi_low + 1e-6) == spec
     assert request.spec(result.phi_high - 1e-6) == spec
@@ -45,7 +46,7 @@ def test_answer_fits_and_next_phi_does_not(synthetic_target, base, flash, arena)
     next_spec = request.spec(result.next_phi)
     assert next_spec != spec
     next_memory = proxy_memory(next_spec)
-    assert not place(target, next_memory.model_bytes, next_memory.arena_bytes).fits
+    assert not placement_for(target, next_spec, next_memory).fits
     assert result.binding in ("flash", "sram", "flash+sram")
     assert set(result.binding.split("+")) == set(result.next_placement.failing)
 
@@ -56,8 +57,8 @@ def test_answer_is_the_largest_on_a_fine_scan(synthetic_target):
     request = result.request
     for step in range(1, 400):
         phi = result.phi_high + step * 0.005
-        memory = proxy_memory(request.spec(phi))
-        assert not place(target, memory.model_bytes, memory.arena_bytes).fits, phi
+        spec = request.spec(phi)
+        assert not placement_for(target, spec, proxy_memory(spec)).fits, phi
 
 
 def test_phi_reported_to_a_hundredth_when_the_interval_allows(synthetic_target):

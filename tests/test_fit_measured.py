@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinyscale.budget import place
-from tinyscale.fit import FitRequest, fit, measured_memory
+from tinyscale.fit import FitRequest, fit, measured_memory, placement_for
 
 pytestmark = pytest.mark.slow
 
@@ -18,15 +17,15 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("base", ["tiny", "tiny-se"])
 def test_answer_fits_and_next_phi_does_not_both_measured(synthetic_target, base):
     probe = FitRequest(synthetic_target(10**9, 10**9), base=base)
-    reference = measured_memory(probe.spec(0.0))
+    need = placement_for(probe.target, probe.spec(0.0), measured_memory(probe.spec(0.0)))
     # Budgets 3% above the phi=0 network's measured need: the answer is near phi=0.
-    target = synthetic_target(int(reference.model_bytes * 1.03), int(reference.arena_bytes * 1.03))
+    target = synthetic_target(int(need.flash_needed_bytes * 1.03), int(need.sram_needed_bytes * 1.03))
     result = fit(FitRequest(target, base=base), prove_next=True)
 
     assert result.verified and result.next_measured is not None
     answer = result.measured
-    assert place(target, answer.model_bytes, answer.arena_bytes).fits
+    assert placement_for(target, result.network.spec, answer).fits
     nxt = result.next_measured
-    assert not place(target, nxt.model_bytes, nxt.arena_bytes).fits
+    assert not placement_for(target, result.request.spec(result.next_phi), nxt).fits
     assert result.request.spec(result.next_phi) != result.network.spec
     assert result.phi >= 0.0  # phi=0 fits by construction, so the answer is at least that

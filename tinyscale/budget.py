@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tinyscale.kernels import device_arena_bytes
 from tinyscale.targets import MemoryRegion, Target
 
 
@@ -16,7 +17,9 @@ class Placement:
     """Flash and SRAM need of one model on one target."""
 
     model_bytes: int
-    arena_bytes: int
+    arena_bytes: int  # the host-measured (or estimated) minimal arena
+    arena_margin_bytes: int  # what the target's kernel library adds on the device
+    device_arena_bytes: int  # what the firmware allocates: align16(arena + margin)
     flash_needed_bytes: int
     flash_budget_bytes: int
     sram_needed_bytes: int
@@ -74,14 +77,22 @@ def choose_arena_region(target: Target, arena_bytes: int) -> MemoryRegion:
     return max(regions, key=lambda region: region.arena_budget_bytes)
 
 
-def place(target: Target, model_bytes: int, arena_bytes: int) -> Placement:
-    region = choose_arena_region(target, arena_bytes)
+def place(target: Target, model_bytes: int, arena_bytes: int, margin_bytes: int = 0) -> Placement:
+    """Flash and SRAM need of a model whose host arena is `arena_bytes`.
+
+    `margin_bytes` comes from tinyscale.kernels.arena_margin_bytes for the
+    target's kernel library; the SRAM need is for the device arena.
+    """
+    device_arena = device_arena_bytes(arena_bytes, margin_bytes)
+    region = choose_arena_region(target, device_arena)
     return Placement(
         model_bytes=model_bytes,
         arena_bytes=arena_bytes,
+        arena_margin_bytes=device_arena - arena_bytes,
+        device_arena_bytes=device_arena,
         flash_needed_bytes=model_bytes + target.flash.reserved_bytes,
         flash_budget_bytes=target.flash.budget_bytes,
-        sram_needed_bytes=_region_need(region, arena_bytes),
+        sram_needed_bytes=_region_need(region, device_arena),
         sram_budget_bytes=region.size_bytes,
         arena_region=region.name,
     )

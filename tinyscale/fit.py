@@ -10,6 +10,7 @@ steps down one network at a time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -20,6 +21,7 @@ from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.budget import Placement, place
 from tinyscale.errors import DoesNotFitError
+from tinyscale.kernels import OpShapes, arena_margin_bytes, op_shapes
 from tinyscale.scaling import Coefficients
 from tinyscale.targets import Target
 
@@ -72,6 +74,20 @@ def measured_memory(spec: NetworkSpec) -> Measured:
         tflite=tflite,
         seconds=time.perf_counter() - start,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _operator_shapes(spec: NetworkSpec) -> tuple[OpShapes, ...]:
+    from tinyscale.estimate import tflite_graph
+
+    graph = tflite_graph(spec)
+    return tuple(op_shapes(graph.operators, graph.tensors))
+
+
+def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placement:
+    """Where `spec`'s model goes on `target`, with the kernel library's arena margin."""
+    margin = arena_margin_bytes(_operator_shapes(spec), target.kernel_library, target.cpu)
+    return place(target, memory.model_bytes, memory.arena_bytes, margin)
 
 
 @dataclass(frozen=True)
@@ -141,6 +157,8 @@ class FitResult:
             "macs": arch.count_macs(spec),
             "model_bytes": placement.model_bytes,
             "arena_bytes": placement.arena_bytes,
+            "arena_margin_bytes": placement.arena_margin_bytes,
+            "device_arena_bytes": placement.device_arena_bytes,
             "estimated_model_bytes": self.estimate.model_bytes,
             "estimated_arena_bytes": self.estimate.arena_bytes,
             "arena_region": placement.arena_region,
@@ -185,9 +203,8 @@ class _Search:
     def memory(self, spec: NetworkSpec) -> Memory:
         return self._measured.get(spec) or self.estimate(spec)
 
-    def placement(self, spec: NetworkSpec) -> Placement:
-        memory = self.memory(spec)
-        return place(self.request.target, memory.model_bytes, memory.arena_bytes)
+    def placement(self, spec: NetworkSpec, memory: Memory | None = None) -> Placement:
+        return placement_for(self.request.target, spec, memory or self.memory(spec))
 
     def fits(self, phi: float) -> bool:
         return self.placement(self.request.spec(phi)).fits
@@ -301,10 +318,11 @@ def fit(
             break
         measured = measurer(spec)
         log.info("verified %s at phi=%.4f in %.1f s", request.base, phi, measured.seconds)
-        if place(request.target, measured.model_bytes, measured.arena_bytes).fits:
+        if search.placement(spec, measured).fits:
             if prove_next and boundary is not None and not capped:
-                next_measured = measurer(request.spec(_ceil_phi(boundary)))
-                if place(request.target, next_measured.model_bytes, next_measured.arena_bytes).fits:
+                next_spec = request.spec(_ceil_phi(boundary))
+                next_measured = measurer(next_spec)
+                if search.placement(next_spec, next_measured).fits:
                     log.warning("the estimate under-sized the next network; stepping up")
                     search.record_measurement(request.spec(_ceil_phi(boundary)), next_measured)
                     phi = _ceil_phi(boundary)
@@ -330,7 +348,7 @@ def fit(
     if next_phi is not None:
         next_spec = request.spec(next_phi)
         next_memory = next_measured or search.memory(next_spec)
-        next_placement = place(request.target, next_memory.model_bytes, next_memory.arena_bytes)
+        next_placement = search.placement(next_spec, next_memory)
     return FitResult(
         request=request,
         phi=reported_phi,
@@ -339,7 +357,7 @@ def fit(
         next_phi=next_phi,
         network=request.network(reported_phi),
         estimate=estimate,
-        placement=place(request.target, truth.model_bytes, truth.arena_bytes),
+        placement=search.placement(spec, truth),
         next_placement=next_placement,
         measured=measured,
         next_measured=next_measured,

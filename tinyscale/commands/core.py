@@ -12,7 +12,8 @@ import typer
 
 from tinyscale import arch
 from tinyscale.arch import BASES, ScaledNetwork
-from tinyscale.budget import Placement, place
+from tinyscale.budget import Placement
+from tinyscale.fit import Memory, placement_for
 from tinyscale.cli import app, reports_errors
 from tinyscale.errors import UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
@@ -105,6 +106,10 @@ def _placement_rows(placement: Placement) -> list[tuple[str, str]]:
     flash_pct = 100 * placement.flash_needed_bytes / placement.flash_budget_bytes
     sram_pct = 100 * placement.sram_needed_bytes / placement.sram_budget_bytes
     return [
+        (
+            "device arena",
+            f"{placement.device_arena_bytes:,} B = arena + {placement.arena_margin_bytes:,} B kernel scratch margin",
+        ),
         ("flash", f"{placement.flash_needed_bytes:,} / {placement.flash_budget_bytes:,} B ({flash_pct:.1f}%)"),
         (
             f"SRAM ({placement.arena_region})",
@@ -190,10 +195,11 @@ def scale(
             rows.append(("wrote", str(tflite)))
     result["model_bytes"], result["arena_bytes"] = model_bytes, arena_bytes
     if board is not None:
-        placement = place(board, model_bytes, arena_bytes)
+        placement = placement_for(board, spec, Memory(model_bytes, arena_bytes))
         result.update(
             target=board.name,
             fits=placement.fits,
+            device_arena_bytes=placement.device_arena_bytes,
             flash_needed_bytes=placement.flash_needed_bytes,
             sram_needed_bytes=placement.sram_needed_bytes,
             flash_budget_bytes=placement.flash_budget_bytes,

@@ -1,0 +1,99 @@
+"""What an optimized kernel library adds to the host-measured arena.
+
+The host figure comes from TFLM's Python interpreter (x86-64, reference
+kernels). On the device, optimized kernels request scratch buffers that the
+reference kernels never ask for; only one operator runs at a time, so the plan
+grows by at most the largest one. 32-bit pointers make TFLM's own structs
+smaller on the MCU (about 2.7 KB less for person detection on an M4); no credit
+is taken for that: it stays as slack.
+
+One rule for everyone: the fitter, `simulate --target` and the firmware project
+all size the device arena with :func:`device_arena_bytes`, so a model that `fit`
+accepts is never refused by `firmware`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+ARENA_ALIGNMENT = 16
+ARENA_SLACK_BYTES = 256  # the planner's 16-byte tail alignment and rounding
+# ESP-NN has SIMD kernels (with scratch) only for the ESP32-S3; on the ESP32
+# and ESP32-C3 it runs its ANSI C kernels, whose get_*_scratch_size return 0.
+ESP_NN_SIMD_CPUS = ("esp32s3",)
+MARGIN_NOTE = (
+    "arena = align16(host minimum + margin); margin = largest optimized-kernel scratch buffer of any "
+    "operator (CMSIS-NN: its DSP buffer-size formulas; ESP-NN on the S3: its esp32s3 get_*_scratch_size "
+    "formulas; ESP-NN's ANSI kernels on ESP32/C3: none) + 256 B slack; the 32-bit MCU needs less than the "
+    "64-bit host for TFLM's structs, kept as slack"
+)
+
+# (operator name, shape of input 0, shape of input 1 (weights))
+OpShapes = tuple[str, Sequence[int], Sequence[int]]
+
+
+def align_up(value: int, alignment: int) -> int:
+    return -(-value // alignment) * alignment
+
+
+def cmsis_nn_scratch_bytes(op: OpShapes) -> int:
+    """Scratch CMSIS-NN (DSP extension, M4/M7/M33) requests for one operator."""
+    name, data, weights = op
+    channels = data[-1] if data else 0
+    if name == "CONV_2D" and len(weights) == 4:
+        _, kh, kw, cin = weights
+        if kh * kw == 1:
+            return 2 * cin * 2  # 1x1 fast path (arm_convolve_1x1_s8_fast)
+        return 2 * align_up(kh * kw * cin, 4) * 2  # im2col, two int16 columns
+    if name == "DEPTHWISE_CONV_2D" and len(weights) == 4:
+        return channels * weights[1] * weights[2] * 2  # arm_depthwise_conv_s8_opt
+    if name == "AVERAGE_POOL_2D":
+        return channels * 4  # int32 accumulators per channel
+    if name == "FULLY_CONNECTED":
+        return 2 * channels * 2  # batched inputs take the 1x1 conv path
+    return 0
+
+
+def esp_nn_s3_scratch_bytes(op: OpShapes) -> int:
+    """Scratch ESP-NN's ESP32-S3 kernels request (its esp32s3 get_*_scratch_size):
+    int16 copies of the filter and of the (padded) input, plus alignment."""
+    name, data, weights = op
+    if len(data) != 4 or len(weights) != 4:
+        return 0
+    _, height, width, in_channels = data
+    if name == "CONV_2D":
+        out_channels, kh, kw, _ = weights
+        return 2 * (kh * kw * in_channels * out_channels + height * width * in_channels + 8 * in_channels) + 32
+    if name == "DEPTHWISE_CONV_2D":
+        _, kh, kw, channels = weights
+        padded = (height + kh - 1) * (width + kw - 1) * in_channels
+        return 2 * (kh * kw * channels + padded) + 32
+    return 0
+
+
+def arena_margin_bytes(ops: Iterable[OpShapes], kernel_library: str, cpu: str = "") -> int:
+    """Bytes to add to the host-measured minimal arena for `kernel_library` on `cpu`."""
+    if kernel_library == "cmsis-nn":
+        scratch = max((cmsis_nn_scratch_bytes(op) for op in ops), default=0)
+    elif kernel_library == "esp-nn" and cpu in ESP_NN_SIMD_CPUS:
+        scratch = max((esp_nn_s3_scratch_bytes(op) for op in ops), default=0)
+    else:
+        scratch = 0
+    return scratch + ARENA_SLACK_BYTES
+
+
+def device_arena_bytes(host_arena_bytes: int, margin_bytes: int) -> int:
+    """The arena the firmware allocates: host minimum + margin, 16-byte aligned."""
+    return align_up(host_arena_bytes + margin_bytes, ARENA_ALIGNMENT)
+
+
+def op_shapes(operators, tensors) -> list[OpShapes]:
+    """Adapter for any graph whose operators index into tensors with a `.shape`
+    (tinyscale.tflite_model.ModelInfo, tinyscale.estimate.Graph)."""
+
+    def dims(op, position: int) -> tuple[int, ...]:
+        if len(op.inputs) <= position or not 0 <= op.inputs[position] < len(tensors):
+            return ()
+        return tuple(tensors[op.inputs[position]].shape)
+
+    return [(getattr(op, "name", None) or op.kind, dims(op, 0), dims(op, 1)) for op in operators]
