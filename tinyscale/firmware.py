@@ -32,6 +32,7 @@ from tinyscale import __version__
 from tinyscale.budget import Placement, place
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
 from tinyscale.fsutil import check_output_dir
+from tinyscale.kernels import ARENA_ALIGNMENT, MARGIN_NOTE, align_up, arena_margin_bytes, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
 from tinyscale.tflite_model import ModelInfo, TensorInfo, read_model
@@ -43,31 +44,12 @@ TEMPLATE_BUILD_SYSTEMS = ("cmake-arm", "esp-idf")
 SOURCE_DIRS = {"cmake-arm": "src", "esp-idf": "main"}
 MODEL_BYTES_PER_LINE = 12
 SELFTEST_SEED = 0
-ARENA_ALIGNMENT = 16
 # Model data is aligned like TFLM's own examples: flatbuffer tables may hold
 # 8- and 16-byte scalars that are read in place.
 MODEL_ALIGNMENT = 16
 
-# Arena margin added to the host-measured minimum (x86-64 Python interpreter,
-# reference kernels). Two effects pull in opposite directions on the MCU:
-#  - 32-bit pointers shrink TFLM's per-tensor and per-node structs, so the
-#    same plan needs less (about 2.7 KB less for person detection on an M4);
-#    no credit is taken for it: it stays as slack.
-#  - optimized kernels request scratch buffers the reference kernels never ask
-#    for. Only one operator runs at a time, so the plan grows by at most the
-#    largest one. For CMSIS-NN the sizes below are its *_get_buffer_size
-#    formulas for cores with the DSP extension (M4/M7/M33). ESP-NN's are not
-#    modelled here: its margin is an estimate (its person_detection example
-#    reserves 60 KB of scratch beside a 100 KB arena).
-# Checked on mps2-an386 under QEMU by tests/test_firmware_integration.py.
-ARENA_SLACK_BYTES = 256  # the planner's 16-byte tail alignment and rounding
-ESP_NN_MARGIN_FRACTION = 1 / 4
-ESP_NN_MARGIN_MIN_BYTES = 8192
-MARGIN_NOTE = (
-    "arena = align16(host minimum + margin); margin = largest optimized-kernel scratch buffer of any "
-    "operator (CMSIS-NN: its DSP buffer-size formulas; ESP-NN: max(8 KiB, host minimum / 4) + that, an "
-    "estimate) + 256 B slack; the 32-bit MCU needs less than the 64-bit host for TFLM's structs, kept as slack"
-)
+# The arena margin (kernel-library scratch, 32-bit slack) is tinyscale.kernels'
+# rule, shared with the fitter so that fit and firmware agree to the byte.
 
 # BuiltinOperator name -> TFLM MicroMutableOpResolver method (tflite-micro
 # micro_mutable_op_resolver.h). Only builtins: custom operators are refused.
@@ -323,50 +305,10 @@ def check_io(info: ModelInfo) -> None:
 # Memory
 
 
-def align_up(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment
-
-
-def _dims(info: ModelInfo, tensor_index: int) -> tuple[int, ...]:
-    return info.tensors[tensor_index].shape if 0 <= tensor_index < len(info.tensors) else ()
-
-
-def cmsis_nn_scratch_bytes(info: ModelInfo) -> int:
-    """Largest scratch buffer CMSIS-NN (DSP extension) requests for any operator of the model."""
-    largest = 0
-    for op in info.operators:
-        data, weights = (_dims(info, op.inputs[i]) if len(op.inputs) > i else () for i in (0, 1))
-        channels = data[-1] if data else 0
-        size = 0
-        if op.name == "CONV_2D" and len(weights) == 4:
-            _, kh, kw, cin = weights
-            if kh * kw == 1:
-                size = 2 * cin * 2  # 1x1 fast path (arm_convolve_1x1_s8_fast)
-            else:
-                size = 2 * align_up(kh * kw * cin, 4) * 2  # im2col, two int16 columns
-        elif op.name == "DEPTHWISE_CONV_2D" and len(weights) == 4:
-            size = channels * weights[1] * weights[2] * 2  # arm_depthwise_conv_s8_opt
-        elif op.name == "AVERAGE_POOL_2D":
-            size = channels * 4  # int32 accumulators per channel
-        elif op.name == "FULLY_CONNECTED":
-            size = 2 * channels * 2  # batched inputs take the 1x1 conv path
-        largest = max(largest, size)
-    return largest
-
-
-def arena_margin_bytes(info: ModelInfo, measured_bytes: int, kernel_library: str) -> int:
-    if kernel_library == "reference":
-        return ARENA_SLACK_BYTES
-    scratch = cmsis_nn_scratch_bytes(info)
-    if kernel_library == "esp-nn":
-        scratch += max(ESP_NN_MARGIN_MIN_BYTES, int(measured_bytes * ESP_NN_MARGIN_FRACTION))
-    return scratch + ARENA_SLACK_BYTES
-
-
 def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[ArenaPlan, Placement]:
-    margin = arena_margin_bytes(info, measured_bytes, target.kernel_library)
-    arena = align_up(measured_bytes + margin, ARENA_ALIGNMENT)
-    placement = place(target, info.size_bytes, arena)
+    margin = arena_margin_bytes(op_shapes(info.operators, info.tensors), target.kernel_library, target.cpu)
+    placement = place(target, info.size_bytes, measured_bytes, margin)
+    arena = placement.device_arena_bytes
     region = next(r for r in target.memory if r.name == placement.arena_region)
     plan = ArenaPlan(measured_bytes, arena - measured_bytes, arena, region.name, region.kind)
     return plan, placement

@@ -1,0 +1,58 @@
+"""The device-arena rule shared by fit, scale/simulate and firmware."""
+
+from __future__ import annotations
+
+import pytest
+
+from tinyscale import firmware
+from tinyscale.arch import scale
+from tinyscale.convert import spec_to_tflite
+from tinyscale.estimate import tflite_graph
+from tinyscale.fit import Memory, placement_for
+from tinyscale.kernels import (
+    ARENA_SLACK_BYTES,
+    arena_margin_bytes,
+    cmsis_nn_scratch_bytes,
+    device_arena_bytes,
+    esp_nn_s3_scratch_bytes,
+    op_shapes,
+)
+from tinyscale.targets import load_target
+from tinyscale.tflite_model import read_model
+from tinyscale.tflm import measure_arena
+
+
+def test_cmsis_nn_scratch_formulas():
+    assert cmsis_nn_scratch_bytes(("CONV_2D", (1, 8, 8, 16), (32, 1, 1, 16))) == 64
+    assert cmsis_nn_scratch_bytes(("CONV_2D", (1, 8, 8, 3), (16, 3, 3, 3))) == 2 * 28 * 2
+    assert cmsis_nn_scratch_bytes(("DEPTHWISE_CONV_2D", (1, 8, 8, 48), (1, 5, 5, 48))) == 48 * 25 * 2
+    assert cmsis_nn_scratch_bytes(("SOFTMAX", (1, 10), ())) == 0
+
+
+def test_esp_nn_scratch_only_on_the_s3():
+    ops = [("CONV_2D", (1, 8, 8, 16), (32, 3, 3, 16))]
+    assert arena_margin_bytes(ops, "esp-nn", "esp32") == ARENA_SLACK_BYTES
+    assert arena_margin_bytes(ops, "esp-nn", "esp32c3") == ARENA_SLACK_BYTES
+    assert arena_margin_bytes(ops, "esp-nn", "esp32s3") == esp_nn_s3_scratch_bytes(ops[0]) + ARENA_SLACK_BYTES
+    assert arena_margin_bytes(ops, "reference") == ARENA_SLACK_BYTES
+
+
+def test_device_arena_is_aligned():
+    assert device_arena_bytes(1000, 10) == 1024
+    assert device_arena_bytes(1008, 8) == 1024  # already aligned sums stay put
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target_name", ["nucleo-l476rg", "esp32", "esp32-s3", "mps2-an386"])
+def test_fit_and_firmware_size_the_same_device_arena(target_name):
+    target = load_target(target_name)
+    spec = scale("tiny-se", 0).spec
+    model = spec_to_tflite(spec)
+    host_arena = measure_arena(model).arena_bytes
+    info = read_model(model)
+    # The analytic graph and the converted model give the operators the same shapes.
+    assert op_shapes(tflite_graph(spec).operators, tflite_graph(spec).tensors) == op_shapes(info.operators, info.tensors)
+    plan, firmware_placement = firmware.plan_arena(info, host_arena, target)
+    fit_placement = placement_for(target, spec, Memory(len(model), host_arena))
+    assert plan.arena_bytes == fit_placement.device_arena_bytes
+    assert firmware_placement == fit_placement
