@@ -26,6 +26,7 @@ import numpy as np
 
 from tinyscale import tflm
 from tinyscale.budget import Placement, place
+from tinyscale.kernels import arena_margin_bytes, op_shapes
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, ModelError, UsageError
 from tinyscale.targets import Target
@@ -279,6 +280,8 @@ class MemoryReport:
                 flash_fits=p.flash_fits,
                 sram_fits=p.sram_fits,
                 sram_needed_bytes=p.sram_needed_bytes,
+                arena_margin_bytes=p.arena_margin_bytes,
+                device_arena_bytes=p.device_arena_bytes,
                 flash_budget_bytes=p.flash_budget_bytes,
                 sram_budget_bytes=p.sram_budget_bytes,
                 flash_headroom_bytes=p.flash_headroom_bytes,
@@ -308,7 +311,11 @@ def load_model_bytes(data: bytes, source: str = "the model") -> ModelInfo:
 def memory_report(data: bytes, target: Target | None = None, source: str = "the model") -> MemoryReport:
     info = load_model_bytes(data, source)
     arena = tflm.measure_arena(data)
-    placement = place(target, info.size_bytes, arena.arena_bytes) if target is not None else None
+    placement = None
+    if target is not None:
+        # The same device-arena rule as fit and firmware: host minimum + kernel scratch.
+        margin = arena_margin_bytes(op_shapes(info.operators, info.tensors), target.kernel_library, target.cpu)
+        placement = place(target, info.size_bytes, arena.arena_bytes, margin)
     if target is not None:
         runtime_bytes, runtime_source = target.flash.reserved_bytes, f"{target.name} flash.reserved_bytes"
     else:
