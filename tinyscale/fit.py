@@ -209,6 +209,21 @@ class _Search:
     def fits(self, phi: float) -> bool:
         return self.placement(self.request.spec(phi)).fits
 
+    def bracket(self) -> tuple[float, float] | None:
+        """(lo, hi) with fits(lo) and not fits(hi), growing from PHI_MIN in doubling steps.
+
+        Growing from the small end keeps every probe near the answer's size: a
+        measured probe of a phi=10 network would need tens of GB to convert.
+        None when PHI_MAX itself fits.
+        """
+        lo, step = PHI_MIN, 1.0
+        while lo < PHI_MAX:
+            hi = min(PHI_MAX, lo + step)
+            if not self.fits(hi):
+                return lo, hi
+            lo, step = hi, step * 2
+        return None
+
     def largest_fitting(self, lo: float, hi: float) -> float:
         """Bisect a bracket with fits(lo) and not fits(hi)."""
         while hi - lo > SEARCH_TOL:
@@ -300,8 +315,9 @@ def fit(
     start = time.perf_counter()
     if not search.fits(PHI_MIN):
         raise DoesNotFitError(f"nothing fits: {_smallest_need(search)}")
-    capped = search.fits(PHI_MAX)
-    phi = PHI_MAX if capped else search.largest_fitting(PHI_MIN, PHI_MAX)
+    bracket = search.bracket()
+    capped = bracket is None
+    phi = PHI_MAX if bracket is None else search.largest_fitting(*bracket)
     search_seconds = time.perf_counter() - start
 
     measured = next_measured = None
