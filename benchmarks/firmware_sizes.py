@@ -126,7 +126,7 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path) -> dict:
         "model": label,
         "kernels": kernels,
         "model_bytes": context.model_size_bytes,
-        "predicted_flash_bytes": context.placement.flash_needed_bytes,
+        "predicted_flash_bytes": context.predicted_flash_bytes,
         "linked_flash_bytes": linked["flash_bytes"],
         "predicted_ram_bytes": context.placement.sram_needed_bytes,
         "linked_ram_bytes": linked["ram_bytes"],

@@ -227,10 +227,19 @@ class ProjectContext:
     tolerance: int
     arena: ArenaPlan
     placement: Placement
+    selftest_flash_bytes: int  # the embedded self-test vectors, flash beside the model
     forced: bool
     cmake_arm: CmakeArmContext | None = None
     esp_idf: EspIdfContext | None = None
     regenerate_command: str = ""
+
+    @property
+    def predicted_flash_bytes(self) -> int:
+        return self.placement.flash_needed_bytes + self.selftest_flash_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.placement.sram_fits and self.predicted_flash_bytes <= self.placement.flash_budget_bytes
 
 
 @dataclass(frozen=True)
@@ -309,6 +318,11 @@ def check_io(info: ModelInfo) -> None:
 # Memory
 
 
+def selftest_bytes(info: ModelInfo) -> int:
+    """Flash taken by the embedded self-test input and expected output (int8)."""
+    return sum(t.nbytes for t in (*info.input_tensors, *info.output_tensors))
+
+
 def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[ArenaPlan, Placement]:
     margin = arena_margin_bytes(op_shapes(info.operators, info.tensors), target.kernel_library, target.cpu)
     placement = place(target, info.size_bytes, measured_bytes, margin)
@@ -318,10 +332,22 @@ def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[Ar
     return plan, placement
 
 
-def check_fit(placement: Placement, target: Target, force: bool) -> None:
-    if placement.fits:
+def check_fit(placement: Placement, target: Target, force: bool, extra_flash_bytes: int = 0) -> None:
+    """Refuse a model that exceeds the target, with the numbers (unless forced).
+
+    `extra_flash_bytes` is what the firmware adds beside the model (the self-test
+    vectors); the placement itself is the fitter's, so fit and firmware agree on the arena.
+    """
+    flash_needed = placement.flash_needed_bytes + extra_flash_bytes
+    problems = []
+    if flash_needed > placement.flash_budget_bytes:
+        problems.append(f"flash {flash_needed:,} B > {placement.flash_budget_bytes:,} B")
+    if not placement.sram_fits:
+        problems.append(
+            f"SRAM ({placement.arena_region}) {placement.sram_needed_bytes:,} B > {placement.sram_budget_bytes:,} B")
+    if not problems:
         return
-    message = f"the model does not fit {target.name}: {placement.describe_shortfall()}"
+    message = f"the model does not fit {target.name}: {', '.join(problems)}"
     if not force:
         raise DoesNotFitError(f"{message} (use --force to generate the project anyway)")
     log.warning("%s; generating anyway (--force)", message)
@@ -490,7 +516,7 @@ def factory_partition_bytes(target: Target, image_bytes: int) -> int | None:
     return min(wanted, room)
 
 
-def esp_idf_context(target: Target, arena: ArenaPlan, placement: Placement) -> EspIdfContext:
+def esp_idf_context(target: Target, arena: ArenaPlan, image_bytes: int) -> EspIdfContext:
     psram = arena.region_kind == "psram"
     console_kind = target.console.kind if target.console else "uart"
     mhz = min(target.clock_hz // 1_000_000, _ESP_CPU_MHZ.get(target.cpu, 160))
@@ -501,7 +527,7 @@ def esp_idf_context(target: Target, arena: ArenaPlan, placement: Placement) -> E
         arena_caps="MALLOC_CAP_SPIRAM | MALLOC_CAP_8BIT" if psram else "MALLOC_CAP_INTERNAL | MALLOC_CAP_8BIT",
         psram=psram,
         console=console_kind,
-        factory_partition_bytes=factory_partition_bytes(target, placement.flash_needed_bytes),
+        factory_partition_bytes=factory_partition_bytes(target, image_bytes),
         component_version=ESP_TFLITE_MICRO_VERSION,
     )
 
@@ -528,7 +554,10 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
 
     measured = measured_arena_bytes if measured_arena_bytes is not None else measure_arena_bytes(model)
     arena, placement = plan_arena(info, measured, target)
-    check_fit(placement, target, options.force)
+    extra_flash = selftest_bytes(info)
+    image_bytes = placement.flash_needed_bytes + extra_flash
+    fits = placement.sram_fits and image_bytes <= placement.flash_budget_bytes
+    check_fit(placement, target, options.force, extra_flash)
 
     input_tensor, output_tensor = info.input_tensors[0], info.output_tensors[0]
     inputs = selftest_input(input_tensor)
@@ -556,9 +585,10 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         tolerance=options.tolerance if options.tolerance is not None else default_tolerance(target.kernel_library),
         arena=arena,
         placement=placement,
-        forced=options.force and not placement.fits,
+        selftest_flash_bytes=extra_flash,
+        forced=options.force and not fits,
         cmake_arm=cmake_arm_context(target, arena) if target.build_system == "cmake-arm" else None,
-        esp_idf=esp_idf_context(target, arena, placement) if target.build_system == "esp-idf" else None,
+        esp_idf=esp_idf_context(target, arena, image_bytes) if target.build_system == "esp-idf" else None,
         regenerate_command=_regenerate_command(options, name),
     )
 
@@ -589,11 +619,12 @@ def manifest(context: ProjectContext) -> str:
                     "selftest_seed": SELFTEST_SEED},
         "arena": {**asdict(context.arena), "margin_rule": MARGIN_NOTE},
         "predicted": {
-            "flash_needed_bytes": context.placement.flash_needed_bytes,
+            "flash_needed_bytes": context.predicted_flash_bytes,
+            "selftest_flash_bytes": context.selftest_flash_bytes,
             "flash_budget_bytes": context.placement.flash_budget_bytes,
             "sram_needed_bytes": context.placement.sram_needed_bytes,
             "sram_budget_bytes": context.placement.sram_budget_bytes,
-            "fits": context.placement.fits,
+            "fits": context.fits,
         },
         "operators": [op.name for op in context.operators],
         "regenerate": context.regenerate_command,

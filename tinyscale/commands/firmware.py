@@ -42,6 +42,6 @@ def firmware(
     typer.echo(
         f"wrote {len(result.files)} files to {result.out_dir} ({context.build_system}, {len(context.operators)} ops, "
         f"arena {context.arena.arena_bytes:,} B in {context.arena.region}, "
-        f"flash {context.placement.flash_needed_bytes:,} of {context.placement.flash_budget_bytes:,} B); "
+        f"flash {context.predicted_flash_bytes:,} of {context.placement.flash_budget_bytes:,} B); "
         f"see {result.out_dir / 'README.md'}"
     )
