@@ -487,10 +487,12 @@ def build_stub_elf(context: fw.ProjectContext, tmp_path: Path) -> Path:
         compile_file(ARM_GCC, src / name, [*flags, "-std=c11", f"-I{src}"], objects[-1])
     for name in ("main.cc", "stub_runner.cc"):
         objects.append(tmp_path / f"{name}.o")
-        compile_file(ARM_GXX, src / name, [*flags, "-std=c++17", "-fno-rtti", "-fno-exceptions",
+        compile_file(ARM_GXX, src / name, [*flags, "-std=c++17", "-fno-rtti", "-fno-exceptions", "-nostdinc++",
                                            f"-I{src}", f"-I{stubs}"], objects[-1])
     elf = tmp_path / "app.elf"
-    command = [ARM_GXX, *flags, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections",
+    # Linked by the C driver: the stub needs no libstdc++, which Debian packages apart
+    # (libstdc++-arm-none-eabi-newlib) from gcc-arm-none-eabi.
+    command = [ARM_GCC, *flags, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections",
                f"-T{out / 'linker.ld'}", *map(str, objects), "-o", str(elf)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
