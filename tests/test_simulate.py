@@ -73,14 +73,17 @@ def test_memory_report_uses_the_measured_minimal_arena_and_the_target(tiny):
     assert report.flash_needed_bytes == report.model_bytes + simulate.runtime_flash_estimate(report.info.operator_names)
     assert report.peak.live_bytes <= report.arena_bytes
     # SRAM need is the device arena: host minimum + the kernel library's scratch margin.
-    device = simulate.memory_report(model, make_target(10**9, 10**9)).placement.device_arena_bytes
+    # Flash need adds the firmware's embedded self-test input and expected output.
+    unbounded = simulate.memory_report(model, make_target(10**9, 10**9)).placement
+    device, selftest = unbounded.device_arena_bytes, unbounded.selftest_flash_bytes
     assert device > report.arena_bytes
-    roomy = make_target(report.model_bytes + 1000, device + 10, flash_reserved=5000)
+    assert selftest == sum(t.nbytes for t in (*report.info.input_tensors, *report.info.output_tensors))
+    roomy = make_target(report.model_bytes + selftest + 1000, device + 10, flash_reserved=5000)
     data = simulate.memory_report(model, roomy).to_dict()
     assert data["fits"] is True
-    assert data["flash_needed_bytes"] == report.model_bytes + 5000
+    assert data["flash_needed_bytes"] == report.model_bytes + selftest + 5000
     assert data["flash_headroom_bytes"] == 1000 and data["sram_headroom_bytes"] == 10
-    tight = make_target(report.model_bytes + 1000, device - 1)
+    tight = make_target(report.model_bytes + selftest + 1000, device - 1)
     assert simulate.memory_report(model, tight).to_dict()["fits"] is False
 
 

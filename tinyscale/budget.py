@@ -20,6 +20,7 @@ class Placement:
     arena_bytes: int  # the host-measured (or estimated) minimal arena
     arena_margin_bytes: int  # what the target's kernel library adds on the device
     device_arena_bytes: int  # what the firmware allocates: align16(arena + margin)
+    selftest_flash_bytes: int  # the firmware's embedded self-test input and expected output
     flash_needed_bytes: int
     flash_budget_bytes: int
     sram_needed_bytes: int
@@ -77,11 +78,15 @@ def choose_arena_region(target: Target, arena_bytes: int) -> MemoryRegion:
     return max(regions, key=lambda region: region.arena_budget_bytes)
 
 
-def place(target: Target, model_bytes: int, arena_bytes: int, margin_bytes: int = 0) -> Placement:
+def place(
+    target: Target, model_bytes: int, arena_bytes: int, margin_bytes: int = 0, selftest_bytes: int = 0
+) -> Placement:
     """Flash and SRAM need of a model whose host arena is `arena_bytes`.
 
     `margin_bytes` comes from tinyscale.kernels.arena_margin_bytes for the
     target's kernel library; the SRAM need is for the device arena.
+    `selftest_bytes` is the int8 input + output the firmware embeds for its
+    self-test: flash that every generated project spends beside the model.
     """
     device_arena = device_arena_bytes(arena_bytes, margin_bytes)
     region = choose_arena_region(target, device_arena)
@@ -90,9 +95,18 @@ def place(target: Target, model_bytes: int, arena_bytes: int, margin_bytes: int 
         arena_bytes=arena_bytes,
         arena_margin_bytes=device_arena - arena_bytes,
         device_arena_bytes=device_arena,
-        flash_needed_bytes=model_bytes + target.flash.reserved_bytes,
+        selftest_flash_bytes=selftest_bytes,
+        flash_needed_bytes=model_bytes + selftest_bytes + target.flash.reserved_bytes,
         flash_budget_bytes=target.flash.budget_bytes,
         sram_needed_bytes=_region_need(region, device_arena),
         sram_budget_bytes=region.size_bytes,
         arena_region=region.name,
     )
+
+
+def selftest_flash_bytes(input_shape: tuple[int, ...], classes: int) -> int:
+    """Flash of one int8 self-test input image and its expected int8 output."""
+    count = 1
+    for dim in input_shape:
+        count *= dim
+    return count + classes

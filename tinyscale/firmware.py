@@ -227,7 +227,6 @@ class ProjectContext:
     tolerance: int
     arena: ArenaPlan
     placement: Placement
-    selftest_flash_bytes: int  # the embedded self-test vectors, flash beside the model
     forced: bool
     cmake_arm: CmakeArmContext | None = None
     esp_idf: EspIdfContext | None = None
@@ -235,7 +234,12 @@ class ProjectContext:
 
     @property
     def predicted_flash_bytes(self) -> int:
-        return self.placement.flash_needed_bytes + self.selftest_flash_bytes
+        """Model + self-test vectors + the target's reserved runtime flash."""
+        return self.placement.flash_needed_bytes
+
+    @property
+    def selftest_flash_bytes(self) -> int:
+        return self.placement.selftest_flash_bytes
 
     @property
     def fits(self) -> bool:
@@ -325,29 +329,22 @@ def selftest_bytes(info: ModelInfo) -> int:
 
 def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[ArenaPlan, Placement]:
     margin = arena_margin_bytes(op_shapes(info.operators, info.tensors), target.kernel_library, target.cpu)
-    placement = place(target, info.size_bytes, measured_bytes, margin)
+    placement = place(target, info.size_bytes, measured_bytes, margin, selftest_bytes(info))
     arena = placement.device_arena_bytes
     region = next(r for r in target.memory if r.name == placement.arena_region)
     plan = ArenaPlan(measured_bytes, arena - measured_bytes, arena, region.name, region.kind)
     return plan, placement
 
 
-def check_fit(placement: Placement, target: Target, force: bool, extra_flash_bytes: int = 0) -> None:
+def check_fit(placement: Placement, target: Target, force: bool) -> None:
     """Refuse a model that exceeds the target, with the numbers (unless forced).
 
-    `extra_flash_bytes` is what the firmware adds beside the model (the self-test
-    vectors); the placement itself is the fitter's, so fit and firmware agree on the arena.
+    The placement is the fitter's (same arena margin, same self-test flash), so
+    a model `fit` accepts is never refused here.
     """
-    flash_needed = placement.flash_needed_bytes + extra_flash_bytes
-    problems = []
-    if flash_needed > placement.flash_budget_bytes:
-        problems.append(f"flash {flash_needed:,} B > {placement.flash_budget_bytes:,} B")
-    if not placement.sram_fits:
-        problems.append(
-            f"SRAM ({placement.arena_region}) {placement.sram_needed_bytes:,} B > {placement.sram_budget_bytes:,} B")
-    if not problems:
+    if placement.fits:
         return
-    message = f"the model does not fit {target.name}: {', '.join(problems)}"
+    message = f"the model does not fit {target.name}: {placement.describe_shortfall()}"
     if not force:
         raise DoesNotFitError(f"{message} (use --force to generate the project anyway)")
     log.warning("%s; generating anyway (--force)", message)
@@ -554,10 +551,9 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
 
     measured = measured_arena_bytes if measured_arena_bytes is not None else measure_arena_bytes(model)
     arena, placement = plan_arena(info, measured, target)
-    extra_flash = selftest_bytes(info)
-    image_bytes = placement.flash_needed_bytes + extra_flash
-    fits = placement.sram_fits and image_bytes <= placement.flash_budget_bytes
-    check_fit(placement, target, options.force, extra_flash)
+    image_bytes = placement.flash_needed_bytes
+    fits = placement.fits
+    check_fit(placement, target, options.force)
 
     input_tensor, output_tensor = info.input_tensors[0], info.output_tensors[0]
     inputs = selftest_input(input_tensor)
@@ -585,7 +581,6 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         tolerance=options.tolerance if options.tolerance is not None else default_tolerance(target.kernel_library),
         arena=arena,
         placement=placement,
-        selftest_flash_bytes=extra_flash,
         forced=options.force and not fits,
         cmake_arm=cmake_arm_context(target, arena) if target.build_system == "cmake-arm" else None,
         esp_idf=esp_idf_context(target, arena, image_bytes) if target.build_system == "esp-idf" else None,

@@ -19,7 +19,7 @@ from typing import Callable
 
 from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
-from tinyscale.budget import Placement, place
+from tinyscale.budget import Placement, place, selftest_flash_bytes
 from tinyscale.errors import DoesNotFitError
 from tinyscale.kernels import OpShapes, arena_margin_bytes, op_shapes
 from tinyscale.scaling import Coefficients
@@ -87,7 +87,8 @@ def _operator_shapes(spec: NetworkSpec) -> tuple[OpShapes, ...]:
 def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placement:
     """Where `spec`'s model goes on `target`, with the kernel library's arena margin."""
     margin = arena_margin_bytes(_operator_shapes(spec), target.kernel_library, target.cpu)
-    return place(target, memory.model_bytes, memory.arena_bytes, margin)
+    selftest = selftest_flash_bytes(spec.input_shape, spec.classes)
+    return place(target, memory.model_bytes, memory.arena_bytes, margin, selftest)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import numpy as np
 
 from tinyscale import tflm
 from tinyscale.budget import Placement, place
+from tinyscale.firmware import selftest_bytes
 from tinyscale.kernels import arena_margin_bytes, op_shapes
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, ModelError, UsageError
@@ -315,7 +316,7 @@ def memory_report(data: bytes, target: Target | None = None, source: str = "the 
     if target is not None:
         # The same device-arena rule as fit and firmware: host minimum + kernel scratch.
         margin = arena_margin_bytes(op_shapes(info.operators, info.tensors), target.kernel_library, target.cpu)
-        placement = place(target, info.size_bytes, arena.arena_bytes, margin)
+        placement = place(target, info.size_bytes, arena.arena_bytes, margin, selftest_bytes(info))
     if target is not None:
         runtime_bytes, runtime_source = target.flash.reserved_bytes, f"{target.name} flash.reserved_bytes"
     else:
