@@ -16,6 +16,8 @@
 #define TS_SYST_CSR 0xE000E010u
 #define TS_SYST_RVR 0xE000E014u
 #define TS_SYST_CVR 0xE000E018u
+#define TS_SCB_ICSR 0xE000ED04u
+#define TS_ICSR_PENDSTSET (1u << 26)
 
 static volatile uint32_t ts_milliseconds;
 
@@ -30,12 +32,29 @@ static void timer_init(void) {
 uint32_t ts_time_us(void) {
   uint32_t milliseconds;
   uint32_t ticks;
+  uint32_t pending;
   // Re-read if the tick interrupt ran in between, so the two parts agree.
   do {
     milliseconds = ts_milliseconds;
     ticks = TS_REG(TS_SYST_CVR);
+    pending = TS_REG(TS_SCB_ICSR) & TS_ICSR_PENDSTSET;
   } while (milliseconds != ts_milliseconds);
-  return milliseconds * 1000u + (TS_TICKS_PER_MS - 1u - ticks) / TS_TICKS_PER_US;
+  // The counter can wrap before its interrupt is taken (seen under QEMU):
+  // a pending tick with the counter near its reload value is a millisecond
+  // already elapsed, or time would step backwards.
+  if (pending && ticks > TS_TICKS_PER_MS / 2u) {
+    milliseconds += 1u;
+  }
+  uint32_t now = milliseconds * 1000u + (TS_TICKS_PER_MS - 1u - ticks) / TS_TICKS_PER_US;
+  // An interrupt taken later than half a tick can still make a reading step
+  // back by under a millisecond: never return less than the last reading
+  // (modular compare, so the 71-minute wrap of the counter still passes).
+  static uint32_t last;
+  if ((uint32_t)(last - now) < 1000u) {
+    now = last;
+  }
+  last = now;
+  return now;
 }
 
 // ---- Semihosting (Arm "Semihosting for AArch32 and AArch64"): the debugger or
