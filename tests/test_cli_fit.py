@@ -153,3 +153,15 @@ def test_targets_json_lists_every_board():
     assert result.exit_code == 0
     names = {board["name"] for board in json.loads(result.stdout)}
     assert {"esp32", "mps2-an386", "nucleo-h743zi2"} <= names
+
+
+def test_console_entry_point_turns_usage_errors_into_one_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from tinyscale.cli import main; main()", "scale", "--phi", "abc"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "--phi" in done.stderr and "Traceback" not in done.stderr

@@ -96,19 +96,38 @@ def _register_commands() -> None:
 _register_commands()
 
 
+def _click_exception_types() -> tuple[type[BaseException], ...]:
+    """Usage-error bases: Typer >= 0.25 ships its own click fork beside click itself."""
+    types: list[type[BaseException]] = []
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+    except ImportError:  # older Typer: plain click
+        pass
+    else:
+        types.append(TyperClickException)
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        types.append(click.ClickException)
+    return tuple(types)
+
+
 def main() -> None:
     """Console entry point: click's usage errors also become one line on stderr."""
-    import click
-
     try:
         result = app(standalone_mode=False)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("error: aborted", err=True)
         sys.exit(1)
-    except click.ClickException as exc:
-        command = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "tinyscale --help"
+    except _click_exception_types() as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help already printed: a bare `tinyscale`
+            sys.exit(0)
+        context = getattr(exc, "ctx", None)
+        command = f"{context.command_path} --help" if context else "tinyscale --help"
         typer.echo(f"error: {exc.format_message()} (see '{command}')", err=True)
-        sys.exit(exc.exit_code)
+        sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(result if isinstance(result, int) else 0)
 
 
