@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from tinyscale import firmware as fw
 from tinyscale.cli import app
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
+from tinyscale.kernels import ARENA_ALIGNMENT
 from tinyscale.targets import load_all_targets, load_target
 from tinyscale.tflite_model import read_model
 
@@ -145,7 +146,7 @@ def test_arena_is_measured_plus_margin_and_aligned(model, host_figures):
         context = context_for(model, host_figures, target_name)
         plan = context.arena
         assert plan.measured_bytes == arena
-        assert plan.arena_bytes % fw.ARENA_ALIGNMENT == 0
+        assert plan.arena_bytes % ARENA_ALIGNMENT == 0
         assert plan.margin_bytes >= fw.arena_margin_bytes(fw.op_shapes(read_model(model).operators, read_model(model).tensors), context.target.kernel_library, context.target.cpu)
         assert plan.arena_bytes == plan.measured_bytes + plan.margin_bytes
 

@@ -19,10 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,9 +28,9 @@ import numpy as np
 
 from tinyscale import __version__
 from tinyscale.budget import Placement, place
-from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
-from tinyscale.fsutil import check_output_dir
-from tinyscale.kernels import ARENA_ALIGNMENT, MARGIN_NOTE, align_up, arena_margin_bytes, op_shapes
+from tinyscale.errors import DoesNotFitError, ModelError, TemplateError, TinyscaleError
+from tinyscale.fsutil import check_output_dir, publish_directory, staging_directory
+from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
 from tinyscale.tflite_model import ModelInfo, TensorInfo, read_model
@@ -703,28 +701,13 @@ def render_project(context: ProjectContext, destination: Path) -> list[str]:
     return sorted(written)
 
 
-def _replace_directory(staged: Path, out_dir: Path) -> None:
-    """Move the fully rendered `staged` into place; an old `out_dir` is removed only afterwards."""
-    if not out_dir.exists():
-        os.rename(staged, out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-    os.rename(out_dir, old / "previous")
-    os.rename(staged, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_project(context: ProjectContext, out_dir: Path, force: bool) -> tuple[str, ...]:
     out_dir = Path(out_dir)
     check_output_dir(out_dir, force)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staged = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as exc:
-        raise OutputExistsError(f"cannot write beside {out_dir}: {exc.strerror or exc}") from None
+    staged = staging_directory(out_dir)
     try:
         files = render_project(context, staged)
-        _replace_directory(staged, out_dir)
+        publish_directory(staged, out_dir)
     except BaseException as exc:
         shutil.rmtree(staged, ignore_errors=True)
         if isinstance(exc, OSError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -50,3 +51,28 @@ def check_output_dir(path: Path, force: bool) -> None:
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"{path} exists and is not a directory")
     refuse_clobber(path, force)
+
+
+def staging_directory(out: Path) -> Path:
+    """An empty hidden directory beside `out` to build a whole output tree in."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise TinyscaleError(f"cannot write beside {out}: {exc.strerror or exc}") from None
+
+
+def publish_directory(staged: Path, out: Path) -> None:
+    """Move a finished `staged` tree to `out`; an old `out` is removed only afterwards.
+
+    Both live in the same parent, so each step is a rename: at no point is
+    `out` missing or half-written.
+    """
+    if not out.exists():
+        os.rename(staged, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    os.rename(out, old / "previous")
+    os.rename(staged, out)
+    shutil.rmtree(old, ignore_errors=True)

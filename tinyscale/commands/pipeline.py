@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -30,8 +29,15 @@ from tinyscale.commands.core import (
     _table,
 )
 from tinyscale.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
-from tinyscale.errors import DataError, ModelError, OutputExistsError, UsageError
-from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir, refuse_clobber
+from tinyscale.errors import DataError, ModelError, UsageError
+from tinyscale.fsutil import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_output_dir,
+    publish_directory,
+    refuse_clobber,
+    staging_directory,
+)
 from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients
 from tinyscale.targets import Target, load_target
 
@@ -527,20 +533,6 @@ def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes:
     return None
 
 
-def _stage_directory(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-
-
-def _publish(stage: Path, out: Path, force: bool) -> None:
-    """Move the finished staging directory to `out` (replacing it only with --force)."""
-    if out.exists():
-        if not force and any(out.iterdir()):
-            raise OutputExistsError(f"output directory {out} exists and is not empty; use --force to overwrite")
-        shutil.rmtree(out)
-    os.replace(stage, out)
-
-
 @app.command()
 @reports_errors
 def build(
@@ -576,7 +568,7 @@ def build(
         _err(f"fitting {base.value} to {board.name} ({train_set.classes} classes, {channels} channel(s))")
     fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels)
     network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
-    stage = _stage_directory(out)
+    stage = staging_directory(out)
     try:
         atomic_write_text(stage / FIT_FILE, json.dumps(fitted, indent=2) + "\n")
         trained = _train(network, train_set, config, quiet)
@@ -596,7 +588,8 @@ def build(
         summary = _build_summary(board, network, trained, report, evaluation, out, firmware_problem)
         summary["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
-        _publish(stage, out, force)
+        refuse_clobber(out, force)  # something may have appeared there while we trained
+        publish_directory(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
