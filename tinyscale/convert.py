@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -19,7 +18,8 @@ import numpy as np
 
 from tinyscale import __version__
 from tinyscale.arch import NetworkSpec
-from tinyscale.errors import ConversionError
+from tinyscale.errors import ConversionError, TinyscaleError
+from tinyscale.fsutil import atomic_write_bytes
 from tinyscale.quiet import quiet_tensorflow
 
 log = logging.getLogger(__name__)
@@ -194,20 +194,12 @@ def _read_cached(path: Path) -> bytes | None:
         return None
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory; cache failures are not fatal."""
+def _write_cache(path: Path, data: bytes) -> None:
+    """A cache that cannot be written is not fatal: the conversion still stands."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(data)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-    except OSError as error:
-        log.warning("could not write conversion cache %s: %s", path, error)
+        atomic_write_bytes(path, data)
+    except TinyscaleError as error:
+        log.warning("could not write conversion cache: %s", error)
 
 
 def convert_spec(spec: NetworkSpec, *, seed: int = 0) -> bytes:
@@ -247,5 +239,5 @@ def spec_to_tflite(spec: NetworkSpec, *, seed: int = 0) -> bytes:
             return cached
     flatbuffer = convert_spec(spec, seed=seed)
     if path is not None:
-        _write_atomically(path, flatbuffer)
+        _write_cache(path, flatbuffer)
     return flatbuffer
