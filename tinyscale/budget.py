@@ -52,6 +52,26 @@ class Placement:
         """The budgets this placement exceeds: () when it fits."""
         return tuple(name for name, ok in (("flash", self.flash_fits), ("sram", self.sram_fits)) if not ok)
 
+    def to_dict(self) -> dict:
+        """The JSON form every command reports (fit, scale, simulate)."""
+        return {
+            "model_bytes": self.model_bytes,
+            "arena_bytes": self.arena_bytes,
+            "arena_margin_bytes": self.arena_margin_bytes,
+            "device_arena_bytes": self.device_arena_bytes,
+            "selftest_flash_bytes": self.selftest_flash_bytes,
+            "arena_region": self.arena_region,
+            "flash_needed_bytes": self.flash_needed_bytes,
+            "flash_budget_bytes": self.flash_budget_bytes,
+            "flash_headroom_bytes": self.flash_headroom_bytes,
+            "sram_needed_bytes": self.sram_needed_bytes,
+            "sram_budget_bytes": self.sram_budget_bytes,
+            "sram_headroom_bytes": self.sram_headroom_bytes,
+            "fits": self.fits,
+            "flash_fits": self.flash_fits,
+            "sram_fits": self.sram_fits,
+        }
+
     def describe_shortfall(self) -> str:
         parts = []
         if not self.flash_fits:

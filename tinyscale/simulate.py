@@ -275,20 +275,7 @@ class MemoryReport:
             "layers": [row.to_dict() for row in self.rows],
         }
         if self.placement is not None:
-            p = self.placement
-            data.update(
-                fits=p.fits,
-                flash_fits=p.flash_fits,
-                sram_fits=p.sram_fits,
-                sram_needed_bytes=p.sram_needed_bytes,
-                arena_margin_bytes=p.arena_margin_bytes,
-                device_arena_bytes=p.device_arena_bytes,
-                flash_budget_bytes=p.flash_budget_bytes,
-                sram_budget_bytes=p.sram_budget_bytes,
-                flash_headroom_bytes=p.flash_headroom_bytes,
-                sram_headroom_bytes=p.sram_headroom_bytes,
-                arena_region=p.arena_region,
-            )
+            data.update(self.placement.to_dict())
         return data
 
 

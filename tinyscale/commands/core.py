@@ -196,15 +196,7 @@ def scale(
     result["model_bytes"], result["arena_bytes"] = model_bytes, arena_bytes
     if board is not None:
         placement = placement_for(board, spec, Memory(model_bytes, arena_bytes))
-        result.update(
-            target=board.name,
-            fits=placement.fits,
-            device_arena_bytes=placement.device_arena_bytes,
-            flash_needed_bytes=placement.flash_needed_bytes,
-            sram_needed_bytes=placement.sram_needed_bytes,
-            flash_budget_bytes=placement.flash_budget_bytes,
-            sram_budget_bytes=placement.sram_budget_bytes,
-        )
+        result.update(target=board.name, **placement.to_dict())
         rows += [("target", board.name)] + _placement_rows(placement)
         rows.append(("fits", "yes" if placement.fits else f"no: {placement.describe_shortfall()}"))
     typer.echo(json.dumps(result, indent=2) if json_output else _table(rows))
