@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from tinyscale.arch import BlockSpec, NetworkSpec
+from tinyscale.kernels import align_up
 
 # ---------------------------------------------------------------------------
 # 1. The TFLite graph the converter emits
@@ -591,10 +592,6 @@ _PREPARE_TEMPS = {
 }
 
 
-def _align_up(value: int, alignment: int) -> int:
-    return -(-value // alignment) * alignment
-
-
 def _align_down(value: int, alignment: int) -> int:
     return value // alignment * alignment
 
@@ -623,7 +620,7 @@ class _Requirement:
         self._require(self.head - self.tail)
 
     def temporary(self, size: int, alignment: int) -> None:
-        start = _align_up(self.temp, alignment)
+        start = align_up(self.temp, alignment)
         self._require(start + size - self.tail)
         self.temp = start + size
 
@@ -641,7 +638,7 @@ class _Requirement:
 
     def planner_scratch(self, buffer_count: int) -> None:
         """GreedyMemoryPlanner::Init gets all free memory; it must hold every buffer."""
-        free_start = _align_up(self.temp, ARENA_ALIGNMENT)
+        free_start = align_up(self.temp, ARENA_ALIGNMENT)
         self._require(free_start + PLANNER_BYTES_PER_BUFFER * buffer_count - _align_down(self.tail, ARENA_ALIGNMENT))
 
 
@@ -676,7 +673,7 @@ def _temporary_ends(channels: tuple[int, ...]) -> tuple[int, ...]:
     end, ends = 0, []
     for count in channels:
         for size, alignment in _tensor_struct_allocations(count):
-            end = _align_up(end, alignment) + size
+            end = align_up(end, alignment) + size
         ends.append(end)
     return tuple(ends)
 
@@ -735,13 +732,13 @@ def planned_buffers(graph: Graph) -> list[_Buffer]:
             if index >= 0:
                 last[index] = scope
         for size in _scratch_requests(graph, op):
-            scratch.append(_Buffer(_align_up(size, ARENA_ALIGNMENT), scope, scope))
+            scratch.append(_Buffer(align_up(size, ARENA_ALIGNMENT), scope, scope))
     end = len(graph.operators)
     for index in graph.outputs:
         first.setdefault(index, end)
         last[index] = end
     buffers = [
-        _Buffer(_align_up(tensor.nbytes, ARENA_ALIGNMENT), first[index], last[index])
+        _Buffer(align_up(tensor.nbytes, ARENA_ALIGNMENT), first[index], last[index])
         for index, tensor in enumerate(graph.tensors)
         if not tensor.constant and tensor.nbytes and index in first
     ]
@@ -885,7 +882,7 @@ def arena_plan(graph: Graph) -> ArenaPlan:
         start = _Requirement(tail=residue)
         _start_allocations(graph, start, options_bytes)
         aligned_tail = _align_down(start.tail, ARENA_ALIGNMENT)  # where the rest begins
-        base = _align_up(max(start.need, rest.need - aligned_tail, 0), ARENA_ALIGNMENT)
+        base = align_up(max(start.need, rest.need - aligned_tail, 0), ARENA_ALIGNMENT)
         size = base + residue
         tail = size - (base + aligned_tail + rest.tail)
         if best is None or size < best[0]:
