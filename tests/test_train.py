@@ -10,7 +10,8 @@ import pytest
 from tinyscale import arch
 from tinyscale.data import Dataset
 from tinyscale.errors import DataError, OutputExistsError, UsageError
-from tinyscale.train import HISTORY_FILE, MODEL_FILE, TrainConfig, load_keras_model, save_training, train_network
+from tinyscale.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, early_stopping_start, load_keras_model,
+                             save_training, train_network)
 
 
 def stripes(count: int = 96, size: int = 20, seed: int = 0) -> Dataset:
@@ -40,11 +41,24 @@ def test_training_reports_progress_and_keeps_the_best_epoch(trained):
     assert [r.epoch for r in reports] == [1, 2]
     assert result.epochs_run == 2
     assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
-    best = int(np.argmin(result.history["val_loss"]))
+    start = early_stopping_start(QUICK)
+    best = start + int(np.argmax(result.history["val_accuracy"][start:]))
     assert result.best_epoch == best + 1
     assert result.val_accuracy == result.history["val_accuracy"][best]
     assert result.train_samples + result.val_samples == 96
     assert tuple(result.model.input_shape[1:]) == NETWORK.spec.input_shape
+
+
+def test_early_stopping_waits_for_the_second_half_of_the_schedule():
+    config = TrainConfig(epochs=6, batch_size=32, augment=False, patience=1, seed=3)
+    assert early_stopping_start(config) == 3
+    result = train_network(NETWORK, stripes(), config)
+    # Patience counts only from epoch 4 (1-based): at least 5 epochs run, and the
+    # kept epoch is the best validation accuracy among those watched.
+    assert result.epochs_run >= 5
+    watched = result.history["val_accuracy"][3:]
+    assert result.best_epoch == 4 + int(np.argmax(watched))
+    assert result.val_accuracy == max(watched)
 
 
 def test_same_seed_same_history(trained):

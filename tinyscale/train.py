@@ -41,6 +41,12 @@ EAGER_MAX_STEPS = 50
 LONG_EPOCH_STEPS = 100
 SHORT_RUN_STEPS = 2000
 SHORT_RUN_BN_MOMENTUM = 0.9
+# Early stopping watches validation accuracy (the figure users read), and its
+# patience starts counting only in the second half of the cosine schedule: while
+# the rate is still high the metric is noisy, and a 25-epoch Fashion-MNIST run
+# with patience 5 from epoch 1 stopped at epoch 12, below a 10-epoch run.
+EARLY_STOP_MONITOR = "val_accuracy"
+EARLY_STOP_START_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 2e-3
     validation_fraction: float = 0.1
-    patience: int = 5  # epochs without a better validation loss before stopping
+    patience: int = 5  # epochs without a better validation accuracy before stopping (second half only)
     augment: bool = True
     flip: bool = True  # horizontal flips (wrong for text or digits: turn off with --no-flip)
     dropout: float = 0.2
@@ -215,6 +221,11 @@ class _ProgressCallback:
         self.callback = Callback()
 
 
+def early_stopping_start(config: TrainConfig) -> int:
+    """The first epoch (0-based) early stopping may keep or stop at."""
+    return int(config.epochs * EARLY_STOP_START_FRACTION)
+
+
 def _adapt_batchnorm_momentum(model: Any, total_steps: int) -> None:
     """Short runs: a lower BN momentum so the moving statistics converge in time.
 
@@ -258,9 +269,10 @@ def train_network(
         jit_compile=False,  # XLA compilation costs more than it saves on these small CPU runs
         run_eagerly=steps * config.epochs <= EAGER_MAX_STEPS,
     )
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-    ]
+    stopper = keras.callbacks.EarlyStopping(monitor=EARLY_STOP_MONITOR, mode="max", patience=config.patience,
+                                            start_from_epoch=early_stopping_start(config),
+                                            restore_best_weights=True)
+    callbacks = [stopper]
     if progress is not None:
         callbacks.append(_ProgressCallback(keras, config.epochs, steps, progress).callback)
     resolution, channels = spec.resolution, spec.channels
@@ -277,7 +289,7 @@ def train_network(
     history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
     if not history.get("val_loss") or not all(math.isfinite(v) for v in history["loss"]):
         raise TinyscaleError("training diverged (loss is not finite); try a lower --learning-rate")
-    best = int(np.argmin(history["val_loss"]))
+    best = stopper.best_epoch  # the epoch whose weights were restored (0-based)
     return TrainResult(
         model=model,
         history=history,

@@ -212,7 +212,7 @@ def train(
     batch_size: BatchOption = 64,
     learning_rate: Annotated[float, typer.Option("--learning-rate", help="Adam's initial rate (cosine decay).")] = 2e-3,
     validation_split: Annotated[float, typer.Option("--validation-split", help="Fraction held out for validation.")] = 0.1,
-    patience: Annotated[int, typer.Option("--patience", min=1, help="Stop after this many epochs without improvement.")] = 5,
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Stop after this many epochs without a better validation accuracy (counted in the second half of the run).")] = 5,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random shifts (and flips) while training.")] = True,
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal flips in augmentation (off for text, digits).")] = True,
     limit: LimitOption = None,
