@@ -7,7 +7,7 @@ import pytest
 
 from tinyscale import arch
 from tinyscale.errors import DataError, MeasurementError, ModelError
-from tinyscale.tflm import _Worker, check_loads, measure_arena, probe, run_model
+from tinyscale.tflm import ModelRunner, _Worker, check_loads, measure_arena, probe, run_model
 
 pytest.importorskip("tflite_micro")
 
@@ -37,6 +37,20 @@ def test_run_model_is_deterministic(model):
     second = run_model(model, inputs, arena_bytes=measure_arena(model).arena_bytes + 1000)
     assert first.dtype == np.int8 and first.shape[0] == 3
     assert np.array_equal(first, second)
+
+
+def test_one_runner_serves_many_batches_and_survives_a_bad_one(model):
+    rng = np.random.default_rng(1)
+    inputs = rng.integers(-128, 128, size=(5, *_input_shape(model)), dtype=np.int8)
+    with ModelRunner(model) as runner:
+        pid = runner._worker.process.pid
+        parts = [runner.run(inputs[:2]), runner.run(inputs[2:])]
+        with pytest.raises(DataError):
+            runner.run(inputs[:, :1])  # wrong shape: refused, the worker lives on
+        again = runner.run(inputs[:1])
+        assert runner._worker.process.pid == pid  # one worker for every batch
+    assert np.array_equal(np.concatenate(parts), run_model(model, inputs))
+    assert np.array_equal(again, parts[0][:1])
 
 
 def test_too_small_arena_is_a_measurement_error_not_a_crash(model):

@@ -61,8 +61,9 @@ KERNEL_FLASH_BYTES = {
 }
 DEFAULT_KERNEL_FLASH_BYTES = 2_048
 
-# Each run_model call should stay well inside tflm's per-run time limit (30 s):
-# the chunk size is adapted to the measured time per image.
+# Each chunk should take a few seconds (progress reports come once per chunk and
+# a chunk must stay well inside the runner's per-batch time limit): its size is
+# adapted to the measured time per image.
 CHUNK_SECONDS = 8.0
 FIRST_CHUNK = 32
 MAX_CHUNK = 4096
@@ -434,16 +435,17 @@ def run_parallel(data: bytes, inputs: np.ndarray, arena_bytes: int, workers: int
     def run_shard(indices: np.ndarray) -> np.ndarray:
         outputs = []
         position = 0
-        while position < len(indices):
-            chunk = indices[position:position + planner.size()]
-            started = time.perf_counter()
-            outputs.append(tflm.run_model(data, inputs[chunk], arena_bytes=arena_bytes))
-            planner.observe(len(chunk), time.perf_counter() - started)
-            position += len(chunk)
-            with lock:
-                done[0] += len(chunk)
-                if progress is not None:
-                    progress(done[0])
+        with tflm.ModelRunner(data, arena_bytes=arena_bytes) as runner:  # one worker start per shard
+            while position < len(indices):
+                chunk = indices[position:position + planner.size()]
+                started = time.perf_counter()
+                outputs.append(runner.run(inputs[chunk]))
+                planner.observe(len(chunk), time.perf_counter() - started)
+                position += len(chunk)
+                with lock:
+                    done[0] += len(chunk)
+                    if progress is not None:
+                        progress(done[0])
         return np.concatenate(outputs)
 
     with ThreadPoolExecutor(max_workers=len(shards)) as pool:

@@ -353,25 +353,52 @@ def probe(model: bytes, arena_bytes: int, *, invoke: bool = True, timeout: float
 # Running and loading
 
 
+class ModelRunner:
+    """One TFLM worker holding `model`, reused for many batches.
+
+    Starting a worker (a Python process importing tflite_micro) costs more than
+    running a small model on a chunk of images; evaluation keeps one per thread.
+    Each batch still runs in a forked, time-limited child, so a crash costs one
+    batch, not the worker. Without `arena_bytes`, any arena large enough is used.
+    """
+
+    def __init__(self, model: bytes, *, arena_bytes: int | None = None, timeout: float = 300.0) -> None:
+        self.timeout = timeout
+        self.arena_bytes = arena_bytes
+        self._worker = _Worker(model, timeout)
+
+    def __enter__(self) -> "ModelRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._worker.close()
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """Output 0 for each int8 input of the batch `inputs` (N, *input_shape), stacked."""
+        inputs = np.asarray(inputs)
+        worker = self._worker
+        worker.deadline = time.monotonic() + self.timeout  # the limit is per batch, not per runner
+        _check_inputs(worker, inputs)
+        if self.arena_bytes is None:
+            self.arena_bytes = _first_allocation(worker).arena
+        inputs_path = worker.directory / "inputs.npy"
+        outputs_path = worker.directory / "outputs.npy"
+        np.save(inputs_path, inputs)
+        outcome = worker.run(self.arena_bytes, invoke=True, capture=True, inputs=inputs_path,
+                             outputs=outputs_path, timeout=self.timeout)
+        if not outcome.ok:
+            raise MeasurementError(f"TFLM failed to run the model ({outcome.status}): {_tflm_reason(outcome.text)}")
+        return np.load(outputs_path)
+
+
 def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = None,
               timeout: float = 300.0) -> np.ndarray:
     """Output 0 of `model` for each int8 input of the batch `inputs` (N, *input_shape), stacked.
 
     Without `arena_bytes`, any arena large enough is used.
     """
-    inputs = np.asarray(inputs)
-    with _Worker(model, timeout) as worker:
-        _check_inputs(worker, inputs)
-        if arena_bytes is None:
-            arena_bytes = _first_allocation(worker).arena
-        inputs_path = worker.directory / "inputs.npy"
-        outputs_path = worker.directory / "outputs.npy"
-        np.save(inputs_path, inputs)
-        outcome = worker.run(arena_bytes, invoke=True, capture=True, inputs=inputs_path, outputs=outputs_path,
-                             timeout=timeout)
-        if not outcome.ok:
-            raise MeasurementError(f"TFLM failed to run the model ({outcome.status}): {_tflm_reason(outcome.text)}")
-        return np.load(outputs_path)
+    with ModelRunner(model, arena_bytes=arena_bytes, timeout=timeout) as runner:
+        return runner.run(inputs)
 
 
 def _check_inputs(worker: _Worker, inputs: np.ndarray) -> None:
