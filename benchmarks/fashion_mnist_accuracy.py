@@ -31,9 +31,11 @@ def build(target: str, args: argparse.Namespace, out: Path) -> dict:
     if args.limit:
         command += ["--limit", str(args.limit)]
     started = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True)
+    log = out.parent / f"{target}.log"  # the build's progress (epochs, evaluation), to follow with tail -f
+    with log.open("w") as progress:
+        finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=progress, text=True)
     if finished.returncode != 0:
-        return {"target": target, "error": finished.stderr.strip().splitlines()[-1:]}
+        return {"target": target, "error": log.read_text().strip().splitlines()[-1:]}
     result = json.loads(finished.stdout)
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the build directories here")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="fmnist-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
     print(f"Fashion-MNIST, base {args.base}, grey input, up to {args.epochs} epochs"
           + (f", training subset {args.limit}" if args.limit else ", full training set") + f"; builds in {root}")
     print(f"{'target':18} {'phi':>7} {'px':>4} {'model B':>9} {'arena B':>9} {'fits':>4} {'epochs':>6} "
