@@ -28,10 +28,10 @@ from tinyscale.tflite_model import read_model
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FIRMWARE = GOLDEN / "firmware"
 TINY_MODEL = GOLDEN / "tiny.tflite"
-GOLDEN_TARGETS = ("mps2-an386", "nucleo-h743zi2", "esp32")
+GOLDEN_TARGETS = ("mps2-an386", "nucleo-h743zi2", "esp32", "nano33ble", "rpi-pico")
 # Model data (large) and files copied verbatim from firmware/ or templates/ (their
 # sources are in the repository already): the golden tree holds their sha256.
-HASHED_FILES = ("model_data.c", "selftest_data.c", "tinyscale_runner.cc", "tinyscale_runner.h",
+HASHED_FILES = ("model_data.c", "selftest_data.c", "tinyscale_runner.cc", "tinyscale_runner.cpp", "tinyscale_runner.h",
                 "tinyscale_platform.h", "board.h")
 UPDATE_GOLDEN = os.environ.get("TINYSCALE_UPDATE_GOLDEN") == "1"
 
@@ -230,11 +230,14 @@ def test_unknown_target_is_refused(workdir):
     assert_refused(result, 2, "unknown target 'nucleo-h999'", workdir, before)
 
 
-@pytest.mark.parametrize("target_name", ["nano33ble", "rpi-pico"])
-def test_build_system_without_template_is_refused(workdir, target_name):
+def test_build_system_without_template_is_refused(workdir, monkeypatch):
+    # Every build system the target schema knows has templates now: pretend pico-sdk had none.
+    monkeypatch.setattr(fw, "TEMPLATE_BUILD_SYSTEMS", tuple(b for b in fw.TEMPLATE_BUILD_SYSTEMS if b != "pico-sdk"))
+    board = workdir / "future-board.toml"
+    board.write_text(load_target("rpi-pico").path.read_text().replace('name = "rpi-pico"', 'name = "future-board"'))
     before = {p.name for p in workdir.iterdir()}
-    result = run_cli(str(workdir / "model.tflite"), "--target", target_name, "-o", str(workdir / "out"))
-    assert_refused(result, 1, "has no firmware template", workdir, before)
+    result = run_cli(str(workdir / "model.tflite"), "--target", str(board), "-o", str(workdir / "out"))
+    assert_refused(result, 1, "build system 'pico-sdk', which has no firmware template", workdir, before)
 
 
 def _set_first_operator(code: int):
@@ -513,17 +516,20 @@ def section_table(elf: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.parametrize("target", load_all_targets(), ids=lambda t: t.name)
-def test_every_bundled_target_renders_or_is_refused_clearly(model, host_figures, tmp_path, target):
-    if target.build_system not in fw.TEMPLATE_BUILD_SYSTEMS:
-        with pytest.raises(TemplateError, match=f"build system '{target.build_system}'"):
-            context_for(model, host_figures, target.name)
-        return
+def test_every_bundled_target_renders_a_project(model, host_figures, tmp_path, target):
     context = context_for(model, host_figures, target.name)
     out = render(context, tmp_path / "p")
     readme = (out / "README.md").read_text()
+    assert (out / context.source_dir / "model_data.c").is_file() and (out / "manifest.json").is_file()
     if target.build_system == "esp-idf":
         assert f"idf.py set-target {target.cpu}" in readme and "flash monitor" in readme
         assert f'CONFIG_IDF_TARGET="{target.cpu}"' in (out / "sdkconfig.defaults").read_text()
+    elif target.build_system == "arduino":
+        assert "arduino-cli compile --fqbn arduino:mbed_nano:nano33ble tiny" in readme
+        assert (out / "tiny/tiny.ino").is_file() and (out / "tiny/src/tinyscale_runner.cpp").is_file()
+    elif target.build_system == "pico-sdk":
+        assert "cmake --build build" in readme and "build/tiny.uf2" in readme
+        assert "pico_add_extra_outputs(tiny)" in (out / "CMakeLists.txt").read_text()
     else:
         assert "cmake --build build" in readme
         assert (out / "linker.ld").is_file() and (out / "src/startup.c").is_file()

@@ -11,7 +11,9 @@ Template rules (after copier): only ``*.jinja`` files are rendered (the
 suffix is dropped), everything else is copied byte for byte; undefined
 variables are errors (``StrictUndefined``); a template that renders to
 whitespace only is not written, which is how optional files such as an
-ESP-IDF ``partitions.csv`` appear only when needed.
+ESP-IDF ``partitions.csv`` appear only when needed; ``{{ ... }}`` in a file
+or folder name is rendered too (an Arduino sketch folder and its ``.ino``
+carry the project name).
 """
 
 from __future__ import annotations
@@ -37,9 +39,17 @@ from tinyscale.tflite_model import ModelInfo, TensorInfo, read_model
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_BUILD_SYSTEMS = ("cmake-arm", "esp-idf")
-# Where each build system keeps its sources (firmware/ and templates/common/ go there).
-SOURCE_DIRS = {"cmake-arm": "src", "esp-idf": "main"}
+TEMPLATE_BUILD_SYSTEMS = ("cmake-arm", "esp-idf", "arduino", "pico-sdk")
+# Where each build system keeps its sources (firmware/ and templates/common/ go there);
+# {name} is the project name. An Arduino sketch folder is named like its .ino, and the
+# builder compiles a sketch's src/ subfolder recursively (Arduino sketch specification).
+SOURCE_DIRS = {"cmake-arm": "src", "esp-idf": "main", "arduino": "{name}/src", "pico-sdk": "src"}
+# The Arduino builder compiles .c, .cpp and .S sketch files (the sketch specification;
+# arduino-cli before 1.x and the 1.x IDE skip .cc), so the shared runner is copied as .cpp there.
+SOURCE_SUFFIXES = {"arduino": {".cc": ".cpp"}}
+# How long the USB-console boards wait at boot for a host to open the port before they
+# run the self-test anyway; they run it again whenever a terminal opens the port later.
+HOST_WAIT_MS = 10_000
 MODEL_BYTES_PER_LINE = 12
 SELFTEST_SEED = 0
 # Model data is aligned like TFLM's own examples: flatbuffer tables may hold
@@ -205,6 +215,48 @@ class EspIdfContext:
 
 
 @dataclass(frozen=True)
+class TflmLibrary:
+    """A packaged TFLite Micro snapshot a build system's projects compile against."""
+
+    name: str
+    url: str
+    commit: str  # the snapshot the template was checked against (README pins it)
+    missing_ops: frozenset[str]  # builtins its MicroMutableOpResolver has no Add method for
+
+    @property
+    def short_commit(self) -> str:
+        return self.commit[:7]
+
+
+@dataclass(frozen=True)
+class ArduinoContext:
+    fqbn: str
+    platform: str  # Boards Manager core
+    sketch: str  # sketch folder and .ino name
+    library: TflmLibrary
+    baud: int
+    host_wait_ms: int
+
+
+@dataclass(frozen=True)
+class PicoUart:
+    index: int  # UART0 or UART1
+    tx_pin: int  # GPIO number
+    rx_pin: int
+    baud: int
+
+
+@dataclass(frozen=True)
+class PicoSdkContext:
+    board: str  # PICO_BOARD
+    chip: str
+    uart: PicoUart | None  # stdio on a UART too (USB CDC is always on)
+    host_wait_ms: int
+    library: TflmLibrary
+    sdk_version: str  # the Pico SDK release the README clones
+
+
+@dataclass(frozen=True)
 class ProjectContext:
     """The one object a project's templates are rendered from."""
 
@@ -228,6 +280,8 @@ class ProjectContext:
     forced: bool
     cmake_arm: CmakeArmContext | None = None
     esp_idf: EspIdfContext | None = None
+    arduino: ArduinoContext | None = None
+    pico_sdk: PicoSdkContext | None = None
     regenerate_command: str = ""
 
     @property
@@ -302,6 +356,19 @@ def resolver_ops(info: ModelInfo) -> tuple[OpEntry, ...]:
     if not entries:
         raise ModelError("the model has no operators")
     return tuple(dict.fromkeys(entries))
+
+
+def check_library_ops(operators: tuple[OpEntry, ...], build_system: str) -> None:
+    """ModelError for an operator the build system's packaged TFLM snapshot cannot register."""
+    library = TFLM_LIBRARIES.get(build_system)
+    if library is None:
+        return  # a TFLM tree or component recent enough for every OP_RESOLVER_METHODS entry
+    for op in operators:
+        if op.name in library.missing_ops:
+            raise ModelError(
+                f"operator {op.name} is not in {library.name} ({library.url} at {library.short_commit}), "
+                f"the TFLite Micro that {build_system} projects build with"
+            )
 
 
 def check_io(info: ModelInfo) -> None:
@@ -527,6 +594,97 @@ def esp_idf_context(target: Target, arena: ArenaPlan, image_bytes: int) -> EspId
     )
 
 
+# TFLite Micro snapshots the Arduino and Pico SDK projects build with. missing_ops:
+# the OP_RESOLVER_METHODS builtins whose Add method their micro_mutable_op_resolver.h lacks.
+ARDUINO_TFLM = TflmLibrary(
+    name="Arduino_TensorFlowLite",
+    url="https://github.com/tensorflow/tflite-micro-arduino-examples",
+    commit="7948b85e020470a30a83bf00e10fc43b486bfcba",  # 2023-12; TFLM synced 2023-02-27
+    missing_ops=frozenset({"BATCH_MATMUL", "DYNAMIC_UPDATE_SLICE", "EMBEDDING_LOOKUP", "REDUCE_ALL",
+                           "REDUCE_MIN", "REVERSE_V2"}),
+)
+PICO_TFLM = TflmLibrary(
+    name="pico-tflmicro",
+    url="https://github.com/raspberrypi/pico-tflmicro",
+    commit="dfea53b977f131dc50d7060568ad4fd355d4d71e",  # 2024-12-26, TFLM of that month
+    missing_ops=frozenset({"DYNAMIC_UPDATE_SLICE", "REDUCE_ALL", "REDUCE_MIN", "REVERSE_V2"}),
+)
+TFLM_LIBRARIES = {"arduino": ARDUINO_TFLM, "pico-sdk": PICO_TFLM}
+
+# Boards the Arduino template builds for: Arduino_TensorFlowLite compiles only for the
+# Nano 33 BLE (its src/peripherals/peripherals.h stops with #error "unsupported board"
+# elsewhere). Chip named in the target's board -> (FQBN, Boards Manager core).
+_ARDUINO_BOARDS = {"nrf52840": ("arduino:mbed_nano:nano33ble", "arduino:mbed_nano")}
+
+
+def arduino_context(target: Target, project_name: str) -> ArduinoContext:
+    board = next((v for chip, v in _ARDUINO_BOARDS.items() if chip in target.board.lower()), None)
+    if board is None:
+        raise TemplateError(
+            f"target {target.name!r}: the Arduino template builds for the Nano 33 BLE (nRF52840) only, "
+            f"the one board {ARDUINO_TFLM.name} supports; board {target.board!r} is not one"
+        )
+    console_kind = target.console.kind if target.console else "usb-cdc"
+    if console_kind != "usb-cdc":
+        raise TemplateError(f"target {target.name!r}: Arduino projects print to Serial, a usb-cdc console")
+    fqbn, platform = board
+    return ArduinoContext(
+        fqbn=fqbn,
+        platform=platform,
+        sketch=project_name,
+        library=ARDUINO_TFLM,
+        baud=(target.console.baud if target.console else None) or 115200,
+        host_wait_ms=HOST_WAIT_MS,
+    )
+
+
+PICO_SDK_VERSION = "2.1.1"
+# cpu -> (PICO_BOARD, chip). The RP2350 (cortex-m33) would be "pico2" once checked.
+_PICO_BOARDS = {"cortex-m0plus": ("pico", "RP2040")}
+# RP2040 datasheet, 2.19.2 "Function Select" (F2 = UART): the GPIOs that carry each
+# UART's TX and RX.
+_RP2040_UART_PINS = {0: ((0, 12, 16, 28), (1, 13, 17, 29)), 1: ((4, 8, 20, 24), (5, 9, 21, 25))}
+
+
+def _gpio(name: str | None) -> int | None:
+    match = re.fullmatch(r"GP(?:IO)?(\d{1,2})", name or "")
+    return int(match.group(1)) if match else None
+
+
+def pico_uart(target: Target) -> PicoUart:
+    console = target.console
+    match = re.fullmatch(r"UART([01])", console.instance or "")
+    index = int(match.group(1)) if match else None
+    tx, rx = _gpio(console.tx_pin), _gpio(console.rx_pin)
+    if index is None or tx not in _RP2040_UART_PINS[index][0] or rx not in _RP2040_UART_PINS[index][1]:
+        raise TemplateError(
+            f"target {target.name!r}: a UART console needs instance UART0 or UART1 with its RP2040 pins "
+            f"(UART0 TX GP0/12/16/28, RX GP1/13/17/29; UART1 TX GP4/8/20/24, RX GP5/9/21/25), "
+            f"got {console.instance!r} {console.tx_pin!r}/{console.rx_pin!r}"
+        )
+    return PicoUart(index, tx, rx, console.baud or 115200)
+
+
+def pico_sdk_context(target: Target) -> PicoSdkContext:
+    board = _PICO_BOARDS.get(target.cpu)
+    if board is None:
+        raise TemplateError(
+            f"target {target.name!r}: Pico SDK projects are made for cpu {', '.join(_PICO_BOARDS)} (RP2040), "
+            f"not {target.cpu!r}"
+        )
+    console_kind = target.console.kind if target.console else "usb-cdc"
+    if console_kind not in ("uart", "usb-cdc"):
+        raise TemplateError(f"target {target.name!r}: Pico SDK projects support uart or usb-cdc consoles")
+    return PicoSdkContext(
+        board=board[0],
+        chip=board[1],
+        uart=pico_uart(target) if console_kind == "uart" else None,
+        host_wait_ms=HOST_WAIT_MS,
+        library=PICO_TFLM,
+        sdk_version=PICO_SDK_VERSION,
+    )
+
+
 # ---------------------------------------------------------------------------
 # Building the context
 
@@ -544,8 +702,12 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
     check_build_system(target)
     info = read_model(model)
     operators = resolver_ops(info)
+    check_library_ops(operators, target.build_system)
     check_io(info)
     name = check_identifier(options.name or default_project_name(options.model_file), "project name")
+    # Board glue that needs no measurement is checked first, so a bad target fails fast.
+    arduino = arduino_context(target, name) if target.build_system == "arduino" else None
+    pico_sdk = pico_sdk_context(target) if target.build_system == "pico-sdk" else None
 
     measured = measured_arena_bytes if measured_arena_bytes is not None else measure_arena_bytes(model)
     arena, placement = plan_arena(info, measured, target)
@@ -566,7 +728,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         tinyscale_version=__version__,
         target=target,
         build_system=target.build_system,
-        source_dir=SOURCE_DIRS[target.build_system],
+        source_dir=SOURCE_DIRS[target.build_system].format(name=name),
         phi=options.phi,
         model_file=Path(options.model_file).name,
         model_sha256=hashlib.sha256(model).hexdigest(),
@@ -582,6 +744,8 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         forced=options.force and not fits,
         cmake_arm=cmake_arm_context(target, arena) if target.build_system == "cmake-arm" else None,
         esp_idf=esp_idf_context(target, arena, image_bytes) if target.build_system == "esp-idf" else None,
+        arduino=arduino,
+        pico_sdk=pico_sdk,
         regenerate_command=_regenerate_command(options, name),
     )
 
@@ -660,28 +824,46 @@ def _files(directory: Path) -> list[Path]:
     )
 
 
-def render_tree(source: Path, destination: Path, context: ProjectContext) -> list[str]:
-    """Render `source` into `destination`; returns the written paths relative to `destination`."""
+def _output_path(env, relative: Path, context: ProjectContext, suffixes: dict[str, str]) -> Path:
+    """A template's path in the project: `{{ ... }}` in a file or folder name is rendered
+    (an Arduino sketch is named after the project), then the suffix is mapped."""
+    parts = []
+    for part in relative.parts:
+        if "{{" in part:
+            part = env.from_string(part).render(ctx=context)
+            if part in ("", ".", "..") or "/" in part or "\\" in part:
+                raise TemplateError(f"template path {relative} renders to an unusable name {part!r}")
+        parts.append(part)
+    out = Path(*parts)
+    if out.suffix == ".jinja":
+        out = out.with_suffix("")
+    return out.with_suffix(suffixes.get(out.suffix, out.suffix))
+
+
+def render_tree(source: Path, destination: Path, context: ProjectContext,
+                suffixes: dict[str, str] | None = None) -> list[str]:
+    """Render `source` into `destination`; returns the written paths relative to `destination`.
+
+    `suffixes` maps a file suffix to the one it gets in the project (".cc" -> ".cpp").
+    """
     import jinja2  # noqa: PLC0415
 
     env = _environment(source)
     written = []
     for path in _files(source):
         relative = path.relative_to(source)
-        if path.suffix == ".jinja":
-            out = destination / relative.with_suffix("")
-            try:
-                text = env.get_template(relative.as_posix()).render(ctx=context)
-            except jinja2.TemplateError as exc:
-                raise TemplateError(f"template {relative}: {exc}") from None
-            if not text.strip():
-                continue  # optional file not needed for this project
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text, encoding="utf-8")
-        else:
-            out = destination / relative
-            out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out = destination / _output_path(env, relative, context, suffixes or {})
+            text = env.get_template(relative.as_posix()).render(ctx=context) if path.suffix == ".jinja" else None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"template {relative}: {exc}") from None
+        if text is not None and not text.strip():
+            continue  # optional file not needed for this project
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if text is None:
             shutil.copyfile(path, out)
+        else:
+            out.write_text(text, encoding="utf-8")
         written.append(out.relative_to(destination).as_posix())
     return written
 
@@ -693,9 +875,10 @@ def render_project(context: ProjectContext, destination: Path) -> list[str]:
     if not system_dir.is_dir():
         raise TemplateError(f"templates for {context.build_system} are missing ({system_dir})")
     sources = destination / context.source_dir
+    suffixes = SOURCE_SUFFIXES.get(context.build_system)
     written = render_tree(system_dir, destination, context)
-    written += [f"{context.source_dir}/{p}" for p in render_tree(templates / "common", sources, context)]
-    written += [f"{context.source_dir}/{p}" for p in render_tree(firmware_sources_dir(), sources, context)]
+    for shared in (templates / "common", firmware_sources_dir()):
+        written += [f"{context.source_dir}/{p}" for p in render_tree(shared, sources, context, suffixes)]
     (destination / "manifest.json").write_text(manifest(context), encoding="utf-8")
     written.append("manifest.json")
     return sorted(written)

@@ -29,7 +29,7 @@ def firmware(
     tolerance: Annotated[Optional[int], typer.Option(min=0, max=255, help="Self-test max |device - host| per value (default 0 for reference kernels, 1 for optimized).")] = None,
     phi: Annotated[Optional[float], typer.Option(help="Compound-scaling phi the model was made with (recorded in the manifest).")] = None,
 ) -> None:
-    """Render an ESP-IDF or CMake (arm-none-eabi) firmware project that runs MODEL with a self-test."""
+    """Render a firmware project (ESP-IDF, CMake arm-none-eabi, Arduino sketch or Pico SDK) that runs MODEL with a self-test."""
     from tinyscale.firmware import FirmwareOptions, generate_firmware  # noqa: PLC0415 - keeps --help fast
     from tinyscale.targets import load_target  # noqa: PLC0415
 
