@@ -41,6 +41,15 @@ def test_core_imports_no_tensorflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_python_dash_m_runs_the_cli():
+    ok = subprocess.run([sys.executable, "-m", "tinyscale", "targets"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "esp32" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "tinyscale", "fit", "--target", "no-such-board"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: unknown target")
+
+
 def test_wheel_ships_targets_templates_and_firmware(tmp_path):
     pytest.importorskip("hatchling")
     subprocess.run(
