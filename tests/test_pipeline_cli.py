@@ -249,7 +249,9 @@ def small_target(path: Path) -> Path:
     text = NUCLEO.read_text()
     text = text.replace('name = "nucleo-l476rg"', 'name = "small-board"')
     text = re.sub(r"budget_bytes = 1_048_576", "budget_bytes = 180_000", text)
-    text = re.sub(r"size_bytes = 98_304", "size_bytes = 50_000", text)
+    text, regions = re.subn(r"(\[\[memory\]\].*?size_bytes = )[\d_]+", r"\g<1>50_000", text, count=1,
+                             flags=re.S)
+    assert regions == 1
     path.write_text(text)
     return path
 
@@ -271,3 +273,22 @@ def test_build_end_to_end(workdir, trained):
     assert summary["firmware"] is True and (out / "firmware" / "README.md").is_file()
     assert not [p for p in workdir.iterdir() if p.name.startswith(".built.")]  # no staging left behind
     one_line_error(invoke("build", "--target", target, "--data", data, "-o", out), 4, "--force")
+
+
+def test_build_failing_after_training_keeps_the_trained_model(workdir, trained, monkeypatch):
+    from tinyscale.commands import pipeline
+    from tinyscale.errors import MeasurementError
+
+    def tflm_aborts(*args, **kwargs):
+        raise MeasurementError("the TFLM worker process died (exit -6): abort")
+
+    monkeypatch.setattr(pipeline, "_simulation", tflm_aborts)
+    out = workdir / "aborted"
+    target = small_target(workdir / "small-board.toml")
+    result = invoke("build", "--target", target, "--data", trained[0], "--base", "tiny", "--epochs", "1",
+                    "--calibration-samples", "16", "-o", out, "--json")
+    kept = workdir / "aborted.failed"
+    one_line_error(result, 1, f"the trained model is kept in {kept / 'model.keras'}")
+    assert not out.exists()  # the output itself is never half-written
+    assert {p.name for p in kept.iterdir()} >= {"fit.json", "model.keras", "history.json"}
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".aborted.")]

@@ -28,6 +28,11 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., object])
 
 
+def _notes(exc: BaseException) -> str:
+    """What the code added on the way up (exc.add_note), kept on the same line."""
+    return "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
+
+
 def reports_errors(func: F) -> F:
     """Turn library errors into one stderr line and an exit code (never a traceback)."""
 
@@ -36,10 +41,10 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except TinyscaleError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {exc}{_notes(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            typer.echo("error: interrupted", err=True)
+        except KeyboardInterrupt as exc:
+            typer.echo(f"error: interrupted{_notes(exc)}", err=True)
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
@@ -47,7 +52,8 @@ def reports_errors(func: F) -> F:
             if os.environ.get("TINYSCALE_DEBUG"):
                 raise
             typer.echo(
-                f"error: internal error ({type(exc).__name__}: {exc}); rerun with TINYSCALE_DEBUG=1 for details",
+                f"error: internal error ({type(exc).__name__}: {exc}){_notes(exc)}; rerun with TINYSCALE_DEBUG=1"
+                " for details",
                 err=True,
             )
             raise typer.Exit(70) from None

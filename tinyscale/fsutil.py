@@ -76,3 +76,21 @@ def publish_directory(staged: Path, out: Path) -> None:
     os.rename(out, old / "previous")
     os.rename(staged, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def keep_failed_directory(staged: Path, out: Path) -> Path:
+    """Rename a staged tree that a failure interrupted to a visible `<out>.failed[-N]` beside `out`.
+
+    Used when the tree already holds something costly (a trained model): the
+    user keeps it, `out` itself stays untouched. Returns where it now is.
+    """
+    for attempt in range(1, 100):
+        kept = out.parent / (f"{out.name}.failed" if attempt == 1 else f"{out.name}.failed-{attempt}")
+        if kept.exists():
+            continue
+        try:
+            os.rename(staged, kept)
+        except OSError:
+            return staged
+        return kept
+    return staged

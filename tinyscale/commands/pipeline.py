@@ -34,6 +34,7 @@ from tinyscale.fsutil import (
     atomic_write_bytes,
     atomic_write_text,
     check_output_dir,
+    keep_failed_directory,
     publish_directory,
     refuse_clobber,
     staging_directory,
@@ -554,7 +555,7 @@ def build(
     json_output: JsonOption = False,
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""
-    from tinyscale.train import TrainConfig, save_training  # noqa: PLC0415
+    from tinyscale.train import MODEL_FILE, TrainConfig, save_training  # noqa: PLC0415
 
     started = time.perf_counter()
     check_output_dir(out, force)
@@ -569,11 +570,13 @@ def build(
     fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels)
     network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
     stage = staging_directory(out)
+    model_saved = False
     try:
         atomic_write_text(stage / FIT_FILE, json.dumps(fitted, indent=2) + "\n")
         trained = _train(network, train_set, config, quiet)
         metadata = _training_metadata(data, limit, seed, train_set, network, board.name)
         model_path, _ = save_training(trained, stage, metadata)
+        model_saved = True
         size, model_channels, _ = _model_geometry(trained.model)
         representative = network_inputs(train_set.limit(calibration_samples, seed).x, size, model_channels)
         if not quiet:
@@ -590,8 +593,14 @@ def build(
         atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
         refuse_clobber(out, force)  # something may have appeared there while we trained
         publish_directory(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+    except BaseException as failure:
+        if not model_saved:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        # Training is the costly step (minutes to hours): a later failure or ^C keeps
+        # its result where the user can continue with `tinyscale convert`.
+        kept = keep_failed_directory(stage, out)
+        failure.add_note(f"the trained model is kept in {kept / MODEL_FILE}")
         raise
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
