@@ -295,7 +295,7 @@ class ProjectContext:
 
     @property
     def fits(self) -> bool:
-        return self.placement.sram_fits and self.predicted_flash_bytes <= self.placement.flash_budget_bytes
+        return self.placement.fits
 
 
 @dataclass(frozen=True)
@@ -499,6 +499,18 @@ def _pin(name: str | None, family: _Stm32Family, target: Target) -> PinMux:
     return PinMux(name, port, family.gpioa_base + port * _GPIO_PORT_STRIDE, int(match.group(2)))
 
 
+DEFAULT_BAUD = 115200
+
+
+def _console_kind(target: Target, default: str) -> str:
+    """The target's console kind, or the build system's usual one when the file names none."""
+    return target.console.kind if target.console else default
+
+
+def _console_baud(target: Target) -> int:
+    return (target.console.baud if target.console else None) or DEFAULT_BAUD
+
+
 def uart_glue(target: Target) -> UartGlue:
     console = target.console
     family_name = stm32_family(target)
@@ -508,7 +520,7 @@ def uart_glue(target: Target) -> UartGlue:
             f"target {target.name!r}: a UART console needs instance (one of {', '.join(family.usarts)}), "
             "tx_pin, rx_pin and af"
         )
-    baud = console.baud or 115200
+    baud = _console_baud(target)
     base, enable_offset, enable_bit = family.usarts[console.instance]
     pins = tuple(_pin(p, family, target) for p in (console.tx_pin, console.rx_pin))
     return UartGlue(
@@ -539,7 +551,7 @@ HEAP_BYTES = 4 * 1024
 def cmake_arm_context(target: Target, arena: ArenaPlan) -> CmakeArmContext:
     regions = tuple(LinkerRegion(r.name, _linker_symbol(r), r.origin or 0, r.size_bytes) for r in target.memory)
     symbols = {r.name: r.symbol for r in regions}
-    console_kind = target.console.kind if target.console else "semihosting"
+    console_kind = _console_kind(target, "semihosting")
     if console_kind not in ("semihosting", "uart"):
         raise TemplateError(f"target {target.name!r}: cmake-arm projects support uart or semihosting consoles")
     uart = uart_glue(target) if console_kind == "uart" else None
@@ -580,7 +592,7 @@ def factory_partition_bytes(target: Target, image_bytes: int) -> int | None:
 
 def esp_idf_context(target: Target, arena: ArenaPlan, image_bytes: int) -> EspIdfContext:
     psram = arena.region_kind == "psram"
-    console_kind = target.console.kind if target.console else "uart"
+    console_kind = _console_kind(target, "uart")
     mhz = min(target.clock_hz // 1_000_000, _ESP_CPU_MHZ.get(target.cpu, 160))
     return EspIdfContext(
         idf_target=target.cpu,
@@ -624,7 +636,7 @@ def arduino_context(target: Target, project_name: str) -> ArduinoContext:
             f"target {target.name!r}: the Arduino template builds for the Nano 33 BLE (nRF52840) only, "
             f"the one board {ARDUINO_TFLM.name} supports; board {target.board!r} is not one"
         )
-    console_kind = target.console.kind if target.console else "usb-cdc"
+    console_kind = _console_kind(target, "usb-cdc")
     if console_kind != "usb-cdc":
         raise TemplateError(f"target {target.name!r}: Arduino projects print to Serial, a usb-cdc console")
     fqbn, platform = board
@@ -633,7 +645,7 @@ def arduino_context(target: Target, project_name: str) -> ArduinoContext:
         platform=platform,
         sketch=project_name,
         library=ARDUINO_TFLM,
-        baud=(target.console.baud if target.console else None) or 115200,
+        baud=_console_baud(target),
         host_wait_ms=HOST_WAIT_MS,
     )
 
@@ -662,7 +674,7 @@ def pico_uart(target: Target) -> PicoUart:
             f"(UART0 TX GP0/12/16/28, RX GP1/13/17/29; UART1 TX GP4/8/20/24, RX GP5/9/21/25), "
             f"got {console.instance!r} {console.tx_pin!r}/{console.rx_pin!r}"
         )
-    return PicoUart(index, tx, rx, console.baud or 115200)
+    return PicoUart(index, tx, rx, _console_baud(target))
 
 
 def pico_sdk_context(target: Target) -> PicoSdkContext:
@@ -672,7 +684,7 @@ def pico_sdk_context(target: Target) -> PicoSdkContext:
             f"target {target.name!r}: Pico SDK projects are made for cpu {', '.join(_PICO_BOARDS)} (RP2040), "
             f"not {target.cpu!r}"
         )
-    console_kind = target.console.kind if target.console else "usb-cdc"
+    console_kind = _console_kind(target, "usb-cdc")
     if console_kind not in ("uart", "usb-cdc"):
         raise TemplateError(f"target {target.name!r}: Pico SDK projects support uart or usb-cdc consoles")
     return PicoSdkContext(

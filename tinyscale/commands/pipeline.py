@@ -570,13 +570,11 @@ def build(
     fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels)
     network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
     stage = staging_directory(out)
-    model_saved = False
     try:
         atomic_write_text(stage / FIT_FILE, json.dumps(fitted, indent=2) + "\n")
         trained = _train(network, train_set, config, quiet)
         metadata = _training_metadata(data, limit, seed, train_set, network, board.name)
         model_path, _ = save_training(trained, stage, metadata)
-        model_saved = True
         size, model_channels, _ = _model_geometry(trained.model)
         representative = network_inputs(train_set.limit(calibration_samples, seed).x, size, model_channels)
         if not quiet:
@@ -594,7 +592,7 @@ def build(
         refuse_clobber(out, force)  # something may have appeared there while we trained
         publish_directory(stage, out)
     except BaseException as failure:
-        if not model_saved:
+        if not (stage / MODEL_FILE).exists():  # nothing costly to keep yet
             shutil.rmtree(stage, ignore_errors=True)
             raise
         # Training is the costly step (minutes to hours): a later failure or ^C keeps
