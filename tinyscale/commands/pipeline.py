@@ -497,13 +497,15 @@ def simulate(
         plot_memory(report, plot, _arena_budget(report.placement))
     if json_output:
         typer.echo(json.dumps(_simulation_dict(report, evaluation, board), indent=2))
-        return
-    parts = [_table(_memory_rows(report, board)), _operator_table(report)]
-    if evaluation is not None:
-        parts.append(_accuracy_text(evaluation))
-    if plot is not None:
-        parts.append(f"wrote {plot}")
-    typer.echo("\n\n".join(parts))
+    else:
+        parts = [_table(_memory_rows(report, board)), _operator_table(report)]
+        if evaluation is not None:
+            parts.append(_accuracy_text(evaluation))
+        if plot is not None:
+            parts.append(f"wrote {plot}")
+        typer.echo("\n\n".join(parts))
+    if board is not None:
+        report.placement.require_fits(str(model), board.name)  # exit 3 after the full report
 
 
 # ---------------------------------------------------------------------------
@@ -600,10 +602,8 @@ def build(
         kept = keep_failed_directory(stage, out)
         failure.add_note(f"the trained model is kept in {kept / MODEL_FILE}")
         raise
-    if json_output:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    typer.echo(_build_text(summary, report, board))
+    typer.echo(json.dumps(summary, indent=2) if json_output else _build_text(summary, report, board))
+    report.placement.require_fits("the trained model", board.name)  # exit 3, like fit and simulate
 
 
 def _build_summary(board: Target, network: ScaledNetwork, trained, report, evaluation, out: Path,
@@ -621,6 +621,11 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
         "classes": network.spec.classes,
         "model_bytes": report.model_bytes,
         "arena_bytes": report.arena_bytes,
+        "kernel_scratch_bytes": placement.kernel_scratch_bytes,
+        "arena_slack_bytes": placement.arena_slack_bytes,
+        "device_arena_bytes": placement.device_arena_bytes,
+        "selftest_flash_bytes": placement.selftest_flash_bytes,
+        "flash_reserved_bytes": placement.flash_reserved_bytes,
         "fits": placement.fits,
         "flash_needed_bytes": placement.flash_needed_bytes,
         "flash_budget_bytes": placement.flash_budget_bytes,
