@@ -315,3 +315,15 @@ def test_verbose_logs_once_when_root_has_a_handler():
     assert root_sink.getvalue() == ""
     # After the command the library's records reach root again (an embedding program's logging).
     assert logging.getLogger("tinyscale").propagate is True
+
+
+@pytest.mark.slow
+def test_fit_prove_shows_the_measured_next_network(tmp_path):
+    board = board_toml(tmp_path / "board.toml", 60_000, 40_000)
+    data = json.loads(invoke("fit", "--target", board, "--base", "tiny", "--prove", "--json").stdout)
+    following = data["next"]
+    assert data["next_verified"] is True and following["measured"] is True and following["fits"] is False
+    table = invoke("fit", "--target", board, "--base", "tiny", "--prove")
+    assert table.exit_code == 0, table.output
+    assert _row(table.stdout, "next network").endswith("(measured in TFLM by --prove)")
+    assert f"model {following['model_bytes']:,} B, arena {following['arena_bytes']:,} B" in table.stdout

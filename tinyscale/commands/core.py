@@ -288,7 +288,7 @@ def _next_rows(result) -> list[tuple[str, str]]:
         return [("next phi", "none (search ceiling)")]
     placement = result.next_placement
     spec = result.request.spec(result.next_phi)
-    source = "measured in TFLM (--prove)" if result.next_measured is not None else "estimated; --prove measures it"
+    source = "measured in TFLM by --prove" if result.next_measured is not None else "estimated; --prove measures it"
 
     def verdict(need: int, budget: int) -> str:
         return f"{need:,} / {budget:,} B ({_percent_of(need, budget)}), " + (

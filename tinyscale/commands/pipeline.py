@@ -39,7 +39,7 @@ from tinyscale.fsutil import (
     refuse_clobber,
     staging_directory,
 )
-from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients
+from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
 from tinyscale.targets import Target, load_target
 
 FIT_FILE = "fit.json"
@@ -183,7 +183,7 @@ def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
     spec = network.spec
     if not quiet:
         _err(
-            f"training {spec.base} phi={network.phi:g} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
+            f"training {spec.base} phi={format_phi(network.phi)} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
             f"{arch.count_params(spec):,} params) on {len(dataset):,} samples of {dataset.source}"
         )
     return train_network(network, dataset, config, progress=None if quiet else (lambda report: _err(report.line())))
@@ -650,7 +650,7 @@ def _build_text(summary: dict[str, Any], report, board: Target) -> str:
     fits = "yes" if summary["fits"] else f"NO: {report.placement.describe_shortfall()}"
     rows = [
         ("target", f"{board.name} ({board.board})"),
-        ("network", f"{summary['base']} phi={summary['phi']:g}, {summary['resolution']}x{summary['resolution']}"
+        ("network", f"{summary['base']} phi={format_phi(summary['phi'])}, {summary['resolution']}x{summary['resolution']}"
                     f"x{summary['channels']}, {summary['classes']} classes"),
         ("model", _bytes(summary["model_bytes"])),
         ("arena (minimal)", _bytes(summary["arena_bytes"])),
