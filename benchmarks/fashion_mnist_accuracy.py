@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tinyscale.scaling import format_phi
+
 DEFAULT_TARGETS = ("nucleo-l476rg", "esp32", "stm32f746g-disco")
 
 
@@ -46,7 +48,7 @@ def row(result: dict) -> str:
         return f"{result['target']:18} failed: {result['error']}"
     gap = 100 * (result["float_accuracy"] - result["int8_accuracy"])
     return (
-        f"{result['target']:18} {result['phi']:>7.3f} {result['resolution']:>4} {result['model_bytes']:>9,} "
+        f"{result['target']:18} {format_phi(result['phi']):>7} {result['resolution']:>4} {result['model_bytes']:>9,} "
         f"{result['arena_bytes']:>9,} {'yes' if result['fits'] else 'NO':>4} {result['epochs_run']:>6} "
         f"{result['train_seconds']:>8.0f} {100 * result['float_accuracy']:>7.2f} {100 * result['int8_accuracy']:>7.2f} "
         f"{gap:>6.2f} {100 * result['agreement']:>7.2f} {result['test_samples']:>6}"

@@ -13,6 +13,7 @@ import time
 
 from tinyscale.errors import DoesNotFitError
 from tinyscale.fit import FitRequest, fit
+from tinyscale.scaling import format_phi
 from tinyscale.targets import load_all_targets
 
 
@@ -23,7 +24,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     args = parser.parse_args()
     header = (
-        f"{'target':18} {'phi':>7} {'next':>7} {'px':>4} {'blocks':>6} {'model B':>10} {'arena B':>9} "
+        f"{'target':18} {'phi':>8} {'next':>8} {'px':>4} {'blocks':>6} {'model B':>10} {'arena B':>9} "
         f"{'region':>8} {'flash %':>7} {'sram %':>7} {'binding':>10} {'verified':>8} {'est err arena':>13} {'s':>5}"
     )
     print(f"base {args.base}, {args.channels} channels, {args.classes} classes")
@@ -38,9 +39,10 @@ def main() -> None:
             continue
         data = result.to_dict()
         arena_error = (data["estimated_arena_bytes"] - data["arena_bytes"]) / data["arena_bytes"]
-        next_phi = "-" if result.next_phi is None else f"{result.next_phi:.2f}"
+        # Printed as fit prints them, so a phi copied from this table gives the same network.
+        next_phi = "-" if result.next_phi is None else format_phi(result.next_phi)
         print(
-            f"{target.name:18} {result.phi:7.2f} {next_phi:>7} {data['resolution']:4} {data['blocks']:6} "
+            f"{target.name:18} {format_phi(result.phi):>8} {next_phi:>8} {data['resolution']:4} {data['blocks']:6} "
             f"{data['model_bytes']:10,} {data['arena_bytes']:9,} {data['arena_region']:>8} "
             f"{100 * data['flash_utilisation']:7.1f} {100 * data['sram_utilisation']:7.1f} {data['binding']:>10} "
             f"{str(result.verified):>8} {100 * arena_error:12.2f}% {time.perf_counter() - start:5.1f}"

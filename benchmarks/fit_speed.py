@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from tinyscale.fit import FitRequest, Measured, fit, measured_memory
+from tinyscale.scaling import format_phi
 from tinyscale.targets import load_target
 
 
@@ -64,7 +65,7 @@ def main() -> None:
     print(f"target {args.target}, base {args.base}")
     print(f"{'run':44} {'wall s':>8} {'phi':>8} {'networks':>9} {'conversions':>12}")
     for name, wall, phi, probes, converted in rows:
-        print(f"{name:44} {wall:8.2f} {phi:8.2f} {probes:9} {converted!s:>12}")
+        print(f"{name:44} {wall:8.2f} {format_phi(phi):>8} {probes:9} {converted!s:>12}")
     ratio = brute_wall / rows[1][1]
     same = "same" if brute.phi == verified["phi"] and brute.network.spec == request.spec(verified["phi"]) else "DIFFERENT"
     print(f"convert-every-probe / verified CLI wall: {ratio:.1f}x; answers: {same} network")

@@ -47,6 +47,13 @@ arena = true
     return str(path)
 
 
+def _row(table: str, label: str) -> str:
+    """The value of a table row: its label, then at least two spaces."""
+    import re
+
+    return next(m.group(1) for line in table.splitlines() if (m := re.fullmatch(rf"{re.escape(label)} {{2,}}(.*)", line)))
+
+
 def invoke(*args: str):
     return runner.invoke(app, list(args))
 
@@ -131,9 +138,47 @@ def test_scale_json_describes_the_network():
 
 def test_scale_with_target_reports_fit():
     result = invoke("scale", "--phi", "0", "--target", "nucleo-l476rg", "--json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # does not fit: exit 3, the JSON still printed first
     data = json.loads(result.stdout)
     assert data["fits"] is False and data["sram_needed_bytes"] > data["sram_budget_bytes"]
+    assert result.stderr.count("\n") == 1 and "does not fit nucleo-l476rg" in result.stderr
+
+
+def test_scale_with_target_exits_0_when_it_fits_and_3_when_not():
+    fitting = invoke("scale", "--phi", "-9.43", "--target", "nucleo-l476rg")
+    assert fitting.exit_code == 0, fitting.output
+    assert _row(fitting.stdout, "fits") == "yes"
+    table = invoke("scale", "--phi", "-9", "--target", "nucleo-l476rg")
+    assert table.exit_code == 3 and "fits" in table.stdout and "no: SRAM" in table.stdout
+    assert table.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", [("fit", "--no-verify"), ("scale", "--phi", "-7.604")])
+def test_flash_sram_and_arena_lines_show_every_term_and_add_up(command):
+    result = invoke(*command, "--target", "esp32")
+    assert result.exit_code == 0, result.output
+    data = json.loads(invoke(*command, "--target", "esp32", "--json").stdout)
+    flash = _row(result.stdout, "flash")
+    need, budget = data["flash_needed_bytes"], data["flash_budget_bytes"]
+    assert f"{need:,} / {budget:,} B" in flash
+    terms = (data["model_bytes"], data["flash_reserved_bytes"], data["selftest_flash_bytes"])
+    assert sum(terms) == need and all(f"{term:,}" in flash.split("=")[1] for term in terms)
+    assert "self-test vectors" in flash and "reserved runtime" in flash
+    sram = _row(result.stdout, "SRAM (dram)")
+    assert data["device_arena_bytes"] + data["sram_reserved_bytes"] == data["sram_needed_bytes"]
+    assert f"{data['device_arena_bytes']:,} + reserved {data['sram_reserved_bytes']:,} B" in sram
+    arena = _row(result.stdout, "device arena")
+    # ESP-NN's ANSI kernels on the plain ESP32 use no scratch: the margin is all slack.
+    assert data["kernel_scratch_bytes"] == 0 and data["arena_slack_bytes"] == data["arena_margin_bytes"] >= 256
+    assert f"kernel scratch 0 + slack {data['arena_slack_bytes']:,} B" in arena
+    assert data["arena_bytes"] + data["kernel_scratch_bytes"] + data["arena_slack_bytes"] == data["device_arena_bytes"]
+
+
+def test_kernel_scratch_is_named_apart_from_slack_on_cmsis_nn():
+    data = json.loads(invoke("scale", "--phi", "-9.43", "--target", "nucleo-l476rg", "--json").stdout)
+    assert data["kernel_scratch_bytes"] > 0
+    assert data["kernel_scratch_bytes"] + data["arena_slack_bytes"] == data["arena_margin_bytes"]
+    assert 256 <= data["arena_slack_bytes"] < 256 + 16
 
 
 @pytest.mark.slow
@@ -165,3 +210,120 @@ def test_console_entry_point_turns_usage_errors_into_one_line():
     )
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "--phi" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------
+# Every printed phi gives the fitted network back
+
+
+def _bundled_targets() -> list[str]:
+    from tinyscale.targets import load_all_targets
+
+    return [target.name for target in load_all_targets()]
+
+
+@pytest.mark.parametrize("target", _bundled_targets())
+def test_printed_phis_give_the_fitted_network_back(target):
+    from tinyscale import arch
+
+    table = invoke("fit", "--target", target, "--no-verify")
+    data = json.loads(invoke("fit", "--target", target, "--no-verify", "--json").stdout)
+    assert table.exit_code == 0, table.output
+
+    def spec(phi) -> arch.NetworkSpec:
+        return arch.scale(data["base"], float(phi), classes=data["classes"], channels=data["channels"]).spec
+
+    fitted = spec(data["phi"])
+    printed = _row(table.stdout, "phi")
+    assert float(printed) == data["phi"] and spec(printed) == fitted
+    assert len(printed.split(".")[-1]) <= 6
+    # The scale command given the printed phi describes the same network.
+    again = json.loads(invoke("scale", "--phi", printed, "--target", target, "--json").stdout)
+    assert (again["resolution"], again["blocks"], again["params"]) == (data["resolution"], data["blocks"], data["params"])
+    low, high = data["phi_interval"]
+    assert spec(low) == fitted and spec(round(low - 1e-6, 6)) != fitted
+    assert spec(round(high - 1e-6, 6)) == fitted and spec(high) != fitted
+    assert spec(data["next_phi"]) != fitted and spec(round(data["next_phi"] - 1e-4, 4)) in (fitted, spec(high))
+    assert f"[{low!r}, {high!r})" in _row(table.stdout, "phi interval")
+    assert _row(table.stdout, "next phi").startswith(f"{data['next_phi']!r} ")
+
+
+def test_phi_has_the_fewest_decimals_that_give_the_network():
+    from tinyscale import arch
+
+    data = json.loads(invoke("fit", "--target", "esp32", "--no-verify", "--json").stdout)
+    low, high = data["phi_interval"]
+    decimals = len(repr(data["phi"]).split(".")[-1])
+    # No phi with fewer decimals lies in the interval (esp32's is 0.002 wide: 3 decimals).
+    import math
+
+    coarse = 10 ** (decimals - 1)
+    largest_coarser = math.floor(high * coarse) / coarse
+    assert largest_coarser < low  # the biggest phi with one decimal fewer is below the interval
+    assert data["phi"] == -7.604
+    assert arch.scale(data["base"], -7.60).spec != arch.scale(data["base"], data["phi"]).spec  # the old -7.60
+
+
+# ---------------------------------------------------------------------------
+# --prove shows the next network's figures; nothing fits still prints JSON
+
+
+def test_next_network_figures_in_table_and_json():
+    table = invoke("fit", "--target", "esp32", "--no-verify")
+    data = json.loads(invoke("fit", "--target", "esp32", "--no-verify", "--json").stdout)
+    following = data["next"]
+    assert following["phi"] == data["next_phi"] and following["fits"] is False
+    assert following["measured"] is False and following["sram_needed_bytes"] > following["sram_budget_bytes"]
+    assert f"model {following['model_bytes']:,} B, arena {following['arena_bytes']:,} B (estimated" in _row(
+        table.stdout, "next network"
+    )
+    over = following["sram_needed_bytes"] - following["sram_budget_bytes"]
+    assert _row(table.stdout, "next SRAM (dram)").endswith(f"over by {over:,} B")
+    assert _row(table.stdout, "next flash").endswith("fits")
+
+
+def test_nothing_fits_json_says_what_the_smallest_needs(tmp_path):
+    board = board_toml(tmp_path / "board.toml", 300_000, 30_000)
+    result = invoke("fit", "--target", board, "--no-verify", "--json")
+    assert result.exit_code == 3
+    data = json.loads(result.stdout)
+    assert data["fits"] is False and data["phi_searched_down_to"] == -20.0
+    assert data["sram_needed_bytes"] > data["sram_budget_bytes"] == 30_000 and data["binding"] == "sram"
+    assert data["model_bytes"] > 0 and data["device_arena_bytes"] > data["arena_bytes"] > 0
+    assert "--base tiny" in data["hint"] and "--channels 1" in data["hint"] and "--classes" in data["hint"]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: nothing fits") and "--base tiny" in lines[0]
+
+
+# ---------------------------------------------------------------------------
+# Logging: one line per record, even when something configured the root logger
+
+
+def test_verbose_logs_once_when_root_has_a_handler():
+    import io
+    import logging
+
+    root_sink = io.StringIO()
+    root_handler = logging.StreamHandler(root_sink)  # what TensorFlow's import leaves behind
+    logging.getLogger().addHandler(root_handler)
+    try:
+        result = invoke("-v", "scale", "--phi", "-6", "--alpha", "1.5")
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("far from 2") == 1
+    assert root_sink.getvalue() == ""
+    # After the command the library's records reach root again (an embedding program's logging).
+    assert logging.getLogger("tinyscale").propagate is True
+
+
+@pytest.mark.slow
+def test_fit_prove_shows_the_measured_next_network(tmp_path):
+    board = board_toml(tmp_path / "board.toml", 60_000, 40_000)
+    data = json.loads(invoke("fit", "--target", board, "--base", "tiny", "--prove", "--json").stdout)
+    following = data["next"]
+    assert data["next_verified"] is True and following["measured"] is True and following["fits"] is False
+    table = invoke("fit", "--target", board, "--base", "tiny", "--prove")
+    assert table.exit_code == 0, table.output
+    assert _row(table.stdout, "next network").endswith("(measured in TFLM by --prove)")
+    assert f"model {following['model_bytes']:,} B, arena {following['arena_bytes']:,} B" in table.stdout

@@ -130,3 +130,52 @@ def test_result_json_has_the_documented_keys(synthetic_target):
     ):
         assert key in data
     assert data["verified"] is False
+
+
+def test_logged_phi_is_the_printed_phi(synthetic_target, caplog):
+    import logging
+
+    from tinyscale.scaling import format_phi
+
+    def measurer(spec):
+        memory = proxy_memory(spec)
+        return Measured(memory.model_bytes, memory.arena_bytes)
+
+    with caplog.at_level(logging.INFO, logger="tinyscale"):
+        result = fit(request_for(synthetic_target(800_000, 120_000)), estimator=proxy_memory, measurer=measurer)
+    verified = [record.getMessage() for record in caplog.records if record.getMessage().startswith("verified")]
+    assert verified == [f"verified efficientnet-lite0 at phi={format_phi(result.phi)} in 0.0 s"]
+
+
+def test_prove_puts_the_next_networks_measured_figures_in_table_and_json(synthetic_target):
+    import tinyscale.cli  # noqa: F401 - registers the commands (core's import order)
+    from tinyscale.commands.core import _fit_table
+
+    def measurer(spec):  # measurements a little above the estimate, so the two are told apart
+        memory = proxy_memory(spec)
+        return Measured(memory.model_bytes + 8, memory.arena_bytes + 16)
+
+    result = fit(request_for(synthetic_target(800_000, 120_000)), prove_next=True, estimator=proxy_memory,
+                 measurer=measurer)
+    data = result.to_dict()
+    following = data["next"]
+    measured = measurer(result.request.spec(result.next_phi))
+    assert following["measured"] is True and following["fits"] is False
+    assert (following["model_bytes"], following["arena_bytes"]) == (measured.model_bytes, measured.arena_bytes)
+    table = _fit_table(result, data, None)
+    assert (f"model {measured.model_bytes:,} B, arena {measured.arena_bytes:,} B (measured in TFLM by --prove)"
+            in table)
+    budget, need = following["sram_budget_bytes"], following["sram_needed_bytes"]
+    assert f"{need:,} / {budget:,} B" in table and f"over by {need - budget:,} B" in table
+
+
+def test_nothing_fits_error_carries_the_smallest_networks_need(synthetic_target):
+    from tinyscale.errors import NothingFitsError
+
+    with pytest.raises(NothingFitsError) as caught:
+        fit(request_for(synthetic_target(10_000, 2_000)), verify=False, estimator=proxy_memory)
+    report = caught.value.report
+    smallest = proxy_memory(request_for(synthetic_target(10_000, 2_000)).spec(-20.0))
+    assert report["fits"] is False and report["model_bytes"] == smallest.model_bytes
+    assert report["arena_bytes"] == smallest.arena_bytes and report["binding"] == "flash+sram"
+    assert caught.value.exit_code == 3 and report["hint"] in str(caught.value)

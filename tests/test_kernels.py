@@ -16,6 +16,7 @@ from tinyscale.kernels import (
     device_arena_bytes,
     esp_nn_s3_scratch_bytes,
     op_shapes,
+    split_margin,
 )
 from tinyscale.targets import load_target
 from tinyscale.tflite_model import read_model
@@ -56,3 +57,25 @@ def test_fit_and_firmware_size_the_same_device_arena(target_name):
     fit_placement = placement_for(target, spec, Memory(len(model), host_arena))
     assert plan.arena_bytes == fit_placement.device_arena_bytes
     assert firmware_placement == fit_placement
+
+
+@pytest.mark.parametrize("target_name", ["esp32", "esp32-s3", "nucleo-l476rg"])
+def test_placement_names_kernel_scratch_apart_from_slack(target_name):
+    target = load_target(target_name)
+    spec = scale("efficientnet-lite0", -8).spec
+    graph = tflite_graph(spec)
+    margin = arena_margin_bytes(op_shapes(graph.operators, graph.tensors), target.kernel_library, target.cpu)
+    scratch, slack = split_margin(margin)
+    assert slack == ARENA_SLACK_BYTES and scratch + slack == margin
+    placement = placement_for(target, spec, Memory(100_000, 50_001))
+    assert placement.kernel_scratch_bytes == scratch
+    # The slack is the fixed 256 B plus the 16-byte alignment of the device arena.
+    assert ARENA_SLACK_BYTES <= placement.arena_slack_bytes < ARENA_SLACK_BYTES + 16
+    assert placement.arena_bytes + placement.kernel_scratch_bytes + placement.arena_slack_bytes == (
+        placement.device_arena_bytes
+    )
+    assert (scratch == 0) == (target_name == "esp32")  # ESP-NN's ANSI kernels on the plain ESP32: no scratch
+
+
+def test_a_margin_below_the_slack_is_all_slack():
+    assert split_margin(0) == (0, 0) and split_margin(100) == (0, 100)

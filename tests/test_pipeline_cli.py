@@ -177,6 +177,19 @@ def test_simulate_table(converted):
     assert "fits" in result.stdout and "headroom" in result.stdout
 
 
+def test_simulate_exits_3_after_its_report_when_the_model_does_not_fit(converted, workdir):
+    board = workdir / "crowded.toml"
+    text = NUCLEO.read_text().replace('name = "nucleo-l476rg"', 'name = "crowded-board"')
+    text, regions = re.subn(r"(\[\[memory\]\].*?size_bytes = )[\d_]+", r"\g<1>2_048", text, count=1, flags=re.S)
+    board.write_text(re.sub(r"(\[\[memory\]\].*?reserved_bytes = )[\d_]+", r"\g<1>0", text, count=1, flags=re.S))
+    table = invoke("simulate", converted[0], "--target", board)
+    assert "fits" in table.stdout and "no: SRAM" in table.stdout and "<- peak" in table.stdout
+    one_line_error(table, 3, "does not fit crowded-board: SRAM")
+    as_json = invoke("simulate", converted[0], "--target", board, "--json")
+    assert json.loads(as_json.stdout)["fits"] is False
+    one_line_error(as_json, 3, "does not fit")
+
+
 def test_simulate_json_with_data_and_keras(trained, converted):
     data, out, _ = trained
     result = invoke("simulate", converted[0], "--target", "nucleo-l476rg", "--data", data,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinyscale.kernels import device_arena_bytes
+from tinyscale.errors import DoesNotFitError
+from tinyscale.kernels import device_arena_bytes, split_margin
 from tinyscale.targets import MemoryRegion, Target
 
 
@@ -18,7 +19,7 @@ class Placement:
 
     model_bytes: int
     arena_bytes: int  # the host-measured (or estimated) minimal arena
-    arena_margin_bytes: int  # what the target's kernel library adds on the device
+    arena_margin_bytes: int  # what the device adds: kernel scratch + slack (device arena - arena)
     device_arena_bytes: int  # what the firmware allocates: align16(arena + margin)
     selftest_flash_bytes: int  # the firmware's embedded self-test input and expected output
     flash_needed_bytes: int
@@ -26,6 +27,12 @@ class Placement:
     sram_needed_bytes: int
     sram_budget_bytes: int
     arena_region: str
+    # The margin's two parts: the optimized kernels' largest scratch buffer (0 for
+    # reference and ESP-NN ANSI kernels) and the fixed slack plus the 16-byte alignment.
+    kernel_scratch_bytes: int = 0
+    arena_slack_bytes: int = 0
+    flash_reserved_bytes: int = 0  # the target's reserved runtime flash (TFLM, drivers, app)
+    sram_reserved_bytes: int = 0  # the arena region's reserved bytes (stacks, heap, statics)
 
     @property
     def flash_fits(self) -> bool:
@@ -58,8 +65,12 @@ class Placement:
             "model_bytes": self.model_bytes,
             "arena_bytes": self.arena_bytes,
             "arena_margin_bytes": self.arena_margin_bytes,
+            "kernel_scratch_bytes": self.kernel_scratch_bytes,
+            "arena_slack_bytes": self.arena_slack_bytes,
             "device_arena_bytes": self.device_arena_bytes,
             "selftest_flash_bytes": self.selftest_flash_bytes,
+            "flash_reserved_bytes": self.flash_reserved_bytes,
+            "sram_reserved_bytes": self.sram_reserved_bytes,
             "arena_region": self.arena_region,
             "flash_needed_bytes": self.flash_needed_bytes,
             "flash_budget_bytes": self.flash_budget_bytes,
@@ -79,6 +90,15 @@ class Placement:
         if not self.sram_fits:
             parts.append(f"SRAM ({self.arena_region}) {self.sram_needed_bytes:,} B > {self.sram_budget_bytes:,} B")
         return ", ".join(parts) or "fits"
+
+    def require_fits(self, subject: str, target_name: str) -> None:
+        """Raise DoesNotFitError (exit 3) when this placement exceeds a budget.
+
+        Commands call it after printing their report, so the user gets the full
+        report on stdout and one error line on stderr.
+        """
+        if not self.fits:
+            raise DoesNotFitError(f"{subject} does not fit {target_name}: {self.describe_shortfall()}")
 
 
 def _region_need(region: MemoryRegion, arena_bytes: int) -> int:
@@ -110,6 +130,7 @@ def place(
     """
     device_arena = device_arena_bytes(arena_bytes, margin_bytes)
     region = choose_arena_region(target, device_arena)
+    scratch, _ = split_margin(margin_bytes)
     return Placement(
         model_bytes=model_bytes,
         arena_bytes=arena_bytes,
@@ -121,6 +142,10 @@ def place(
         sram_needed_bytes=_region_need(region, device_arena),
         sram_budget_bytes=region.size_bytes,
         arena_region=region.name,
+        kernel_scratch_bytes=scratch,
+        arena_slack_bytes=device_arena - arena_bytes - scratch,
+        flash_reserved_bytes=target.flash.reserved_bytes,
+        sram_reserved_bytes=region.reserved_bytes,
     )
 
 

@@ -69,17 +69,22 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
 ) -> None:
-    _configure_logging(verbose)
+    ctx.call_on_close(_configure_logging(verbose))
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(verbose: bool) -> Callable[[], None]:
     """Send the library's log records to the current stderr, once per invocation.
 
     A handler on the "tinyscale" logger (not the root) so that warnings reach
     the user even when something else (a test runner) already configured root.
+    The logger stops propagating while the command runs: TensorFlow's import
+    configures a root handler, which would print every record a second time.
+    Returns the undo, run when the command ends, so an embedding program (or a
+    test's log capture on root) gets its records back afterwards.
     """
     logger = logging.getLogger("tinyscale")
     for handler in list(logger.handlers):
@@ -89,7 +94,16 @@ def _configure_logging(verbose: bool) -> None:
     handler.tinyscale_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)
+    saved = logger.level, logger.propagate
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+    return restore
 
 
 def _register_commands() -> None:

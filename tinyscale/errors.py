@@ -31,6 +31,14 @@ class DoesNotFitError(TinyscaleError):
     exit_code = 3
 
 
+class NothingFitsError(DoesNotFitError):
+    """Not even the smallest network of the requested base fits; `report` says what it needs."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 class OutputExistsError(TinyscaleError):
     """An output path that exists and would be overwritten without --force."""
 

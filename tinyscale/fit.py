@@ -20,9 +20,9 @@ from typing import Callable
 from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.budget import Placement, place, selftest_flash_bytes
-from tinyscale.errors import DoesNotFitError
+from tinyscale.errors import NothingFitsError
 from tinyscale.kernels import OpShapes, arena_margin_bytes, op_shapes
-from tinyscale.scaling import Coefficients
+from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,10 @@ class FitRequest:
 @dataclass(frozen=True)
 class FitResult:
     request: FitRequest
-    phi: float  # largest phi on a 0.01 grid (0.0001 if needed) giving the answer's network
-    phi_low: float  # the answer's network is produced for phi in [phi_low, phi_high)
+    phi: float  # the largest phi with the fewest decimals (2 to 6) giving the answer's network
+    phi_low: float  # the answer's network is produced for phi in [phi_low, phi_high) (1e-6 grid)
     phi_high: float
-    next_phi: float | None  # smallest phi giving a different, larger network (None at PHI_MAX)
+    next_phi: float | None  # smallest phi (1e-4 grid) giving the next, larger network (None at PHI_MAX)
     network: ScaledNetwork
     estimate: Memory
     placement: Placement  # from the measurement when verified, else from the estimate
@@ -168,6 +168,24 @@ class FitResult:
             "search_seconds": round(self.search_seconds, 4),
             "verify_seconds": round(self.measured.seconds, 3) if self.measured else None,
             "probes": self.probes,
+            "next": self.next_dict(),
+        }
+
+    def next_dict(self) -> dict | None:
+        """The next network's memory and need against the budgets: the proof that it does not fit.
+
+        Measured in TFLM with --prove, else estimated (`measured` says which).
+        """
+        if self.next_phi is None or self.next_placement is None:
+            return None
+        spec = self.request.spec(self.next_phi)
+        return {
+            "phi": self.next_phi,
+            "resolution": spec.resolution,
+            "blocks": len(spec.blocks),
+            "measured": self.next_measured is not None,
+            **self.next_placement.to_dict(),
+            "binding": self.binding,
         }
 
 
@@ -263,26 +281,123 @@ class _Search:
         return hi
 
 
+# Printed phis: the answer with the fewest decimals (2 to 6) that still gives its
+# network, the interval's ends on the 1e-6 grid, next_phi on the 1e-4 grid
+# (finer when the next network's interval is narrower). Each is checked against
+# the spec itself: the bisected boundaries are known to BOUNDARY_TOL only.
+REPORT_DECIMALS = (2, 3, 4, 5, 6)
+INTERVAL_DECIMALS = 6
+NEXT_DECIMALS = (4, 5, 6)
+
+
+def _grid_floor(value: float, decimals: int) -> float:
+    scale = 10**decimals
+    return round(math.floor(round(value * scale, 6)) / scale, decimals)
+
+
+def _grid_ceil(value: float, decimals: int) -> float:
+    scale = 10**decimals
+    return round(math.ceil(round(value * scale, 6)) / scale, decimals)
+
+
 def _report_phi(request: FitRequest, spec: NetworkSpec, low: float, high: float) -> float:
-    """The largest 0.01-grid phi giving `spec` (0.0001 grid if the interval is narrower).
+    """The largest phi with the fewest decimals (at least 2) inside [low, high) giving `spec`."""
+    for decimals in REPORT_DECIMALS:
+        step = 10.0**-decimals
+        top = _grid_floor(high, decimals)
+        for candidate in (top, round(top - step, decimals)):
+            if low <= candidate < high and request.spec(candidate) == spec:
+                return candidate
+    return low  # an interval narrower than 1e-6: its bisected start, printed in full
 
-    Checked against the spec itself, not only the interval arithmetic, since the
-    interval's ends are known to BOUNDARY_TOL only.
+
+def _interval_ends(request: FitRequest, spec: NetworkSpec, low: float, high: float) -> tuple[float, float]:
+    """[low, high) on the 1e-6 grid: the first grid phi giving `spec`, and the first after it that does not.
+
+    `low` and `high` are bisected (within BOUNDARY_TOL above each true breakpoint),
+    so the grid value is the ceiling of each or one step below it.
     """
-    for decimals in (2, 4, 6):
-        scale = 10**decimals
-        candidate = math.floor(high * scale) / scale
-        if candidate >= high:
-            candidate -= 1 / scale
-        candidate = round(candidate, decimals)
-        if candidate >= low and request.spec(candidate) == spec:
-            return candidate
-    return low
+    step = 10.0**-INTERVAL_DECIMALS
+
+    def first_grid_phi(boundary: float, gives_spec: bool) -> float:
+        top = _grid_ceil(boundary, INTERVAL_DECIMALS)
+        for candidate in (round(top - step, INTERVAL_DECIMALS), top):
+            if candidate >= boundary - BOUNDARY_TOL and (request.spec(candidate) == spec) == gives_spec:
+                return candidate
+        return boundary  # an interval narrower than the grid: the bisected value itself
+
+    return first_grid_phi(low, True), first_grid_phi(high, False)
 
 
-def _ceil_phi(phi: float) -> float:
-    """Round a boundary up to 4 decimals so that the rounded value still lies past it."""
-    return math.ceil(phi * 1e4 - 1e-9) / 1e4
+def _phi_past(request: FitRequest, boundary: float) -> float:
+    """The smallest short decimal giving the network that starts at `boundary`.
+
+    `boundary` is the bisected first phi of a new network (within BOUNDARY_TOL
+    above the true breakpoint); 1e-4 grid, finer if that network's interval is narrower.
+    """
+    after = request.spec(boundary)
+    for decimals in NEXT_DECIMALS:
+        first = _grid_ceil(boundary - BOUNDARY_TOL, decimals)
+        for candidate in (first, round(first + 10.0**-decimals, decimals)):
+            if request.spec(candidate) == after:
+                return candidate
+    return boundary
+
+
+def _printed_phi(search: _Search, phi: float) -> float:
+    """The phi tinyscale prints for the network at `phi` (the same rule as the result's)."""
+    spec = search.request.spec(phi)
+    high = search.boundary_above(phi, PHI_MAX) or PHI_MAX
+    return _report_phi(search.request, spec, search.boundary_below(phi), high)
+
+
+def _smallest_report(search: _Search) -> dict:
+    """What the smallest network needs: the JSON `fit` prints when nothing fits."""
+    request = search.request
+    spec = request.spec(PHI_MIN)
+    placement = search.placement(spec)
+    return {
+        "fits": False,
+        "target": request.target.name,
+        "base": request.base,
+        "classes": request.classes,
+        "channels": request.channels,
+        "alpha": request.coefficients.alpha,
+        "beta": request.coefficients.beta,
+        "gamma": request.coefficients.gamma,
+        "phi_searched_down_to": PHI_MIN,
+        "smallest_resolution": spec.resolution,
+        "smallest_blocks": len(spec.blocks),
+        "smallest_params": arch.count_params(spec),
+        **placement.to_dict(),
+        "binding": "+".join(placement.failing),
+        "hint": _smaller_hint(search),
+    }
+
+
+def _smaller_hint(search: _Search) -> str:
+    """Which smaller settings to try: other bases whose smallest network fits, fewer classes, 1 channel."""
+    request = search.request
+    fitting = []
+    for name in arch.BASES:
+        if name == request.base:
+            continue
+        other = FitRequest(request.target, name, request.classes, request.channels, request.coefficients)
+        spec = other.spec(PHI_MIN)
+        if placement_for(request.target, spec, search.estimator(spec)).fits:
+            fitting.append(name)
+    bases = (
+        f"a base whose smallest network fits: {', '.join('--base ' + name for name in fitting)}"
+        if fitting
+        else f"no other base fits either (--base {', '.join(name for name in arch.BASES if name != request.base)})"
+    )
+    options = [bases]
+    if request.classes > 2:
+        options.append("fewer --classes")
+    if request.channels > 1:
+        options.append("--channels 1")
+    options.append("or a board with more memory")
+    return "try " + "; ".join(options)
 
 
 def _smallest_need(search: _Search) -> str:
@@ -292,6 +407,11 @@ def _smallest_need(search: _Search) -> str:
         f"the smallest {search.request.base} network ({spec.resolution} px, {len(spec.blocks)} blocks) "
         f"needs {placement.describe_shortfall()} on {search.request.target.name}"
     )
+
+
+def _nothing_fits(search: _Search) -> NothingFitsError:
+    report = _smallest_report(search)
+    return NothingFitsError(f"nothing fits: {_smallest_need(search)}; {report['hint']}", report)
 
 
 def fit(
@@ -307,7 +427,7 @@ def fit(
     search = _Search(request, estimator)
     start = time.perf_counter()
     if not search.fits(PHI_MIN):
-        raise DoesNotFitError(f"nothing fits: {_smallest_need(search)}")
+        raise _nothing_fits(search)
     bracket = search.bracket()
     capped = bracket is None
     phi = PHI_MAX if bracket is None else search.largest_fitting(*bracket)
@@ -317,42 +437,45 @@ def fit(
     while True:
         spec = request.spec(phi)
         boundary = search.boundary_above(phi, PHI_MAX)
-        if boundary is not None and not capped:
-            next_spec = request.spec(_ceil_phi(boundary))
-            if search.placement(next_spec).fits:
-                # Two breakpoints closer than the search tolerance: keep climbing.
-                phi = _ceil_phi(boundary)
-                continue
+        next_phi = None if boundary is None or capped else _phi_past(request, boundary)
+        if next_phi is not None and search.placement(request.spec(next_phi)).fits:
+            # Two breakpoints closer than the search tolerance: keep climbing.
+            phi = next_phi
+            continue
         if not verify:
             break
         measured = measurer(spec)
-        log.info("verified %s at phi=%.4f in %.1f s", request.base, phi, measured.seconds)
+        # The printed phi, not the bisection's: the log and the table say the same number.
+        log.info("verified %s at phi=%s in %.1f s", request.base, format_phi(_printed_phi(search, phi)), measured.seconds)
         if search.placement(spec, measured).fits:
-            if prove_next and boundary is not None and not capped:
-                next_spec = request.spec(_ceil_phi(boundary))
+            if prove_next and next_phi is not None:
+                next_spec = request.spec(next_phi)
                 next_measured = measurer(next_spec)
+                log.info("measured the next network at phi=%s in %.1f s", format_phi(next_phi), next_measured.seconds)
                 if search.placement(next_spec, next_measured).fits:
                     log.warning("the estimate under-sized the next network; stepping up")
-                    search.record_measurement(request.spec(_ceil_phi(boundary)), next_measured)
-                    phi = _ceil_phi(boundary)
+                    search.record_measurement(next_spec, next_measured)
+                    phi = next_phi
                     continue
             break
         # The estimate was optimistic: record the truth and step one network down.
-        log.warning("measurement exceeds the budget at phi=%.4f; stepping down", phi)
+        log.warning("measurement exceeds the budget at phi=%s; stepping down", format_phi(_printed_phi(search, phi)))
         search.record_measurement(spec, measured)
         low = search.boundary_below(phi)
         if low <= PHI_MIN:
-            raise DoesNotFitError(f"nothing fits: {_smallest_need(search)}")
+            raise _nothing_fits(search)
         phi = low - BOUNDARY_TOL
         capped = False
 
     spec = request.spec(phi)
     low = search.boundary_below(phi)
     high = PHI_MAX if capped else (search.boundary_above(phi, PHI_MAX) or PHI_MAX)
-    next_phi = None if capped or high >= PHI_MAX else _ceil_phi(high)
+    next_phi = None if capped or high >= PHI_MAX else _phi_past(request, high)
     estimate = search.estimate(spec)
     truth = measured or estimate
     reported_phi = PHI_MAX if capped else _report_phi(request, spec, low, high)
+    if not capped:
+        low, high = _interval_ends(request, spec, low, high)
     next_placement = None
     if next_phi is not None:
         next_spec = request.spec(next_phi)
@@ -361,8 +484,8 @@ def fit(
     return FitResult(
         request=request,
         phi=reported_phi,
-        phi_low=round(low, 6),
-        phi_high=round(high, 6),
+        phi_low=low,
+        phi_high=high,
         next_phi=next_phi,
         network=request.network(reported_phi),
         estimate=estimate,

@@ -82,6 +82,16 @@ def arena_margin_bytes(ops: Iterable[OpShapes], kernel_library: str, cpu: str = 
     return scratch + ARENA_SLACK_BYTES
 
 
+def split_margin(margin_bytes: int) -> tuple[int, int]:
+    """(kernel scratch, fixed slack) of a margin from :func:`arena_margin_bytes`.
+
+    The margin is scratch + ARENA_SLACK_BYTES; a margin below the slack (a caller
+    that adds no kernel margin) is all slack, so reports never show negative scratch.
+    """
+    slack = min(margin_bytes, ARENA_SLACK_BYTES)
+    return margin_bytes - slack, slack
+
+
 def device_arena_bytes(host_arena_bytes: int, margin_bytes: int) -> int:
     """The arena the firmware allocates: host minimum + margin, 16-byte aligned."""
     return align_up(host_arena_bytes + margin_bytes, ARENA_ALIGNMENT)

@@ -61,6 +61,14 @@ class Coefficients:
         return self.alpha**phi, self.beta**phi, self.gamma**phi
 
 
+def format_phi(phi: float) -> str:
+    """phi as every table, log line and README prints it: the shortest text that
+    parses back to the same float, so passing it to `scale --phi`, `train --phi`
+    or `build` gives the same network (fit reports phis that are short decimals)."""
+    text = repr(float(phi))
+    return text[:-2] if text.endswith(".0") else text
+
+
 def check_phi(phi: float) -> None:
     if not (isinstance(phi, (int, float)) and math.isfinite(phi)):
         raise UsageError(f"phi must be a finite number, got {phi!r}")

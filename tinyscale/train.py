@@ -22,6 +22,7 @@ import numpy as np
 from tinyscale.arch import ScaledNetwork
 from tinyscale.data import Dataset, check_classes, split
 from tinyscale.errors import DataError, TinyscaleError, UsageError
+from tinyscale.scaling import format_phi
 from tinyscale.fsutil import atomic_write_text, refuse_clobber
 from tinyscale.quiet import quiet_tensorflow
 
@@ -249,7 +250,7 @@ def train_network(
     """Train `network` on `dataset` (a validation split is held out); best weights kept."""
     config = config or TrainConfig()
     spec = network.spec
-    check_classes(dataset, spec.classes, f"the network ({spec.base}, phi={network.phi:g})")
+    check_classes(dataset, spec.classes, f"the network ({spec.base}, phi={format_phi(network.phi)})")
     train_set, val_set = split(dataset, config.validation_fraction, seed=config.seed)
     if len(train_set) < 1 or len(val_set) < 1:
         raise DataError(f"{dataset.source}: too few samples to train ({len(dataset)})")

@@ -15,9 +15,9 @@ from tinyscale.arch import BASES, ScaledNetwork
 from tinyscale.budget import Placement
 from tinyscale.fit import Memory, placement_for
 from tinyscale.cli import app, reports_errors
-from tinyscale.errors import UsageError
+from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
-from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients
+from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
 from tinyscale.targets import Target, load_all_targets, load_target
 
 Base = Enum("Base", {name: name for name in BASES}, type=str)  # type: ignore[misc]
@@ -89,7 +89,7 @@ def _network_rows(network: ScaledNetwork) -> list[tuple[str, str]]:
     spec = network.spec
     return [
         ("base", spec.base),
-        ("phi", f"{network.phi:g}"),
+        ("phi", format_phi(network.phi)),
         (
             "multipliers",
             f"depth {network.depth_multiplier:.4f}  width {network.width_multiplier:.4f}  "
@@ -102,18 +102,30 @@ def _network_rows(network: ScaledNetwork) -> list[tuple[str, str]]:
     ]
 
 
+def _percent_of(need: int, budget: int) -> str:
+    return f"{100 * need / budget:.1f}%"
+
+
 def _placement_rows(placement: Placement) -> list[tuple[str, str]]:
-    flash_pct = 100 * placement.flash_needed_bytes / placement.flash_budget_bytes
-    sram_pct = 100 * placement.sram_needed_bytes / placement.sram_budget_bytes
+    """Device arena, flash and SRAM with every term of each sum, so the lines add up."""
     return [
         (
             "device arena",
-            f"{placement.device_arena_bytes:,} B = arena + {placement.arena_margin_bytes:,} B kernel scratch margin",
+            f"{placement.device_arena_bytes:,} B = arena {placement.arena_bytes:,} + kernel scratch "
+            f"{placement.kernel_scratch_bytes:,} + slack {placement.arena_slack_bytes:,} B",
         ),
-        ("flash", f"{placement.flash_needed_bytes:,} / {placement.flash_budget_bytes:,} B ({flash_pct:.1f}%)"),
+        (
+            "flash",
+            f"{placement.flash_needed_bytes:,} / {placement.flash_budget_bytes:,} B "
+            f"({_percent_of(placement.flash_needed_bytes, placement.flash_budget_bytes)}) = model "
+            f"{placement.model_bytes:,} + reserved runtime {placement.flash_reserved_bytes:,} + self-test vectors "
+            f"{placement.selftest_flash_bytes:,} B",
+        ),
         (
             f"SRAM ({placement.arena_region})",
-            f"{placement.sram_needed_bytes:,} / {placement.sram_budget_bytes:,} B ({sram_pct:.1f}%)",
+            f"{placement.sram_needed_bytes:,} / {placement.sram_budget_bytes:,} B "
+            f"({_percent_of(placement.sram_needed_bytes, placement.sram_budget_bytes)}) = device arena "
+            f"{placement.device_arena_bytes:,} + reserved {placement.sram_reserved_bytes:,} B",
         ),
         ("headroom", f"flash {placement.flash_headroom_bytes:,} B, SRAM {placement.sram_headroom_bytes:,} B"),
     ]
@@ -200,6 +212,8 @@ def scale(
         rows += [("target", board.name)] + _placement_rows(placement)
         rows.append(("fits", "yes" if placement.fits else f"no: {placement.describe_shortfall()}"))
     typer.echo(json.dumps(result, indent=2) if json_output else _table(rows))
+    if board is not None:
+        placement.require_fits(f"the network at phi {format_phi(network.phi)}", board.name)  # exit 3, report printed
 
 
 @app.command()
@@ -234,7 +248,12 @@ def fit(
     if out is not None and not verify:
         raise UsageError("--out writes the verified model; it cannot be combined with --no-verify")
     request = FitRequest(board, settings.base, settings.classes, settings.channels, settings.coefficients)
-    result = run_fit(request, verify=verify, prove_next=prove)
+    try:
+        result = run_fit(request, verify=verify, prove_next=prove)
+    except NothingFitsError as exc:
+        if json_output:  # the JSON still says what the smallest network needs; exit 3 follows
+            typer.echo(json.dumps(exc.report, indent=2))
+        raise
     data = result.to_dict()
     if out is not None and result.measured is not None:
         atomic_write_bytes(out / "model.tflite", result.measured.tflite)
@@ -247,18 +266,45 @@ def fit(
 
 def _fit_table(result, data: dict, out: Optional[Path]) -> str:
     source = "measured in TFLM" if result.verified else "estimated"
-    next_phi = "none (search ceiling)" if result.next_phi is None else f"{result.next_phi:g} (does not fit: {result.binding})"
     rows = [("target", f"{data['target']} ({result.request.target.board})")]
     rows += _network_rows(result.network)
     rows += [
-        ("phi interval", f"[{result.phi_low:g}, {result.phi_high:g}) gives this network"),
-        ("next phi", next_phi),
+        ("phi interval", f"[{format_phi(result.phi_low)}, {format_phi(result.phi_high)}) gives this network"),
         (f"model ({source})", _bytes(data["model_bytes"])),
         (f"arena ({source})", _bytes(data["arena_bytes"])),
     ]
     rows += _placement_rows(result.placement)
+    rows += _next_rows(result)
     rows.append(("binding", result.binding))
     rows.append(("verified", "yes" if result.verified else "no (--no-verify)"))
     if out is not None and result.verified:
         rows.append(("wrote", f"{out / 'model.tflite'}, {out / 'fit.json'}"))
     return _table(rows)
+
+
+def _next_rows(result) -> list[tuple[str, str]]:
+    """The next network's figures and its need against each budget: why phi stops here."""
+    if result.next_phi is None or result.next_placement is None:
+        return [("next phi", "none (search ceiling)")]
+    placement = result.next_placement
+    spec = result.request.spec(result.next_phi)
+    source = "measured in TFLM by --prove" if result.next_measured is not None else "estimated; --prove measures it"
+
+    def verdict(need: int, budget: int) -> str:
+        return f"{need:,} / {budget:,} B ({_percent_of(need, budget)}), " + (
+            "fits" if need <= budget else f"over by {need - budget:,} B"
+        )
+
+    return [
+        ("next phi", f"{format_phi(result.next_phi)} (does not fit: {result.binding})"),
+        (
+            "next network",
+            f"{spec.resolution} px, {len(spec.blocks)} blocks; model {placement.model_bytes:,} B, arena "
+            f"{placement.arena_bytes:,} B ({source})",
+        ),
+        ("next flash", verdict(placement.flash_needed_bytes, placement.flash_budget_bytes)),
+        (
+            f"next SRAM ({placement.arena_region})",
+            verdict(placement.sram_needed_bytes, placement.sram_budget_bytes),
+        ),
+    ]

@@ -39,7 +39,7 @@ from tinyscale.fsutil import (
     refuse_clobber,
     staging_directory,
 )
-from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients
+from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
 from tinyscale.targets import Target, load_target
 
 FIT_FILE = "fit.json"
@@ -183,7 +183,7 @@ def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
     spec = network.spec
     if not quiet:
         _err(
-            f"training {spec.base} phi={network.phi:g} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
+            f"training {spec.base} phi={format_phi(network.phi)} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
             f"{arch.count_params(spec):,} params) on {len(dataset):,} samples of {dataset.source}"
         )
     return train_network(network, dataset, config, progress=None if quiet else (lambda report: _err(report.line())))
@@ -497,13 +497,15 @@ def simulate(
         plot_memory(report, plot, _arena_budget(report.placement))
     if json_output:
         typer.echo(json.dumps(_simulation_dict(report, evaluation, board), indent=2))
-        return
-    parts = [_table(_memory_rows(report, board)), _operator_table(report)]
-    if evaluation is not None:
-        parts.append(_accuracy_text(evaluation))
-    if plot is not None:
-        parts.append(f"wrote {plot}")
-    typer.echo("\n\n".join(parts))
+    else:
+        parts = [_table(_memory_rows(report, board)), _operator_table(report)]
+        if evaluation is not None:
+            parts.append(_accuracy_text(evaluation))
+        if plot is not None:
+            parts.append(f"wrote {plot}")
+        typer.echo("\n\n".join(parts))
+    if board is not None:
+        report.placement.require_fits(str(model), board.name)  # exit 3 after the full report
 
 
 # ---------------------------------------------------------------------------
@@ -600,10 +602,8 @@ def build(
         kept = keep_failed_directory(stage, out)
         failure.add_note(f"the trained model is kept in {kept / MODEL_FILE}")
         raise
-    if json_output:
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    typer.echo(_build_text(summary, report, board))
+    typer.echo(json.dumps(summary, indent=2) if json_output else _build_text(summary, report, board))
+    report.placement.require_fits("the trained model", board.name)  # exit 3, like fit and simulate
 
 
 def _build_summary(board: Target, network: ScaledNetwork, trained, report, evaluation, out: Path,
@@ -621,6 +621,11 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
         "classes": network.spec.classes,
         "model_bytes": report.model_bytes,
         "arena_bytes": report.arena_bytes,
+        "kernel_scratch_bytes": placement.kernel_scratch_bytes,
+        "arena_slack_bytes": placement.arena_slack_bytes,
+        "device_arena_bytes": placement.device_arena_bytes,
+        "selftest_flash_bytes": placement.selftest_flash_bytes,
+        "flash_reserved_bytes": placement.flash_reserved_bytes,
         "fits": placement.fits,
         "flash_needed_bytes": placement.flash_needed_bytes,
         "flash_budget_bytes": placement.flash_budget_bytes,
@@ -645,7 +650,7 @@ def _build_text(summary: dict[str, Any], report, board: Target) -> str:
     fits = "yes" if summary["fits"] else f"NO: {report.placement.describe_shortfall()}"
     rows = [
         ("target", f"{board.name} ({board.board})"),
-        ("network", f"{summary['base']} phi={summary['phi']:g}, {summary['resolution']}x{summary['resolution']}"
+        ("network", f"{summary['base']} phi={format_phi(summary['phi'])}, {summary['resolution']}x{summary['resolution']}"
                     f"x{summary['channels']}, {summary['classes']} classes"),
         ("model", _bytes(summary["model_bytes"])),
         ("arena (minimal)", _bytes(summary["arena_bytes"])),
