@@ -280,6 +280,13 @@ def test_every_stm32_family_the_schema_knows_has_uart_glue():
     assert stm32 == set(_STM32_FAMILIES)
 
 
+@pytest.mark.parametrize("name", bundled_target_names())
+def test_bundled_target_cites_no_local_path(name):
+    # The comments cite public sources; a path on the development machine helps no user.
+    text = (targets_dir() / f"{name}.toml").read_text(encoding="utf-8")
+    assert not re.search(r"(?<![\w.])/(work|home|root|tmp|Users)/", text), name
+
+
 def test_the_unmutated_base_board_is_valid():
     # Guards the schema-error tests: each failure above comes from its mutation.
     assert parse_target(bundled_table(), source="board.toml").name == BASE_BOARD
