@@ -221,6 +221,11 @@ SCHEMA_ERRORS = [
                  id="overlapping-regions"),
     pytest.param(_set(("flash", "origin"), 0x2401_0000), "'axi_sram' overlaps [flash]", id="flash-over-a-region"),
     pytest.param(_set(("memory", 1, "size_bytes"), 0), "size_bytes must be positive", id="empty-region"),
+    # Strings rendered into generated sources, and console numbers the glue computes with.
+    pytest.param(_set(("board",), "NUCLEO\nint x;"), "'board' must be one non-empty line of text", id="multi-line-board"),
+    pytest.param(_set(("name",), " "), "'name' must be one non-empty line of text", id="blank-name"),
+    pytest.param(_set(("console", "baud"), 0), "'baud' must be positive", id="zero-baud"),
+    pytest.param(_set(("console", "af"), 16), "'af' must be an alternate-function number 0-15, got 16", id="af-too-big"),
 ]
 
 
@@ -271,6 +276,13 @@ def test_bundled_target_names_a_chip_that_agrees_with_its_core(name):
     chip = find_chip(target.mcu or "")
     assert chip is not None, f"{name}: mcu {target.mcu!r}"
     assert chip.cpu == target.cpu and (target.fpu is None or target.fpu in chip.fpus)
+
+
+def test_every_esp_idf_cpu_the_schema_accepts_has_a_cpu_frequency():
+    from tinyscale.chips import ESP_IDF_CPUS
+    from tinyscale.firmware import _ESP_CPU_MHZ
+
+    assert set(ESP_IDF_CPUS) <= set(_ESP_CPU_MHZ)
 
 
 def test_every_stm32_family_the_schema_knows_has_uart_glue():

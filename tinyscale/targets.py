@@ -156,6 +156,26 @@ def _choice(where: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
         raise TargetError(f"{where}: {key} {value!r} is not one of {', '.join(allowed)}")
 
 
+# Rendered into `//` and `#` comments of the generated sources: a line break there would
+# turn the rest of the label into code. Only `notes` (never rendered) may span lines.
+_ONE_LINE_KEYS = ("name", "board", "core", "mcu", "cpu", "fpu", "url")
+STM32_AF_MAX = 15  # GPIOx_AFRL/AFRH hold a 4-bit alternate-function number per pin
+
+
+def _check_one_line(source: str, data: dict[str, Any]) -> None:
+    for key in _ONE_LINE_KEYS:
+        value = data.get(key)
+        if value is not None and (not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+            raise TargetError(f"{source}: {key!r} must be one non-empty line of text, got {value!r}")
+
+
+def _check_console_numbers(where: str, console: ConsoleSpec) -> None:
+    if console.baud is not None and console.baud == 0:
+        raise TargetError(f"{where}: 'baud' must be positive")
+    if console.af is not None and console.af > STM32_AF_MAX:
+        raise TargetError(f"{where}: 'af' must be an alternate-function number 0-{STM32_AF_MAX}, got {console.af}")
+
+
 def _check_cpu(source: str, data: dict[str, Any]) -> None:
     """cpu and fpu are compiler flags: a value the toolchain or kernels lack fails here, not in gcc."""
     cpu, fpu, build_system = data["cpu"], data.get("fpu"), data["build_system"]
@@ -232,6 +252,7 @@ def _check_address_map(source: str, flash: FlashSpec, regions: list[MemoryRegion
 def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | None = None) -> Target:
     """Validate a decoded target table and build a :class:`Target`."""
     _check_fields(source, data, _TOP_FIELDS)
+    _check_one_line(source, data)
     if data["schema_version"] != SCHEMA_VERSION:
         raise TargetError(f"{source}: schema_version {data['schema_version']} unsupported (want {SCHEMA_VERSION})")
     _choice(source, "kernel_library", data["kernel_library"], KERNEL_LIBRARIES)
@@ -271,6 +292,7 @@ def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | No
         _check_fields(f"{source} [console]", data["console"], _CONSOLE_FIELDS)
         console = ConsoleSpec(**data["console"])
         _choice(f"{source} [console]", "kind", console.kind, CONSOLE_KINDS)
+        _check_console_numbers(f"{source} [console]", console)
 
     if data["build_system"] == "cmake-arm":
         if flash.origin is None or any(region.origin is None for region in regions):
