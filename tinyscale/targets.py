@@ -169,13 +169,6 @@ def _check_one_line(source: str, data: dict[str, Any]) -> None:
             raise TargetError(f"{source}: {key!r} must be one non-empty line of text, got {value!r}")
 
 
-def _check_console_numbers(where: str, console: ConsoleSpec) -> None:
-    if console.baud is not None and console.baud == 0:
-        raise TargetError(f"{where}: 'baud' must be positive")
-    if console.af is not None and console.af > STM32_AF_MAX:
-        raise TargetError(f"{where}: 'af' must be an alternate-function number 0-{STM32_AF_MAX}, got {console.af}")
-
-
 def _check_cpu(source: str, data: dict[str, Any]) -> None:
     """cpu and fpu are compiler flags: a value the toolchain or kernels lack fails here, not in gcc."""
     cpu, fpu, build_system = data["cpu"], data.get("fpu"), data["build_system"]
@@ -249,27 +242,19 @@ def _check_address_map(source: str, flash: FlashSpec, regions: list[MemoryRegion
             raise TargetError(f"{first} overlaps {second.removeprefix(source + ' ')} (0x{start:X}-0x{end:X})")
 
 
-def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | None = None) -> Target:
-    """Validate a decoded target table and build a :class:`Target`."""
-    _check_fields(source, data, _TOP_FIELDS)
-    _check_one_line(source, data)
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise TargetError(f"{source}: schema_version {data['schema_version']} unsupported (want {SCHEMA_VERSION})")
-    _choice(source, "kernel_library", data["kernel_library"], KERNEL_LIBRARIES)
-    _choice(source, "build_system", data["build_system"], BUILD_SYSTEMS)
-    if data["clock_hz"] <= 0:
-        raise TargetError(f"{source}: clock_hz must be positive")
-    _check_cpu(source, data)
-
-    _check_fields(f"{source} [flash]", data["flash"], _FLASH_FIELDS)
-    flash = FlashSpec(**data["flash"])
+def _parse_flash(source: str, table: dict[str, Any]) -> FlashSpec:
+    _check_fields(f"{source} [flash]", table, _FLASH_FIELDS)
+    flash = FlashSpec(**table)
     if flash.budget_bytes > flash.size_bytes:
         raise TargetError(f"{source} [flash]: budget_bytes exceeds size_bytes")
     if flash.reserved_bytes >= flash.budget_bytes:
         raise TargetError(f"{source} [flash]: reserved_bytes leaves no room for a model")
+    return flash
 
+
+def _parse_regions(source: str, tables: list[Any]) -> list[MemoryRegion]:
     regions = []
-    for index, table in enumerate(data["memory"]):
+    for index, table in enumerate(tables):
         where = f"{source} [[memory]] #{index + 1}"
         if not isinstance(table, dict):
             raise TargetError(f"{where}: must be a table")
@@ -286,13 +271,36 @@ def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | No
         raise TargetError(f"{source}: memory region names must be unique")
     if not any(region.arena for region in regions):
         raise TargetError(f"{source}: no memory region has arena = true")
+    return regions
 
-    console = None
-    if "console" in data:
-        _check_fields(f"{source} [console]", data["console"], _CONSOLE_FIELDS)
-        console = ConsoleSpec(**data["console"])
-        _choice(f"{source} [console]", "kind", console.kind, CONSOLE_KINDS)
-        _check_console_numbers(f"{source} [console]", console)
+
+def _parse_console(source: str, table: dict[str, Any]) -> ConsoleSpec:
+    where = f"{source} [console]"
+    _check_fields(where, table, _CONSOLE_FIELDS)
+    console = ConsoleSpec(**table)
+    _choice(where, "kind", console.kind, CONSOLE_KINDS)
+    if console.baud is not None and console.baud == 0:
+        raise TargetError(f"{where}: 'baud' must be positive")
+    if console.af is not None and console.af > STM32_AF_MAX:
+        raise TargetError(f"{where}: 'af' must be an alternate-function number 0-{STM32_AF_MAX}, got {console.af}")
+    return console
+
+
+def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | None = None) -> Target:
+    """Validate a decoded target table and build a :class:`Target`."""
+    _check_fields(source, data, _TOP_FIELDS)
+    _check_one_line(source, data)
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise TargetError(f"{source}: schema_version {data['schema_version']} unsupported (want {SCHEMA_VERSION})")
+    _choice(source, "kernel_library", data["kernel_library"], KERNEL_LIBRARIES)
+    _choice(source, "build_system", data["build_system"], BUILD_SYSTEMS)
+    if data["clock_hz"] <= 0:
+        raise TargetError(f"{source}: clock_hz must be positive")
+    _check_cpu(source, data)
+
+    flash = _parse_flash(source, data["flash"])
+    regions = _parse_regions(source, data["memory"])
+    console = _parse_console(source, data["console"]) if "console" in data else None
 
     if data["build_system"] == "cmake-arm":
         if flash.origin is None or any(region.origin is None for region in regions):
