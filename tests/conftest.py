@@ -17,9 +17,11 @@ def make_target(
     """A board whose model flash and arena budgets are exactly the given bytes."""
     if isinstance(arena_budgets, int):
         arena_budgets = [arena_budgets]
+    # Flash from address 0, then the regions back to back: no two ranges overlap.
+    origins = [flash_budget + flash_reserved + sum(arena_budgets[:i]) for i in range(len(arena_budgets))]
     memory = [
-        {"name": f"ram{i}", "kind": "sram", "size_bytes": budget, "reserved_bytes": 0, "arena": True, "origin": 0x20000000 + i * 0x1000000}
-        for i, budget in enumerate(arena_budgets)
+        {"name": f"ram{i}", "kind": "sram", "size_bytes": budget, "reserved_bytes": 0, "arena": True, "origin": origin}
+        for i, (budget, origin) in enumerate(zip(arena_budgets, origins))
     ]
     data = {
         "schema_version": 1,
@@ -34,7 +36,7 @@ def make_target(
             "size_bytes": flash_budget + flash_reserved,
             "budget_bytes": flash_budget + flash_reserved,
             "reserved_bytes": flash_reserved,
-            "origin": 0x08000000,
+            "origin": 0,
         },
         "memory": memory,
     }

@@ -196,8 +196,9 @@ def test_scale_measure_and_tflite(tmp_path):
 def test_targets_json_lists_every_board():
     result = invoke("targets", "--json")
     assert result.exit_code == 0
-    names = {board["name"] for board in json.loads(result.stdout)}
-    assert {"esp32", "mps2-an386", "nucleo-h743zi2"} <= names
+    boards = {board["name"]: board for board in json.loads(result.stdout)}
+    assert {"esp32", "mps2-an386", "nucleo-h743zi2"} <= boards.keys()
+    assert (boards["nucleo-h743zi2"]["mcu"], boards["nucleo-h743zi2"]["cpu"]) == ("STM32H743ZI", "cortex-m7")
 
 
 def test_console_entry_point_turns_usage_errors_into_one_line():

@@ -305,18 +305,50 @@ def test_operator_the_board_library_lacks_is_refused(workdir, model, target_name
     assert_refused(result, 1, message, workdir, before)
 
 
-@pytest.mark.parametrize("base, edit, message", [
-    ("nano33ble", ('board = "Arduino Nano 33 BLE / BLE Sense (nRF52840)"', 'board = "Arduino Portenta H7"'),
-     "the Arduino template builds for the Nano 33 BLE (nRF52840) only"),
-    ("nano33ble", ('kind = "usb-cdc"', 'kind = "uart"'), "Arduino projects print to Serial, a usb-cdc console"),
-    ("rpi-pico", ('tx_pin = "GP0"', 'tx_pin = "GP4"'), "a UART console needs instance UART0 or UART1 with its RP2040 pins"),
-    ("rpi-pico", ('cpu = "cortex-m0plus"', 'cpu = "cortex-m33"'), "Pico SDK projects are made for cpu cortex-m0plus"),
+PORTENTA_H7 = (('mcu = "nRF52840"', 'mcu = "STM32H747XI"'), ('cpu = "cortex-m4"', 'cpu = "cortex-m7"'),
+               ('fpu = "fpv4-sp-d16"', 'fpu = "fpv5-d16"'))
+
+
+@pytest.mark.parametrize("base, edits, code, message", [
+    ("nano33ble", PORTENTA_H7, 1, "the Arduino template builds for the Nano 33 BLE (nRF52840) only"),
+    ("nano33ble", [('kind = "usb-cdc"', 'kind = "uart"')], 1, "Arduino projects print to Serial, a usb-cdc console"),
+    ("rpi-pico", [('tx_pin = "GP0"', 'tx_pin = "GP4"')], 1,
+     "a UART console needs instance UART0 or UART1 with its RP2040 pins"),
+    # The chip fixes the core: a file that contradicts itself is a target-file error.
+    ("rpi-pico", [('cpu = "cortex-m0plus"', 'cpu = "cortex-m33"')], 2,
+     "mcu 'RP2040' (RP2040) has a cortex-m0plus core, but cpu is 'cortex-m33'"),
 ])
-def test_board_glue_the_templates_cannot_make_is_refused(workdir, base, edit, message):
-    board = board_file(workdir, base, "odd-board", edit)
+def test_board_glue_the_templates_cannot_make_is_refused(workdir, base, edits, code, message):
+    board = board_file(workdir, base, "odd-board", *edits)
     before = {p.name for p in workdir.iterdir()}
     result = run_cli(str(workdir / "model.tflite"), "--target", str(board), "-o", str(workdir / "out"))
-    assert_refused(result, 1, message, workdir, before)
+    assert_refused(result, code, message, workdir, before)
+
+
+# A copy of a bundled file with its own name, SRAM and board label, as the README
+# suggests: the glue follows `mcu`, so the label is free text again.
+RELABELLED = {
+    "nucleo-l476rg": (('board = "NUCLEO-L476RG (STM32L476RGT6)"', 'board = "my sensor node"'),
+                      ("size_bytes = 131_072            # [DS] 96 KB SRAM1 + 32 KB SRAM2", "size_bytes = 98_304")),
+    "nano33ble": (('board = "Arduino Nano 33 BLE / BLE Sense (nRF52840)"', 'board = "my BLE tag"'),
+                  ("size_bytes = 262_144            # [PS] 256 KB", "size_bytes = 200_000")),
+}
+
+
+@pytest.mark.parametrize("base", sorted(RELABELLED))
+def test_a_relabelled_copy_of_a_bundled_board_renders_firmware(model, host_figures, tmp_path, base):
+    board = board_file(tmp_path, base, "my-board", *RELABELLED[base])
+    target = load_target(str(board))
+    assert "STM32" not in target.board and "nRF52840" not in target.board
+    arena, expected = host_figures
+    options = fw.FirmwareOptions(target=target, out_dir=Path("unused"), name="tiny")
+    context = fw.build_context(model, options, measured_arena_bytes=arena, expected=expected)
+    files = render(context, tmp_path / "p")
+    assert (files / "manifest.json").is_file()
+    if base == "nucleo-l476rg":
+        assert context.cmake_arm.uart.family == "L4"
+    else:
+        assert context.arduino.fqbn == "arduino:mbed_nano:nano33ble"
 
 
 def test_usb_only_pico_enables_no_uart(model, host_figures, tmp_path):

@@ -269,6 +269,24 @@ def small_target(path: Path) -> Path:
     return path
 
 
+def build_small(workdir: Path, data: Path, out: Path):
+    """A quick `build --json` of the tiny base for small_target (one epoch)."""
+    target = small_target(workdir / "small-board.toml")
+    return invoke("build", "--target", target, "--data", data, "--base", "tiny", "--epochs", "1",
+                  "--calibration-samples", "16", "-o", out, "--json")
+
+
+def build_failing(monkeypatch, module, attribute: str, error: Exception, workdir: Path, trained, name: str):
+    """build_small into workdir/name with module.attribute raising `error`: (out, result)."""
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(module, attribute, fails)
+    out = workdir / name
+    return out, build_small(workdir, trained[0], out)
+
+
 def test_build_end_to_end(workdir, trained):
     data = trained[0]
     out = workdir / "built"
@@ -292,16 +310,33 @@ def test_build_failing_after_training_keeps_the_trained_model(workdir, trained, 
     from tinyscale.commands import pipeline
     from tinyscale.errors import MeasurementError
 
-    def tflm_aborts(*args, **kwargs):
-        raise MeasurementError("the TFLM worker process died (exit -6): abort")
-
-    monkeypatch.setattr(pipeline, "_simulation", tflm_aborts)
-    out = workdir / "aborted"
-    target = small_target(workdir / "small-board.toml")
-    result = invoke("build", "--target", target, "--data", trained[0], "--base", "tiny", "--epochs", "1",
-                    "--calibration-samples", "16", "-o", out, "--json")
+    error = MeasurementError("the TFLM worker process died (exit -6): abort")
+    out, result = build_failing(monkeypatch, pipeline, "_simulation", error, workdir, trained, "aborted")
     kept = workdir / "aborted.failed"
     one_line_error(result, 1, f"the trained model is kept in {kept / 'model.keras'}")
     assert not out.exists()  # the output itself is never half-written
     assert {p.name for p in kept.iterdir()} >= {"fit.json", "model.keras", "history.json"}
     assert not [p for p in workdir.iterdir() if p.name.startswith(".aborted.")]
+
+
+def test_build_for_a_board_the_templates_cannot_serve_fails_before_training(workdir, trained):
+    target = small_target(workdir / "bad-pin-board.toml")
+    target.write_text(target.read_text().replace('tx_pin = "PA2"', 'tx_pin = "PZ2"'))
+    out = workdir / "bad-pin"
+    result = invoke("build", "--target", target, "--data", trained[0], "--base", "tiny", "--epochs", "1", "-o", out)
+    one_line_error(result, 1, "console pin 'PZ2' is not an STM32 pin")
+    assert "fitting" not in result.stderr  # refused before the fit and the training
+    assert not out.exists() and not (workdir / "bad-pin.failed").exists()
+
+
+def test_build_whose_firmware_step_fails_exits_non_zero_and_keeps_the_rest(workdir, trained, monkeypatch):
+    from tinyscale import firmware
+    from tinyscale.errors import TemplateError
+
+    error = TemplateError("template main.cc.jinja: 'ctx' has no attribute 'x'")
+    out, result = build_failing(monkeypatch, firmware, "build_context", error, workdir, trained, "no-firmware")
+    one_line_error(result, TemplateError.exit_code, f"has no attribute 'x'; firmware not generated; .* in {out}$")
+    summary = json.loads(result.stdout)
+    assert summary["firmware"] is False and "has no attribute" in summary["firmware_problem"]
+    assert {"model.keras", "model.tflite", "report.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "firmware").exists()

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import pytest
 from typer.testing import CliRunner
 
+from tinyscale.chips import chip_families, find_chip
 from tinyscale.cli import app
 from tinyscale.errors import TargetError
 from tinyscale.targets import (
@@ -200,6 +201,31 @@ SCHEMA_ERRORS = [
     pytest.param(_set(("schema_version",), 2), "schema_version 2 unsupported", id="future-schema"),
     pytest.param(_set(("memory", 0), "axi"), "must be a table", id="region-not-a-table"),
     pytest.param(_delete(("memory", 0, "origin")), "need an origin", id="cmake-arm-without-origin"),
+    # Compiler flags and chips: a value the toolchain, the kernels or the chip lack.
+    pytest.param(_set(("cpu",), "cortex-m99"), "cpu 'cortex-m99' is not one of cortex-m0, ", id="unknown-cpu"),
+    pytest.param(_set(("fpu",), "banana"), "fpu 'banana' is not one of fpv5-sp-d16, fpv5-d16", id="unknown-fpu"),
+    pytest.param(_set(("kernel_library",), "esp-nn"), "kernel_library 'esp-nn' has no kernels for cpu 'cortex-m7'",
+                 id="kernels-for-another-cpu"),
+    pytest.param(_delete(("mcu",)), "missing required key 'mcu'", id="uart-console-without-mcu"),
+    pytest.param(_set(("mcu",), "STM32G474RE"), "mcu 'STM32G474RE' is not a chip tinyscale knows",
+                 id="uart-console-on-an-unknown-chip"),
+    pytest.param(_set(("mcu",), "STM32F411RE"), "mcu 'STM32F411RE' (STM32F4) has a cortex-m4 core, but cpu is 'cortex-m7'",
+                 id="mcu-with-another-core"),
+    pytest.param(_set(("mcu",), "STM32F746NG"), "(STM32F7) has an FPU taking fpv5-sp-d16, but fpu is 'fpv5-d16'",
+                 id="mcu-with-another-fpu"),
+    # The address map: 32 bits, no two ranges sharing an address.
+    pytest.param(_set(("memory", 0, "origin"), 0xFFFF_0000), "past the 4 GB (32-bit) address space",
+                 id="region-past-4-gb"),
+    pytest.param(_set(("flash", "origin"), 0xFFF0_0000), "[flash]: origin 0xFFF00000 + budget_bytes", id="flash-past-4-gb"),
+    pytest.param(_set(("memory", 1, "origin"), 0x2400_1000), "[[memory]] 'axi_sram' overlaps [[memory]] 'dtcm'",
+                 id="overlapping-regions"),
+    pytest.param(_set(("flash", "origin"), 0x2401_0000), "'axi_sram' overlaps [flash]", id="flash-over-a-region"),
+    pytest.param(_set(("memory", 1, "size_bytes"), 0), "size_bytes must be positive", id="empty-region"),
+    # Strings rendered into generated sources, and console numbers the glue computes with.
+    pytest.param(_set(("board",), "NUCLEO\nint x;"), "'board' must be one non-empty line of text", id="multi-line-board"),
+    pytest.param(_set(("name",), " "), "'name' must be one non-empty line of text", id="blank-name"),
+    pytest.param(_set(("console", "baud"), 0), "'baud' must be positive", id="zero-baud"),
+    pytest.param(_set(("console", "af"), 16), "'af' must be an alternate-function number 0-15, got 16", id="af-too-big"),
 ]
 
 
@@ -210,6 +236,67 @@ def test_schema_error_names_the_problem(mutate, message):
     with pytest.raises(TargetError, match=re.escape(message)) as caught:
         parse_target(table, source="board.toml")
     assert str(caught.value).startswith("board.toml")
+
+
+@pytest.mark.parametrize("board, mutate, message", [
+    ("rpi-pico", _set(("fpu",), "fpv4-sp-d16"), "fpu 'fpv4-sp-d16' given, but cpu 'cortex-m0plus' has no FPU option"),
+    ("esp32", _set(("fpu",), "fpv4-sp-d16"), "cpu 'esp32' has no FPU option"),
+    ("esp32", _set(("cpu",), "cortex-m4"), "cpu 'cortex-m4' is not one of esp32, "),
+    ("esp32", _set(("mcu",), "ESP32-S3"), "mcu 'ESP32-S3' (ESP32-S3) has a esp32s3 core, but cpu is 'esp32'"),
+    ("nano33ble", _delete(("mcu",)), "missing required key 'mcu': arduino projects for this board are made per chip; "
+                                     'name its part number, e.g. mcu = "nRF52840"'),
+    ("rpi-pico", _set(("mcu",), "RP2350"), "mcu 'RP2350' is not a chip tinyscale knows"),
+    ("nano33ble", _set(("flash", "origin"), 0x2000_0000), "'ram' overlaps [flash]"),
+])
+def test_chip_and_address_errors_on_other_boards(board, mutate, message):
+    table = copy.deepcopy(bundled_table(board))
+    mutate(table)
+    with pytest.raises(TargetError, match=re.escape(message)):
+        parse_target(table, source="board.toml")
+
+
+def test_mcu_is_matched_in_any_case():
+    table = bundled_table()
+    table["mcu"] = "stm32h743zi"
+    assert parse_target(table, source="board.toml").mcu == "stm32h743zi"
+
+
+def test_a_chip_nothing_depends_on_may_be_unknown():
+    # A semihosting Cortex-M board: no build step needs the chip's family.
+    table = bundled_table("mps2-an386")
+    table["mcu"] = "SSE-300"
+    assert parse_target(table, source="board.toml").mcu == "SSE-300"
+    del table["mcu"]
+    assert parse_target(table, source="board.toml").mcu is None
+
+
+@pytest.mark.parametrize("name", bundled_target_names())
+def test_bundled_target_names_a_chip_that_agrees_with_its_core(name):
+    target = load_target(name)
+    chip = find_chip(target.mcu or "")
+    assert chip is not None, f"{name}: mcu {target.mcu!r}"
+    assert chip.cpu == target.cpu and (target.fpu is None or target.fpu in chip.fpus)
+
+
+def test_every_esp_idf_cpu_the_schema_accepts_has_a_cpu_frequency():
+    from tinyscale.chips import ESP_IDF_CPUS
+    from tinyscale.firmware import _ESP_CPU_MHZ
+
+    assert set(ESP_IDF_CPUS) <= set(_ESP_CPU_MHZ)
+
+
+def test_every_stm32_family_the_schema_knows_has_uart_glue():
+    from tinyscale.firmware import _STM32_FAMILIES
+
+    stm32 = {family.removeprefix("STM32") for family in chip_families() if family.startswith("STM32")}
+    assert stm32 == set(_STM32_FAMILIES)
+
+
+@pytest.mark.parametrize("name", bundled_target_names())
+def test_bundled_target_cites_no_local_path(name):
+    # The comments cite public sources; a path on the development machine helps no user.
+    text = (targets_dir() / f"{name}.toml").read_text(encoding="utf-8")
+    assert not re.search(r"(?<![\w.])/(work|home|root|tmp|Users)/", text), name
 
 
 def test_the_unmutated_base_board_is_valid():
@@ -233,6 +320,20 @@ def test_unknown_name_suggests_close_matches():
     with pytest.raises(TargetError, match="unknown target 'esp23'; did you mean .*esp32") as caught:
         load_target("esp23")
     assert "mps2" not in str(caught.value)
+
+
+@pytest.mark.parametrize("spelling, name", [("ESP32", "esp32"), ("Nucleo-L476RG", "nucleo-l476rg"),
+                                            ("RPI-PICO", "rpi-pico")])
+def test_bundled_name_matches_in_any_case(spelling, name):
+    assert load_target(spelling).name == name
+
+
+@pytest.mark.parametrize("typo, closest", [("ESP33", "esp32"), ("nucleo-f411", "nucleo-f411re"),
+                                           ("ESP32-S2", "esp32-s3")])
+def test_unknown_name_suggests_the_closest_one(typo, closest):
+    with pytest.raises(TargetError) as caught:
+        load_target(typo)
+    assert str(caught.value) == f"unknown target {typo!r}; did you mean {closest}?"
 
 
 def test_unknown_name_without_close_match_lists_the_boards():
@@ -299,3 +400,18 @@ def test_cli_misspelt_target_name_suggests_the_board():
     assert result.exit_code == TargetError.exit_code
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert "did you mean" in result.stderr and "esp32" in result.stderr
+
+
+def test_cli_target_name_in_capitals_is_the_bundled_board():
+    result = CliRunner().invoke(app, ["fit", "--target", "ESP32", "--base", "tiny", "--no-verify", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"target": "esp32"' in result.stdout
+
+
+def test_cli_unknown_cpu_is_one_line_naming_the_key(tmp_path):
+    path = _user_board(tmp_path)
+    path.write_text(path.read_text().replace('cpu = "cortex-m4"', 'cpu = "cortex-m99"'))
+    result = CliRunner().invoke(app, ["fit", "--target", str(path), "--base", "tiny", "--no-verify"])
+    assert result.exit_code == TargetError.exit_code
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "cpu 'cortex-m99' is not one of" in result.stderr and "Traceback" not in result.output

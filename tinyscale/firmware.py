@@ -30,6 +30,7 @@ import numpy as np
 
 from tinyscale import __version__
 from tinyscale.budget import Placement, place
+from tinyscale.chips import find_chip
 from tinyscale.errors import DoesNotFitError, ModelError, TemplateError, TinyscaleError
 from tinyscale.fsutil import check_output_dir, publish_directory, staging_directory
 from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, op_shapes
@@ -481,14 +482,20 @@ _STM32_FAMILIES = {
 _GPIO_PORT_STRIDE = 0x400
 
 
+def _chip_family(target: Target) -> str | None:
+    """The family of the target's `mcu` (the schema requires it wherever glue depends on it)."""
+    chip = find_chip(target.mcu) if target.mcu else None
+    return chip.family if chip else None
+
+
 def stm32_family(target: Target) -> str:
-    match = re.search(r"STM32([A-Z]\d)", target.board.upper())
-    if match is None or match.group(1) not in _STM32_FAMILIES:
+    family = (_chip_family(target) or "").removeprefix("STM32")
+    if family not in _STM32_FAMILIES:
         raise TemplateError(
             f"target {target.name!r}: UART console glue exists for STM32 families "
-            f"{', '.join(_STM32_FAMILIES)}; board {target.board!r} names none of them"
+            f"{', '.join(_STM32_FAMILIES)}; mcu {target.mcu!r} is none of them"
         )
-    return match.group(1)
+    return family
 
 
 def _pin(name: str | None, family: _Stm32Family, target: Target) -> PinMux:
@@ -625,16 +632,16 @@ TFLM_LIBRARIES = {"arduino": ARDUINO_TFLM, "pico-sdk": PICO_TFLM}
 
 # Boards the Arduino template builds for: Arduino_TensorFlowLite compiles only for the
 # Nano 33 BLE (its src/peripherals/peripherals.h stops with #error "unsupported board"
-# elsewhere). Chip named in the target's board -> (FQBN, Boards Manager core).
-_ARDUINO_BOARDS = {"nrf52840": ("arduino:mbed_nano:nano33ble", "arduino:mbed_nano")}
+# elsewhere). Chip family of the target's mcu -> (FQBN, Boards Manager core).
+_ARDUINO_BOARDS = {"nRF52840": ("arduino:mbed_nano:nano33ble", "arduino:mbed_nano")}
 
 
 def arduino_context(target: Target, project_name: str) -> ArduinoContext:
-    board = next((v for chip, v in _ARDUINO_BOARDS.items() if chip in target.board.lower()), None)
+    board = _ARDUINO_BOARDS.get(_chip_family(target))
     if board is None:
         raise TemplateError(
             f"target {target.name!r}: the Arduino template builds for the Nano 33 BLE (nRF52840) only, "
-            f"the one board {ARDUINO_TFLM.name} supports; board {target.board!r} is not one"
+            f"the one board {ARDUINO_TFLM.name} supports; mcu {target.mcu!r} is not its chip"
         )
     console_kind = _console_kind(target, "usb-cdc")
     if console_kind != "usb-cdc":
@@ -651,8 +658,8 @@ def arduino_context(target: Target, project_name: str) -> ArduinoContext:
 
 
 PICO_SDK_VERSION = "2.1.1"
-# cpu -> (PICO_BOARD, chip). The RP2350 (cortex-m33) would be "pico2" once checked.
-_PICO_BOARDS = {"cortex-m0plus": ("pico", "RP2040")}
+# Chip family of the target's mcu -> PICO_BOARD. The RP2350 would be "pico2" once checked.
+_PICO_BOARDS = {"RP2040": "pico"}
 # RP2040 datasheet, 2.19.2 "Function Select" (F2 = UART): the GPIOs that carry each
 # UART's TX and RX.
 _RP2040_UART_PINS = {0: ((0, 12, 16, 28), (1, 13, 17, 29)), 1: ((4, 8, 20, 24), (5, 9, 21, 25))}
@@ -678,18 +685,18 @@ def pico_uart(target: Target) -> PicoUart:
 
 
 def pico_sdk_context(target: Target) -> PicoSdkContext:
-    board = _PICO_BOARDS.get(target.cpu)
-    if board is None:
+    chip = _chip_family(target)
+    if chip not in _PICO_BOARDS:
         raise TemplateError(
-            f"target {target.name!r}: Pico SDK projects are made for cpu {', '.join(_PICO_BOARDS)} (RP2040), "
-            f"not {target.cpu!r}"
+            f"target {target.name!r}: Pico SDK projects are made for mcu {', '.join(_PICO_BOARDS)}, "
+            f"not {target.mcu!r}"
         )
     console_kind = _console_kind(target, "usb-cdc")
     if console_kind not in ("uart", "usb-cdc"):
         raise TemplateError(f"target {target.name!r}: Pico SDK projects support uart or usb-cdc consoles")
     return PicoSdkContext(
-        board=board[0],
-        chip=board[1],
+        board=_PICO_BOARDS[chip],
+        chip=chip,
         uart=pico_uart(target) if console_kind == "uart" else None,
         host_wait_ms=HOST_WAIT_MS,
         library=PICO_TFLM,
@@ -760,6 +767,21 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         pico_sdk=pico_sdk,
         regenerate_command=_regenerate_command(options, name),
     )
+
+
+def check_board_glue(target: Target) -> None:
+    """Make the board glue no model affects (console, pins, chip, board package), or raise
+    what `firmware` would: `build` calls it before spending its training time."""
+    check_build_system(target)
+    region = target.arena_regions[0]
+    placeholder = ArenaPlan(0, 0, 0, region.name, region.kind)  # sizes do not matter to the glue
+    contexts = {
+        "cmake-arm": lambda: cmake_arm_context(target, placeholder),
+        "esp-idf": lambda: esp_idf_context(target, placeholder, 0),
+        "arduino": lambda: arduino_context(target, "model"),
+        "pico-sdk": lambda: pico_sdk_context(target),
+    }
+    contexts[target.build_system]()
 
 
 def _regenerate_command(options: FirmwareOptions, name: str) -> str:

@@ -77,6 +77,8 @@ def _target_dict(target: Target) -> dict:
     return {
         "name": target.name,
         "board": target.board,
+        "mcu": target.mcu,
+        "cpu": target.cpu,
         "kernel_library": target.kernel_library,
         "build_system": target.build_system,
         "flash_budget_bytes": target.flash.budget_bytes,

@@ -29,7 +29,7 @@ from tinyscale.commands.core import (
     _table,
 )
 from tinyscale.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
-from tinyscale.errors import DataError, ModelError, UsageError
+from tinyscale.errors import DataError, ModelError, TinyscaleError, UsageError
 from tinyscale.fsutil import (
     atomic_write_bytes,
     atomic_write_text,
@@ -522,8 +522,9 @@ def _build_datasets(source: str, limit: Optional[int], seed: int) -> tuple[Datas
     return split(dataset, BUILD_TEST_FRACTION, seed=seed + 1)
 
 
-def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes: int, out_dir: Path) -> str | None:
-    """Render the firmware project into out_dir/firmware; the reason when it cannot be."""
+def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes: int,
+                     out_dir: Path) -> TinyscaleError | None:
+    """Render the firmware project into out_dir/firmware; the error when it cannot be."""
     from tinyscale.errors import DoesNotFitError, TemplateError  # noqa: PLC0415
     from tinyscale.firmware import FirmwareOptions, build_context, write_project  # noqa: PLC0415
 
@@ -531,7 +532,7 @@ def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes:
     try:
         context = build_context(flatbuffer, options, measured_arena_bytes=arena_bytes)
     except (DoesNotFitError, TemplateError) as exc:
-        return str(exc)  # the model and its report are still useful without firmware
+        return exc  # raised once the model and its reports are written: they are still useful
     write_project(context, options.out_dir, force=False)
     return None
 
@@ -557,11 +558,13 @@ def build(
     json_output: JsonOption = False,
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""
+    from tinyscale.firmware import check_board_glue  # noqa: PLC0415
     from tinyscale.train import MODEL_FILE, TrainConfig, save_training  # noqa: PLC0415
 
     started = time.perf_counter()
     check_output_dir(out, force)
     board = load_target(target)
+    check_board_glue(board)  # a board the templates cannot serve fails now, not after training
     config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed)
     train_set, test_set = _build_datasets(data, limit, seed)
     channels = channels or train_set.channels
@@ -588,7 +591,8 @@ def build(
         simulation = _simulation_dict(report, evaluation, board)
         atomic_write_text(stage / SIMULATION_FILE, json.dumps(simulation, indent=2) + "\n")
         firmware_problem = _render_firmware(flatbuffer, board, network.phi, report.arena_bytes, stage)
-        summary = _build_summary(board, network, trained, report, evaluation, out, firmware_problem)
+        summary = _build_summary(board, network, trained, report, evaluation, out,
+                                 None if firmware_problem is None else str(firmware_problem))
         summary["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
         refuse_clobber(out, force)  # something may have appeared there while we trained
@@ -604,6 +608,10 @@ def build(
         raise
     typer.echo(json.dumps(summary, indent=2) if json_output else _build_text(summary, report, board))
     report.placement.require_fits("the trained model", board.name)  # exit 3, like fit and simulate
+    if firmware_problem is not None:
+        # Firmware was asked for: its absence is a failure, though the rest is kept.
+        firmware_problem.add_note(f"firmware not generated; the model and reports are in {out}")
+        raise firmware_problem
 
 
 def _build_summary(board: Target, network: ScaledNetwork, trained, report, evaluation, out: Path,
