@@ -20,8 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tinyscale import firmware as fw
+from tinyscale import fsutil
 from tinyscale.cli import app
-from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
+from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
 from tinyscale.kernels import ARENA_ALIGNMENT
 from tinyscale.targets import load_all_targets, load_target
 from tinyscale.tflite_model import read_model
@@ -429,6 +430,23 @@ def test_failure_in_the_middle_of_rendering_changes_nothing(model, host_figures,
             fw.write_project(context_for(model, host_figures, "esp32"), force_dir, force=True)
         assert tree(out) == before
         assert sorted(p.name for p in workdir.iterdir()) == ["model.tflite", "proj"]
+
+
+def test_failure_while_publishing_in_place_leaves_no_debris(model, host_figures, workdir, monkeypatch):
+    out = workdir / "proj"
+    render(context_for(model, host_figures, "mps2-an386"), out)
+    real_replace, calls = os.replace, []
+
+    def disk_full_after_two(source, destination):
+        calls.append(destination)
+        if len(calls) > 2:
+            raise OSError(28, "No space left on device")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(fsutil.os, "replace", disk_full_after_two)
+    with pytest.raises(TinyscaleError, match=f"cannot write {out}: No space left on device"):
+        fw.write_project(context_for(model, host_figures, "esp32"), out, force=True)
+    assert not [p for p in out.rglob(".*")] and sorted(p.name for p in workdir.iterdir()) == ["model.tflite", "proj"]
 
 
 def test_unwritable_output_fails_before_measuring(workdir, monkeypatch):
