@@ -384,7 +384,7 @@ def test_force_on_a_folder_without_manifest_replaces_only_what_it_writes(workdir
     (out / "notes.md").write_text("mine")
     result = run_cli(str(workdir / "model.tflite"), "--target", "mps2-an386", "-o", str(out), "--force")
     assert result.exit_code == 0, result.output
-    assert "1 replaced" in result.output and "kept 1 of yours: notes.md" in result.output
+    assert "  replaced: CMakeLists.txt\n" in result.output and "  kept (yours): notes.md\n" in result.output
     assert (out / "notes.md").read_text() == "mine" and (out / "CMakeLists.txt").read_text() != "old"
 
 

@@ -221,3 +221,15 @@ def test_build_force_and_train_force_in_a_build_folder(tmp_path, stripes, monkey
     assert "fit.json" not in removed and (built / "fit.json").is_file()
     assert sorted(p.relative_to(built).as_posix() for p in built.rglob("*")) == [
         "firmware", "firmware/sdkconfig", "fit.json", "history.json", "model.keras", "notes.txt"]
+
+
+def test_train_force_over_a_run_without_a_record_keeps_its_files(tmp_path, stripes):
+    run = tmp_path / "run"
+    train_run(stripes, run)
+    history = json.loads((run / "history.json").read_text())
+    del history["outputs"]  # as an older tinyscale wrote it
+    (run / "history.json").write_text(json.dumps(history))
+    (run / "model.tflite").write_bytes(b"old run")
+    result = train_run(stripes, run, "--force", "--json")
+    assert json.loads(result.stdout)["removed"] == [] and (run / "model.tflite").read_bytes() == b"old run"
+    assert "records no outputs" in result.stderr

@@ -157,13 +157,14 @@ class TreeChanges:
         return {"written": list(self.written), "replaced": list(self.replaced), "kept": list(self.kept),
                 "removed": list(self.removed)}
 
-    def describe(self) -> str:
-        parts = [f"{len(self.written)} files written ({len(self.replaced)} replaced)"]
-        if self.kept:
-            parts.append(f"kept {len(self.kept)} of yours: {', '.join(self.kept)}")
-        if self.removed:
-            parts.append(f"removed {len(self.removed)} no longer generated: {', '.join(self.removed)}")
-        return "; ".join(parts)
+    def describe(self) -> list[str]:
+        """Indented report lines, one per kind of change (none for a fresh folder)."""
+        lines = []
+        for label, names in (("replaced", self.replaced), ("kept (yours)", self.kept),
+                             ("removed (no longer generated)", self.removed)):
+            if names:
+                lines.append(f"  {label}: {', '.join(names)}")
+        return lines
 
 
 def relative_files(root: Path) -> list[str]:
@@ -213,7 +214,11 @@ def untouched_entries(out: Path, ours: set[str]) -> tuple[str, ...]:
     kept = []
 
     def walk(folder: Path) -> None:
-        for entry in sorted(folder.iterdir()):
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:  # a folder we may not read holds nothing of ours
+            return
+        for entry in entries:
             name = entry.relative_to(out).as_posix()
             if entry.is_dir() and not entry.is_symlink():
                 if name in prefixes:

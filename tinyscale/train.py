@@ -22,7 +22,7 @@ import numpy as np
 from tinyscale.arch import ScaledNetwork
 from tinyscale.data import Dataset, check_classes, split
 from tinyscale.errors import DataError, TinyscaleError, UsageError
-from tinyscale.fsutil import atomic_write_text, file_mode, output_error, refuse_clobber, remove_generated, safe_relative
+from tinyscale.fsutil import atomic_write_text, file_mode, make_dirs, output_error, refuse_clobber, remove_generated, safe_relative
 from tinyscale.quiet import quiet_tensorflow
 
 log = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ def train_network(
 def save_keras_model(model: Any, path: Path) -> None:
     """Save atomically: Keras writes a temp file in the same directory, then it is renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     try:
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
     except OSError as exc:

@@ -35,12 +35,13 @@ def _result_dict(result) -> dict:
 
 def _result_line(result) -> str:
     context = result.context
-    return (
-        f"wrote {result.out_dir}: {result.changes.describe()} ({context.build_system}, {len(context.operators)} ops, "
+    summary = (
+        f"wrote {len(result.files)} files to {result.out_dir} ({context.build_system}, {len(context.operators)} ops, "
         f"arena {context.arena.arena_bytes:,} B in {context.arena.region}, "
         f"flash {context.predicted_flash_bytes:,} of {context.placement.flash_budget_bytes:,} B); "
         f"see {result.out_dir / 'README.md'}"
     )
+    return "\n".join([summary, *result.changes.describe()])
 
 
 @app.command()

@@ -618,9 +618,7 @@ def build(
     if json_output:
         typer.echo(json.dumps({**summary, **changes.to_dict()}, indent=2))
         return
-    typer.echo(_build_text(summary, report, board))
-    if changes.kept or changes.removed:
-        typer.echo(changes.describe())
+    typer.echo("\n".join([_build_text(summary, report, board), *changes.describe()]))
 
 
 def _refuse_new_files(out: Path, stage: Path, force: bool) -> None:
