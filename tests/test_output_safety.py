@@ -233,3 +233,16 @@ def test_train_force_over_a_run_without_a_record_keeps_its_files(tmp_path, strip
     result = train_run(stripes, run, "--force", "--json")
     assert json.loads(result.stdout)["removed"] == [] and (run / "model.tflite").read_bytes() == b"old run"
     assert "records no outputs" in result.stderr
+
+
+def test_fit_out_force_replaces_its_two_files_and_keeps_the_rest(tmp_path):
+    board = board_toml(tmp_path / "board.toml", 60_000, 40_000)
+    out = tmp_path / "fit"
+    out.mkdir()
+    (out / "fit.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    result = invoke("fit", "--target", board, "--base", "tiny", "--out", out, "--force", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "fit.json").read_text()) == json.loads(result.stdout)
+    assert sorted(p.name for p in out.iterdir()) == ["fit.json", "model.tflite", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
