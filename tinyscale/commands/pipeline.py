@@ -343,10 +343,8 @@ def convert(
     json_output: JsonOption = False,
 ) -> None:
     """Convert a trained model to a full-integer int8 TFLite Micro model, calibrated on real data."""
-    from tinyscale.train import read_history  # noqa: PLC0415
+    from tinyscale.train import read_history, record_run_output  # noqa: PLC0415
     from tinyscale.tflite_model import read_model  # noqa: PLC0415
-
-    from tinyscale.train import record_run_output  # noqa: PLC0415
 
     out = out or model.with_suffix(".tflite")
     refuse_clobber(out, force)
