@@ -113,7 +113,7 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path) -> dict:
     kernels = kernels_of(tflm_root)
     slot = work / f"{label}-{kernels}"
     options = fw.FirmwareOptions(target=mps2_target(kernels), out_dir=slot / "project", name="app",
-                                 force=True, model_file=f"{label}.tflite")
+                                 force=True, allow_overflow=True, model_file=f"{label}.tflite")
     result = fw.generate_firmware(model, options)
     context = result.context
     elf = build(slot / "project", slot / "build", tflm_root)

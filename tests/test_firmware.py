@@ -8,6 +8,7 @@ Regenerate the golden trees with ``TINYSCALE_UPDATE_GOLDEN=1 pytest tests/test_f
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -19,8 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tinyscale import firmware as fw
+from tinyscale import fsutil
 from tinyscale.cli import app
-from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
+from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
 from tinyscale.kernels import ARENA_ALIGNMENT
 from tinyscale.targets import load_all_targets, load_target
 from tinyscale.tflite_model import read_model
@@ -301,10 +303,27 @@ def test_model_that_does_not_fit_is_refused_with_numbers(workdir):
     assert_refused(result, 3, "does not fit small-ram: SRAM (sram)", workdir, before)
     assert " B > 8,192 B" in result.output
 
-    forced = run_cli(str(workdir / "model.tflite"), "--target", str(target_file), "-o", str(workdir / "out"), "--force")
-    assert forced.exit_code == 0, forced.output
-    assert "generated with `--force`" in (workdir / "out" / "README.md").read_text()
-    assert "--target small-ram.toml" in (workdir / "out" / "manifest.json").read_text()
+    assert "--allow-overflow" in result.output
+
+    allowed = run_cli(str(workdir / "model.tflite"), "--target", str(target_file), "-o", str(workdir / "out"),
+                      "--allow-overflow")
+    assert allowed.exit_code == 0, allowed.output
+    assert "generated with `--allow-overflow`" in (workdir / "out" / "README.md").read_text()
+    manifest = json.loads((workdir / "out" / "manifest.json").read_text())
+    assert "--target small-ram.toml" in manifest["regenerate"] and "--allow-overflow" in manifest["regenerate"]
+    assert manifest["options"]["allow_overflow"] is True and manifest["predicted"]["fits"] is False
+
+
+def test_force_alone_does_not_ignore_the_budget(workdir):
+    # Overwriting a project and ignoring the budget are separate decisions.
+    target_file = workdir / "small-ram.toml"
+    target_file.write_text(SMALL_TARGET)
+    (workdir / "out").mkdir()
+    (workdir / "out" / "notes.txt").write_text("mine")
+    result = run_cli(str(workdir / "model.tflite"), "--target", str(target_file), "-o", str(workdir / "out"), "--force")
+    assert result.exit_code == 3, result.output
+    assert "does not fit small-ram" in result.output
+    assert [p.name for p in (workdir / "out").iterdir()] == ["notes.txt"]
 
 
 def test_existing_directory_is_not_overwritten(workdir):
@@ -318,8 +337,124 @@ def test_existing_directory_is_not_overwritten(workdir):
 
     replaced = run_cli(str(workdir / "model.tflite"), "--target", "mps2-an386", "-o", str(out), "--force")
     assert replaced.exit_code == 0, replaced.output
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
-    assert {p.name for p in workdir.iterdir()} == before  # the old tree and the staging dir are gone
+    assert (out / "keep.txt").read_text() == "mine" and (out / "manifest.json").is_file()
+    assert {p.name for p in workdir.iterdir()} == before  # no staging dir or old tree beside it
+    assert not [p for p in out.rglob(".*")]  # nor inside it
+
+
+def _user_files(project: Path) -> dict[str, bytes]:
+    """The user's own additions to a generated project: a source, a config, a build tree."""
+    files = {"src/sensor.c": b"int sensor(void) { return 1; }\n", "sdkconfig": b"CONFIG_X=y\n",
+             "build/app.elf": b"\x7fELF", "build/deep/obj.o": b"o"}
+    for name, data in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(data)
+    return files
+
+
+def test_force_replaces_only_generated_files_and_reports_them(workdir):
+    model, out = str(workdir / "model.tflite"), workdir / "proj"
+    first = run_cli(model, "--target", "mps2-an386", "-o", str(out), "--json")
+    assert first.exit_code == 0, first.output
+    generated = json.loads(first.stdout)["written"]
+    assert generated == json.loads((out / "manifest.json").read_text())["files"]
+    mine = _user_files(out)
+    (out / "README.md").write_text("edited")  # a generated file the user edited: regenerating replaces it
+
+    # Same folder, another build system: the cmake project's files are removed, the user's kept.
+    again = run_cli(model, "--target", "esp32", "-o", str(out), "--force", "--json")
+    assert again.exit_code == 0, again.output
+    report = json.loads(again.stdout)
+    assert {name: (out / name).read_bytes() for name in mine} == mine
+    assert report["kept"] == ["build/", "sdkconfig", "src/sensor.c"]
+    assert set(report["replaced"]) == set(generated) & set(report["written"]) >= {"README.md", "manifest.json"}
+    assert set(report["removed"]) == set(generated) - set(report["written"])
+    assert "CMakeLists.txt" not in report["removed"] and "src/model_data.c" in report["removed"]
+    assert (out / "README.md").read_text() != "edited"
+    assert all((out / name).is_file() for name in report["written"])
+    assert not any((out / name).exists() for name in report["removed"])
+    assert not (out / "src" / "tinyscale_runner.cc").exists() and (out / "src" / "sensor.c").exists()
+    assert not [p for p in out.rglob(".*")] and sorted(p.name for p in workdir.iterdir()) == ["model.tflite", "proj"]
+
+
+def test_force_on_a_folder_without_manifest_replaces_only_what_it_writes(workdir):
+    out = workdir / "proj"
+    out.mkdir()
+    (out / "CMakeLists.txt").write_text("old")
+    (out / "notes.md").write_text("mine")
+    result = run_cli(str(workdir / "model.tflite"), "--target", "mps2-an386", "-o", str(out), "--force")
+    assert result.exit_code == 0, result.output
+    assert "  replaced: CMakeLists.txt\n" in result.output and "  kept (yours): notes.md\n" in result.output
+    assert (out / "notes.md").read_text() == "mine" and (out / "CMakeLists.txt").read_text() != "old"
+
+
+def test_firmware_json_reuses_manifest_and_placement(workdir):
+    result = run_cli(str(workdir / "model.tflite"), "--target", "esp32", "-o", str(workdir / "p"), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    manifest = json.loads((workdir / "p" / "manifest.json").read_text())
+    assert {key: data[key] for key in manifest} == manifest
+    assert data["placement"]["device_arena_bytes"] == manifest["arena"]["arena_bytes"]
+    assert data["placement"]["flash_needed_bytes"] == manifest["predicted"]["flash_needed_bytes"]
+    assert data["written"] == manifest["files"] and data["replaced"] == data["kept"] == data["removed"] == []
+
+
+def test_output_dot_is_written_in_place(workdir, monkeypatch):
+    project = workdir / "here"
+    project.mkdir()
+    (project / "mine.txt").write_text("mine")
+    monkeypatch.chdir(project)
+    for _ in range(2):  # a retry changes nothing either
+        result = run_cli(str(workdir / "model.tflite"), "--target", "mps2-an386", "-o", ".", "--force")
+        assert result.exit_code == 0, result.output
+    assert (project / "manifest.json").is_file() and (project / "mine.txt").read_text() == "mine"
+    assert not [p for p in project.rglob(".*")]
+    assert sorted(p.name for p in workdir.iterdir()) == ["here", "model.tflite"]
+
+
+def test_failure_in_the_middle_of_rendering_changes_nothing(model, host_figures, workdir, monkeypatch):
+    out = workdir / "proj"
+    render(context_for(model, host_figures, "mps2-an386"), out)
+    _user_files(out)
+    before = tree(out)
+    real_render_tree = fw.render_tree
+
+    def fails_after_the_first_tree(source, destination, context, suffixes=None):
+        real_render_tree(source, destination, context, suffixes)
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(fw, "render_tree", fails_after_the_first_tree)
+    for force_dir in (out, Path(".")):
+        monkeypatch.chdir(out if force_dir == Path(".") else workdir)
+        with pytest.raises(RuntimeError):
+            fw.write_project(context_for(model, host_figures, "esp32"), force_dir, force=True)
+        assert tree(out) == before
+        assert sorted(p.name for p in workdir.iterdir()) == ["model.tflite", "proj"]
+
+
+def test_failure_while_publishing_in_place_leaves_no_debris(model, host_figures, workdir, monkeypatch):
+    out = workdir / "proj"
+    render(context_for(model, host_figures, "mps2-an386"), out)
+    real_replace, calls = os.replace, []
+
+    def disk_full_after_two(source, destination):
+        calls.append(destination)
+        if len(calls) > 2:
+            raise OSError(28, "No space left on device")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(fsutil.os, "replace", disk_full_after_two)
+    with pytest.raises(TinyscaleError, match=f"cannot write {out}: No space left on device"):
+        fw.write_project(context_for(model, host_figures, "esp32"), out, force=True)
+    assert not [p for p in out.rglob(".*")] and sorted(p.name for p in workdir.iterdir()) == ["model.tflite", "proj"]
+
+
+def test_unwritable_output_fails_before_measuring(workdir, monkeypatch):
+    (workdir / "file").write_text("x")
+    monkeypatch.setattr(fw, "measure_arena_bytes", lambda _m: pytest.fail("measured before checking the output"))
+    result = run_cli(str(workdir / "model.tflite"), "--target", "esp32", "-o", str(workdir / "file" / "sub"))
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"error: cannot write {workdir / 'file' / 'sub'}") and "internal" not in result.output
 
 
 @pytest.mark.parametrize("data", [b"", b"not a model at all", None])
@@ -339,7 +474,7 @@ def test_missing_model_file_is_refused(workdir):
 
 def test_render_failure_leaves_nothing(model, host_figures, tmp_path, monkeypatch):
     context = context_for(model, host_figures, "mps2-an386")
-    monkeypatch.setattr(fw, "manifest", lambda _ctx: 1 / 0)
+    monkeypatch.setattr(fw, "manifest", lambda *_: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         fw.write_project(context, tmp_path / "out", force=False)
     assert list(tmp_path.iterdir()) == []

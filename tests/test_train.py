@@ -78,7 +78,7 @@ def test_class_mismatch_and_bad_settings():
 
 def test_save_writes_both_files_and_refuses_to_clobber(trained, tmp_path):
     result, _ = trained
-    model_path, history_path = save_training(result, tmp_path, {"data": "stripes"})
+    model_path, history_path, _ = save_training(result, tmp_path, {"data": "stripes"})
     assert sorted(p.name for p in tmp_path.iterdir()) == [HISTORY_FILE, MODEL_FILE]
     history = json.loads(history_path.read_text())
     assert history["data"] == "stripes" and history["best_epoch"] == result.best_epoch

@@ -31,8 +31,8 @@ import numpy as np
 from tinyscale import __version__
 from tinyscale.budget import Placement, place
 from tinyscale.chips import find_chip
-from tinyscale.errors import DoesNotFitError, ModelError, TemplateError, TinyscaleError
-from tinyscale.fsutil import check_output_dir, publish_directory, staging_directory
+from tinyscale.errors import DoesNotFitError, ModelError, TemplateError
+from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
@@ -56,6 +56,7 @@ SELFTEST_SEED = 0
 # Model data is aligned like TFLM's own examples: flatbuffer tables may hold
 # 8- and 16-byte scalars that are read in place.
 MODEL_ALIGNMENT = 16
+MANIFEST_FILE = "manifest.json"
 
 # The arena margin (kernel-library scratch, 32-bit slack) is tinyscale.kernels'
 # rule, shared with the fitter so that fit and firmware agree to the byte.
@@ -278,7 +279,7 @@ class ProjectContext:
     tolerance: int
     arena: ArenaPlan
     placement: Placement
-    forced: bool
+    overflow_allowed: bool  # generated although it does not fit (--allow-overflow)
     cmake_arm: CmakeArmContext | None = None
     esp_idf: EspIdfContext | None = None
     arduino: ArduinoContext | None = None
@@ -304,7 +305,8 @@ class FirmwareOptions:
     target: Target
     out_dir: Path
     name: str | None = None  # project name (C identifier); default from the model file name
-    force: bool = False  # overwrite a non-empty out_dir and ignore a failed fit
+    force: bool = False  # update a non-empty out_dir (only the files tinyscale generated there)
+    allow_overflow: bool = False  # generate even when the model does not fit the target
     phi: float | None = None  # recorded in the manifest when the model came from tinyscale
     tolerance: int | None = None  # self-test max |difference|; default per kernel library
     model_file: str = "model.tflite"
@@ -315,6 +317,7 @@ class FirmwareResult:
     out_dir: Path
     context: ProjectContext
     files: tuple[str, ...] = field(default_factory=tuple)
+    changes: TreeChanges | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -402,8 +405,8 @@ def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[Ar
     return plan, placement
 
 
-def check_fit(placement: Placement, target: Target, force: bool) -> None:
-    """Refuse a model that exceeds the target, with the numbers (unless forced).
+def check_fit(placement: Placement, target: Target, allow_overflow: bool) -> None:
+    """Refuse a model that exceeds the target, with the numbers (unless allowed).
 
     The placement is the fitter's (same arena margin, same self-test flash), so
     a model `fit` accepts is never refused here.
@@ -411,9 +414,9 @@ def check_fit(placement: Placement, target: Target, force: bool) -> None:
     if placement.fits:
         return
     message = f"the model does not fit {target.name}: {placement.describe_shortfall()}"
-    if not force:
-        raise DoesNotFitError(f"{message} (use --force to generate the project anyway)")
-    log.warning("%s; generating anyway (--force)", message)
+    if not allow_overflow:
+        raise DoesNotFitError(f"{message} (use --allow-overflow to generate the project anyway)")
+    log.warning("%s; generating anyway (--allow-overflow)", message)
 
 
 # ---------------------------------------------------------------------------
@@ -732,7 +735,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
     arena, placement = plan_arena(info, measured, target)
     image_bytes = placement.flash_needed_bytes
     fits = placement.fits
-    check_fit(placement, target, options.force)
+    check_fit(placement, target, options.allow_overflow)
 
     input_tensor, output_tensor = info.input_tensors[0], info.output_tensors[0]
     inputs = selftest_input(input_tensor)
@@ -760,7 +763,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         tolerance=options.tolerance if options.tolerance is not None else default_tolerance(target.kernel_library),
         arena=arena,
         placement=placement,
-        forced=options.force and not fits,
+        overflow_allowed=options.allow_overflow and not fits,
         cmake_arm=cmake_arm_context(target, arena) if target.build_system == "cmake-arm" else None,
         esp_idf=esp_idf_context(target, arena, image_bytes) if target.build_system == "esp-idf" else None,
         arduino=arduino,
@@ -794,19 +797,25 @@ def _regenerate_command(options: FirmwareOptions, name: str) -> str:
         parts += ["--tolerance", str(options.tolerance)]
     if options.phi is not None:
         parts += ["--phi", repr(options.phi)]
+    if options.allow_overflow:
+        parts.append("--allow-overflow")
     return " ".join(parts)
 
 
-def manifest(context: ProjectContext) -> str:
-    """The project's manifest.json: enough to regenerate it and to audit its sizing."""
-    data = {
+def manifest_data(context: ProjectContext, files: list[str]) -> dict:
+    """The project's manifest: enough to regenerate it, audit its sizing, and know its files.
+
+    `files` (every generated path, manifest.json included) is what a later
+    `--force` may replace or remove; anything else in the folder is the user's.
+    """
+    return {
         "tinyscale_version": context.tinyscale_version,
         "target": context.target.name,
         "build_system": context.build_system,
         "kernel_library": context.target.kernel_library,
         "phi": context.phi,
         "model": {"file": context.model_file, "sha256": context.model_sha256, "size_bytes": context.model_size_bytes},
-        "options": {"name": context.project_name, "tolerance": context.tolerance, "forced": context.forced,
+        "options": {"name": context.project_name, "tolerance": context.tolerance, "allow_overflow": context.overflow_allowed,
                     "selftest_seed": SELFTEST_SEED},
         "arena": {**asdict(context.arena), "margin_rule": MARGIN_NOTE},
         "predicted": {
@@ -819,8 +828,12 @@ def manifest(context: ProjectContext) -> str:
         },
         "operators": [op.name for op in context.operators],
         "regenerate": context.regenerate_command,
+        "files": sorted(files),
     }
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def manifest(context: ProjectContext, files: list[str]) -> str:
+    return json.dumps(manifest_data(context, files), indent=2, sort_keys=True) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -903,7 +916,7 @@ def render_tree(source: Path, destination: Path, context: ProjectContext,
 
 
 def render_project(context: ProjectContext, destination: Path) -> list[str]:
-    """Write the whole project into the (empty) directory `destination`."""
+    """Write the whole project into the (empty) staging directory `destination`."""
     templates = templates_root()
     system_dir = templates / context.build_system
     if not system_dir.is_dir():
@@ -913,24 +926,42 @@ def render_project(context: ProjectContext, destination: Path) -> list[str]:
     written = render_tree(system_dir, destination, context)
     for shared in (templates / "common", firmware_sources_dir()):
         written += [f"{context.source_dir}/{p}" for p in render_tree(shared, sources, context, suffixes)]
-    (destination / "manifest.json").write_text(manifest(context), encoding="utf-8")
-    written.append("manifest.json")
-    return sorted(written)
+    written = sorted([*written, MANIFEST_FILE])
+    (destination / MANIFEST_FILE).write_text(manifest(context, written), encoding="utf-8")
+    return written
 
 
-def write_project(context: ProjectContext, out_dir: Path, force: bool) -> tuple[str, ...]:
+def generated_files(out_dir: Path) -> set[str]:
+    """The files the project's previous manifest.json says tinyscale generated (none if unknown).
+
+    Without that list (no project yet, an older tinyscale, a foreign file) nothing
+    is removed: only the files the new render writes are replaced.
+    """
+    try:
+        recorded = json.loads((Path(out_dir) / MANIFEST_FILE).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return safe_relative(recorded) if isinstance(recorded, list) else set()
+
+
+def write_project(context: ProjectContext, out_dir: Path, force: bool) -> TreeChanges:
+    """Render the project beside (new folder) or inside (existing folder) `out_dir`, then publish it.
+
+    Rendering finishes before anything in `out_dir` changes; an existing project
+    is updated file by file and keeps the user's own files (see publish_tree).
+    """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, force)
+    previous = generated_files(out_dir)
     staged = staging_directory(out_dir)
     try:
-        files = render_project(context, staged)
-        publish_directory(staged, out_dir)
+        render_project(context, staged)
+        return publish_tree(staged, out_dir, previous)
     except BaseException as exc:
         shutil.rmtree(staged, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise TinyscaleError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+            raise output_error(out_dir, exc) from None
         raise
-    return tuple(files)
 
 
 def generate_firmware(model: bytes, options: FirmwareOptions) -> FirmwareResult:
@@ -938,6 +969,6 @@ def generate_firmware(model: bytes, options: FirmwareOptions) -> FirmwareResult:
     check_build_system(options.target)
     check_output_dir(Path(options.out_dir), options.force)  # fail before the slow measurements
     context = build_context(model, options)
-    files = write_project(context, Path(options.out_dir), options.force)
-    log.info("wrote %d files to %s", len(files), options.out_dir)
-    return FirmwareResult(Path(options.out_dir), context, files)
+    changes = write_project(context, Path(options.out_dir), options.force)
+    log.info("wrote %d files to %s", len(changes.written), options.out_dir)
+    return FirmwareResult(Path(options.out_dir), context, changes.written, changes)

@@ -15,7 +15,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -23,13 +23,17 @@ from tinyscale.arch import ScaledNetwork
 from tinyscale.data import Dataset, check_classes, split
 from tinyscale.errors import DataError, TinyscaleError, UsageError
 from tinyscale.scaling import format_phi
-from tinyscale.fsutil import atomic_write_text, refuse_clobber
+from tinyscale.fsutil import atomic_write_text, file_mode, make_dirs, output_error, refuse_clobber, remove_generated, safe_relative
 from tinyscale.quiet import quiet_tensorflow
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
+# history.json's list of the files tinyscale wrote into the run folder for this
+# run (train, then convert/simulate into the same folder): what a later
+# `train --force` there removes, so no output of the old run outlives it.
+OUTPUTS_KEY = "outputs"
 # Translation of up to 10% of the side: objects in photos and Fashion-MNIST are
 # roughly centred, so small shifts add variety without cutting them off.
 TRANSLATE_FRACTION = 0.1
@@ -310,28 +314,100 @@ def train_network(
 def save_keras_model(model: Any, path: Path) -> None:
     """Save atomically: Keras writes a temp file in the same directory, then it is renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    make_dirs(path.parent)
+    try:
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
+    except OSError as exc:
+        raise output_error(path, exc) from None
     os.close(handle)
     try:
         with quiet_tensorflow():
             model.save(temp)
+        os.chmod(temp, file_mode())  # mkstemp's 0600 would outlive the rename
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(temp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(path, exc) from None
         raise
 
 
-def save_training(result: TrainResult, out_dir: Path, metadata: dict[str, Any], force: bool = False) -> tuple[Path, Path]:
-    """Write model.keras and history.json into `out_dir`; refuse to clobber without `force`."""
+class SavedRun(NamedTuple):
+    model: Path
+    history: Path
+    removed: tuple[str, ...]  # the previous run's outputs deleted from the folder
+
+
+def _read_history_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_outputs(run_dir: Path) -> set[str]:
+    """What tinyscale wrote into this run folder, as its history.json records it (empty if unknown)."""
+    recorded = (_read_history_file(Path(run_dir) / HISTORY_FILE) or {}).get(OUTPUTS_KEY)
+    return safe_relative(recorded) if isinstance(recorded, list) else set()
+
+
+def set_run_outputs(run_dir: Path, names: Iterable[str]) -> None:
+    """Record `names` (relative to the run folder) as this run's outputs in its history.json."""
+    path = Path(run_dir) / HISTORY_FILE
+    document = _read_history_file(path)
+    if document is None or not isinstance(document.get(OUTPUTS_KEY), list):
+        return  # not a run folder of this tinyscale: nothing to keep track of
+    document[OUTPUTS_KEY] = sorted(safe_relative([*document[OUTPUTS_KEY], *names]))
+    atomic_write_text(path, json.dumps(document, indent=2) + "\n")
+
+
+def record_run_output(path: Path) -> None:
+    """Note a file written into a run folder (convert's model.tflite, a plot) in the run's history.json."""
+    path = Path(path)
+    if path.name in run_outputs(path.parent):
+        return
+    try:
+        set_run_outputs(path.parent, [path.name])
+    except TinyscaleError as exc:  # the output itself is written: a missing note is no reason to fail
+        log.warning("%s is not recorded as this run's output (%s)", path, exc)
+
+
+def _inside(out_dir: Path, paths: Iterable[Path]) -> set[str]:
+    """`paths` that lie in `out_dir`, relative to it."""
+    root = Path(out_dir).resolve()
+    inside = set()
+    for path in paths:
+        resolved = Path(path).resolve()
+        if resolved.is_relative_to(root):
+            inside.add(resolved.relative_to(root).as_posix())
+    return inside
+
+
+def save_training(result: TrainResult, out_dir: Path, metadata: dict[str, Any], force: bool = False,
+                  inputs: Iterable[Path] = ()) -> SavedRun:
+    """Write model.keras and history.json into `out_dir`; refuse to clobber without `force`.
+
+    With `force`, the folder's previous run is replaced: the other files it
+    recorded (a converted model.tflite, simulation.json) are removed, except
+    `inputs` of this run (a fit.json trained from); files it did not record are
+    the user's and stay.
+    """
     out_dir = Path(out_dir)
     model_path, history_path = out_dir / MODEL_FILE, out_dir / HISTORY_FILE
     for path in (model_path, history_path):
         refuse_clobber(path, force)
-    document = {**metadata, **result.summary()}
+    previous = run_outputs(out_dir)
+    if force and (out_dir / HISTORY_FILE).is_file() and not previous:
+        log.warning("%s records no outputs (an older tinyscale?): files a previous run wrote there are kept",
+                    history_path)
+    document = {**metadata, **result.summary(), OUTPUTS_KEY: sorted([HISTORY_FILE, MODEL_FILE])}
     save_keras_model(result.model, model_path)
     atomic_write_text(history_path, json.dumps(document, indent=2) + "\n")
-    return model_path, history_path
+    removed = remove_generated(out_dir, previous - {MODEL_FILE, HISTORY_FILE} - _inside(out_dir, inputs))
+    if removed:
+        log.info("removed the previous run's %s from %s", ", ".join(removed), out_dir)
+    return SavedRun(model_path, history_path, removed)
 
 
 def _load_or_fail(kind: str, path: Path, load: Callable[[], Any]) -> Any:

@@ -164,13 +164,14 @@ def scale(
 ) -> None:
     """Describe the network at a given phi with its estimated (and measured) memory."""
     from tinyscale.estimate import estimate_memory
-    from tinyscale.fsutil import refuse_clobber
+    from tinyscale.fsutil import check_writable_file, refuse_clobber
 
     settings = _scaling(base, classes, channels, alpha, beta, gamma)
     settings.coefficients.warn_if_unbalanced()
     board = load_target(target) if target else None
     if tflite is not None:
         refuse_clobber(tflite, force, "--tflite file")
+        check_writable_file(tflite)  # before the conversion
     network = arch.scale(settings.base, phi, settings.coefficients, settings.classes, settings.channels)
     spec = network.spec
     estimate = estimate_memory(spec)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from tinyscale.cli import app, reports_errors
+from tinyscale.commands.core import JsonOption
 from tinyscale.errors import ModelError
 
 
@@ -18,16 +20,42 @@ def _read_model(path: Path) -> bytes:
         raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def _result_dict(result) -> dict:
+    """The --json object: the manifest (arena, flash, ops) plus the placement and what changed on disk."""
+    from tinyscale.firmware import manifest_data  # noqa: PLC0415
+
+    context = result.context
+    return {
+        **manifest_data(context, list(result.files)),
+        "out_dir": str(result.out_dir),
+        "placement": context.placement.to_dict(),
+        **result.changes.to_dict(),
+    }
+
+
+def _result_line(result) -> str:
+    context = result.context
+    summary = (
+        f"wrote {len(result.files)} files to {result.out_dir} ({context.build_system}, {len(context.operators)} ops, "
+        f"arena {context.arena.arena_bytes:,} B in {context.arena.region}, "
+        f"flash {context.predicted_flash_bytes:,} of {context.placement.flash_budget_bytes:,} B); "
+        f"see {result.out_dir / 'README.md'}"
+    )
+    return "\n".join([summary, *result.changes.describe()])
+
+
 @app.command()
 @reports_errors
 def firmware(
     model: Annotated[Path, typer.Argument(help="int8 .tflite model (tinyscale's or any other).")],
     target: Annotated[str, typer.Option("--target", "-t", help="Bundled target name or a target .toml file.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Project directory to create.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Project directory to create or update.")],
     name: Annotated[Optional[str], typer.Option(help="Project name, a C identifier (default: from the model file).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite a non-empty DIR; generate even if the model does not fit.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Update a non-empty DIR: replace the files tinyscale generated there, keep your own.")] = False,
+    allow_overflow: Annotated[bool, typer.Option("--allow-overflow", help="Generate the project even if the model does not fit the target.")] = False,
     tolerance: Annotated[Optional[int], typer.Option(min=0, max=255, help="Self-test max |device - host| per value (default 0 for reference kernels, 1 for optimized).")] = None,
     phi: Annotated[Optional[float], typer.Option(help="Compound-scaling phi the model was made with (recorded in the manifest).")] = None,
+    json_output: JsonOption = False,
 ) -> None:
     """Render a firmware project (ESP-IDF, CMake arm-none-eabi, Arduino sketch or Pico SDK) that runs MODEL with a self-test."""
     from tinyscale.firmware import FirmwareOptions, generate_firmware  # noqa: PLC0415 - keeps --help fast
@@ -35,13 +63,8 @@ def firmware(
 
     board = load_target(target)
     options = FirmwareOptions(
-        target=board, out_dir=output, name=name, force=force, phi=phi, tolerance=tolerance, model_file=model.name
+        target=board, out_dir=output, name=name, force=force, allow_overflow=allow_overflow, phi=phi,
+        tolerance=tolerance, model_file=model.name,
     )
     result = generate_firmware(_read_model(model), options)
-    context = result.context
-    typer.echo(
-        f"wrote {len(result.files)} files to {result.out_dir} ({context.build_system}, {len(context.operators)} ops, "
-        f"arena {context.arena.arena_bytes:,} B in {context.arena.region}, "
-        f"flash {context.predicted_flash_bytes:,} of {context.placement.flash_budget_bytes:,} B); "
-        f"see {result.out_dir / 'README.md'}"
-    )
+    typer.echo(json.dumps(_result_dict(result), indent=2) if json_output else _result_line(result))

@@ -34,9 +34,12 @@ from tinyscale.fsutil import (
     atomic_write_bytes,
     atomic_write_text,
     check_output_dir,
+    check_writable_dir,
+    check_writable_file,
     keep_failed_directory,
-    publish_directory,
+    publish_tree,
     refuse_clobber,
+    relative_files,
     staging_directory,
 )
 from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
@@ -227,14 +230,16 @@ def train(
     config = _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed)
     for name in (MODEL_FILE, HISTORY_FILE):
         refuse_clobber(out / name, force)
+    check_writable_dir(out)  # before the training run, not after it
     dataset = _load_data(data, "train", limit, seed)
     coefficients = Coefficients(alpha, beta, gamma)
     network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels)
     result = _train(network, dataset, config, quiet=json_output)
     metadata = _training_metadata(data, limit, seed, dataset, network, fitted.get("target") if fitted else None)
-    model_path, history_path = save_training(result, out, metadata, force=force)
+    inputs = [path for path in (fit_file, Path(data)) if path is not None]
+    model_path, history_path, removed = save_training(result, out, metadata, force=force, inputs=inputs)
     summary = {**metadata, **{k: v for k, v in result.summary().items() if k != "history"},
-               "model": str(model_path), "history": str(history_path)}
+               "model": str(model_path), "history": str(history_path), "removed": list(removed)}
     if json_output:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -244,6 +249,7 @@ def train(
         ("val accuracy", _percent(result.val_accuracy)),
         ("train time", f"{result.seconds:.1f} s"),
         ("wrote", f"{model_path}, {history_path}"),
+        *([("removed", f"the previous run's {', '.join(removed)}")] if removed else []),
     ]))
 
 
@@ -337,15 +343,17 @@ def convert(
     json_output: JsonOption = False,
 ) -> None:
     """Convert a trained model to a full-integer int8 TFLite Micro model, calibrated on real data."""
-    from tinyscale.train import read_history  # noqa: PLC0415
+    from tinyscale.train import read_history, record_run_output  # noqa: PLC0415
     from tinyscale.tflite_model import read_model  # noqa: PLC0415
 
     out = out or model.with_suffix(".tflite")
     refuse_clobber(out, force)
+    check_writable_file(out)  # before loading TensorFlow and converting
     keras_model = _load_float_model(model)
     representative = _calibration_inputs(keras_model, data, read_history(model), calibration_samples, seed)
     flatbuffer = convert_model(keras_model, representative, calibration_samples)
     atomic_write_bytes(out, flatbuffer)
+    record_run_output(out)
     info = read_model(flatbuffer)
     from tinyscale.simulate import io_dict  # noqa: PLC0415
 
@@ -482,11 +490,13 @@ def simulate(
 ) -> None:
     """Run the model in TFLM on the host: minimal arena, flash need, per-operator memory, accuracy."""
     from tinyscale.simulate import plot_memory  # noqa: PLC0415
+    from tinyscale.train import record_run_output  # noqa: PLC0415
 
     if keras is not None and data is None:
         raise UsageError("--keras compares accuracies on --data; pass --data too")
     if plot is not None:
         refuse_clobber(plot, force, "--plot file")
+        check_writable_file(plot)
     board = load_target(target) if target else None
     model_bytes = _read_tflite(model)
     dataset = _load_data(data, "test", limit, seed) if data is not None else None
@@ -495,6 +505,7 @@ def simulate(
                                      workers or os.cpu_count() or 1, json_output)
     if plot is not None:
         plot_memory(report, plot, _arena_budget(report.placement))
+        record_run_output(plot)
     if json_output:
         typer.echo(json.dumps(_simulation_dict(report, evaluation, board), indent=2))
     else:
@@ -559,10 +570,11 @@ def build(
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""
     from tinyscale.firmware import check_board_glue  # noqa: PLC0415
-    from tinyscale.train import MODEL_FILE, TrainConfig, save_training  # noqa: PLC0415
+    from tinyscale.train import MODEL_FILE, TrainConfig, run_outputs, save_training, set_run_outputs  # noqa: PLC0415
 
     started = time.perf_counter()
     check_output_dir(out, force)
+    previous = run_outputs(out)  # an earlier build's files: replaced or removed, the user's kept
     board = load_target(target)
     check_board_glue(board)  # a board the templates cannot serve fails now, not after training
     config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed)
@@ -579,7 +591,7 @@ def build(
         atomic_write_text(stage / FIT_FILE, json.dumps(fitted, indent=2) + "\n")
         trained = _train(network, train_set, config, quiet)
         metadata = _training_metadata(data, limit, seed, train_set, network, board.name)
-        model_path, _ = save_training(trained, stage, metadata)
+        save_training(trained, stage, metadata)
         size, model_channels, _ = _model_geometry(trained.model)
         representative = network_inputs(train_set.limit(calibration_samples, seed).x, size, model_channels)
         if not quiet:
@@ -595,8 +607,9 @@ def build(
                                  None if firmware_problem is None else str(firmware_problem))
         summary["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
-        refuse_clobber(out, force)  # something may have appeared there while we trained
-        publish_directory(stage, out)
+        set_run_outputs(stage, relative_files(stage))
+        _refuse_new_files(out, stage, force)  # something may have appeared there while we trained
+        changes = publish_tree(stage, out, previous)
     except BaseException as failure:
         if not (stage / MODEL_FILE).exists():  # nothing costly to keep yet
             shutil.rmtree(stage, ignore_errors=True)
@@ -606,12 +619,21 @@ def build(
         kept = keep_failed_directory(stage, out)
         failure.add_note(f"the trained model is kept in {kept / MODEL_FILE}")
         raise
-    typer.echo(json.dumps(summary, indent=2) if json_output else _build_text(summary, report, board))
+    if json_output:
+        typer.echo(json.dumps({**summary, **changes.to_dict()}, indent=2))
+    else:
+        typer.echo("\n".join([_build_text(summary, report, board), *changes.describe()]))
     report.placement.require_fits("the trained model", board.name)  # exit 3, like fit and simulate
     if firmware_problem is not None:
         # Firmware was asked for: its absence is a failure, though the rest is kept.
         firmware_problem.add_note(f"firmware not generated; the model and reports are in {out}")
         raise firmware_problem
+
+
+def _refuse_new_files(out: Path, stage: Path, force: bool) -> None:
+    """refuse_clobber for `out`, not counting the staging folder that may live inside it."""
+    if not force and out.is_dir() and any(entry.name != stage.name for entry in out.iterdir()):
+        refuse_clobber(out, force)
 
 
 def _build_summary(board: Target, network: ScaledNetwork, trained, report, evaluation, out: Path,
