@@ -23,6 +23,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's option table truncates names and defaults with
+    # "…" at 80 columns; click's formatter wraps the help text instead.
+    rich_markup_mode=None,
 )
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -97,6 +100,15 @@ def _register_commands() -> None:
     from tinyscale.commands import core  # noqa: F401
     from tinyscale.commands import firmware  # noqa: F401
     from tinyscale.commands import pipeline  # noqa: F401
+    _full_short_help()
+
+
+def _full_short_help() -> None:
+    """List each command with its whole first docstring line, wrapped, not cut with "..."."""
+    for info in app.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and doc:
+            info.short_help = doc.strip().splitlines()[0]
 
 
 _register_commands()

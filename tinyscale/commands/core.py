@@ -22,7 +22,10 @@ from tinyscale.targets import Target, load_all_targets, load_target
 
 Base = Enum("Base", {name: name for name in BASES}, type=str)  # type: ignore[misc]
 
-BaseOption = Annotated[Base, typer.Option("--base", help="Base architecture to scale.")]
+# A short metavar with the choices in the help: the full choice list is wider than 80 columns.
+BaseOption = Annotated[
+    Base, typer.Option("--base", metavar="BASE", help=f"Base architecture to scale: {', '.join(BASES)}.")
+]
 ClassesOption = Annotated[int, typer.Option("--classes", min=2, help="Number of output classes.")]
 ChannelsOption = Annotated[int, typer.Option("--channels", min=1, max=3, help="Input channels: 1 (grey) or 3 (RGB).")]
 AlphaOption = Annotated[float, typer.Option("--alpha", help="Depth growth per unit of phi.")]
