@@ -204,6 +204,16 @@ def test_simulate_plot_needs_matplotlib_or_writes_png(converted, workdir):
     assert (workdir / "memory.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_simulate_plot_without_matplotlib_names_the_extra_before_any_work(workdir, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import fails as if not installed
+    not_a_model = workdir / "never-read.tflite"  # the check comes before the model is read
+    not_a_model.write_bytes(b"not a model")
+    result = invoke("simulate", not_a_model, "--plot", workdir / "never.png")
+    line = one_line_error(result, 2, r"matplotlib")
+    assert "plot extra" in line and "'.[plot]'" in line, line
+    assert not (workdir / "never.png").exists()
+
+
 def test_simulate_bad_models(workdir, converted):
     good = converted[0].read_bytes()
     cases = {

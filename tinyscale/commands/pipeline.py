@@ -481,12 +481,13 @@ def simulate(
     json_output: JsonOption = False,
 ) -> None:
     """Run the model in TFLM on the host: minimal arena, flash need, per-operator memory, accuracy."""
-    from tinyscale.simulate import plot_memory  # noqa: PLC0415
+    from tinyscale.simulate import plot_memory, pyplot  # noqa: PLC0415
 
     if keras is not None and data is None:
         raise UsageError("--keras compares accuracies on --data; pass --data too")
     if plot is not None:
         refuse_clobber(plot, force, "--plot file")
+        pyplot()  # a missing matplotlib fails now, not after the measurement
     board = load_target(target) if target else None
     model_bytes = _read_tflite(model)
     dataset = _load_data(data, "test", limit, seed) if data is not None else None
