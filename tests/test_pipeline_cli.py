@@ -71,6 +71,28 @@ def converted(trained):
 # train
 
 
+def _folder_with_broken_image(root: Path) -> Path:
+    import tensorflow as tf
+
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            (root / name / f"{i}.png").write_bytes(tf.io.encode_png(np.full((8, 8, 1), 40 * i, np.uint8)).numpy())
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    return root
+
+
+def test_train_skips_an_unreadable_image_with_a_warning_and_strict_refuses_it(tmp_path):
+    images = _folder_with_broken_image(tmp_path / "imgs")
+    # --fit names no file: the command stops right after loading the data.
+    lenient = invoke("train", "--data", images, "--fit", tmp_path / "none.json", "-o", tmp_path / "run")
+    assert lenient.exit_code == 2, lenient.output
+    assert re.search(r"WARNING: skipped 1 unreadable image in .*imgs: .*broken\.jpg", lenient.stderr), lenient.stderr
+    assert "cannot read" in lenient.stderr  # got past the images to the missing fit.json
+    strict = invoke("train", "--data", images, "--strict", "--fit", tmp_path / "none.json", "-o", tmp_path / "run")
+    one_line_error(strict, 1, r"cannot decode image .*broken\.jpg")
+
+
 def test_train_writes_model_and_history(trained):
     data, out, result = trained
     assert sorted(p.name for p in out.iterdir()) == ["history.json", "model.keras"]

@@ -65,6 +65,9 @@ WorkersOption = Annotated[
 DataChannelsOption = Annotated[
     Optional[int], typer.Option("--channels", min=1, max=3, help="Network input channels (default: the data's).")
 ]
+StrictOption = Annotated[
+    bool, typer.Option("--strict", help="Refuse an image folder with an unreadable image (default: skip it, warn).")
+]
 CalibrationOption = Annotated[
     int, typer.Option("--calibration-samples", min=1, help="Real training images used to calibrate the int8 ranges.")
 ]
@@ -168,8 +171,8 @@ def _training_metadata(data: str, limit: Optional[int], seed: int, dataset: Data
     }
 
 
-def _load_data(source: str, split_name: str, limit: Optional[int], seed: int) -> Dataset:
-    dataset = load_dataset(source, split_name)
+def _load_data(source: str, split_name: str, limit: Optional[int], seed: int, strict: bool = False) -> Dataset:
+    dataset = load_dataset(source, split_name, strict=strict)
     return dataset.limit(limit, seed)
 
 
@@ -218,6 +221,7 @@ def train(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal flips in augmentation (off for text, digits).")] = True,
     limit: LimitOption = None,
     seed: SeedOption = 0,
+    strict: StrictOption = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -227,7 +231,7 @@ def train(
     config = _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed)
     for name in (MODEL_FILE, HISTORY_FILE):
         refuse_clobber(out / name, force)
-    dataset = _load_data(data, "train", limit, seed)
+    dataset = _load_data(data, "train", limit, seed, strict)
     coefficients = Coefficients(alpha, beta, gamma)
     network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels)
     result = _train(network, dataset, config, quiet=json_output)
@@ -288,7 +292,8 @@ def _model_geometry(model) -> tuple[tuple[int, int], int, int]:
     return (int(shape[1]), int(shape[2])), int(shape[3]), int(outputs[1])
 
 
-def _calibration_inputs(model, data: Optional[str], history: Optional[dict], samples: int, seed: int) -> np.ndarray:
+def _calibration_inputs(model, data: Optional[str], history: Optional[dict], samples: int, seed: int,
+                        strict: bool = False) -> np.ndarray:
     """Real training images for calibration, shaped for the model; never random data."""
     from tinyscale.data import check_classes  # noqa: PLC0415
 
@@ -297,7 +302,7 @@ def _calibration_inputs(model, data: Optional[str], history: Optional[dict], sam
         raise UsageError("no calibration data: pass --data (the training data), or convert a model saved by "
                          "`tinyscale train` (its history.json names the data)")
     size, channels, classes = _model_geometry(model)
-    dataset = load_dataset(source, "train")
+    dataset = load_dataset(source, "train", strict=strict)
     check_classes(dataset, classes, "the model")
     subset = dataset.limit(samples, seed)
     return network_inputs(subset.x, size, channels)
@@ -333,6 +338,7 @@ def convert(
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Training data for calibration (default: from history.json).")] = None,
     calibration_samples: CalibrationOption = DEFAULT_CALIBRATION_SAMPLES,
     seed: SeedOption = 0,
+    strict: StrictOption = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -343,7 +349,7 @@ def convert(
     out = out or model.with_suffix(".tflite")
     refuse_clobber(out, force)
     keras_model = _load_float_model(model)
-    representative = _calibration_inputs(keras_model, data, read_history(model), calibration_samples, seed)
+    representative = _calibration_inputs(keras_model, data, read_history(model), calibration_samples, seed, strict)
     flatbuffer = convert_model(keras_model, representative, calibration_samples)
     atomic_write_bytes(out, flatbuffer)
     info = read_model(flatbuffer)
@@ -477,6 +483,7 @@ def simulate(
     workers: WorkersOption = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of activation memory per operator.")] = None,
     seed: SeedOption = 0,
+    strict: StrictOption = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -490,7 +497,7 @@ def simulate(
         pyplot()  # a missing matplotlib fails now, not after the measurement
     board = load_target(target) if target else None
     model_bytes = _read_tflite(model)
-    dataset = _load_data(data, "test", limit, seed) if data is not None else None
+    dataset = _load_data(data, "test", limit, seed, strict) if data is not None else None
     keras_model = _load_float_model(keras) if keras is not None else None
     report, evaluation = _simulation(model_bytes, str(model), board, dataset, keras_model,
                                      workers or os.cpu_count() or 1, json_output)
@@ -511,13 +518,13 @@ def simulate(
 # build
 
 
-def _build_datasets(source: str, limit: Optional[int], seed: int) -> tuple[Dataset, Dataset]:
+def _build_datasets(source: str, limit: Optional[int], seed: int, strict: bool = False) -> tuple[Dataset, Dataset]:
     """(training data, test data): Fashion-MNIST's own test split, else a held-out share."""
     if source == FASHION_MNIST:
         train_set = _load_data(source, "train", limit, seed)
         test_limit = None if limit is None else max(1, limit // 6)  # keep Fashion-MNIST's 6:1 ratio
         return train_set, _load_data(source, "test", test_limit, seed)
-    dataset = _load_data(source, "train", limit, seed)
+    dataset = _load_data(source, "train", limit, seed, strict)
     return split(dataset, BUILD_TEST_FRACTION, seed=seed + 1)
 
 
@@ -552,6 +559,7 @@ def build(
     calibration_samples: CalibrationOption = DEFAULT_CALIBRATION_SAMPLES,
     workers: WorkersOption = None,
     seed: SeedOption = 0,
+    strict: StrictOption = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -562,7 +570,7 @@ def build(
     check_output_dir(out, force)
     board = load_target(target)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed)
-    train_set, test_set = _build_datasets(data, limit, seed)
+    train_set, test_set = _build_datasets(data, limit, seed, strict)
     channels = channels or train_set.channels
     coefficients = Coefficients(alpha, beta, gamma)
     quiet = json_output
