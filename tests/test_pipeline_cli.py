@@ -307,6 +307,26 @@ def test_build_end_to_end(workdir, trained):
     one_line_error(invoke("build", "--target", target, "--data", data, "-o", out), 4, "--force")
 
 
+def test_build_says_what_each_split_got_in_words_and_paths_that_work(workdir):
+    out = workdir / "built-fashion"
+    target = small_target(workdir / "small-board.toml")
+    result = invoke("build", "--target", target, "--data", "fashion-mnist", "--limit", "60", "--base", "tiny",
+                    "--epochs", "1", "--calibration-samples", "8", "--workers", "1", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    counts = report["train_samples"], report["validation_samples"], report["test_samples"]
+    # The 60 limited samples are shared by training and validation; the test split is cut to 60 // 6.
+    assert counts[0] + counts[1] == 60 and counts[1] >= 6 and counts[2] == 10, counts
+    split_words = "{:,} train / {:,} validation / {:,} test samples".format(*counts)
+    assert f"data: {split_words} (--limit 60 cuts the test split to limit/6" in result.stderr, result.stderr
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in result.stdout.splitlines() if line.strip())
+    assert rows["data"] == split_words
+    assert rows["training"].startswith("1 epoch,"), rows["training"]
+    wrote = rows["wrote"].split(", ")
+    assert len(wrote) == len(report["files"]) and all(Path(path).exists() for path in wrote), wrote
+    assert Path(rows["firmware"].split(" (see ")[0]).is_dir()
+
+
 def test_build_failing_after_training_keeps_the_trained_model(workdir, trained, monkeypatch):
     from tinyscale.commands import pipeline
     from tinyscale.errors import MeasurementError

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from tinyscale.cli import app, reports_errors
+from tinyscale.commands.wording import plural
 from tinyscale.errors import ModelError
 
 
@@ -40,7 +41,8 @@ def firmware(
     result = generate_firmware(_read_model(model), options)
     context = result.context
     typer.echo(
-        f"wrote {len(result.files)} files to {result.out_dir} ({context.build_system}, {len(context.operators)} ops, "
+        f"wrote {plural(len(result.files), 'file')} to {result.out_dir} ({context.build_system}, "
+        f"{plural(len(context.operators), 'op')}, "
         f"arena {context.arena.arena_bytes:,} B in {context.arena.region}, "
         f"flash {context.predicted_flash_bytes:,} of {context.placement.flash_budget_bytes:,} B); "
         f"see {result.out_dir / 'README.md'}"

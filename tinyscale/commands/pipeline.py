@@ -15,6 +15,7 @@ import typer
 from tinyscale import arch
 from tinyscale.arch import ScaledNetwork
 from tinyscale.cli import app, reports_errors
+from tinyscale.commands.wording import plural
 from tinyscale.commands.core import (
     DEFAULT_BASE,
     AlphaOption,
@@ -187,7 +188,7 @@ def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
     if not quiet:
         _err(
             f"training {spec.base} phi={network.phi:g} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
-            f"{arch.count_params(spec):,} params) on {len(dataset):,} samples of {dataset.source}"
+            f"{arch.count_params(spec):,} params) on {plural(len(dataset), 'sample')} of {dataset.source}"
         )
     return train_network(network, dataset, config, progress=None if quiet else (lambda report: _err(report.line())))
 
@@ -371,7 +372,7 @@ def convert(
         ("wrote", str(out)),
         ("size", _bytes(info.size_bytes)),
         ("operators", f"{len(info.operators)}: {', '.join(info.operator_names)}"),
-        ("calibration", f"{len(representative)} training images"),
+        ("calibration", plural(len(representative), "training image")),
         *_io_rows(info),
         ("TFLM", "loads (checked)"),
     ]))
@@ -391,7 +392,7 @@ def _simulation(model_bytes: bytes, source: str, target: Optional[Target], datas
     if dataset is not None:
         check_classes(dataset, output_classes(report.info), "the model")  # before any progress line
         if not quiet:
-            _err(f"evaluating {len(dataset):,} samples with {workers} worker process(es)")
+            _err(f"evaluating {plural(len(dataset), 'sample')} with {plural(workers, 'worker process', 'worker processes')}")
         evaluation = evaluate(model_bytes, report.info, dataset, report.arena_bytes, workers, keras_model)
     return report, evaluation
 
@@ -422,7 +423,7 @@ def _memory_rows(report, target: Optional[Target]) -> list[tuple[str, str]]:
     info = report.info
     rows = [
         ("model", _bytes(report.model_bytes)),
-        ("operators", f"{len(info.operators)} in {info.subgraphs} subgraph(s): {', '.join(info.operator_names)}"),
+        ("operators", f"{len(info.operators)} in {plural(info.subgraphs, 'subgraph')}: {', '.join(info.operator_names)}"),
         *_io_rows(info),
         ("arena (minimal)", f"{_bytes(report.arena_bytes)}; allocator reports {report.arena.reported_bytes:,} B"),
         ("peak activations", _bytes(report.peak.live_bytes) if report.peak else "-"),
@@ -445,7 +446,7 @@ def _accuracy_text(evaluation) -> str:
     if evaluation.float_accuracy is not None:
         rows += [("float accuracy", _percent(evaluation.float_accuracy)),
                  ("agreement", _percent(evaluation.agreement))]
-    rows.append(("throughput", f"{evaluation.images_per_second:,.1f} images/s ({evaluation.workers} workers)"))
+    rows.append(("throughput", f"{evaluation.images_per_second:,.1f} images/s ({plural(evaluation.workers, 'worker')})"))
     names = evaluation.class_names
     per_class = evaluation.per_class_accuracy()
     rows += [(f"  class {name}", _percent(value)) for name, value in zip(names, per_class)]
@@ -528,6 +529,22 @@ def _build_datasets(source: str, limit: Optional[int], seed: int, strict: bool =
     return split(dataset, BUILD_TEST_FRACTION, seed=seed + 1)
 
 
+def _split_counts(train_set: Dataset, test_set: Dataset, validation_fraction: float, seed: int) -> dict[str, int]:
+    """What each split gets: training holds out its validation share the way train_network does."""
+    fitted, validation = split(train_set, validation_fraction, seed=seed)
+    return {"train_samples": len(fitted), "validation_samples": len(validation), "test_samples": len(test_set)}
+
+
+def _split_line(counts: dict[str, int], source: str, limit: Optional[int]) -> str:
+    line = (f"data: {counts['train_samples']:,} train / {counts['validation_samples']:,} validation / "
+            f"{counts['test_samples']:,} test samples")
+    if source == FASHION_MNIST and limit is not None:
+        line += f" (--limit {limit:,} cuts the test split to limit/6, Fashion-MNIST's 6:1 ratio)"
+    elif source != FASHION_MNIST:
+        line += f" ({BUILD_TEST_FRACTION:.0%} of each class held out for test)"
+    return line
+
+
 def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes: int, out_dir: Path) -> str | None:
     """Render the firmware project into out_dir/firmware; the reason when it cannot be."""
     from tinyscale.errors import DoesNotFitError, TemplateError  # noqa: PLC0415
@@ -575,7 +592,9 @@ def build(
     coefficients = Coefficients(alpha, beta, gamma)
     quiet = json_output
     if not quiet:
-        _err(f"fitting {base.value} to {board.name} ({train_set.classes} classes, {channels} channel(s))")
+        _err(_split_line(_split_counts(train_set, test_set, config.validation_fraction, config.seed), data, limit))
+    if not quiet:
+        _err(f"fitting {base.value} to {board.name} ({train_set.classes} classes, {plural(channels, 'channel')})")
     fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels)
     network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
     stage = staging_directory(out)
@@ -587,7 +606,7 @@ def build(
         size, model_channels, _ = _model_geometry(trained.model)
         representative = network_inputs(train_set.limit(calibration_samples, seed).x, size, model_channels)
         if not quiet:
-            _err(f"converting to int8 (calibration on {len(representative)} training images)")
+            _err(f"converting to int8 (calibration on {plural(len(representative), 'training image')})")
         flatbuffer = convert_model(trained.model, representative, calibration_samples)
         atomic_write_bytes(stage / TFLITE_FILE, flatbuffer)
         report, evaluation = _simulation(flatbuffer, TFLITE_FILE, board, test_set, trained.model,
@@ -596,6 +615,7 @@ def build(
         atomic_write_text(stage / SIMULATION_FILE, json.dumps(simulation, indent=2) + "\n")
         firmware_problem = _render_firmware(flatbuffer, board, network.phi, report.arena_bytes, stage)
         summary = _build_summary(board, network, trained, report, evaluation, out, firmware_problem)
+        summary.update(train_samples=trained.train_samples, validation_samples=trained.val_samples)
         summary["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
         refuse_clobber(out, force)  # something may have appeared there while we trained
@@ -651,6 +671,7 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
 
 
 def _build_text(summary: dict[str, Any], report, board: Target) -> str:
+    out = Path(summary["out"])
     fits = "yes" if summary["fits"] else f"NO: {report.placement.describe_shortfall()}"
     rows = [
         ("target", f"{board.name} ({board.board})"),
@@ -661,10 +682,13 @@ def _build_text(summary: dict[str, Any], report, board: Target) -> str:
         *_placement_rows(report.placement),
         ("fits", fits),
         ("accuracy", f"int8 {_percent(summary['int8_accuracy'])}, float {_percent(summary['float_accuracy'])}, "
-                     f"agreement {_percent(summary['agreement'])} on {summary['test_samples']:,} test images"),
-        ("training", f"{summary['epochs_run']} epochs, {summary['train_seconds']:.0f} s"),
-        ("firmware", "firmware/ (see firmware/README.md)" if summary["firmware"]
+                     f"agreement {_percent(summary['agreement'])} on {plural(summary['test_samples'], 'test image')}"),
+        ("data", f"{summary['train_samples']:,} train / {summary['validation_samples']:,} validation / "
+                 f"{summary['test_samples']:,} test samples"),
+        ("training", f"{plural(summary['epochs_run'], 'epoch')}, {summary['train_seconds']:.0f} s"),
+        ("firmware", f"{out / 'firmware'} (see {out / 'firmware' / 'README.md'})" if summary["firmware"]
          else f"not generated: {summary['firmware_problem']}"),
-        ("wrote", f"{summary['out']}/: {', '.join(summary['files'])}"),
+        # Paths as given, usable as they are (not names relative to an output folder).
+        ("wrote", ", ".join(f"{out / name}/" if name.endswith("/") else str(out / name) for name in summary["files"])),
     ]
     return _table(rows)
