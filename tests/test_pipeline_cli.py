@@ -71,6 +71,13 @@ def converted(trained):
 # train
 
 
+def test_train_names_the_device_it_trains_on(trained):
+    from tinyscale.train import training_device
+
+    first = next(line for line in trained[2].stderr.splitlines() if line.startswith("training "))
+    assert first.endswith(f", device {training_device()}"), first
+
+
 def _folder_with_broken_image(root: Path) -> Path:
     import tensorflow as tf
 

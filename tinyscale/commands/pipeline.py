@@ -182,13 +182,14 @@ def _load_data(source: str, split_name: str, limit: Optional[int], seed: int, st
 
 
 def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
-    from tinyscale.train import train_network  # noqa: PLC0415 - imports TensorFlow
+    from tinyscale.train import train_network, training_device  # noqa: PLC0415 - imports TensorFlow
 
     spec = network.spec
     if not quiet:
         _err(
             f"training {spec.base} phi={network.phi:g} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
-            f"{arch.count_params(spec):,} params) on {plural(len(dataset), 'sample')} of {dataset.source}"
+            f"{arch.count_params(spec):,} params) on {plural(len(dataset), 'sample')} of {dataset.source}, "
+            f"device {training_device()}"
         )
     return train_network(network, dataset, config, progress=None if quiet else (lambda report: _err(report.line())))
 
