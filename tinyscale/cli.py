@@ -78,6 +78,16 @@ def _root(
     _configure_logging(verbose)
 
 
+class _StatusAwareHandler(logging.StreamHandler):
+    """A log record erases a status line in progress first, so it starts at column 0."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tinyscale.progress import before_output  # noqa: PLC0415
+
+        before_output()
+        super().emit(record)
+
+
 def _configure_logging(verbose: bool) -> None:
     """Send the library's log records to the current stderr, once per invocation.
 
@@ -88,7 +98,7 @@ def _configure_logging(verbose: bool) -> None:
     for handler in list(logger.handlers):
         if getattr(handler, "tinyscale_cli", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StatusAwareHandler(sys.stderr)
     handler.tinyscale_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)

@@ -22,6 +22,7 @@ from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.budget import Placement, place, selftest_flash_bytes
 from tinyscale.errors import DoesNotFitError
 from tinyscale.kernels import OpShapes, arena_margin_bytes, op_shapes
+from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients
 from tinyscale.targets import Target
 
@@ -60,13 +61,15 @@ def analytic_memory(spec: NetworkSpec) -> Memory:
     return Memory(model_bytes=estimate.model_bytes, arena_bytes=estimate.arena_bytes)
 
 
-def measured_memory(spec: NetworkSpec) -> Measured:
+def measured_memory(spec: NetworkSpec, progress: Progress = no_progress) -> Measured:
     """Build, convert to int8 and measure in TFLM (seconds; TensorFlow imported here)."""
     from tinyscale.convert import spec_to_tflite
     from tinyscale.tflm import measure_arena
 
     start = time.perf_counter()
+    progress(f"converting the {spec.resolution} px network to int8")
     tflite = spec_to_tflite(spec)
+    progress("measuring the minimal arena in TFLM")
     arena = measure_arena(tflite)
     return Measured(
         model_bytes=len(tflite),
@@ -301,11 +304,13 @@ def fit(
     prove_next: bool = False,
     estimator: Estimator = analytic_memory,
     measurer: Measurer = measured_memory,
+    progress: Progress = no_progress,
 ) -> FitResult:
-    """Find the largest phi whose network fits `request.target`."""
+    """Find the largest phi whose network fits `request.target`; `progress(text)` hears each slow step."""
     request.coefficients.warn_if_unbalanced()
     search = _Search(request, estimator)
     start = time.perf_counter()
+    progress(f"searching phi for {request.target.name} (analytic memory model)")
     if not search.fits(PHI_MIN):
         raise DoesNotFitError(f"nothing fits: {_smallest_need(search)}")
     bracket = search.bracket()
@@ -325,11 +330,13 @@ def fit(
                 continue
         if not verify:
             break
+        progress(f"verifying phi={phi:.2f} ({spec.resolution} px): int8 conversion and TFLM arena")
         measured = measurer(spec)
         log.info("verified %s at phi=%.4f in %.1f s", request.base, phi, measured.seconds)
         if search.placement(spec, measured).fits:
             if prove_next and boundary is not None and not capped:
                 next_spec = request.spec(_ceil_phi(boundary))
+                progress(f"proving next phi={_ceil_phi(boundary):.4f} ({next_spec.resolution} px) does not fit")
                 next_measured = measurer(next_spec)
                 if search.placement(next_spec, next_measured).fits:
                     log.warning("the estimate under-sized the next network; stepping up")

@@ -17,6 +17,7 @@ from tinyscale.fit import Memory, placement_for
 from tinyscale.cli import app, reports_errors
 from tinyscale.errors import UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from tinyscale.progress import status
 from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients
 from tinyscale.targets import Target, load_all_targets, load_target
 
@@ -189,7 +190,8 @@ def scale(
     if measure or tflite is not None:
         from tinyscale.fit import measured_memory
 
-        measured = measured_memory(spec)
+        with status(enabled=not json_output) as report:
+            measured = measured_memory(spec, report)
         model_bytes, arena_bytes = measured.model_bytes, measured.arena_bytes
         result.update(measured_model_bytes=model_bytes, measured_arena_bytes=arena_bytes)
         rows += [("model (measured)", _bytes(model_bytes)), ("arena (measured)", _bytes(arena_bytes))]
@@ -237,7 +239,8 @@ def fit(
     if out is not None and not verify:
         raise UsageError("--out writes the verified model; it cannot be combined with --no-verify")
     request = FitRequest(board, settings.base, settings.classes, settings.channels, settings.coefficients)
-    result = run_fit(request, verify=verify, prove_next=prove)
+    with status(enabled=not json_output) as report:
+        result = run_fit(request, verify=verify, prove_next=prove, progress=report)
     data = result.to_dict()
     if out is not None and result.measured is not None:
         atomic_write_bytes(out / "model.tflite", result.measured.tflite)

@@ -10,6 +10,7 @@ import typer
 from tinyscale.cli import app, reports_errors
 from tinyscale.commands.wording import plural
 from tinyscale.errors import ModelError
+from tinyscale.progress import status
 
 
 def _read_model(path: Path) -> bytes:
@@ -38,7 +39,9 @@ def firmware(
     options = FirmwareOptions(
         target=board, out_dir=output, name=name, force=force, phi=phi, tolerance=tolerance, model_file=model.name
     )
-    result = generate_firmware(_read_model(model), options)
+    with status() as report:
+        report("measuring the arena and the self-test outputs in TFLM on the host")
+        result = generate_firmware(_read_model(model), options)
     context = result.context
     typer.echo(
         f"wrote {plural(len(result.files), 'file')} to {result.out_dir} ({context.build_system}, "

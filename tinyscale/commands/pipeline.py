@@ -40,6 +40,7 @@ from tinyscale.fsutil import (
     refuse_clobber,
     staging_directory,
 )
+from tinyscale.progress import Progress, before_output, no_progress, status
 from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients
 from tinyscale.targets import Target, load_target
 
@@ -75,6 +76,7 @@ CalibrationOption = Annotated[
 
 
 def _err(message: str) -> None:
+    before_output()  # a status line in progress is erased first, not overwritten halfway
     typer.echo(message, err=True)
 
 
@@ -113,10 +115,11 @@ def _network_from_fit_json(data: dict[str, Any], dataset: Dataset, source: Path)
     return network
 
 
-def _run_fit(target: Target, base: str, coefficients: Coefficients, classes: int, channels: int) -> dict[str, Any]:
+def _run_fit(target: Target, base: str, coefficients: Coefficients, classes: int, channels: int,
+             progress: Progress = no_progress) -> dict[str, Any]:
     from tinyscale.fit import FitRequest, fit  # noqa: PLC0415 - the fitter pulls in the converter
 
-    return fit(FitRequest(target, base, classes, channels, coefficients)).to_dict()
+    return fit(FitRequest(target, base, classes, channels, coefficients), progress=progress).to_dict()
 
 
 def _choose_network(
@@ -127,6 +130,7 @@ def _choose_network(
     base: str,
     coefficients: Coefficients,
     channels: Optional[int],
+    progress: Progress = no_progress,
 ) -> tuple[ScaledNetwork, Optional[dict[str, Any]]]:
     """The network to train, and the fit result it came from (if any)."""
     given = [name for name, value in (("--fit", fit_file), ("--target", target), ("--phi", phi)) if value is not None]
@@ -137,7 +141,7 @@ def _choose_network(
         return _network_from_fit_json(data, dataset, fit_file), data
     channels = channels or dataset.channels
     if target is not None:
-        data = _run_fit(load_target(target), base, coefficients, dataset.classes, channels)
+        data = _run_fit(load_target(target), base, coefficients, dataset.classes, channels, progress)
         return _network_from_fit_json(data, dataset, Path(f"fit for {target}")), data
     return arch.scale(base, phi, coefficients, dataset.classes, channels), None
 
@@ -186,10 +190,13 @@ def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
 
     spec = network.spec
     if not quiet:
+        with status() as progress:
+            progress("starting TensorFlow")
+            device = training_device()
         _err(
             f"training {spec.base} phi={network.phi:g} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
             f"{arch.count_params(spec):,} params) on {plural(len(dataset), 'sample')} of {dataset.source}, "
-            f"device {training_device()}"
+            f"device {device}"
         )
     return train_network(network, dataset, config, progress=None if quiet else (lambda report: _err(report.line())))
 
@@ -233,9 +240,12 @@ def train(
     config = _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed)
     for name in (MODEL_FILE, HISTORY_FILE):
         refuse_clobber(out / name, force)
-    dataset = _load_data(data, "train", limit, seed, strict)
-    coefficients = Coefficients(alpha, beta, gamma)
-    network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels)
+    with status(enabled=not json_output) as progress:
+        progress(f"loading {data}")
+        dataset = _load_data(data, "train", limit, seed, strict)
+        coefficients = Coefficients(alpha, beta, gamma)
+        network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels,
+                                          progress)
     result = _train(network, dataset, config, quiet=json_output)
     metadata = _training_metadata(data, limit, seed, dataset, network, fitted.get("target") if fitted else None)
     model_path, history_path = save_training(result, out, metadata, force=force)
@@ -350,9 +360,14 @@ def convert(
 
     out = out or model.with_suffix(".tflite")
     refuse_clobber(out, force)
-    keras_model = _load_float_model(model)
-    representative = _calibration_inputs(keras_model, data, read_history(model), calibration_samples, seed, strict)
-    flatbuffer = convert_model(keras_model, representative, calibration_samples)
+    with status(enabled=not json_output) as progress:
+        progress(f"loading {model}")
+        keras_model = _load_float_model(model)
+        progress("loading the calibration data")
+        representative = _calibration_inputs(keras_model, data, read_history(model), calibration_samples, seed,
+                                             strict)
+        progress(f"converting to int8 (calibrating on {plural(len(representative), 'image')}), checking TFLM loads it")
+        flatbuffer = convert_model(keras_model, representative, calibration_samples)
     atomic_write_bytes(out, flatbuffer)
     info = read_model(flatbuffer)
     from tinyscale.simulate import io_dict  # noqa: PLC0415
@@ -388,13 +403,18 @@ def _simulation(model_bytes: bytes, source: str, target: Optional[Target], datas
     from tinyscale.data import check_classes  # noqa: PLC0415
     from tinyscale.simulate import evaluate, memory_report, output_classes  # noqa: PLC0415
 
-    report = memory_report(model_bytes, target, source)
+    with status(enabled=not quiet) as progress:
+        progress("measuring the minimal arena in TFLM (bisection)")
+        report = memory_report(model_bytes, target, source)
     evaluation = None
     if dataset is not None:
         check_classes(dataset, output_classes(report.info), "the model")  # before any progress line
         if not quiet:
             _err(f"evaluating {plural(len(dataset), 'sample')} with {plural(workers, 'worker process', 'worker processes')}")
-        evaluation = evaluate(model_bytes, report.info, dataset, report.arena_bytes, workers, keras_model)
+        with status(enabled=not quiet) as progress:
+            progress("evaluating in TFLM")
+            evaluation = evaluate(model_bytes, report.info, dataset, report.arena_bytes, workers, keras_model,
+                                  progress=lambda done: progress(f"evaluating in TFLM: {done:,}/{len(dataset):,}"))
     return report, evaluation
 
 
@@ -499,8 +519,14 @@ def simulate(
         pyplot()  # a missing matplotlib fails now, not after the measurement
     board = load_target(target) if target else None
     model_bytes = _read_tflite(model)
-    dataset = _load_data(data, "test", limit, seed, strict) if data is not None else None
-    keras_model = _load_float_model(keras) if keras is not None else None
+    dataset = keras_model = None
+    with status(enabled=not json_output) as progress:
+        if data is not None:
+            progress(f"loading {data}")
+            dataset = _load_data(data, "test", limit, seed, strict)
+        if keras is not None:
+            progress(f"loading {keras}")
+            keras_model = _load_float_model(keras)
     report, evaluation = _simulation(model_bytes, str(model), board, dataset, keras_model,
                                      workers or os.cpu_count() or 1, json_output)
     if plot is not None:
@@ -588,7 +614,9 @@ def build(
     check_output_dir(out, force)
     board = load_target(target)
     config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed)
-    train_set, test_set = _build_datasets(data, limit, seed, strict)
+    with status(enabled=not json_output) as progress:
+        progress(f"loading {data}")
+        train_set, test_set = _build_datasets(data, limit, seed, strict)
     channels = channels or train_set.channels
     coefficients = Coefficients(alpha, beta, gamma)
     quiet = json_output
@@ -596,7 +624,8 @@ def build(
         _err(_split_line(_split_counts(train_set, test_set, config.validation_fraction, config.seed), data, limit))
     if not quiet:
         _err(f"fitting {base.value} to {board.name} ({train_set.classes} classes, {plural(channels, 'channel')})")
-    fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels)
+    with status(enabled=not quiet) as progress:
+        fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels, progress)
     network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
     stage = staging_directory(out)
     try:
