@@ -53,3 +53,16 @@ def test_root_help_lists_every_command_with_its_whole_summary():
     for name in COMMAND_NAMES:
         summary = (COMMAND.commands[name].help or "").strip().splitlines()[0]  # type: ignore[attr-defined]
         assert f"{name} {summary}" in flat, f"`{name}`'s summary is cut in --help"
+
+
+def test_bare_tinyscale_prints_the_help_and_succeeds(monkeypatch, capsys):
+    from tinyscale.cli import main
+
+    monkeypatch.setattr("sys.argv", ["tinyscale"])
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0
+    assert captured.out.startswith("Usage: ") and "Commands:" in captured.out, captured
+    assert captured.err == ""

@@ -150,7 +150,8 @@ def main() -> None:
         typer.echo("error: aborted", err=True)
         sys.exit(1)
     except _click_exception_types() as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # help already printed: a bare `tinyscale`
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `tinyscale`: the help, as for --help
+            typer.echo(exc.format_message())
             sys.exit(0)
         context = getattr(exc, "ctx", None)
         command = f"{context.command_path} --help" if context else "tinyscale --help"
