@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,7 @@ def test_simulate_plot_needs_matplotlib_or_writes_png(converted, workdir):
 
 
 def test_simulate_plot_without_matplotlib_names_the_extra_before_any_work(workdir, monkeypatch):
-    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
     not_a_model = workdir / "never-read.tflite"  # the check comes before the model is read
     not_a_model.write_bytes(b"not a model")
     result = invoke("simulate", not_a_model, "--plot", workdir / "never.png")

@@ -410,7 +410,8 @@ def _simulation(model_bytes: bytes, source: str, target: Optional[Target], datas
     if dataset is not None:
         check_classes(dataset, output_classes(report.info), "the model")  # before any progress line
         if not quiet:
-            _err(f"evaluating {plural(len(dataset), 'sample')} with {plural(workers, 'worker process', 'worker processes')}")
+            processes = plural(workers, "worker process", "worker processes")
+            _err(f"evaluating {plural(len(dataset), 'sample')} with {processes}")
         with status(enabled=not quiet) as progress:
             progress("evaluating in TFLM")
             evaluation = evaluate(model_bytes, report.info, dataset, report.arena_bytes, workers, keras_model,
@@ -444,7 +445,8 @@ def _memory_rows(report, target: Optional[Target]) -> list[tuple[str, str]]:
     info = report.info
     rows = [
         ("model", _bytes(report.model_bytes)),
-        ("operators", f"{len(info.operators)} in {plural(info.subgraphs, 'subgraph')}: {', '.join(info.operator_names)}"),
+        ("operators",
+         f"{len(info.operators)} in {plural(info.subgraphs, 'subgraph')}: {', '.join(info.operator_names)}"),
         *_io_rows(info),
         ("arena (minimal)", f"{_bytes(report.arena_bytes)}; allocator reports {report.arena.reported_bytes:,} B"),
         ("peak activations", _bytes(report.peak.live_bytes) if report.peak else "-"),
@@ -467,7 +469,8 @@ def _accuracy_text(evaluation) -> str:
     if evaluation.float_accuracy is not None:
         rows += [("float accuracy", _percent(evaluation.float_accuracy)),
                  ("agreement", _percent(evaluation.agreement))]
-    rows.append(("throughput", f"{evaluation.images_per_second:,.1f} images/s ({plural(evaluation.workers, 'worker')})"))
+    workers = plural(evaluation.workers, "worker")
+    rows.append(("throughput", f"{evaluation.images_per_second:,.1f} images/s ({workers})"))
     names = evaluation.class_names
     per_class = evaluation.per_class_accuracy()
     rows += [(f"  class {name}", _percent(value)) for name, value in zip(names, per_class)]
