@@ -102,3 +102,16 @@ def test_a_warning_during_a_status_starts_on_its_own_line(monkeypatch):
         report("loading images")
         logging.getLogger("tinyscale.data").warning("skipped 1 unreadable image")
     assert f"loading images ...{progress.ERASE_LINE}WARNING: skipped 1 unreadable image\n" in terminal.getvalue()
+
+
+def test_training_status_names_the_epoch_that_runs_next():
+    from tinyscale.commands.pipeline import _epoch_status
+    from tinyscale.train import EpochReport
+
+    def report(epoch: int, step: int | None = None) -> EpochReport:
+        return EpochReport(epoch=epoch, epochs=3, loss=1.0, accuracy=0.5, val_loss=1.0, val_accuracy=0.5,
+                           seconds=1.0, step=step, steps=None if step is None else 10)
+
+    assert _epoch_status(report(1, step=5)) == "training epoch 1/3"  # still inside epoch 1
+    assert _epoch_status(report(1)) == "training epoch 2/3"
+    assert _epoch_status(report(3)) == "finishing training"

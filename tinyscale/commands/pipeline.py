@@ -198,7 +198,24 @@ def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
             f"{arch.count_params(spec):,} params) on {plural(len(dataset), 'sample')} of {dataset.source}, "
             f"device {device}"
         )
-    return train_network(network, dataset, config, progress=None if quiet else (lambda report: _err(report.line())))
+    if quiet:
+        return train_network(network, dataset, config)
+    # Epoch lines scroll by (and go to pipes too); on a terminal a status line below
+    # them says which epoch is running, and covers the silent graph tracing first.
+    with status() as running:
+        running("building the network, tracing the first epoch")
+
+        def epoch_line(report) -> None:
+            _err(report.line())
+            running(_epoch_status(report))
+
+        return train_network(network, dataset, config, progress=epoch_line)
+
+
+def _epoch_status(report) -> str:
+    """The epoch running after `report` (an in-epoch report: still the same one)."""
+    epoch = report.epoch if report.partial else report.epoch + 1
+    return f"training epoch {epoch}/{report.epochs}" if epoch <= report.epochs else "finishing training"
 
 
 def _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed):
