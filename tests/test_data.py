@@ -125,8 +125,31 @@ def test_image_folder_bad_layouts(tmp_path):
         load_dataset(root)
     broken = make_image_folder(tmp_path / "broken", per_class=1)
     (broken / "cat" / "bad.png").write_bytes(b"\x89PNG garbage")
-    with pytest.raises(DataError, match="cannot decode image .*bad.png"):
-        load_dataset(broken)
+    with pytest.raises(DataError, match="cannot decode image .*bad.png.*--strict"):
+        load_dataset(broken, strict=True)
+
+
+def test_image_folder_skips_unreadable_images_with_one_counting_warning(tmp_path, caplog):
+    root = make_image_folder(tmp_path / "images", per_class=3)
+    for i in range(5):  # more than the warning names
+        (root / "dog" / f"broken{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (root / "cat" / "0-empty.png").write_bytes(b"")  # sorts first: the image size comes from the next one
+    with caplog.at_level("WARNING", logger="tinyscale"):
+        dataset = load_dataset(root)
+    assert len(dataset) == 6 and sorted(np.bincount(dataset.y)) == [3, 3]
+    assert dataset.x.shape[1:] == (12, 12, 3)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "skipped 6 unreadable images" in warnings[0] and "0-empty.png" in warnings[0]
+    assert "broken1.jpg" in warnings[0] and "broken4.jpg" not in warnings[0] and "and 3 more" in warnings[0]
+
+
+def test_image_folder_class_without_a_readable_image_is_an_error(tmp_path):
+    root = make_image_folder(tmp_path / "images", classes=("cat",), per_class=2)
+    (root / "dog").mkdir()
+    (root / "dog" / "a.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match=r"dog: no readable image \(1 could not be decoded, e.g. a.png\)"):
+        load_dataset(root)
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Skips unless TFLM_ROOT names a tree made by TFLM's create_tflm_tree.py. A tree
 with third_party/cmsis_nn builds with CMSIS-NN; TFLM_REFERENCE_ROOT may name a
 second tree made without OPTIMIZED_KERNEL_DIR for the reference kernels:
 
-    TFLM_ROOT=/work/tflm/tree-cmsis TFLM_REFERENCE_ROOT=/work/tflm/tree-ref \
+    TFLM_ROOT=path/to/tree-cmsis TFLM_REFERENCE_ROOT=path/to/tree-ref \
         pytest -s tests/test_firmware_integration.py
 
 A cold TFLM build takes minutes; set TINYSCALE_FIRMWARE_BUILD_DIR to keep the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,35 @@ def converted(trained):
 
 # ---------------------------------------------------------------------------
 # train
+
+
+def test_train_names_the_device_it_trains_on(trained):
+    from tinyscale.train import training_device
+
+    first = next(line for line in trained[2].stderr.splitlines() if line.startswith("training "))
+    assert first.endswith(f", device {training_device()}"), first
+
+
+def _folder_with_broken_image(root: Path) -> Path:
+    import tensorflow as tf
+
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            (root / name / f"{i}.png").write_bytes(tf.io.encode_png(np.full((8, 8, 1), 40 * i, np.uint8)).numpy())
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    return root
+
+
+def test_train_skips_an_unreadable_image_with_a_warning_and_strict_refuses_it(tmp_path):
+    images = _folder_with_broken_image(tmp_path / "imgs")
+    # --fit names no file: the command stops right after loading the data.
+    lenient = invoke("train", "--data", images, "--fit", tmp_path / "none.json", "-o", tmp_path / "run")
+    assert lenient.exit_code == 2, lenient.output
+    assert re.search(r"WARNING: skipped 1 unreadable image in .*imgs: .*broken\.jpg", lenient.stderr), lenient.stderr
+    assert "cannot read" in lenient.stderr  # got past the images to the missing fit.json
+    strict = invoke("train", "--data", images, "--strict", "--fit", tmp_path / "none.json", "-o", tmp_path / "run")
+    one_line_error(strict, 1, r"cannot decode image .*broken\.jpg")
 
 
 def test_train_writes_model_and_history(trained):
@@ -217,6 +247,16 @@ def test_simulate_plot_needs_matplotlib_or_writes_png(converted, workdir):
     assert (workdir / "memory.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_simulate_plot_without_matplotlib_names_the_extra_before_any_work(workdir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    not_a_model = workdir / "never-read.tflite"  # the check comes before the model is read
+    not_a_model.write_bytes(b"not a model")
+    result = invoke("simulate", not_a_model, "--plot", workdir / "never.png")
+    line = one_line_error(result, 2, r"matplotlib")
+    assert "plot extra" in line and "'.[plot]'" in line, line
+    assert not (workdir / "never.png").exists()
+
+
 def test_simulate_bad_models(workdir, converted):
     good = converted[0].read_bytes()
     cases = {
@@ -304,6 +344,26 @@ def test_build_end_to_end(workdir, trained):
     assert summary["firmware"] is True and (out / "firmware" / "README.md").is_file()
     assert not [p for p in workdir.iterdir() if p.name.startswith(".built.")]  # no staging left behind
     one_line_error(invoke("build", "--target", target, "--data", data, "-o", out), 4, "--force")
+
+
+def test_build_says_what_each_split_got_in_words_and_paths_that_work(workdir):
+    out = workdir / "built-fashion"
+    target = small_target(workdir / "small-board.toml")
+    result = invoke("build", "--target", target, "--data", "fashion-mnist", "--limit", "60", "--base", "tiny",
+                    "--epochs", "1", "--calibration-samples", "8", "--workers", "1", "-o", out)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    counts = report["train_samples"], report["validation_samples"], report["test_samples"]
+    # The 60 limited samples are shared by training and validation; the test split is cut to 60 // 6.
+    assert counts[0] + counts[1] == 60 and counts[1] >= 6 and counts[2] == 10, counts
+    split_words = "{:,} train / {:,} validation / {:,} test samples".format(*counts)
+    assert f"data: {split_words} (--limit 60 cuts the test split to limit/6" in result.stderr, result.stderr
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in result.stdout.splitlines() if line.strip())
+    assert rows["data"] == split_words
+    assert rows["training"].startswith("1 epoch,"), rows["training"]
+    wrote = rows["wrote"].split(", ")
+    assert len(wrote) == len(report["files"]) and all(Path(path).exists() for path in wrote), wrote
+    assert Path(rows["firmware"].split(" (see ")[0]).is_dir()
 
 
 def test_build_failing_after_training_keeps_the_trained_model(workdir, trained, monkeypatch):

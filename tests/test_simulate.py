@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from tinyscale.data import Dataset
 from tinyscale.errors import DataError, ModelError
 from tinyscale.tflite_model import read_model
 
-TFLM_MODELS = Path("/work/tflm/src/tensorflow/lite/micro")
+# A tflite-micro source checkout (github.com/tensorflow/tflite-micro) for its example models.
+TFLM_SOURCE = os.environ.get("TFLM_SOURCE")
+TFLM_MODELS = Path(TFLM_SOURCE or ".", "tensorflow/lite/micro")
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,8 @@ def test_class_count_mismatch_is_a_data_error(tiny):
         simulate.evaluate(model, read_model(model), _dataset(8, 3), 100_000)
 
 
-@pytest.mark.skipif(not TFLM_MODELS.is_dir(), reason="no tflite-micro checkout with example models at /work/tflm")
+@pytest.mark.skipif(not TFLM_SOURCE or not (TFLM_MODELS / "models").is_dir(),
+                    reason="set TFLM_SOURCE to a tflite-micro checkout (with tensorflow/lite/micro/models)")
 def test_third_party_models_person_detection_and_lstm():
     person = simulate.memory_report((TFLM_MODELS / "models/person_detect.tflite").read_bytes())
     # Known minimal arena of TFLM's person_detect on x86-64 (shared notes: 85,264 B).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from tinyscale import arch
 from tinyscale.data import Dataset
 from tinyscale.errors import DataError, OutputExistsError, UsageError
 from tinyscale.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, early_stopping_start, load_keras_model,
-                             save_training, train_network)
+                             save_training, train_network, training_device)
 
 
 def stripes(count: int = 96, size: int = 20, seed: int = 0) -> Dataset:
@@ -29,15 +30,51 @@ NETWORK = arch.scale("tiny", 0, classes=2, channels=1)
 QUICK = TrainConfig(epochs=2, batch_size=32, augment=False, seed=7)
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def trained():
     reports = []
-    result = train_network(NETWORK, stripes(), QUICK, progress=reports.append)
-    return result, reports
+    logger, records = logging.getLogger("tinyscale.train"), _Records()  # this one run's INFO records
+    level = logger.level
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    try:
+        result = train_network(NETWORK, stripes(), QUICK, progress=reports.append)
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(level)
+    return result, reports, records.messages
+
+
+def test_training_logs_the_device_it_trains_on(trained):
+    messages = trained[2]
+    assert f"training on {training_device()}" in messages, messages
+
+
+def test_training_device_names_a_visible_gpu_else_the_cpu(monkeypatch):
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    assert training_device().startswith(gpus[0].name.removeprefix("/physical_device:") if gpus else "CPU")
+
+    class FakeGpu:
+        name, device_type = "/physical_device:GPU:0", "GPU"
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [FakeGpu()] if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda device: {"device_name": "Tesla T4"})
+    assert training_device() == "GPU:0 (Tesla T4)"
 
 
 def test_training_reports_progress_and_keeps_the_best_epoch(trained):
-    result, reports = trained
+    result, reports, _ = trained
     assert [r.epoch for r in reports] == [1, 2]
     assert result.epochs_run == 2
     assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -77,7 +114,7 @@ def test_class_mismatch_and_bad_settings():
 
 
 def test_save_writes_both_files_and_refuses_to_clobber(trained, tmp_path):
-    result, _ = trained
+    result = trained[0]
     model_path, history_path, _ = save_training(result, tmp_path, {"data": "stripes"})
     assert sorted(p.name for p in tmp_path.iterdir()) == [HISTORY_FILE, MODEL_FILE]
     history = json.loads(history_path.read_text())

@@ -23,6 +23,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: rich's option table truncates names and defaults with
+    # "…" at 80 columns; click's formatter wraps the help text instead.
+    rich_markup_mode=None,
 )
 
 F = TypeVar("F", bound=Callable[..., object])
@@ -76,6 +79,16 @@ def _root(
     ctx.call_on_close(_configure_logging(verbose))
 
 
+class _StatusAwareHandler(logging.StreamHandler):
+    """A log record erases a status line in progress first, so it starts at column 0."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tinyscale.progress import before_output  # noqa: PLC0415
+
+        before_output()
+        super().emit(record)
+
+
 def _configure_logging(verbose: bool) -> Callable[[], None]:
     """Send the library's log records to the current stderr, once per invocation.
 
@@ -90,7 +103,7 @@ def _configure_logging(verbose: bool) -> Callable[[], None]:
     for handler in list(logger.handlers):
         if getattr(handler, "tinyscale_cli", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StatusAwareHandler(sys.stderr)
     handler.tinyscale_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)
@@ -111,6 +124,15 @@ def _register_commands() -> None:
     from tinyscale.commands import core  # noqa: F401
     from tinyscale.commands import firmware  # noqa: F401
     from tinyscale.commands import pipeline  # noqa: F401
+    _full_short_help()
+
+
+def _full_short_help() -> None:
+    """List each command with its whole first docstring line, wrapped, not cut with "..."."""
+    for info in app.registered_commands:
+        doc = info.help or (info.callback.__doc__ if info.callback else None)
+        if info.short_help is None and doc:
+            info.short_help = doc.strip().splitlines()[0]
 
 
 _register_commands()
@@ -142,7 +164,8 @@ def main() -> None:
         typer.echo("error: aborted", err=True)
         sys.exit(1)
     except _click_exception_types() as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # help already printed: a bare `tinyscale`
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `tinyscale`: the help, as for --help
+            typer.echo(exc.format_message())
             sys.exit(0)
         context = getattr(exc, "ctx", None)
         command = f"{context.command_path} --help" if context else "tinyscale --help"

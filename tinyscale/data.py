@@ -117,18 +117,21 @@ def split(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, Da
 # Loading
 
 
-def load_dataset(source: str | Path, split_name: str = "train", image_size: int | None = None) -> Dataset:
+def load_dataset(source: str | Path, split_name: str = "train", image_size: int | None = None,
+                 strict: bool = False) -> Dataset:
     """Load `source` (see the module doc). `split_name` picks Fashion-MNIST's train or test set.
 
     `image_size` sets the common side that an image folder is resized to while
     loading (its images may differ in size); other formats keep their size.
+    `strict` refuses an image folder with any undecodable image instead of
+    skipping those with a warning.
     """
     text = str(source)
     if text == FASHION_MNIST:
         return load_fashion_mnist(split_name)
     path = Path(text)
     if path.is_dir():
-        return load_image_folder(path, image_size=image_size)
+        return load_image_folder(path, image_size=image_size, strict=strict)
     if path.suffix.lower() == ".npz":
         return load_npz(path)
     if not path.exists():
@@ -262,8 +265,28 @@ def _decode_image(tf, path: Path, size: int | None) -> np.ndarray:
     return image
 
 
-def load_image_folder(root: Path, image_size: int | None = None) -> Dataset:
-    """One sub-folder per class; images resized to `image_size` (default: the first image's size)."""
+# How many skipped files a warning names; the count covers all of them.
+NAMED_SKIPPED_IMAGES = 3
+
+
+def _skipped_warning(root: Path, skipped: list[Path]) -> None:
+    names = ", ".join(str(path) for path in skipped[:NAMED_SKIPPED_IMAGES])
+    more = f" and {len(skipped) - NAMED_SKIPPED_IMAGES} more" if len(skipped) > NAMED_SKIPPED_IMAGES else ""
+    log.warning("skipped %d unreadable image%s in %s: %s%s (--strict refuses them)",
+                len(skipped), "" if len(skipped) == 1 else "s", root, names, more)
+
+
+def _no_readable_image(folder: Path, skipped: list[Path]) -> DataError:
+    examples = ", ".join(path.name for path in skipped[:NAMED_SKIPPED_IMAGES])
+    return DataError(f"{folder}: no readable image ({len(skipped)} could not be decoded, e.g. {examples})")
+
+
+def load_image_folder(root: Path, image_size: int | None = None, strict: bool = False) -> Dataset:
+    """One sub-folder per class; images resized to `image_size` (default: the first image's size).
+
+    An undecodable image is skipped with a warning (one for the whole folder,
+    counting them) unless `strict`; a class without any readable image is an error.
+    """
     from tinyscale.quiet import quiet_tensorflow
 
     with quiet_tensorflow():
@@ -272,18 +295,30 @@ def load_image_folder(root: Path, image_size: int | None = None) -> Dataset:
     folders = _class_folders(root)
     images: list[np.ndarray] = []
     labels: list[int] = []
+    skipped: list[Path] = []
     for label, folder in enumerate(folders):
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise DataError(f"{folder}: class folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        loaded = len(images)
         for path in files:
-            image = _decode_image(tf, path, image_size)
+            try:
+                image = _decode_image(tf, path, image_size)
+            except DataError as exc:
+                if strict:
+                    raise DataError(f"{exc} (--strict refuses unreadable images)") from None
+                skipped.append(path)
+                continue
             if image_size is None:
                 image_size = image.shape[0] if image.shape[0] == image.shape[1] else max(image.shape[:2])
                 if image.shape[:2] != (image_size, image_size):
                     image = _decode_image(tf, path, image_size)
             images.append(image)
             labels.append(label)
+        if len(images) == loaded:
+            raise _no_readable_image(folder, [path for path in skipped if path.parent == folder])
+    if skipped:
+        _skipped_warning(root, skipped)
     # Mixed grey and colour images: promote the grey ones to RGB.
     if any(image.shape[-1] == 3 for image in images):
         images = [np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image for image in images]

@@ -22,6 +22,7 @@ from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.budget import Placement, place, selftest_flash_bytes
 from tinyscale.errors import NothingFitsError
 from tinyscale.kernels import OpShapes, arena_margin_bytes, op_shapes
+from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target
 
@@ -60,13 +61,15 @@ def analytic_memory(spec: NetworkSpec) -> Memory:
     return Memory(model_bytes=estimate.model_bytes, arena_bytes=estimate.arena_bytes)
 
 
-def measured_memory(spec: NetworkSpec) -> Measured:
+def measured_memory(spec: NetworkSpec, progress: Progress = no_progress) -> Measured:
     """Build, convert to int8 and measure in TFLM (seconds; TensorFlow imported here)."""
     from tinyscale.convert import spec_to_tflite
     from tinyscale.tflm import measure_arena
 
     start = time.perf_counter()
+    progress(f"converting the {spec.resolution} px network to int8")
     tflite = spec_to_tflite(spec)
+    progress("measuring the minimal arena in TFLM")
     arena = measure_arena(tflite)
     return Measured(
         model_bytes=len(tflite),
@@ -421,11 +424,13 @@ def fit(
     prove_next: bool = False,
     estimator: Estimator = analytic_memory,
     measurer: Measurer = measured_memory,
+    progress: Progress = no_progress,
 ) -> FitResult:
-    """Find the largest phi whose network fits `request.target`."""
+    """Find the largest phi whose network fits `request.target`; `progress(text)` hears each slow step."""
     request.coefficients.warn_if_unbalanced()
     search = _Search(request, estimator)
     start = time.perf_counter()
+    progress(f"searching phi for {request.target.name} (analytic memory model)")
     if not search.fits(PHI_MIN):
         raise _nothing_fits(search)
     bracket = search.bracket()
@@ -444,12 +449,14 @@ def fit(
             continue
         if not verify:
             break
+        progress(f"verifying phi={format_phi(_printed_phi(search, phi))} ({spec.resolution} px): int8 conversion and TFLM arena")
         measured = measurer(spec)
         # The printed phi, not the bisection's: the log and the table say the same number.
         log.info("verified %s at phi=%s in %.1f s", request.base, format_phi(_printed_phi(search, phi)), measured.seconds)
         if search.placement(spec, measured).fits:
             if prove_next and next_phi is not None:
                 next_spec = request.spec(next_phi)
+                progress(f"proving next phi={format_phi(next_phi)} ({next_spec.resolution} px) does not fit")
                 next_measured = measurer(next_spec)
                 log.info("measured the next network at phi=%s in %.1f s", format_phi(next_phi), next_measured.seconds)
                 if search.placement(next_spec, next_measured).fits:

@@ -490,15 +490,22 @@ def evaluate(data: bytes, info: ModelInfo, dataset: Dataset, arena_bytes: int, w
 # Plot
 
 
-def plot_memory(report: MemoryReport, path, budget_bytes: int | None = None) -> None:
-    """PNG of live activation bytes per operator, the measured arena and the budget as lines."""
+def pyplot():
+    """matplotlib's pyplot (headless), or a UsageError naming the `plot` extra that installs it."""
     try:
         import matplotlib  # noqa: PLC0415 - optional dependency
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
-        raise UsageError("--plot needs matplotlib, which is not installed: pip install matplotlib") from None
+        raise UsageError("--plot needs matplotlib, which is not installed: install tinyscale's plot extra, "
+                         "pip install 'tinyscale[plot]' (in a clone: pip install '.[plot]')") from None
+    return plt
+
+
+def plot_memory(report: MemoryReport, path, budget_bytes: int | None = None) -> None:
+    """PNG of live activation bytes per operator, the measured arena and the budget as lines."""
+    plt = pyplot()
     import io  # noqa: PLC0415
 
     from tinyscale.fsutil import atomic_write_bytes  # noqa: PLC0415
@@ -536,6 +543,6 @@ def format_macs(macs: int) -> str:
 
 __all__ = [
     "Evaluation", "MemoryReport", "OperatorRow", "check_full_integer", "evaluate", "float_predictions",
-    "load_model_bytes", "memory_report", "model_inputs", "operator_table", "plot_memory",
+    "load_model_bytes", "memory_report", "model_inputs", "operator_table", "plot_memory", "pyplot",
     "run_parallel", "runtime_flash_estimate",
 ]

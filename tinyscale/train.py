@@ -143,6 +143,18 @@ def _import_tensorflow():
     return tf, keras
 
 
+def training_device() -> str:
+    """Where Keras will train: the first GPU TensorFlow sees (it places ops there), else the CPU."""
+    tf, _ = _import_tensorflow()
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "CPU (TensorFlow sees no GPU)"
+    name = gpus[0].name.removeprefix("/physical_device:")
+    model = tf.config.experimental.get_device_details(gpus[0]).get("device_name")
+    others = f", {len(gpus) - 1} more GPU(s) unused" if len(gpus) > 1 else ""
+    return f"{name} ({model}{others})" if model else f"{name}{others}"
+
+
 def _make_deterministic(tf, keras, seed: int) -> None:
     # Same seed, same data, same machine -> same weights and history.
     keras.utils.set_random_seed(seed)
@@ -259,6 +271,7 @@ def train_network(
     if len(train_set) < 1 or len(val_set) < 1:
         raise DataError(f"{dataset.source}: too few samples to train ({len(dataset)})")
     tf, keras = _import_tensorflow()
+    log.info("training on %s", training_device())
     _make_deterministic(tf, keras, config.seed)
     from tinyscale.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
 

@@ -17,12 +17,16 @@ from tinyscale.fit import Memory, placement_for
 from tinyscale.cli import app, reports_errors
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from tinyscale.progress import status
 from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
 from tinyscale.targets import Target, load_all_targets, load_target
 
 Base = Enum("Base", {name: name for name in BASES}, type=str)  # type: ignore[misc]
 
-BaseOption = Annotated[Base, typer.Option("--base", help="Base architecture to scale.")]
+# A short metavar with the choices in the help: the full choice list is wider than 80 columns.
+BaseOption = Annotated[
+    Base, typer.Option("--base", metavar="BASE", help=f"Base architecture to scale: {', '.join(BASES)}.")
+]
 ClassesOption = Annotated[int, typer.Option("--classes", min=2, help="Number of output classes.")]
 ChannelsOption = Annotated[int, typer.Option("--channels", min=1, max=3, help="Input channels: 1 (grey) or 3 (RGB).")]
 AlphaOption = Annotated[float, typer.Option("--alpha", help="Depth growth per unit of phi.")]
@@ -201,7 +205,8 @@ def scale(
     if measure or tflite is not None:
         from tinyscale.fit import measured_memory
 
-        measured = measured_memory(spec)
+        with status(enabled=not json_output) as report:
+            measured = measured_memory(spec, report)
         model_bytes, arena_bytes = measured.model_bytes, measured.arena_bytes
         result.update(measured_model_bytes=model_bytes, measured_arena_bytes=arena_bytes)
         rows += [("model (measured)", _bytes(model_bytes)), ("arena (measured)", _bytes(arena_bytes))]
@@ -252,7 +257,8 @@ def fit(
         raise UsageError("--out writes the verified model; it cannot be combined with --no-verify")
     request = FitRequest(board, settings.base, settings.classes, settings.channels, settings.coefficients)
     try:
-        result = run_fit(request, verify=verify, prove_next=prove)
+        with status(enabled=not json_output) as report:
+            result = run_fit(request, verify=verify, prove_next=prove, progress=report)
     except NothingFitsError as exc:
         if json_output:  # the JSON still says what the smallest network needs; exit 3 follows
             typer.echo(json.dumps(exc.report, indent=2))

@@ -10,7 +10,9 @@ import typer
 
 from tinyscale.cli import app, reports_errors
 from tinyscale.commands.core import JsonOption
+from tinyscale.commands.wording import plural
 from tinyscale.errors import ModelError
+from tinyscale.progress import status
 
 
 def _read_model(path: Path) -> bytes:
@@ -36,7 +38,8 @@ def _result_dict(result) -> dict:
 def _result_line(result) -> str:
     context = result.context
     summary = (
-        f"wrote {len(result.files)} files to {result.out_dir} ({context.build_system}, {len(context.operators)} ops, "
+        f"wrote {plural(len(result.files), 'file')} to {result.out_dir} ({context.build_system}, "
+        f"{plural(len(context.operators), 'op')}, "
         f"arena {context.arena.arena_bytes:,} B in {context.arena.region}, "
         f"flash {context.predicted_flash_bytes:,} of {context.placement.flash_budget_bytes:,} B); "
         f"see {result.out_dir / 'README.md'}"
@@ -66,5 +69,7 @@ def firmware(
         target=board, out_dir=output, name=name, force=force, allow_overflow=allow_overflow, phi=phi,
         tolerance=tolerance, model_file=model.name,
     )
-    result = generate_firmware(_read_model(model), options)
+    with status(enabled=not json_output) as report:
+        report("measuring the arena and the self-test outputs in TFLM on the host")
+        result = generate_firmware(_read_model(model), options)
     typer.echo(json.dumps(_result_dict(result), indent=2) if json_output else _result_line(result))

@@ -15,6 +15,7 @@ import typer
 from tinyscale import arch
 from tinyscale.arch import ScaledNetwork
 from tinyscale.cli import app, reports_errors
+from tinyscale.commands.wording import plural
 from tinyscale.commands.core import (
     DEFAULT_BASE,
     AlphaOption,
@@ -42,6 +43,7 @@ from tinyscale.fsutil import (
     relative_files,
     staging_directory,
 )
+from tinyscale.progress import Progress, before_output, no_progress, status
 from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
 from tinyscale.targets import Target, load_target
 
@@ -68,12 +70,16 @@ WorkersOption = Annotated[
 DataChannelsOption = Annotated[
     Optional[int], typer.Option("--channels", min=1, max=3, help="Network input channels (default: the data's).")
 ]
+StrictOption = Annotated[
+    bool, typer.Option("--strict", help="Refuse an image folder with an unreadable image (default: skip it, warn).")
+]
 CalibrationOption = Annotated[
     int, typer.Option("--calibration-samples", min=1, help="Real training images used to calibrate the int8 ranges.")
 ]
 
 
 def _err(message: str) -> None:
+    before_output()  # a status line in progress is erased first, not overwritten halfway
     typer.echo(message, err=True)
 
 
@@ -112,10 +118,11 @@ def _network_from_fit_json(data: dict[str, Any], dataset: Dataset, source: Path)
     return network
 
 
-def _run_fit(target: Target, base: str, coefficients: Coefficients, classes: int, channels: int) -> dict[str, Any]:
+def _run_fit(target: Target, base: str, coefficients: Coefficients, classes: int, channels: int,
+             progress: Progress = no_progress) -> dict[str, Any]:
     from tinyscale.fit import FitRequest, fit  # noqa: PLC0415 - the fitter pulls in the converter
 
-    return fit(FitRequest(target, base, classes, channels, coefficients)).to_dict()
+    return fit(FitRequest(target, base, classes, channels, coefficients), progress=progress).to_dict()
 
 
 def _choose_network(
@@ -126,6 +133,7 @@ def _choose_network(
     base: str,
     coefficients: Coefficients,
     channels: Optional[int],
+    progress: Progress = no_progress,
 ) -> tuple[ScaledNetwork, Optional[dict[str, Any]]]:
     """The network to train, and the fit result it came from (if any)."""
     given = [name for name, value in (("--fit", fit_file), ("--target", target), ("--phi", phi)) if value is not None]
@@ -136,7 +144,7 @@ def _choose_network(
         return _network_from_fit_json(data, dataset, fit_file), data
     channels = channels or dataset.channels
     if target is not None:
-        data = _run_fit(load_target(target), base, coefficients, dataset.classes, channels)
+        data = _run_fit(load_target(target), base, coefficients, dataset.classes, channels, progress)
         return _network_from_fit_json(data, dataset, Path(f"fit for {target}")), data
     return arch.scale(base, phi, coefficients, dataset.classes, channels), None
 
@@ -171,8 +179,8 @@ def _training_metadata(data: str, limit: Optional[int], seed: int, dataset: Data
     }
 
 
-def _load_data(source: str, split_name: str, limit: Optional[int], seed: int) -> Dataset:
-    dataset = load_dataset(source, split_name)
+def _load_data(source: str, split_name: str, limit: Optional[int], seed: int, strict: bool = False) -> Dataset:
+    dataset = load_dataset(source, split_name, strict=strict)
     return dataset.limit(limit, seed)
 
 
@@ -181,15 +189,36 @@ def _load_data(source: str, split_name: str, limit: Optional[int], seed: int) ->
 
 
 def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
-    from tinyscale.train import train_network  # noqa: PLC0415 - imports TensorFlow
+    from tinyscale.train import train_network, training_device  # noqa: PLC0415 - imports TensorFlow
 
     spec = network.spec
     if not quiet:
+        with status() as progress:
+            progress("starting TensorFlow")
+            device = training_device()
         _err(
             f"training {spec.base} phi={format_phi(network.phi)} ({spec.resolution}x{spec.resolution}x{spec.channels}, "
-            f"{arch.count_params(spec):,} params) on {len(dataset):,} samples of {dataset.source}"
+            f"{arch.count_params(spec):,} params) on {plural(len(dataset), 'sample')} of {dataset.source}, "
+            f"device {device}"
         )
-    return train_network(network, dataset, config, progress=None if quiet else (lambda report: _err(report.line())))
+    if quiet:
+        return train_network(network, dataset, config)
+    # Epoch lines scroll by (and go to pipes too); on a terminal a status line below
+    # them says which epoch is running, and covers the silent graph tracing first.
+    with status() as running:
+        running("building the network, tracing the first epoch")
+
+        def epoch_line(report) -> None:
+            _err(report.line())
+            running(_epoch_status(report))
+
+        return train_network(network, dataset, config, progress=epoch_line)
+
+
+def _epoch_status(report) -> str:
+    """The epoch running after `report` (an in-epoch report: still the same one)."""
+    epoch = report.epoch if report.partial else report.epoch + 1
+    return f"training epoch {epoch}/{report.epochs}" if epoch <= report.epochs else "finishing training"
 
 
 def _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed):
@@ -221,6 +250,7 @@ def train(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Horizontal flips in augmentation (off for text, digits).")] = True,
     limit: LimitOption = None,
     seed: SeedOption = 0,
+    strict: StrictOption = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -231,9 +261,12 @@ def train(
     for name in (MODEL_FILE, HISTORY_FILE):
         refuse_clobber(out / name, force)
     check_writable_dir(out)  # before the training run, not after it
-    dataset = _load_data(data, "train", limit, seed)
-    coefficients = Coefficients(alpha, beta, gamma)
-    network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels)
+    with status(enabled=not json_output) as progress:
+        progress(f"loading {data}")
+        dataset = _load_data(data, "train", limit, seed, strict)
+        coefficients = Coefficients(alpha, beta, gamma)
+        network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels,
+                                          progress)
     result = _train(network, dataset, config, quiet=json_output)
     metadata = _training_metadata(data, limit, seed, dataset, network, fitted.get("target") if fitted else None)
     inputs = [path for path in (fit_file, Path(data)) if path is not None]
@@ -294,7 +327,8 @@ def _model_geometry(model) -> tuple[tuple[int, int], int, int]:
     return (int(shape[1]), int(shape[2])), int(shape[3]), int(outputs[1])
 
 
-def _calibration_inputs(model, data: Optional[str], history: Optional[dict], samples: int, seed: int) -> np.ndarray:
+def _calibration_inputs(model, data: Optional[str], history: Optional[dict], samples: int, seed: int,
+                        strict: bool = False) -> np.ndarray:
     """Real training images for calibration, shaped for the model; never random data."""
     from tinyscale.data import check_classes  # noqa: PLC0415
 
@@ -303,7 +337,7 @@ def _calibration_inputs(model, data: Optional[str], history: Optional[dict], sam
         raise UsageError("no calibration data: pass --data (the training data), or convert a model saved by "
                          "`tinyscale train` (its history.json names the data)")
     size, channels, classes = _model_geometry(model)
-    dataset = load_dataset(source, "train")
+    dataset = load_dataset(source, "train", strict=strict)
     check_classes(dataset, classes, "the model")
     subset = dataset.limit(samples, seed)
     return network_inputs(subset.x, size, channels)
@@ -339,6 +373,7 @@ def convert(
     data: Annotated[Optional[str], typer.Option("--data", "-d", help="Training data for calibration (default: from history.json).")] = None,
     calibration_samples: CalibrationOption = DEFAULT_CALIBRATION_SAMPLES,
     seed: SeedOption = 0,
+    strict: StrictOption = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -349,9 +384,14 @@ def convert(
     out = out or model.with_suffix(".tflite")
     refuse_clobber(out, force)
     check_writable_file(out)  # before loading TensorFlow and converting
-    keras_model = _load_float_model(model)
-    representative = _calibration_inputs(keras_model, data, read_history(model), calibration_samples, seed)
-    flatbuffer = convert_model(keras_model, representative, calibration_samples)
+    with status(enabled=not json_output) as progress:
+        progress(f"loading {model}")
+        keras_model = _load_float_model(model)
+        progress("loading the calibration data")
+        representative = _calibration_inputs(keras_model, data, read_history(model), calibration_samples, seed,
+                                             strict)
+        progress(f"converting to int8 (calibrating on {plural(len(representative), 'image')}), checking TFLM loads it")
+        flatbuffer = convert_model(keras_model, representative, calibration_samples)
     atomic_write_bytes(out, flatbuffer)
     record_run_output(out)
     info = read_model(flatbuffer)
@@ -373,7 +413,7 @@ def convert(
         ("wrote", str(out)),
         ("size", _bytes(info.size_bytes)),
         ("operators", f"{len(info.operators)}: {', '.join(info.operator_names)}"),
-        ("calibration", f"{len(representative)} training images"),
+        ("calibration", plural(len(representative), "training image")),
         *_io_rows(info),
         ("TFLM", "loads (checked)"),
     ]))
@@ -388,13 +428,19 @@ def _simulation(model_bytes: bytes, source: str, target: Optional[Target], datas
     from tinyscale.data import check_classes  # noqa: PLC0415
     from tinyscale.simulate import evaluate, memory_report, output_classes  # noqa: PLC0415
 
-    report = memory_report(model_bytes, target, source)
+    with status(enabled=not quiet) as progress:
+        progress("measuring the minimal arena in TFLM (bisection)")
+        report = memory_report(model_bytes, target, source)
     evaluation = None
     if dataset is not None:
         check_classes(dataset, output_classes(report.info), "the model")  # before any progress line
         if not quiet:
-            _err(f"evaluating {len(dataset):,} samples with {workers} worker process(es)")
-        evaluation = evaluate(model_bytes, report.info, dataset, report.arena_bytes, workers, keras_model)
+            processes = plural(workers, "worker process", "worker processes")
+            _err(f"evaluating {plural(len(dataset), 'sample')} with {processes}")
+        with status(enabled=not quiet) as progress:
+            progress("evaluating in TFLM")
+            evaluation = evaluate(model_bytes, report.info, dataset, report.arena_bytes, workers, keras_model,
+                                  progress=lambda done: progress(f"evaluating in TFLM: {done:,}/{len(dataset):,}"))
     return report, evaluation
 
 
@@ -424,7 +470,8 @@ def _memory_rows(report, target: Optional[Target]) -> list[tuple[str, str]]:
     info = report.info
     rows = [
         ("model", _bytes(report.model_bytes)),
-        ("operators", f"{len(info.operators)} in {info.subgraphs} subgraph(s): {', '.join(info.operator_names)}"),
+        ("operators",
+         f"{len(info.operators)} in {plural(info.subgraphs, 'subgraph')}: {', '.join(info.operator_names)}"),
         *_io_rows(info),
         ("arena (minimal)", f"{_bytes(report.arena_bytes)}; allocator reports {report.arena.reported_bytes:,} B"),
         ("peak activations", _bytes(report.peak.live_bytes) if report.peak else "-"),
@@ -447,7 +494,8 @@ def _accuracy_text(evaluation) -> str:
     if evaluation.float_accuracy is not None:
         rows += [("float accuracy", _percent(evaluation.float_accuracy)),
                  ("agreement", _percent(evaluation.agreement))]
-    rows.append(("throughput", f"{evaluation.images_per_second:,.1f} images/s ({evaluation.workers} workers)"))
+    workers = plural(evaluation.workers, "worker")
+    rows.append(("throughput", f"{evaluation.images_per_second:,.1f} images/s ({workers})"))
     names = evaluation.class_names
     per_class = evaluation.per_class_accuracy()
     rows += [(f"  class {name}", _percent(value)) for name, value in zip(names, per_class)]
@@ -485,22 +533,30 @@ def simulate(
     workers: WorkersOption = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of activation memory per operator.")] = None,
     seed: SeedOption = 0,
+    strict: StrictOption = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
     """Run the model in TFLM on the host: minimal arena, flash need, per-operator memory, accuracy."""
-    from tinyscale.simulate import plot_memory  # noqa: PLC0415
+    from tinyscale.simulate import plot_memory, pyplot  # noqa: PLC0415
     from tinyscale.train import record_run_output  # noqa: PLC0415
 
     if keras is not None and data is None:
         raise UsageError("--keras compares accuracies on --data; pass --data too")
     if plot is not None:
         refuse_clobber(plot, force, "--plot file")
+        pyplot()  # a missing matplotlib fails now, not after the measurement
         check_writable_file(plot)
     board = load_target(target) if target else None
     model_bytes = _read_tflite(model)
-    dataset = _load_data(data, "test", limit, seed) if data is not None else None
-    keras_model = _load_float_model(keras) if keras is not None else None
+    dataset = keras_model = None
+    with status(enabled=not json_output) as progress:
+        if data is not None:
+            progress(f"loading {data}")
+            dataset = _load_data(data, "test", limit, seed, strict)
+        if keras is not None:
+            progress(f"loading {keras}")
+            keras_model = _load_float_model(keras)
     report, evaluation = _simulation(model_bytes, str(model), board, dataset, keras_model,
                                      workers or os.cpu_count() or 1, json_output)
     if plot is not None:
@@ -523,14 +579,30 @@ def simulate(
 # build
 
 
-def _build_datasets(source: str, limit: Optional[int], seed: int) -> tuple[Dataset, Dataset]:
+def _build_datasets(source: str, limit: Optional[int], seed: int, strict: bool = False) -> tuple[Dataset, Dataset]:
     """(training data, test data): Fashion-MNIST's own test split, else a held-out share."""
     if source == FASHION_MNIST:
         train_set = _load_data(source, "train", limit, seed)
         test_limit = None if limit is None else max(1, limit // 6)  # keep Fashion-MNIST's 6:1 ratio
         return train_set, _load_data(source, "test", test_limit, seed)
-    dataset = _load_data(source, "train", limit, seed)
+    dataset = _load_data(source, "train", limit, seed, strict)
     return split(dataset, BUILD_TEST_FRACTION, seed=seed + 1)
+
+
+def _split_counts(train_set: Dataset, test_set: Dataset, validation_fraction: float, seed: int) -> dict[str, int]:
+    """What each split gets: training holds out its validation share the way train_network does."""
+    fitted, validation = split(train_set, validation_fraction, seed=seed)
+    return {"train_samples": len(fitted), "validation_samples": len(validation), "test_samples": len(test_set)}
+
+
+def _split_line(counts: dict[str, int], source: str, limit: Optional[int]) -> str:
+    line = (f"data: {counts['train_samples']:,} train / {counts['validation_samples']:,} validation / "
+            f"{counts['test_samples']:,} test samples")
+    if source == FASHION_MNIST and limit is not None:
+        line += f" (--limit {limit:,} cuts the test split to limit/6, Fashion-MNIST's 6:1 ratio)"
+    elif source != FASHION_MNIST:
+        line += f" ({BUILD_TEST_FRACTION:.0%} of each class held out for test)"
+    return line
 
 
 def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes: int,
@@ -565,6 +637,7 @@ def build(
     calibration_samples: CalibrationOption = DEFAULT_CALIBRATION_SAMPLES,
     workers: WorkersOption = None,
     seed: SeedOption = 0,
+    strict: StrictOption = False,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -578,13 +651,18 @@ def build(
     board = load_target(target)
     check_board_glue(board)  # a board the templates cannot serve fails now, not after training
     config = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed)
-    train_set, test_set = _build_datasets(data, limit, seed)
+    with status(enabled=not json_output) as progress:
+        progress(f"loading {data}")
+        train_set, test_set = _build_datasets(data, limit, seed, strict)
     channels = channels or train_set.channels
     coefficients = Coefficients(alpha, beta, gamma)
     quiet = json_output
     if not quiet:
-        _err(f"fitting {base.value} to {board.name} ({train_set.classes} classes, {channels} channel(s))")
-    fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels)
+        _err(_split_line(_split_counts(train_set, test_set, config.validation_fraction, config.seed), data, limit))
+    if not quiet:
+        _err(f"fitting {base.value} to {board.name} ({train_set.classes} classes, {plural(channels, 'channel')})")
+    with status(enabled=not quiet) as progress:
+        fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels, progress)
     network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
     stage = staging_directory(out)
     try:
@@ -595,7 +673,7 @@ def build(
         size, model_channels, _ = _model_geometry(trained.model)
         representative = network_inputs(train_set.limit(calibration_samples, seed).x, size, model_channels)
         if not quiet:
-            _err(f"converting to int8 (calibration on {len(representative)} training images)")
+            _err(f"converting to int8 (calibration on {plural(len(representative), 'training image')})")
         flatbuffer = convert_model(trained.model, representative, calibration_samples)
         atomic_write_bytes(stage / TFLITE_FILE, flatbuffer)
         report, evaluation = _simulation(flatbuffer, TFLITE_FILE, board, test_set, trained.model,
@@ -605,6 +683,7 @@ def build(
         firmware_problem = _render_firmware(flatbuffer, board, network.phi, report.arena_bytes, stage)
         summary = _build_summary(board, network, trained, report, evaluation, out,
                                  None if firmware_problem is None else str(firmware_problem))
+        summary.update(train_samples=trained.train_samples, validation_samples=trained.val_samples)
         summary["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
         set_run_outputs(stage, relative_files(stage))
@@ -677,6 +756,7 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
 
 
 def _build_text(summary: dict[str, Any], report, board: Target) -> str:
+    out = Path(summary["out"])
     fits = "yes" if summary["fits"] else f"NO: {report.placement.describe_shortfall()}"
     rows = [
         ("target", f"{board.name} ({board.board})"),
@@ -687,10 +767,13 @@ def _build_text(summary: dict[str, Any], report, board: Target) -> str:
         *_placement_rows(report.placement),
         ("fits", fits),
         ("accuracy", f"int8 {_percent(summary['int8_accuracy'])}, float {_percent(summary['float_accuracy'])}, "
-                     f"agreement {_percent(summary['agreement'])} on {summary['test_samples']:,} test images"),
-        ("training", f"{summary['epochs_run']} epochs, {summary['train_seconds']:.0f} s"),
-        ("firmware", "firmware/ (see firmware/README.md)" if summary["firmware"]
+                     f"agreement {_percent(summary['agreement'])} on {plural(summary['test_samples'], 'test image')}"),
+        ("data", f"{summary['train_samples']:,} train / {summary['validation_samples']:,} validation / "
+                 f"{summary['test_samples']:,} test samples"),
+        ("training", f"{plural(summary['epochs_run'], 'epoch')}, {summary['train_seconds']:.0f} s"),
+        ("firmware", f"{out / 'firmware'} (see {out / 'firmware' / 'README.md'})" if summary["firmware"]
          else f"not generated: {summary['firmware_problem']}"),
-        ("wrote", f"{summary['out']}/: {', '.join(summary['files'])}"),
+        # Paths as given, usable as they are (not names relative to an output folder).
+        ("wrote", ", ".join(f"{out / name}/" if name.endswith("/") else str(out / name) for name in summary["files"])),
     ]
     return _table(rows)
