@@ -95,12 +95,13 @@ def test_a_warning_during_a_status_starts_on_its_own_line(monkeypatch):
 
     terminal = FakeTerminal()
     monkeypatch.setattr("sys.stderr", terminal)
-    logger = logging.getLogger("tinyscale")
-    monkeypatch.setattr(logger, "handlers", list(logger.handlers))  # the CLI's handler goes when the test ends
-    _configure_logging(verbose=False)
-    with progress.status(tick_seconds=60) as report:
-        report("loading images")
-        logging.getLogger("tinyscale.data").warning("skipped 1 unreadable image")
+    restore = _configure_logging(verbose=False)
+    try:
+        with progress.status(tick_seconds=60) as report:
+            report("loading images")
+            logging.getLogger("tinyscale.data").warning("skipped 1 unreadable image")
+    finally:
+        restore()  # the CLI's handler goes and the logger propagates again, as after a command
     assert f"loading images ...{progress.ERASE_LINE}WARNING: skipped 1 unreadable image\n" in terminal.getvalue()
 
 
