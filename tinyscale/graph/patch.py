@@ -352,6 +352,26 @@ def _input_needs(graph: Graph, op: Operator, out: Region, is_map) -> dict[int, _
     return {t: _Need(out) for t in op.inputs if t >= 0 and is_map(t)}
 
 
+def _same_pads_exactly(graph: Graph, op: Operator, needed: _Need) -> bool:
+    """Whether SAME padding on the patch's own input pads exactly the border rows and columns it lacks.
+
+    TFLM derives SAME padding from the input size alone (output ceil(in / stride),
+    `before` = total // 2) and treats reads past the input's end as padding, so
+    SAME is exact when that `before` equals the padding the patch needs before
+    (top, left) on both axes; the padding after then follows from the region's
+    size. Border patches that pass need no PAD operator (and no padded copy).
+    """
+    top, bottom, left, right = needed.pads
+    if not (top or bottom or left or right):
+        return False  # VALID, nothing to pad
+    row_window, col_window = windows(graph, op)
+    for window, before, size in ((row_window, top, needed.region.rows.size), (col_window, left, needed.region.cols.size)):
+        computed_out = -(-size // window.stride)
+        if same_padding(size, computed_out, window.kernel, window.stride)[0] != before:
+            return False
+    return True
+
+
 def _backward(model: Model, prefix: tuple[int, ...], split: int, tile: Region) -> dict[int, Region]:
     """Region of each prefix tensor the tile needs: the union over its readers."""
     graph = model.graph
@@ -377,15 +397,18 @@ def _emit_patch(model: Model, emit: _Emitter, prefix: tuple[int, ...], split: in
     for position in prefix:
         op = graph.operators[position]
         out_tensor = op.outputs[0]
-        inputs = list(op.inputs)
+        inputs, padding = list(op.inputs), VALID
         for tensor, needed in _input_needs(graph, op, need[out_tensor], is_map).items():
             name = f"{tag}/op{position}/t{tensor}"
             current, region = have[tensor]
             cropped = emit.slice(current, region, needed.region, name + "/crop")
-            fill = INT8_MIN if op.kind == "MAX_POOL_2D" else None
-            padded = emit.pad(cropped, needed.region, needed.pads, fill, name + "/pad")
-            inputs = [padded if t == tensor else t for t in inputs]
-        options = op.options.with_fields(padding=VALID) if op.kind in WINDOW_OPS else op.options
+            if op.kind in WINDOW_OPS and _same_pads_exactly(graph, op, needed):
+                padding = SAME  # the kernel's own border handling: no PAD copy, no extra operator
+            else:
+                fill = INT8_MIN if op.kind == "MAX_POOL_2D" else None
+                cropped = emit.pad(cropped, needed.region, needed.pads, fill, name + "/pad")
+            inputs = [cropped if t == tensor else t for t in inputs]
+        options = op.options.with_fields(padding=padding) if op.kind in WINDOW_OPS else op.options
         out = emit.like(out_tensor, need[out_tensor], f"{tag}/t{out_tensor}")
         emit.operators.append(replace(op, inputs=tuple(inputs), outputs=(out,), options=options))
         have[out_tensor] = (out, need[out_tensor])
