@@ -182,3 +182,35 @@ def test_float_model_is_refused_in_one_line():
     with pytest.raises(ModelError, match="not int8") as error:
         patch_model(model, split_candidates(model)[0], (1, 2))
     assert "\n" not in str(error.value)
+
+
+def test_reading_patching_and_writing_import_no_tensorflow():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    golden = Path(__file__).parent / "golden" / "tiny.tflite"
+    code = (
+        "import sys\n"
+        "from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer\n"
+        "from tinyscale.graph.patch import patch_model, split_candidates\n"
+        "import tinyscale.patching\n"
+        f"model = read_flatbuffer(open({str(golden)!r}, 'rb').read())\n"
+        "write_flatbuffer(patch_model(model, split_candidates(model)[-1], (2, 2)))\n"
+        "print(','.join(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+def test_golden_tiny_network_patches_bit_for_bit_without_tensorflow():
+    from pathlib import Path
+
+    from tinyscale.tflm import run_model
+
+    data = (Path(__file__).parent / "golden" / "tiny.tflite").read_bytes()
+    model = read_flatbuffer(data)
+    reference, inputs = _reference_and_inputs(data, 4)
+    for candidate, grid in ((split_candidates(model)[-1], (2, 2)), (split_candidates(model)[0], (1, 3))):
+        patched = write_flatbuffer(patch_model(model, candidate, grid))
+        assert np.array_equal(run_model(patched, inputs), reference)
