@@ -214,3 +214,25 @@ def test_golden_tiny_network_patches_bit_for_bit_without_tensorflow():
     for candidate, grid in ((split_candidates(model)[-1], (2, 2)), (split_candidates(model)[0], (1, 3))):
         patched = write_flatbuffer(patch_model(model, candidate, grid))
         assert np.array_equal(run_model(patched, inputs), reference)
+
+
+def test_compaction_drops_replaced_tensors_and_keeps_signatures_pointing_at_the_io():
+    from pathlib import Path
+
+    from tinyscale.graph.model import SignatureDef
+
+    model = read_flatbuffer((Path(__file__).parent / "golden" / "tiny.tflite").read_bytes())
+    graph = model.graph
+    signature = SignatureDef("serving_default", 0, (("images", graph.inputs[0]),), (("out", graph.outputs[0]),))
+    model = replace(model, signature_defs=(signature,))
+    candidate = split_candidates(model)[-1]
+    patched = patch_model(model, candidate, (2, 2))
+    names = {t.name for t in patched.graph.tensors}
+    replaced = {graph.tensors[graph.operators[p].outputs[0]].name for p in candidate.operators} - {candidate.name}
+    assert not names & replaced  # the unpatched prefix activations are gone
+    used = {t for op in patched.graph.operators for t in (*op.inputs, *op.outputs) if t >= 0}
+    assert used | set(patched.graph.inputs) | set(patched.graph.outputs) == set(range(len(patched.graph.tensors)))
+    (kept,) = patched.signature_defs
+    assert patched.graph.tensors[kept.inputs[0][1]].name == graph.tensors[graph.inputs[0]].name
+    assert patched.graph.tensors[kept.outputs[0][1]].name == graph.tensors[graph.outputs[0]].name
+    assert all(0 <= t.buffer < len(patched.buffers) for t in patched.graph.tensors)

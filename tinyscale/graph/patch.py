@@ -38,7 +38,6 @@ from tinyscale.graph.model import Buffer, Graph, Model, Operator, Options, Quant
 log = logging.getLogger(__name__)
 
 SAME, VALID = 0, 1  # the schema's Padding enum
-INT8_MIN = -128
 WINDOW_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D")
 # One activation input, output of the same shape, each element from its own.
 UNARY_OPS = ("RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH", "HARD_SWISH", "LEAKY_RELU",
@@ -181,6 +180,10 @@ def check_int8(model: Model) -> None:
     if floats:
         raise ModelError(f"the model is not int8 ({len(floats)} float tensors, e.g. {floats[0]!r}); "
                          "convert it to full int8 first (tinyscale convert)")
+    graph = model.graph
+    others = sorted({graph.tensors[t].dtype for t in graph.inputs} - {"int8"})
+    if others:
+        raise ModelError(f"the model is not int8 (its input is {others[0]}); convert it with int8 input and output")
 
 
 def _single_image_input(model: Model) -> int | None:
@@ -322,9 +325,9 @@ class _Emitter:
         if value is None:
             self.op("PAD", (tensor, paddings), out, Options("PadOptions"))
         else:
-            # PADV2 wants the fill in the padded tensor's own quantization.
-            quantization = self.tensors[tensor].quantization
-            fill = self.constant(np.array(value, np.int8), "patch/pad_value", quantization)
+            # PADV2 wants the fill in the padded tensor's own type and quantization.
+            padded_tensor = self.tensors[tensor]
+            fill = self.constant(np.array(value, padded_tensor.dtype), "patch/pad_value", padded_tensor.quantization)
             self.op("PADV2", (tensor, paddings, fill), out, Options("PadV2Options"))
         return out
 
@@ -405,7 +408,8 @@ def _emit_patch(model: Model, emit: _Emitter, prefix: tuple[int, ...], split: in
             if op.kind in WINDOW_OPS and _same_pads_exactly(graph, op, needed):
                 padding = SAME  # the kernel's own border handling: no PAD copy, no extra operator
             else:
-                fill = INT8_MIN if op.kind == "MAX_POOL_2D" else None
+                # A max pool's SAME padding never wins: the type's minimum does the same.
+                fill = int(np.iinfo(graph.tensors[tensor].dtype).min) if op.kind == "MAX_POOL_2D" else None
                 cropped = emit.pad(cropped, needed.region, needed.pads, fill, name + "/pad")
             inputs = [cropped if t == tensor else t for t in inputs]
         options = op.options.with_fields(padding=padding) if op.kind in WINDOW_OPS else op.options
