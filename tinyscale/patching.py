@@ -54,6 +54,18 @@ class Footprint:
 
 
 @dataclass(frozen=True)
+class MeasuredSchedule:
+    split_tensor: str
+    grid: tuple[int, int]
+    ranking_bytes: int  # the estimate that made it a finalist
+    arena_bytes: int  # measured in TFLM
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split_tensor": self.split_tensor, "grid": list(self.grid), "ranking_bytes": self.ranking_bytes,
+                "arena_bytes": self.arena_bytes}
+
+
+@dataclass(frozen=True)
 class PatchResult:
     data: bytes  # the flatbuffer to write (the input unchanged when not patched)
     split_tensor: str | None
@@ -63,7 +75,7 @@ class PatchResult:
     after: Footprint
     max_diff: int  # max |patched - original| over the check inputs
     checked_inputs: int
-    measured: int  # schedules measured in TFLM
+    measured: tuple["MeasuredSchedule", ...]  # the finalists measured in TFLM (the original not included)
     seconds: float
     note: str | None = None
 
@@ -82,7 +94,8 @@ class PatchResult:
             "before": self.before.to_dict(), "after": self.after.to_dict(),
             "arena_ratio": round(self.after.arena_bytes / self.before.arena_bytes, 4),
             "extra_macs": round(self.extra_macs, 4), "max_diff": self.max_diff,
-            "checked_inputs": self.checked_inputs, "measured_schedules": self.measured,
+            "checked_inputs": self.checked_inputs,
+            "measured_schedules": [schedule.to_dict() for schedule in self.measured],
             "seconds": round(self.seconds, 2), "note": self.note,
         }
 
@@ -171,7 +184,8 @@ def max_output_diff(original: bytes, patched: bytes, count: int = CHECK_INPUTS, 
     return int(np.abs(tflm.run_model(patched, inputs).astype(np.int64) - expected).max())
 
 
-def _unchanged(data: bytes, before: Footprint, note: str, started: float, measured: int) -> PatchResult:
+def _unchanged(data: bytes, before: Footprint, note: str, started: float,
+               measured: tuple[MeasuredSchedule, ...] = ()) -> PatchResult:
     log.warning("%s", note)
     return PatchResult(data, None, None, (1, 1), before, before, 0, 0, measured, time.perf_counter() - started, note)
 
@@ -196,29 +210,31 @@ def patch_flatbuffer(data: bytes, *, grid: tuple[int, int] | None = None, split:
     before = footprint(model, data)
     candidates = _parse_split(model, split)
     if not candidates:
-        return _unchanged(data, before, "nothing to patch: no spatial operator chain from the input to cut", started, 1)
+        return _unchanged(data, before, "nothing to patch: no spatial operator chain from the input to cut", started)
     cap = None if grid is not None and split is not None else max_extra_macs
     options = _options(model, candidates, grid, cap)
     if not options:
         return _unchanged(data, before, f"nothing to patch within the extra-MACs cap of {max_extra_macs:.0%}",
-                          started, 1)
+                          started)
     best: tuple[Footprint, _Option, bytes] | None = None
+    schedules = []
     for option in options[:finalists]:
         written = write_flatbuffer(option.model)
         measured = footprint(option.model, written)
+        schedules.append(MeasuredSchedule(option.candidate.name, option.grid, option.rank, measured.arena_bytes))
         log.info("patch %s %dx%d: arena %d B", option.candidate.name, *option.grid, measured.arena_bytes)
         if best is None or measured.arena_bytes < best[0].arena_bytes:
             best = (measured, option, written)
     after, option, written = best
-    count = 1 + min(finalists, len(options))
+    measured_schedules = tuple(schedules)
     if cap is not None and after.arena_bytes >= before.arena_bytes:
         return _unchanged(data, before, f"nothing worth patching: the best schedule needs {after.arena_bytes:,} B "
-                          f"of arena, the model {before.arena_bytes:,} B", started, count)
+                          f"of arena, the model {before.arena_bytes:,} B", started, measured_schedules)
     diff = max_output_diff(data, written)
     if diff:
         raise MeasurementError(f"the patched model's outputs differ from the original's (max diff {diff}); not written")
     return PatchResult(written, option.candidate.name, option.candidate.shape, option.grid, before, after, diff,
-                       CHECK_INPUTS, count, time.perf_counter() - started)
+                       CHECK_INPUTS, measured_schedules, time.perf_counter() - started)
 
 
 def parse_grid(text: str) -> tuple[int, int]:
