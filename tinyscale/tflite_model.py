@@ -1,35 +1,15 @@
 """Read a .tflite flatbuffer without TensorFlow: operators, tensors, I/O quantization.
 
-Uses the schema bindings that ship inside the tflite-micro wheel, so reading a
-model costs no TensorFlow import.
+A summary view over :mod:`tinyscale.graph` (which reads the flatbuffer with the
+schema bindings of the tflite-micro wheel, so no TensorFlow import).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
-from tinyscale.errors import ModelError
-
-# TFLite TensorType enum values -> numpy dtype names.
-_TENSOR_TYPES = {
-    0: "float32", 1: "float16", 2: "int32", 3: "uint8", 4: "int64", 5: "string",
-    6: "bool", 7: "int16", 9: "int8", 10: "float64", 15: "uint32", 16: "uint16", 17: "int4",
-}
-_TFLITE_IDENTIFIER = b"TFL3"
-
-
-@lru_cache(maxsize=1)
-def _schema():
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
-
-    return schema_py_generated
-
-
-@lru_cache(maxsize=1)
-def _builtin_names() -> dict[int, str]:
-    ops = _schema().BuiltinOperator
-    return {value: name for name, value in vars(ops).items() if not name.startswith("_")}
+from tinyscale.graph.flatbuffer import read_flatbuffer
+from tinyscale.graph.model import Model, Tensor
 
 
 @dataclass(frozen=True)
@@ -85,76 +65,36 @@ class ModelInfo:
         return tuple(self.tensors[i] for i in self.outputs)
 
 
-def _tensor_info(index: int, tensor, model) -> TensorInfo:
-    quant = tensor.Quantization()
-    scale: tuple[float, ...] = ()
-    zero_point: tuple[int, ...] = ()
-    if quant is not None:
-        scale = tuple(float(quant.Scale(i)) for i in range(quant.ScaleLength()))
-        zero_point = tuple(int(quant.ZeroPoint(i)) for i in range(quant.ZeroPointLength()))
-    buffer_index = tensor.Buffer()
-    is_constant = False
-    if 0 < buffer_index < model.BuffersLength():
-        buffer = model.Buffers(buffer_index)
-        is_constant = buffer.DataLength() > 0 or buffer.Size() > 0
-    name = tensor.Name()
+def _tensor_info(index: int, tensor: Tensor, model: Model) -> TensorInfo:
+    quant = tensor.quantization
     return TensorInfo(
         index=index,
-        name=name.decode("utf-8", "replace") if name else "",
-        shape=tuple(int(tensor.Shape(i)) for i in range(tensor.ShapeLength())),
-        dtype=_TENSOR_TYPES.get(tensor.Type(), f"type{tensor.Type()}"),
-        buffer=buffer_index,
-        scale=scale,
-        zero_point=zero_point,
-        is_constant=is_constant,
+        name=tensor.name,
+        shape=tensor.shape,
+        dtype=tensor.dtype,
+        buffer=tensor.buffer,
+        scale=quant.scale if quant else (),
+        zero_point=quant.zero_point if quant else (),
+        is_constant=model.is_constant(tensor),
     )
 
 
-def _operator_name(model, opcode_index: int) -> tuple[str, bool]:
-    opcode = model.OperatorCodes(opcode_index)
-    # Newer schemas moved builtin codes >127 to BuiltinCode; the deprecated byte saturates.
-    code = max(int(opcode.BuiltinCode()), int(opcode.DeprecatedBuiltinCode()))
-    if code == _schema().BuiltinOperator.CUSTOM:
-        custom = opcode.CustomCode()
-        return (custom.decode("utf-8", "replace") if custom else "CUSTOM"), True
-    return _builtin_names().get(code, f"BUILTIN_{code}"), False
+def model_info(model: Model, size_bytes: int) -> ModelInfo:
+    """The summary view of the main subgraph of a graph-level Model."""
+    graph = model.graph
+    return ModelInfo(
+        size_bytes=size_bytes,
+        tensors=tuple(_tensor_info(i, t, model) for i, t in enumerate(graph.tensors)),
+        operators=tuple(
+            OperatorInfo(index=i, name=op.kind, inputs=op.inputs, outputs=op.outputs, custom=op.custom)
+            for i, op in enumerate(graph.operators)
+        ),
+        inputs=graph.inputs,
+        outputs=graph.outputs,
+        subgraphs=len(model.subgraphs),
+    )
 
 
 def read_model(data: bytes) -> ModelInfo:
     """Parse the main subgraph of a TFLite flatbuffer; ModelError if it is not one."""
-    if len(data) < 8 or data[4:8] != _TFLITE_IDENTIFIER:
-        raise ModelError("not a TFLite flatbuffer (missing the TFL3 identifier)")
-    try:
-        model = _schema().Model.GetRootAsModel(bytearray(data), 0)
-        if model.SubgraphsLength() < 1:
-            raise ModelError("the TFLite model has no subgraph")
-        graph = model.Subgraphs(0)
-        tensors = tuple(_tensor_info(i, graph.Tensors(i), model) for i in range(graph.TensorsLength()))
-        operators = []
-        for i in range(graph.OperatorsLength()):
-            op = graph.Operators(i)
-            name, custom = _operator_name(model, op.OpcodeIndex())
-            operators.append(
-                OperatorInfo(
-                    index=i,
-                    name=name,
-                    inputs=tuple(int(op.Inputs(j)) for j in range(op.InputsLength())),
-                    outputs=tuple(int(op.Outputs(j)) for j in range(op.OutputsLength())),
-                    custom=custom,
-                )
-            )
-        inputs = tuple(int(graph.Inputs(i)) for i in range(graph.InputsLength()))
-        outputs = tuple(int(graph.Outputs(i)) for i in range(graph.OutputsLength()))
-        subgraphs = model.SubgraphsLength()
-    except ModelError:
-        raise
-    except Exception as exc:  # a truncated or corrupt buffer fails anywhere inside the bindings
-        raise ModelError(f"corrupt or truncated TFLite flatbuffer ({type(exc).__name__})") from None
-    return ModelInfo(
-        size_bytes=len(data),
-        tensors=tensors,
-        operators=tuple(operators),
-        inputs=inputs,
-        outputs=outputs,
-        subgraphs=subgraphs,
-    )
+    return model_info(read_flatbuffer(data), len(data))

@@ -1,0 +1,245 @@
+"""Choose and apply a patch schedule for any int8 model, measured in TFLM.
+
+The pass itself (:mod:`tinyscale.graph.patch`) is pure; this module adds the
+side effects: it ranks every (split tensor, grid) under the extra-MACs cap by
+an estimate of the arena, measures the best few in the TFLM interpreter (the
+measurement decides: every duplicated operator adds its own persistent
+records to the arena, which the ranking only approximates), and checks that
+the winner's outputs equal the original's bit for bit before handing it out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tinyscale import estimate, tflm
+from tinyscale.errors import MeasurementError, UsageError
+from tinyscale.graph.analysis import model_macs
+from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
+from tinyscale.graph.model import Model
+from tinyscale.graph.patch import Candidate, check_int8, find_candidate, patch_model, split_candidates
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_EXTRA_MACS = 0.3
+MAX_GRID = 4  # the search tries 1x1 .. 4x4
+MEASURED_FINALISTS = 4
+CHECK_INPUTS = 4
+CHECK_SEED = 0
+# Persistent bytes per operator copy for the ranking: node and registration,
+# op data, parsed options (estimate.py's x86-64 sizes for a convolution).
+_TAIL_BYTES_PER_OPERATOR = estimate.NODE_AND_REGISTRATION_BYTES + 80 + 28
+_TAIL_BYTES_PER_CHANNEL = 8  # per-channel output multiplier and shift of conv/depthwise copies
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What one flatbuffer costs: measured arena, its activation plan, flash, MACs."""
+
+    arena_bytes: int
+    activations_bytes: int  # the planner's head: peak live activations and scratch
+    model_bytes: int
+    macs: int
+    operators: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"arena_bytes": self.arena_bytes, "activations_bytes": self.activations_bytes,
+                "model_bytes": self.model_bytes, "macs": self.macs, "operators": self.operators}
+
+
+@dataclass(frozen=True)
+class MeasuredSchedule:
+    split_tensor: str
+    grid: tuple[int, int]
+    ranking_bytes: int  # the estimate that made it a finalist
+    arena_bytes: int  # measured in TFLM
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split_tensor": self.split_tensor, "grid": list(self.grid), "ranking_bytes": self.ranking_bytes,
+                "arena_bytes": self.arena_bytes}
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    data: bytes  # the flatbuffer to write (the input unchanged when not patched)
+    split_tensor: str | None
+    split_shape: tuple[int, ...] | None
+    grid: tuple[int, int]
+    before: Footprint
+    after: Footprint
+    max_diff: int  # max |patched - original| over the check inputs
+    checked_inputs: int
+    measured: tuple["MeasuredSchedule", ...]  # the finalists measured in TFLM (the original not included)
+    seconds: float
+    note: str | None = None
+
+    @property
+    def patched(self) -> bool:
+        return self.grid != (1, 1)
+
+    @property
+    def extra_macs(self) -> float:
+        return self.after.macs / self.before.macs - 1 if self.before.macs else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "patched": self.patched, "split_tensor": self.split_tensor,
+            "split_shape": list(self.split_shape) if self.split_shape else None, "grid": list(self.grid),
+            "before": self.before.to_dict(), "after": self.after.to_dict(),
+            "arena_ratio": round(self.after.arena_bytes / self.before.arena_bytes, 4),
+            "extra_macs": round(self.extra_macs, 4), "max_diff": self.max_diff,
+            "checked_inputs": self.checked_inputs,
+            "measured_schedules": [schedule.to_dict() for schedule in self.measured],
+            "seconds": round(self.seconds, 2), "note": self.note,
+        }
+
+
+def _head_bytes(text: str) -> int:
+    for line in text.splitlines():
+        if "Arena allocation head" in line:
+            return int(line.split("head")[1].split()[0])
+    raise MeasurementError("TFLM printed no arena head size")
+
+
+def footprint(model: Model, data: bytes) -> Footprint:
+    measurement = tflm.measure_arena(data)
+    return Footprint(measurement.arena_bytes, _head_bytes(measurement.allocations), len(data), model_macs(model),
+                     len(model.graph.operators))
+
+
+# ---------------------------------------------------------------------------
+# Ranking estimate (the next session replaces it with the exact analytic arena)
+
+
+def _planner_graph(model: Model) -> estimate.Graph:
+    """The main subgraph in the shape estimate's replay of TFLM's greedy planner reads."""
+    graph = model.graph
+    tensors = tuple(
+        estimate.Tensor(t.name, t.shape, t.dtype, len(t.quantization.scale) if t.quantization else 0,
+                        model.is_constant(t), t.buffer, t.nbytes)
+        for t in graph.tensors
+    )
+    operators = tuple(estimate.Operator(op.kind, op.inputs, op.outputs) for op in graph.operators)
+    return estimate.Graph(tensors, operators, graph.inputs, graph.outputs)
+
+
+def ranking_bytes(model: Model) -> int:
+    """Planned activations plus an approximate persistent tail: orders schedules, measures none."""
+    graph = _planner_graph(model)
+    buffers = estimate.planned_buffers(graph)
+    head = estimate.plan_bytes(buffers, estimate.greedy_plan(buffers))
+    tail = estimate.EVAL_TENSOR_BYTES * len(graph.tensors) + _TAIL_BYTES_PER_OPERATOR * len(graph.operators)
+    for op in model.graph.operators:
+        if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            tail += _TAIL_BYTES_PER_CHANNEL * model.graph.tensors[op.outputs[0]].shape[-1]
+    return head + tail
+
+
+# ---------------------------------------------------------------------------
+# The search
+
+
+@dataclass(frozen=True)
+class _Option:
+    candidate: Candidate
+    grid: tuple[int, int]
+    model: Model
+    rank: int
+
+
+def _grids(candidate: Candidate, grid: tuple[int, int] | None) -> list[tuple[int, int]]:
+    if grid is not None:
+        return [grid]
+    rows, cols = candidate.shape[1:3]
+    return [g for g in itertools.product(range(1, MAX_GRID + 1), repeat=2)
+            if g != (1, 1) and g[0] <= rows and g[1] <= cols]
+
+
+def _options(model: Model, candidates: list[Candidate], grid: tuple[int, int] | None,
+             max_extra_macs: float | None) -> list[_Option]:
+    base = model_macs(model)
+    options = []
+    for candidate in candidates:
+        for g in _grids(candidate, grid):
+            patched = patch_model(model, candidate, g)
+            extra = model_macs(patched) / base - 1 if base else 0.0
+            if max_extra_macs is not None and extra > max_extra_macs:
+                continue
+            options.append(_Option(candidate, g, patched, ranking_bytes(patched)))
+    return sorted(options, key=lambda option: option.rank)
+
+
+def max_output_diff(original: bytes, patched: bytes, count: int = CHECK_INPUTS, seed: int = CHECK_SEED) -> int:
+    """Max |difference| of output 0 over `count` random int8 inputs, in TFLM."""
+    graph = read_flatbuffer(original).graph
+    shape = graph.tensors[graph.inputs[0]].shape[1:]
+    inputs = np.random.default_rng(seed).integers(-128, 128, (count, *shape), dtype=np.int8)
+    expected = tflm.run_model(original, inputs).astype(np.int64)
+    return int(np.abs(tflm.run_model(patched, inputs).astype(np.int64) - expected).max())
+
+
+def _unchanged(data: bytes, before: Footprint, note: str, started: float,
+               measured: tuple[MeasuredSchedule, ...] = ()) -> PatchResult:
+    log.warning("%s", note)
+    return PatchResult(data, None, None, (1, 1), before, before, 0, 0, measured, time.perf_counter() - started, note)
+
+
+def _parse_split(model: Model, split: str | None) -> list[Candidate]:
+    candidates = split_candidates(model)
+    return candidates if split is None else [find_candidate(model, split)]
+
+
+def patch_flatbuffer(data: bytes, *, grid: tuple[int, int] | None = None, split: str | None = None,
+                     max_extra_macs: float = DEFAULT_MAX_EXTRA_MACS,
+                     finalists: int = MEASURED_FINALISTS) -> PatchResult:
+    """The patched flatbuffer with the smallest TFLM-measured arena, outputs checked bit for bit.
+
+    With both `grid` and `split` the schedule is the caller's (the MACs cap is
+    not applied); otherwise the missing parts are searched under the cap. A
+    model with nothing worth patching comes back unchanged, with a note.
+    """
+    started = time.perf_counter()
+    model = read_flatbuffer(data)
+    check_int8(model)
+    before = footprint(model, data)
+    candidates = _parse_split(model, split)
+    if not candidates:
+        return _unchanged(data, before, "nothing to patch: no spatial operator chain from the input to cut", started)
+    cap = None if grid is not None and split is not None else max_extra_macs
+    options = _options(model, candidates, grid, cap)
+    if not options:
+        return _unchanged(data, before, f"nothing to patch within the extra-MACs cap of {max_extra_macs:.0%}",
+                          started)
+    best: tuple[Footprint, _Option, bytes] | None = None
+    schedules = []
+    for option in options[:finalists]:
+        written = write_flatbuffer(option.model)
+        measured = footprint(option.model, written)
+        schedules.append(MeasuredSchedule(option.candidate.name, option.grid, option.rank, measured.arena_bytes))
+        log.info("patch %s %dx%d: arena %d B", option.candidate.name, *option.grid, measured.arena_bytes)
+        if best is None or measured.arena_bytes < best[0].arena_bytes:
+            best = (measured, option, written)
+    after, option, written = best
+    measured_schedules = tuple(schedules)
+    if cap is not None and after.arena_bytes >= before.arena_bytes:
+        return _unchanged(data, before, f"nothing worth patching: the best schedule needs {after.arena_bytes:,} B "
+                          f"of arena, the model {before.arena_bytes:,} B", started, measured_schedules)
+    diff = max_output_diff(data, written)
+    if diff:
+        raise MeasurementError(f"the patched model's outputs differ from the original's (max diff {diff}); not written")
+    return PatchResult(written, option.candidate.name, option.candidate.shape, option.grid, before, after, diff,
+                       CHECK_INPUTS, measured_schedules, time.perf_counter() - started)
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """"RxC" -> (R, C); UsageError otherwise."""
+    rows, separator, cols = text.lower().partition("x")
+    if separator and rows.isdigit() and cols.isdigit() and int(rows) > 0 and int(cols) > 0:
+        return int(rows), int(cols)
+    raise UsageError(f"--grid wants ROWSxCOLS with positive integers, e.g. 2x2 (got {text!r})")
