@@ -415,7 +415,7 @@ def check_fit(placement: Placement, target: Target, allow_overflow: bool) -> Non
         return
     message = f"the model does not fit {target.name}: {placement.describe_shortfall()}"
     if not allow_overflow:
-        raise DoesNotFitError(f"{message} (use --allow-overflow to generate the project anyway)")
+        raise DoesNotFitError(f"{message} (`tinyscale firmware --allow-overflow` generates the project anyway)")
     log.warning("%s; generating anyway (--allow-overflow)", message)
 
 
