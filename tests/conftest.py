@@ -44,3 +44,15 @@ def make_target(
 @pytest.fixture
 def synthetic_target():
     return make_target
+
+
+def repack_model(model: bytes, edit) -> bytes:
+    """`model` re-packed after `edit(ModelT)`: a real flatbuffer with one deliberate defect."""
+    import flatbuffers
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    obj = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    edit(obj)
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import repack_model
 from tinyscale import firmware as fw
 from tinyscale.cli import app
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
@@ -206,15 +207,7 @@ def assert_refused(result, exit_code: int, message: str, parent: Path, before: s
 
 
 def write_edited_model(model: bytes, path: Path, edit) -> Path:
-    """`model` re-packed after `edit(ModelT)`: a real flatbuffer with one deliberate defect."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-    import flatbuffers
-
-    obj = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    edit(obj)
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
-    path.write_bytes(bytes(builder.Output()))
+    path.write_bytes(repack_model(model, edit))
     return path
 
 
@@ -291,6 +284,17 @@ def test_float_input_is_refused(workdir, model):
     before = {p.name for p in workdir.iterdir()}
     result = run_cli(str(workdir / "float.tflite"), "--target", "esp32", "-o", str(workdir / "out"))
     assert_refused(result, 1, "firmware needs int8 input and output", workdir, before)
+
+
+def test_weight_without_data_is_refused(workdir, model):
+    def drop_stem_filter_data(obj):
+        graph = obj.subgraphs[0]
+        obj.buffers[graph.tensors[graph.operators[0].inputs[1]].buffer].data = None
+
+    write_edited_model(model, workdir / "damaged.tflite", drop_stem_filter_data)
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "damaged.tflite"), "--target", "mps2-an386", "-o", str(workdir / "out"))
+    assert_refused(result, 1, "weight tensor 28 ", workdir, before)
 
 
 def test_model_that_does_not_fit_is_refused_with_numbers(workdir):

@@ -7,14 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_target
+from typer.testing import CliRunner
+
+from conftest import make_target, repack_model
 from tinyscale import arch, simulate, tflm
+from tinyscale.cli import app
 from tinyscale.convert import spec_to_tflite
 from tinyscale.data import Dataset
 from tinyscale.errors import DataError, ModelError
 from tinyscale.tflite_model import read_model
 
 TFLM_MODELS = Path("/work/tflm/src/tensorflow/lite/micro")
+TINY_MODEL = Path(__file__).parent / "golden" / "tiny.tflite"
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +128,41 @@ def test_third_party_models_person_detection_and_lstm():
     assert lstm.arena_bytes > 0 and sum(row.macs for row in lstm.rows) > 0
     with pytest.raises(ModelError, match="custom operators"):
         simulate.load_model_bytes((TFLM_MODELS / "models/person_detect_vela.tflite").read_bytes())
+
+
+def _stem_filter(obj):
+    """The stem CONV_2D's filter tensor (input 1 of operator 0) in a ModelT."""
+    graph = obj.subgraphs[0]
+    return graph.tensors[graph.operators[0].inputs[1]]
+
+
+def _clear_filter_buffer(obj):
+    obj.buffers[_stem_filter(obj).buffer].data = None  # its bytes zeroed out of the buffer table
+
+
+def _filter_to_empty_buffer(obj):
+    _stem_filter(obj).buffer = 0  # buffer 0 is the schema's always-empty sentinel
+
+
+@pytest.mark.parametrize("edit", [_clear_filter_buffer, _filter_to_empty_buffer])
+def test_weights_without_data_are_refused(edit, tmp_path):
+    damaged = repack_model(TINY_MODEL.read_bytes(), edit)
+    with pytest.raises(ModelError, match="weight tensor 28 .* \\(input 1 of operator 0, CONV_2D\\) has no data"):
+        read_model(damaged)
+    (tmp_path / "damaged.tflite").write_bytes(damaged)
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "damaged.tflite")])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: weight tensor 28 "), result.output
+
+
+def test_optional_inputs_and_state_tensors_need_no_data():
+    info = read_model(TINY_MODEL.read_bytes())
+    fully_connected = info.operators[16]
+    assert fully_connected.name == "FULLY_CONNECTED" and fully_connected.inputs[2] == -1  # no bias
+
+    def make_filter_variable(obj):
+        _clear_filter_buffer(obj)
+        _stem_filter(obj).isVariable = True
+
+    assert read_model(repack_model(TINY_MODEL.read_bytes(), make_filter_variable)).tensors[28].is_variable

@@ -42,6 +42,7 @@ class TensorInfo:
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     is_constant: bool
+    is_variable: bool = False  # state a stateful operator keeps between invocations
 
     @property
     def nbytes(self) -> int:
@@ -107,6 +108,7 @@ def _tensor_info(index: int, tensor, model) -> TensorInfo:
         scale=scale,
         zero_point=zero_point,
         is_constant=is_constant,
+        is_variable=bool(tensor.IsVariable()),
     )
 
 
@@ -150,7 +152,7 @@ def read_model(data: bytes) -> ModelInfo:
         raise
     except Exception as exc:  # a truncated or corrupt buffer fails anywhere inside the bindings
         raise ModelError(f"corrupt or truncated TFLite flatbuffer ({type(exc).__name__})") from None
-    return ModelInfo(
+    info = ModelInfo(
         size_bytes=len(data),
         tensors=tensors,
         operators=tuple(operators),
@@ -158,3 +160,42 @@ def read_model(data: bytes) -> ModelInfo:
         outputs=outputs,
         subgraphs=subgraphs,
     )
+    check_weights(info)
+    return info
+
+
+# Input positions that hold weights (filters, biases) in the builtins that have them
+# (TFLite's kernel_util index constants): a custom operator's inputs (an Ethos-U
+# scratch buffer) or an elementwise operand may legitimately be planned by TFLM.
+WEIGHT_INPUTS = {
+    "CONV_2D": (1, 2), "DEPTHWISE_CONV_2D": (1, 2), "FULLY_CONNECTED": (1, 2), "CONV_3D": (1, 2),
+    "TRANSPOSE_CONV": (1, 3), "SVDF": (1, 2, 3),
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": (1, 2, 3, 4, 5, 6, 7, 8, 12, 13, 14, 15),
+}
+
+
+def check_weights(info: ModelInfo) -> None:
+    """ModelError naming the first weight tensor whose data is missing.
+
+    A weight is a filter or bias input (WEIGHT_INPUTS) that nothing computes: no
+    operator produces it, it is not a model input and not a variable (state)
+    tensor. Without data (its buffer emptied, or its buffer index pointing at
+    the empty buffer 0) TFLM would not fail: it plans the tensor as an
+    activation, computes with garbage and needs a bigger arena, so such a model
+    is refused here, where every command reads models.
+    """
+    computed = {index for op in info.operators for index in op.outputs} | set(info.inputs)
+    for op in info.operators:
+        for position in WEIGHT_INPUTS.get(op.name, ()) if not op.custom else ():
+            index = op.inputs[position] if position < len(op.inputs) else -1
+            if index < 0 or index in computed:  # -1: an optional input left out
+                continue
+            if index >= len(info.tensors):
+                raise ModelError(f"operator {op.index} ({op.name}) reads tensor {index}, which does not exist")
+            tensor = info.tensors[index]
+            if tensor.is_constant or tensor.is_variable:
+                continue
+            raise ModelError(
+                f"weight tensor {index} {tensor.name!r} (input {position} of operator {op.index}, {op.name}) "
+                f"has no data (buffer {tensor.buffer} is empty); the model file is damaged, re-export it"
+            )
