@@ -260,18 +260,42 @@ def _file_head(path: Path, size: int = 8) -> bytes:
         return file.read(size)
 
 
-def _load_float_model(path: Path):
+# File signatures of what keras.models.load_model reads: a .keras zip, a legacy HDF5 .h5.
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_float_model(path: Path) -> None:
+    """ModelError unless `path` holds a Keras model or a SavedModel, judged by content, not name.
+
+    Runs before anything else looks at the output, so that `convert model.tflite`
+    (whose default output is the input itself) says what is wrong with the input.
+    """
     if not path.exists():
         raise ModelError(f"no model at {path}")
-    if path.suffix == ".tflite" or (path.is_file() and _file_head(path)[4:8] == b"TFL3"):
+    if path.is_dir():
+        if not _is_saved_model(path):
+            raise ModelError(f"{path} is a directory without saved_model.pb: give a .keras file or a SavedModel "
+                             "directory")
+        return
+    try:
+        head = _file_head(path)
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head[4:8] == b"TFL3":
         raise ModelError(f"{path} is already a TFLite flatbuffer; convert takes a Keras model (.keras) or a SavedModel "
                          "directory; run `tinyscale simulate` on a .tflite")
-    if _is_saved_model(path):
+    if not head.startswith((_ZIP_MAGIC, _HDF5_MAGIC)):
+        raise ModelError(f"{path} is not a Keras model (neither a .keras zip nor an .h5 file) nor a SavedModel "
+                         "directory, which is what convert takes")
+
+
+def _load_float_model(path: Path):
+    _check_float_model(path)
+    if path.is_dir():
         from tinyscale.train import load_saved_model  # noqa: PLC0415
 
         return load_saved_model(path)
-    if path.is_dir():
-        raise ModelError(f"{path} is a directory without saved_model.pb: give a .keras file or a SavedModel directory")
     from tinyscale.train import load_keras_model  # noqa: PLC0415
 
     return load_keras_model(path)
@@ -340,6 +364,7 @@ def convert(
     from tinyscale.train import read_history  # noqa: PLC0415
     from tinyscale.tflite_model import read_model  # noqa: PLC0415
 
+    _check_float_model(model)  # before the clobber check: the default output may be the input itself
     out = out or model.with_suffix(".tflite")
     refuse_clobber(out, force)
     keras_model = _load_float_model(model)
