@@ -9,13 +9,13 @@ import pytest
 
 from typer.testing import CliRunner
 
-from conftest import make_target, repack_model
+from conftest import IO_KINDS, make_target, quantized_model, repack_model
 from tinyscale import arch, simulate, tflm
 from tinyscale.cli import app
 from tinyscale.convert import spec_to_tflite
 from tinyscale.data import Dataset
 from tinyscale.errors import DataError, ModelError
-from tinyscale.tflite_model import read_model
+from tinyscale.tflite_model import input_quantization, output_quantization, read_model
 
 TFLM_MODELS = Path("/work/tflm/src/tensorflow/lite/micro")
 TINY_MODEL = Path(__file__).parent / "golden" / "tiny.tflite"
@@ -166,3 +166,28 @@ def test_optional_inputs_and_state_tensors_need_no_data():
         _stem_filter(obj).isVariable = True
 
     assert read_model(repack_model(TINY_MODEL.read_bytes(), make_filter_variable)).tensors[28].is_variable
+
+
+@pytest.mark.parametrize("kind", IO_KINDS)
+def test_int16x8_and_float_io_models_are_simulated_on_their_own_input_type(kind):
+    model = quantized_model(kind)
+    report = simulate.memory_report(model)
+    info = report.info
+    dataset = _dataset(12, 3)
+    inputs = simulate.model_inputs(info, dataset)
+    io = input_quantization(info)
+    assert inputs.dtype == np.dtype(info.input_tensors[0].dtype) and io.dtype == kind.split("-")[0]
+    if io.is_float:  # the float images the model was trained on; its QUANTIZE does the rest
+        assert 0.0 <= inputs.min() and inputs.max() <= 1.0 and output_quantization(info).dtype == io.dtype
+    evaluation = simulate.evaluate(model, info, dataset, report.arena_bytes)
+    outputs = tflm.run_model(model, inputs, arena_bytes=report.arena_bytes)
+    assert outputs.dtype == np.dtype(info.output_tensors[0].dtype)
+    assert np.array_equal(evaluation.predictions, np.argmax(outputs, axis=1))
+
+
+def test_io_types_outside_the_supported_set_are_refused():
+    def output_to_uint8(obj):
+        obj.subgraphs[0].tensors[obj.subgraphs[0].outputs[0]].type = 3  # UINT8
+
+    with pytest.raises(ModelError, match="output 'Identity' is uint8; tinyscale runs int8 or int16x8 weights"):
+        simulate.load_model_bytes(repack_model(TINY_MODEL.read_bytes(), output_to_uint8))

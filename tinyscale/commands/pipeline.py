@@ -494,7 +494,7 @@ def _arena_budget(placement) -> Optional[int]:
 @app.command()
 @reports_errors
 def simulate(
-    model: Annotated[Path, typer.Argument(help="An int8 TFLite Micro model (.tflite).")],
+    model: Annotated[Path, typer.Argument(help="A quantized TFLite Micro model (.tflite): int8 or int16x8, integer or float32 I/O.")],
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Check flash and SRAM against this target.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help=f"Evaluate on this data (an image folder, .npz, or {FASHION_MNIST!r}: its test split).")] = None,
     keras: Annotated[Optional[Path], typer.Option("--keras", help="The float Keras model, for float accuracy and agreement.")] = None,
