@@ -708,3 +708,9 @@ def test_simulate_and_firmware_accept_the_same_io_layouts(io_models, kind, tmp_p
     assert result.exit_code == 0, result.output
     dtype = read_model(io_models[kind]).input_tensors[0].dtype
     assert f"{fw.SELFTEST_TYPES[dtype][0]} ts_input_0[64]" in (tmp_path / "out/src/selftest_data.c").read_text()
+
+
+@pytest.mark.parametrize("value, literal", [(1.0, "1.0f"), (-0.5, "-0.5f"), (1e-5, "9.99999975e-06f"), (3, "3.0f")])
+def test_float_literals_read_back_as_the_same_float32(value, literal):
+    assert fw._c_float(value) == literal
+    assert np.float32(float(literal[:-1])) == np.float32(value)

@@ -177,6 +177,9 @@ def test_int16x8_and_float_io_models_are_simulated_on_their_own_input_type(kind)
     inputs = simulate.model_inputs(info, dataset)
     io = input_quantization(info)
     assert inputs.dtype == np.dtype(info.input_tensors[0].dtype) and io.dtype == kind.split("-")[0]
+    (described,) = report.to_dict()["inputs"]
+    assert (described["dtype"], described["integer_dtype"], described["scale"]) == (
+        info.input_tensors[0].dtype, io.dtype, io.scale)
     if io.is_float:  # the float images the model was trained on; its QUANTIZE does the rest
         assert 0.0 <= inputs.min() and inputs.max() <= 1.0 and output_quantization(info).dtype == io.dtype
     evaluation = simulate.evaluate(model, info, dataset, report.arena_bytes)

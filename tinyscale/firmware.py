@@ -484,6 +484,8 @@ def selftest_tensor(io: IoQuantization, values: np.ndarray, tolerance: float = 0
     count = int(np.prod([max(d, 1) for d in tensor.shape]))
     if flat.size != count:
         raise ModelError(f"self-test data has {flat.size} values, tensor {tensor.name!r} {list(tensor.shape)} {count}")
+    if tensor.dtype == "float32" and not np.all(np.isfinite(flat)):
+        raise ModelError(f"the host interpreter gave non-finite values for {tensor.name!r}; no self-test can compare them")
     python_values = tuple(float(v) for v in flat) if tensor.dtype == "float32" else tuple(int(v) for v in flat)
     return TensorData(tensor.name, tensor.shape, tensor.dtype, python_values, tolerance)
 

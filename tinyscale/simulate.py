@@ -32,8 +32,8 @@ from tinyscale.kernels import arena_margin_bytes, op_shapes
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, ModelError, UsageError
 from tinyscale.targets import Target
-from tinyscale.tflite_model import (ModelInfo, OperatorInfo, TensorInfo, check_full_integer, input_quantization,
-                                    read_model)
+from tinyscale.tflite_model import (IoQuantization, ModelInfo, OperatorInfo, TensorInfo, check_full_integer,
+                                    input_quantization, output_quantization, read_model)
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +226,7 @@ class MemoryReport:
             "runtime_flash_bytes": self.runtime_bytes,
             "runtime_flash_source": self.runtime_source,
             "flash_needed_bytes": self.flash_needed_bytes,
-            "inputs": [io_dict(t) for t in info.input_tensors],
-            "outputs": [io_dict(t) for t in info.output_tensors],
+            **io_dicts(info),
             "layers": [row.to_dict() for row in self.rows],
         }
         if self.placement is not None:
@@ -235,14 +234,22 @@ class MemoryReport:
         return data
 
 
-def io_dict(tensor: TensorInfo) -> dict[str, Any]:
+def io_dict(io: IoQuantization) -> dict[str, Any]:
+    """A model input or output: its own type, and the integer type and parameters it maps to."""
+    tensor = io.tensor
     return {
         "name": tensor.name,
         "shape": list(tensor.shape),
         "dtype": tensor.dtype,
-        "scale": tensor.scale[0] if tensor.scale else None,
-        "zero_point": tensor.zero_point[0] if tensor.zero_point else None,
+        "integer_dtype": io.dtype,  # differs from dtype for float32 I/O (QUANTIZE/DEQUANTIZE)
+        "scale": io.scale,
+        "zero_point": io.zero_point,
     }
+
+
+def io_dicts(info: ModelInfo) -> dict[str, list[dict[str, Any]]]:
+    return {"inputs": [io_dict(input_quantization(info, i)) for i in range(len(info.inputs))],
+            "outputs": [io_dict(output_quantization(info, i)) for i in range(len(info.outputs))]}
 
 
 def load_model_bytes(data: bytes, source: str = "the model") -> ModelInfo:

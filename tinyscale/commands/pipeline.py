@@ -340,12 +340,14 @@ def convert_model(model, representative: np.ndarray, max_samples: int) -> bytes:
 
 
 def _io_rows(info) -> list[tuple[str, str]]:
+    from tinyscale.simulate import io_dicts  # noqa: PLC0415
+
     rows = []
-    for label, tensors in (("input", info.input_tensors), ("output", info.output_tensors)):
-        for tensor in tensors:
-            scale = tensor.scale[0] if tensor.scale else float("nan")
-            zero = tensor.zero_point[0] if tensor.zero_point else 0
-            rows.append((label, f"{tensor.dtype} {list(tensor.shape)}  scale {scale:.6g}  zero point {zero}"))
+    for label, entries in io_dicts(info).items():
+        for entry in entries:
+            via = f" (as {entry['integer_dtype']})" if entry["dtype"] != entry["integer_dtype"] else ""
+            rows.append((label[:-1], f"{entry['dtype']} {entry['shape']}{via}  scale {entry['scale']:.6g}  "
+                                     f"zero point {entry['zero_point']}"))
     return rows
 
 
@@ -372,7 +374,7 @@ def convert(
     flatbuffer = convert_model(keras_model, representative, calibration_samples)
     atomic_write_bytes(out, flatbuffer)
     info = read_model(flatbuffer)
-    from tinyscale.simulate import io_dict  # noqa: PLC0415
+    from tinyscale.simulate import io_dicts  # noqa: PLC0415
 
     result = {
         "model": str(out),
@@ -380,8 +382,7 @@ def convert(
         "ops": list(info.operator_names),
         "operators": len(info.operators),
         "calibration_samples": len(representative),
-        "inputs": [io_dict(t) for t in info.input_tensors],
-        "outputs": [io_dict(t) for t in info.output_tensors],
+        **io_dicts(info),
     }
     if json_output:
         typer.echo(json.dumps(result, indent=2))
