@@ -403,7 +403,7 @@ def check_library_ops(operators: tuple[OpEntry, ...], build_system: str) -> None
 
 def check_io(info: ModelInfo) -> None:
     # The self-test feeds one input and checks one output, as the host runner
-    # (tinyscale.tflm.run_model) does; their types are simulate's rule.
+    # (tinyscale.tflm.run_model) does; the model itself must pass simulate's rule.
     if len(info.inputs) != 1 or len(info.outputs) != 1:
         raise ModelError(
             f"firmware needs a model with one input and one output, got {len(info.inputs)} and {len(info.outputs)}"
@@ -479,6 +479,7 @@ def output_tolerance(io: IoQuantization, steps: int) -> float:
 
 
 def selftest_tensor(io: IoQuantization, values: np.ndarray, tolerance: float = 0.0) -> TensorData:
+    """The embedded vector of `io`'s tensor: `values` in the tensor's own type, checked against its shape."""
     tensor = io.tensor
     flat = np.asarray(values, dtype=tensor.dtype).reshape(-1)
     count = int(np.prod([max(d, 1) for d in tensor.shape]))
