@@ -66,11 +66,13 @@ IO_KINDS = ("int8-float", "int16-int16", "int16-float")
 
 
 @functools.cache
-def quantized_model(kind: str) -> bytes:
+def quantized_model(kind: str, per_channel_dense: bool | None = None) -> bytes:
     """A tiny image classifier (8x8 grey, 3 classes) converted with TFLiteConverter as `kind`.
 
     int8-float is what the converter gives by default with a representative
     dataset (QUANTIZE in, DEQUANTIZE out); int16-* use the int16x8 op set.
+    `per_channel_dense` None keeps the converter's per-channel Dense weights for
+    int8 and turns them off for int16x8, which CMSIS-NN runs only per tensor.
     """
     import keras
     import tensorflow as tf
@@ -91,6 +93,8 @@ def quantized_model(kind: str) -> bytes:
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 if activations == "int16"
             else tf.lite.OpsSet.TFLITE_BUILTINS_INT8
         ]
+        if not (activations == "int8" if per_channel_dense is None else per_channel_dense):
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
         if io != "float":
             converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
         return bytes(converter.convert())

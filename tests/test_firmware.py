@@ -714,3 +714,18 @@ def test_simulate_and_firmware_accept_the_same_io_layouts(io_models, kind, tmp_p
 def test_float_literals_read_back_as_the_same_float32(value, literal):
     assert fw._c_float(value) == literal
     assert np.float32(float(literal[:-1])) == np.float32(value)
+
+
+def test_int16_per_channel_dense_is_refused_where_cmsis_nn_cannot_run_it(tmp_path):
+    from conftest import quantized_model
+
+    # Measured under QEMU: CMSIS-NN's FULLY_CONNECTED Prepare fails on it, the host runs it.
+    (tmp_path / "m.tflite").write_bytes(quantized_model("int16-float", per_channel_dense=True))
+    message = "mps2-an386 runs cmsis-nn kernels: operator 3 FULLY_CONNECTED has per-channel int8 weights on a int16"
+    result = run_cli(str(tmp_path / "m.tflite"), "--target", "mps2-an386", "-o", str(tmp_path / "out"))
+    assert_refused(result, 1, message, tmp_path, {"m.tflite"})
+    simulated = CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite"), "--target", "mps2-an386"])
+    assert simulated.exit_code == 1 and message in simulated.output
+    assert CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite")]).exit_code == 0
+    esp32 = run_cli(str(tmp_path / "m.tflite"), "--target", "esp32", "-o", str(tmp_path / "esp"))
+    assert esp32.exit_code == 0, esp32.output

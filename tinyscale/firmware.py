@@ -32,7 +32,7 @@ from tinyscale import __version__
 from tinyscale.budget import Placement, place
 from tinyscale.errors import DoesNotFitError, ModelError, TemplateError, TinyscaleError
 from tinyscale.fsutil import check_output_dir, publish_directory, staging_directory
-from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, op_shapes
+from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
 from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_integer, input_quantization,
@@ -773,6 +773,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
     operators = resolver_ops(info)
     check_library_ops(operators, target.build_system)
     check_io(info)
+    check_kernel_support(info, target.kernel_library, target.name)
     name = check_identifier(options.name or default_project_name(options.model_file), "project name")
     # Board glue that needs no measurement is checked first, so a bad target fails fast.
     arduino = arduino_context(target, name) if target.build_system == "arduino" else None

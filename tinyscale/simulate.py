@@ -28,7 +28,7 @@ import numpy as np
 from tinyscale import tflm
 from tinyscale.budget import Placement, place
 from tinyscale.firmware import selftest_bytes
-from tinyscale.kernels import arena_margin_bytes, op_shapes
+from tinyscale.kernels import arena_margin_bytes, check_kernel_support, op_shapes
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, ModelError, UsageError
 from tinyscale.targets import Target
@@ -261,6 +261,8 @@ def load_model_bytes(data: bytes, source: str = "the model") -> ModelInfo:
 
 def memory_report(data: bytes, target: Target | None = None, source: str = "the model") -> MemoryReport:
     info = load_model_bytes(data, source)
+    if target is not None:  # what firmware would refuse for this target, simulate refuses too
+        check_kernel_support(info, target.kernel_library, target.name)
     arena = tflm.measure_arena(data)
     placement = None
     if target is not None:
