@@ -186,6 +186,8 @@ def test_int16x8_and_float_io_models_are_simulated_on_their_own_input_type(kind)
     outputs = tflm.run_model(model, inputs, arena_bytes=report.arena_bytes)
     assert outputs.dtype == np.dtype(info.output_tensors[0].dtype)
     assert np.array_equal(evaluation.predictions, np.argmax(outputs, axis=1))
+    with pytest.raises(DataError, match=f"TFLM inputs must be {inputs.dtype}, got int32"):
+        tflm.run_model(model, inputs.astype(np.int32))
 
 
 def test_io_types_outside_the_supported_set_are_refused():
