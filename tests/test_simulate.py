@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,14 @@ def test_io_types_outside_the_supported_set_are_refused():
 
     with pytest.raises(ModelError, match="output 'Identity' is uint8; tinyscale runs int8 or int16x8 weights"):
         simulate.load_model_bytes(repack_model(TINY_MODEL.read_bytes(), output_to_uint8))
+
+
+def test_simulate_cli_evaluates_a_float_io_model_on_image_data(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (10, 8, 8), dtype=np.uint8), y=np.arange(10) % 3)
+    (tmp_path / "m.tflite").write_bytes(quantized_model("int8-float"))
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite"), "--data", str(tmp_path / "data.npz"),
+                                      "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["samples"] == 10 and report["inputs"][0]["dtype"] == "float32"
