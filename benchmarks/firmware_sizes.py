@@ -62,8 +62,8 @@ class QemuRun:
     text: str
     arena_used_bytes: int | None
     inference_us: int | None
-    outputs: tuple[int, ...]
-    max_diff: int | None
+    outputs: tuple[float, ...]  # integers for int8/int16 outputs, floats (printed %.8e) for float32
+    max_diff: float | None
     passed: bool
 
 
@@ -77,14 +77,15 @@ def run_qemu(elf: Path, timeout: float = 600.0) -> QemuRun:
                             stdin=subprocess.DEVNULL, text=True, timeout=timeout)
     text = result.stdout
     output_line = re.search(r"^OUTPUT 0:(.*)$", text, re.MULTILINE)
-    outputs = tuple(int(v) for v in output_line.group(1).split() if v != "...") if output_line else ()
+    outputs = tuple(float(v) for v in output_line.group(1).split() if v != "...") if output_line else ()
+    max_diff = re.search(r"max_diff (\S+)", text)
     return QemuRun(
         returncode=result.returncode,
         text=text,
         arena_used_bytes=_number(r"ARENA used (\d+) B", text),
         inference_us=_number(r"INFERENCE us (\d+)", text),
         outputs=outputs,
-        max_diff=_number(r"max_diff (\d+)", text),
+        max_diff=float(max_diff.group(1)) if max_diff else None,
         passed="SELFTEST PASS" in text,
     )
 
@@ -108,10 +109,14 @@ def linked_sizes(elf: Path) -> dict[str, int]:
     }
 
 
-def measure(model: bytes, label: str, tflm_root: Path, work: Path) -> dict:
-    """Render, build and run one model with one TFLM tree; returns a result row."""
+def measure(model: bytes, label: str, tflm_root: Path, work: Path, slot_label: str | None = None) -> dict:
+    """Render, build and run one model with one TFLM tree; returns a result row.
+
+    Models measured with the same `slot_label` share a build directory, so TFLM
+    compiles once for them.
+    """
     kernels = kernels_of(tflm_root)
-    slot = work / f"{label}-{kernels}"
+    slot = work / f"{slot_label or label}-{kernels}"
     options = fw.FirmwareOptions(target=mps2_target(kernels), out_dir=slot / "project", name="app",
                                  force=True, allow_overflow=True, model_file=f"{label}.tflite")
     result = fw.generate_firmware(model, options)
@@ -119,9 +124,11 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path) -> dict:
     elf = build(slot / "project", slot / "build", tflm_root)
     run = run_qemu(elf)
     linked = linked_sizes(elf)
-    expected = context.expected[0].values
-    host_diff = int(np.max(np.abs(np.array(run.outputs, int) - np.array(expected[: len(run.outputs)], int)))) \
+    expected = context.expected[0]
+    host_diff = float(np.max(np.abs(np.array(run.outputs) - np.array(expected.values[: len(run.outputs)])))) \
         if run.outputs else None
+    if host_diff is not None and expected.dtype != "float32":
+        host_diff = int(host_diff)
     return {
         "model": label,
         "kernels": kernels,
@@ -134,7 +141,10 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path) -> dict:
         "arena_bytes": context.arena.arena_bytes,
         "device_arena_used_bytes": run.arena_used_bytes,
         "selftest": "PASS" if run.passed else "FAIL",
-        "max_diff_vs_host": host_diff,
+        "max_diff_vs_host": host_diff,  # from the printed outputs: 9 significant digits for float32
+        "device_max_diff": run.max_diff,  # the self-test's own comparison, at full precision
+        "output_dtype": expected.dtype,
+        "tolerance": expected.tolerance,
         "outputs_printed": len(run.outputs),
         "qemu_inference_us": run.inference_us,
     }

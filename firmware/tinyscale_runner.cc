@@ -14,24 +14,76 @@
 
 namespace {
 
-// Enough for "-2147483648" and a NUL.
-constexpr size_t kNumberChars = 12;
+// Enough for the 20 digits of a 64-bit number and a NUL.
+constexpr size_t kNumberChars = 21;
 // Outputs longer than this are compared in full but printed only in part.
 constexpr unsigned int kPrintedValues = 64;
+// Float values print with this many digits after the point (no printf: newlib-nano has no %e).
+constexpr unsigned int kMantissaDigits = 8;
+constexpr unsigned long kMantissaScale = 100000000UL;  // 10^kMantissaDigits
 
-void WriteInt(long value) {
+void WriteUnsigned(unsigned long long magnitude, unsigned int min_digits) {
   char text[kNumberChars];
-  char* end = text + sizeof(text) - 1;
-  *end = '\0';
-  char* cursor = end;
-  // Work on the magnitude as unsigned so the most negative value is safe.
-  unsigned long magnitude = value < 0 ? 0UL - static_cast<unsigned long>(value) : static_cast<unsigned long>(value);
+  char* cursor = text + sizeof(text) - 1;
+  *cursor = '\0';
+  unsigned int digits = 0;
   do {
     *--cursor = static_cast<char>('0' + magnitude % 10);
     magnitude /= 10;
-  } while (magnitude != 0);
-  if (value < 0) *--cursor = '-';
+    ++digits;
+  } while (magnitude != 0 || digits < min_digits);
   ts_console_write(cursor);
+}
+
+void WriteInt(long value) {
+  // Work on the magnitude as unsigned so the most negative value is safe.
+  if (value < 0) ts_console_write("-");
+  WriteUnsigned(value < 0 ? 0UL - static_cast<unsigned long>(value) : static_cast<unsigned long>(value), 1);
+}
+
+// value as d.dddddddde+XX (9 significant digits, like printf's %.8e): quantization
+// steps of int16 outputs are ~1e-5, so fixed decimals would lose them.
+void WriteFloat(float value) {
+  if (value != value) {
+    ts_console_write("nan");
+    return;
+  }
+  if (value < 0) ts_console_write("-");
+  double magnitude = value < 0 ? -static_cast<double>(value) : static_cast<double>(value);
+  if (magnitude > 3.5e38) {  // beyond the largest float
+    ts_console_write("inf");
+    return;
+  }
+  int exponent = 0;
+  if (magnitude != 0.0) {
+    while (magnitude >= 10.0) {
+      magnitude /= 10.0;
+      ++exponent;
+    }
+    while (magnitude < 1.0) {
+      magnitude *= 10.0;
+      --exponent;
+    }
+  }
+  unsigned long digits = static_cast<unsigned long>(magnitude * kMantissaScale + 0.5);
+  if (digits >= 10 * kMantissaScale) {  // rounded up to 10.000...
+    digits /= 10;
+    ++exponent;
+  }
+  WriteUnsigned(digits / kMantissaScale, 1);
+  ts_console_write(".");
+  WriteUnsigned(digits % kMantissaScale, kMantissaDigits);
+  ts_console_write(exponent < 0 ? "e-" : "e+");
+  WriteUnsigned(static_cast<unsigned long>(exponent < 0 ? -exponent : exponent), 2);
+}
+
+// Integers print as integers (as the int8 self-test always has), floats with decimals.
+void WriteValue(float value, TsType type) {
+  if (type == TS_FLOAT32) {
+    WriteFloat(value);
+  } else {
+    WriteInt(static_cast<long>(value));
+  }
 }
 
 void WriteLabelled(const char* label, long value) {
@@ -39,46 +91,105 @@ void WriteLabelled(const char* label, long value) {
   WriteInt(value);
 }
 
+TfLiteType TfliteType(TsType type) {
+  switch (type) {
+    case TS_INT8:
+      return kTfLiteInt8;
+    case TS_INT16:
+      return kTfLiteInt16;
+    default:
+      return kTfLiteFloat32;
+  }
+}
+
+size_t ValueBytes(TsType type) {
+  switch (type) {
+    case TS_INT8:
+      return sizeof(int8_t);
+    case TS_INT16:
+      return sizeof(int16_t);
+    default:
+      return sizeof(float);
+  }
+}
+
+// Value j of `length` values of `type` at `data`, as a float (exact for int8 and int16).
+float ValueAt(const void* data, TsType type, unsigned int j) {
+  switch (type) {
+    case TS_INT8:
+      return static_cast<const int8_t*>(data)[j];
+    case TS_INT16:
+      return static_cast<const int16_t*>(data)[j];
+    default:
+      return static_cast<const float*>(data)[j];
+  }
+}
+
+// Whether the interpreter's tensor holds exactly the embedded vector's type and size.
+bool Matches(const TfLiteTensor* tensor, const TsTensorData& data) {
+  return tensor != nullptr && tensor->type == TfliteType(data.type) && tensor->bytes == data.length * ValueBytes(data.type);
+}
+
 bool CopyInputs(tflite::MicroInterpreter& interpreter) {
   for (unsigned int i = 0; i < TS_INPUT_COUNT; ++i) {
     TfLiteTensor* tensor = interpreter.input(i);
-    if (tensor == nullptr || tensor->type != kTfLiteInt8 || tensor->bytes != ts_selftest_inputs[i].length) {
+    if (!Matches(tensor, ts_selftest_inputs[i])) {
       WriteLabelled("SELFTEST FAIL input tensor mismatch at input ", i);
       ts_console_write("\n");
       return false;
     }
-    memcpy(tensor->data.int8, ts_selftest_inputs[i].data, tensor->bytes);
+    memcpy(tensor->data.raw, ts_selftest_inputs[i].data, tensor->bytes);
   }
   return true;
 }
 
-void PrintOutput(unsigned int index, const int8_t* values, unsigned int length) {
+void PrintOutput(unsigned int index, const void* values, TsType type, unsigned int length) {
   WriteLabelled("OUTPUT ", index);
   ts_console_write(":");
   const unsigned int shown = length < kPrintedValues ? length : kPrintedValues;
   for (unsigned int j = 0; j < shown; ++j) {
     ts_console_write(" ");
-    WriteInt(values[j]);
+    WriteValue(ValueAt(values, type, j), type);
   }
   if (shown < length) ts_console_write(" ...");
   ts_console_write("\n");
 }
 
-// Largest absolute difference over all outputs, or -1 if an output's shape differs.
-int CompareOutputs(tflite::MicroInterpreter& interpreter) {
-  int max_difference = 0;
+// Largest |device - host| of each output, compared in float (exact for int8/int16).
+// False if an output's type or size differs from the embedded expectation.
+bool CompareOutputs(tflite::MicroInterpreter& interpreter, float* max_difference) {
   for (unsigned int i = 0; i < TS_OUTPUT_COUNT; ++i) {
     const TfLiteTensor* tensor = interpreter.output(i);
     const TsTensorData& expected = ts_selftest_expected[i];
-    if (tensor == nullptr || tensor->type != kTfLiteInt8 || tensor->bytes != expected.length) return -1;
-    PrintOutput(i, tensor->data.int8, expected.length);
+    if (!Matches(tensor, expected)) return false;
+    PrintOutput(i, tensor->data.raw, expected.type, expected.length);
+    max_difference[i] = 0.0f;
     for (unsigned int j = 0; j < expected.length; ++j) {
-      int difference = tensor->data.int8[j] - expected.data[j];
+      float difference = ValueAt(tensor->data.raw, expected.type, j) - ValueAt(expected.data, expected.type, j);
       if (difference < 0) difference = -difference;
-      if (difference > max_difference) max_difference = difference;
+      if (difference != difference || difference > max_difference[i]) max_difference[i] = difference;
     }
   }
-  return max_difference;
+  return true;
+}
+
+// Whether every output is within its tolerance (false for a NaN difference).
+bool WithinTolerance(const float* max_difference) {
+  for (unsigned int i = 0; i < TS_OUTPUT_COUNT; ++i) {
+    if (!(max_difference[i] <= ts_selftest_expected[i].tolerance)) return false;
+  }
+  return true;
+}
+
+// " max_diff D tolerance T" for each output, in the output's own type.
+void ReportDifferences(const float* max_difference) {
+  for (unsigned int i = 0; i < TS_OUTPUT_COUNT; ++i) {
+    const TsTensorData& expected = ts_selftest_expected[i];
+    ts_console_write(" max_diff ");
+    WriteValue(max_difference[i], expected.type);
+    ts_console_write(" tolerance ");
+    WriteValue(expected.tolerance, expected.type);
+  }
 }
 
 }  // namespace
@@ -116,15 +227,14 @@ int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
   WriteLabelled("INFERENCE us ", static_cast<long>(elapsed_us));
   ts_console_write("\n");
 
-  const int max_difference = CompareOutputs(interpreter);
-  if (max_difference < 0) {
+  float max_difference[TS_OUTPUT_COUNT];
+  if (!CompareOutputs(interpreter, max_difference)) {
     ts_console_write("SELFTEST FAIL output tensor mismatch\n");
     return 1;
   }
-  const bool pass = max_difference <= TS_SELFTEST_TOLERANCE;
+  const bool pass = WithinTolerance(max_difference);
   ts_console_write(pass ? "SELFTEST PASS" : "SELFTEST FAIL");
-  WriteLabelled(" max_diff ", max_difference);
-  WriteLabelled(" tolerance ", TS_SELFTEST_TOLERANCE);
+  ReportDifferences(max_difference);
   ts_console_write("\n");
   return pass ? 0 : 1;
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 
 from tinyscale.targets import Target, parse_target
@@ -46,3 +49,54 @@ def make_target(
 @pytest.fixture
 def synthetic_target():
     return make_target
+
+
+def repack_model(model: bytes, edit) -> bytes:
+    """`model` re-packed after `edit(ModelT)`: a real flatbuffer with one deliberate defect."""
+    import flatbuffers
+    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
+
+    obj = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
+    edit(obj)
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+# The quantized layouts tinyscale runs: (activation/weight scheme, input/output type).
+IO_KINDS = ("int8-float", "int16-int16", "int16-float")
+
+
+@functools.cache
+def quantized_model(kind: str, per_channel_dense: bool | None = None) -> bytes:
+    """A tiny image classifier (8x8 grey, 3 classes) converted with TFLiteConverter as `kind`.
+
+    int8-float is what the converter gives by default with a representative
+    dataset (QUANTIZE in, DEQUANTIZE out); int16-* use the int16x8 op set.
+    `per_channel_dense` None keeps the converter's per-channel Dense weights for
+    int8 and turns them off for int16x8, which CMSIS-NN runs only per tensor.
+    """
+    import keras
+    import tensorflow as tf
+
+    from tinyscale.quiet import quiet_tensorflow
+
+    activations, io = kind.split("-")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(8, 8, 1), batch_size=1)  # a fixed batch keeps Flatten a plain RESHAPE
+    hidden = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
+    samples = np.random.default_rng(0).random((16, 1, 8, 8, 1), dtype=np.float32)
+    with quiet_tensorflow():
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([sample] for sample in samples)
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 if activations == "int16"
+            else tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        ]
+        if not (activations == "int8" if per_channel_dense is None else per_channel_dense):
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
+        if io != "float":
+            converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
+        return bytes(converter.convert())

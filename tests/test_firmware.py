@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from conftest import repack_model
 from tinyscale import firmware as fw
 from tinyscale import fsutil
 from tinyscale.cli import app
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
 from tinyscale.kernels import ARENA_ALIGNMENT
 from tinyscale.targets import load_all_targets, load_target
-from tinyscale.tflite_model import read_model
+from tinyscale.tflite_model import input_quantization, read_model
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FIRMWARE = GOLDEN / "firmware"
@@ -59,7 +60,7 @@ def host_figures(model) -> tuple[int, np.ndarray]:
     """Host-measured arena and expected output, once per module (each costs a TFLM worker)."""
     arena = fw.measure_arena_bytes(model)
     info = read_model(model)
-    expected = fw.host_expected_output(model, fw.selftest_input(info.input_tensors[0]), arena + 4096)
+    expected = fw.host_expected_output(model, fw.selftest_input(input_quantization(info)), arena + 4096)
     return arena, expected
 
 
@@ -208,15 +209,7 @@ def assert_refused(result, exit_code: int, message: str, parent: Path, before: s
 
 
 def write_edited_model(model: bytes, path: Path, edit) -> Path:
-    """`model` re-packed after `edit(ModelT)`: a real flatbuffer with one deliberate defect."""
-    from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as schema
-    import flatbuffers
-
-    obj = schema.ModelT.InitFromPackedBuf(bytearray(model), 0)
-    edit(obj)
-    builder = flatbuffers.Builder(len(model) + 1024)
-    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
-    path.write_bytes(bytes(builder.Output()))
+    path.write_bytes(repack_model(model, edit))
     return path
 
 
@@ -285,14 +278,29 @@ kind = "semihosting"
 """
 
 
-def test_float_input_is_refused(workdir, model):
-    def make_input_float(obj):
-        obj.subgraphs[0].tensors[obj.subgraphs[0].inputs[0]].type = 0  # FLOAT32
+@pytest.mark.parametrize("tensor_type, message", [
+    (0, "float32 input 'images' is not read by a QUANTIZE operator"),  # FLOAT32 straight into CONV_2D
+    (3, "input 'images' is uint8; tinyscale runs int8 or int16x8"),  # UINT8
+])
+def test_unsupported_input_types_are_refused(workdir, model, tensor_type, message):
+    def retype_input(obj):
+        obj.subgraphs[0].tensors[obj.subgraphs[0].inputs[0]].type = tensor_type
 
-    write_edited_model(model, workdir / "float.tflite", make_input_float)
+    write_edited_model(model, workdir / "odd-input.tflite", retype_input)
     before = {p.name for p in workdir.iterdir()}
-    result = run_cli(str(workdir / "float.tflite"), "--target", "esp32", "-o", str(workdir / "out"))
-    assert_refused(result, 1, "firmware needs int8 input and output", workdir, before)
+    result = run_cli(str(workdir / "odd-input.tflite"), "--target", "esp32", "-o", str(workdir / "out"))
+    assert_refused(result, 1, message, workdir, before)
+
+
+def test_weight_without_data_is_refused(workdir, model):
+    def drop_stem_filter_data(obj):
+        graph = obj.subgraphs[0]
+        obj.buffers[graph.tensors[graph.operators[0].inputs[1]].buffer].data = None
+
+    write_edited_model(model, workdir / "damaged.tflite", drop_stem_filter_data)
+    before = {p.name for p in workdir.iterdir()}
+    result = run_cli(str(workdir / "damaged.tflite"), "--target", "mps2-an386", "-o", str(workdir / "out"))
+    assert_refused(result, 1, "weight tensor 28 ", workdir, before)
 
 
 def test_model_that_does_not_fit_is_refused_with_numbers(workdir):
@@ -677,3 +685,182 @@ def test_every_bundled_target_renders_a_project(model, host_figures, tmp_path, t
 def test_stm32_uart_divisor_follows_the_reset_clock(target_name, brr, family):
     glue = fw.uart_glue(load_target(target_name))
     assert (glue.family, glue.brr, glue.baud) == (family, brr, 115200)
+
+
+# ---------------------------------------------------------------------------
+# The inference core (firmware/tinyscale_runner.cc) run on the host against a fake TFLM:
+# its input copy, output comparison and report for every input/output type.
+
+FAKE_TFLM_TYPES = r"""
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
+typedef enum { kTfLiteFloat32 = 1, kTfLiteInt16 = 7, kTfLiteInt8 = 9 } TfLiteType;
+typedef union { int8_t* int8; int16_t* i16; float* f; char* raw; void* data; } TfLitePtrUnion;
+typedef struct { TfLiteType type; TfLitePtrUnion data; size_t bytes; } TfLiteTensor;
+"""
+FAKE_TFLM_HEADERS = {
+    "tensorflow/lite/micro/fake_types.h": FAKE_TFLM_TYPES,
+    "tensorflow/lite/schema/schema_generated.h": (
+        "#pragma once\n#define TFLITE_SCHEMA_VERSION 3\nnamespace tflite {\n"
+        "class Model { public: unsigned version() const { return 3; } };\n"
+        "inline const Model* GetModel(const void* data) { return static_cast<const Model*>(data); }\n}\n"),
+    "tensorflow/lite/micro/micro_interpreter.h": (
+        "#pragma once\n#include \"tensorflow/lite/micro/fake_types.h\"\nnamespace tflite {\nclass Model;\n"
+        "extern TfLiteTensor fake_input, fake_output;\nclass MicroInterpreter {\n public:\n"
+        "  template <typename R> MicroInterpreter(const Model*, R&, uint8_t*, size_t) {}\n"
+        "  TfLiteStatus AllocateTensors() { return kTfLiteOk; }\n"
+        "  size_t arena_used_bytes() const { return 1234; }\n"
+        "  TfLiteTensor* input(size_t) { return &fake_input; }\n"
+        "  TfLiteTensor* output(size_t) { return &fake_output; }\n"
+        "  TfLiteStatus Invoke();\n};\n}\n"),
+}
+# The "device": checks that the runner copied the self-test input, answers the host's expected
+# output with value 0 moved by argv[1] (towards zero, so an int8 value cannot saturate).
+FAKE_TFLM_DRIVER = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "selftest_data.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tinyscale_platform.h"
+#include "tinyscale_runner.h"
+namespace {
+alignas(16) char input_buffer[1 << 16];
+alignas(16) char output_buffer[1 << 16];
+float perturbation = 0.0f;
+size_t value_bytes(TsType type) { return type == TS_INT8 ? 1 : type == TS_INT16 ? 2 : 4; }
+TfLiteType tflite_type(TsType type) {
+  return type == TS_INT8 ? kTfLiteInt8 : type == TS_INT16 ? kTfLiteInt16 : kTfLiteFloat32;
+}
+void fake_tensor(TfLiteTensor& tensor, const TsTensorData& data, char* buffer) {
+  tensor.type = tflite_type(data.type);
+  tensor.bytes = data.length * value_bytes(data.type);
+  tensor.data.raw = buffer;
+}
+}  // namespace
+namespace tflite {
+TfLiteTensor fake_input, fake_output;
+TfLiteStatus MicroInterpreter::Invoke() {
+  if (memcmp(fake_input.data.raw, ts_selftest_inputs[0].data, fake_input.bytes) != 0) return kTfLiteError;
+  memcpy(fake_output.data.raw, ts_selftest_expected[0].data, fake_output.bytes);
+  switch (ts_selftest_expected[0].type) {
+    case TS_INT8: fake_output.data.int8[0] += static_cast<int8_t>(fake_output.data.int8[0] > 0 ? -perturbation : perturbation); break;
+    case TS_INT16: fake_output.data.i16[0] += static_cast<int16_t>(fake_output.data.i16[0] > 0 ? -perturbation : perturbation); break;
+    case TS_FLOAT32: fake_output.data.f[0] += fake_output.data.f[0] > 0 ? -perturbation : perturbation; break;
+  }
+  return kTfLiteOk;
+}
+}  // namespace tflite
+extern "C" void ts_console_write(const char* text) { fputs(text, stdout); }
+extern "C" uint32_t ts_time_us(void) { return 0; }
+int main(int argc, char** argv) {
+  perturbation = argc > 1 ? strtof(argv[1], nullptr) : 0.0f;
+  fake_tensor(tflite::fake_input, ts_selftest_inputs[0], input_buffer);
+  fake_tensor(tflite::fake_output, ts_selftest_expected[0], output_buffer);
+  static uint8_t arena[16];
+  return ts_run_selftest(arena, sizeof(arena));
+}
+"""
+
+
+def fake_op_resolver() -> str:
+    methods = "".join(f"  TfLiteStatus {m}() {{ return kTfLiteOk; }}\n" for m in sorted(set(fw.OP_RESOLVER_METHODS.values())))
+    return ("#pragma once\n#include \"tensorflow/lite/micro/fake_types.h\"\nnamespace tflite {\n"
+            f"template <unsigned int N> class MicroMutableOpResolver {{\n public:\n{methods}}};\n}}\n")
+
+
+def build_host_selftest(context: fw.ProjectContext, tmp_path: Path) -> Path:
+    """The project's runner, model and self-test data linked with the fake TFLM into a host program."""
+    src = render(context, tmp_path / "p") / context.source_dir
+    headers = dict(FAKE_TFLM_HEADERS, **{"tensorflow/lite/micro/micro_mutable_op_resolver.h": fake_op_resolver()})
+    for name, text in headers.items():
+        (tmp_path / "fake" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fake" / name).write_text(text)
+    (src / "fake_tflm_driver.cc").write_text(FAKE_TFLM_DRIVER)
+    objects = []
+    for name, compiler, std in (("model_data.c", HOST_GCC, "-std=c11"), ("selftest_data.c", HOST_GCC, "-std=c11"),
+                                ("tinyscale_runner.cc", HOST_GXX, "-std=c++17"),
+                                ("fake_tflm_driver.cc", HOST_GXX, "-std=c++17")):
+        objects.append(tmp_path / f"{name}.o")
+        compile_file(compiler, src / name, [std, f"-I{src}", f"-I{tmp_path / 'fake'}"], objects[-1])
+    program = tmp_path / "selftest"
+    result = subprocess.run([HOST_GXX, *map(str, objects), "-o", str(program)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return program
+
+
+def run_host_selftest(program: Path, perturbation: float) -> tuple[int, list[str]]:
+    result = subprocess.run([str(program), repr(perturbation)], capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def io_models(model) -> dict[str, bytes]:
+    """One model per input/output layout: tinyscale's int8 and TFLiteConverter's others."""
+    from conftest import IO_KINDS, quantized_model
+
+    return {"int8-int8": model, **{kind: quantized_model(kind) for kind in IO_KINDS}}
+
+
+@needs_host_gcc
+@pytest.mark.parametrize("kind", ["int8-int8", "int8-float", "int16-int16", "int16-float"])
+def test_selftest_core_compares_every_io_type_within_its_tolerance(io_models, kind, tmp_path):
+    model = io_models[kind]
+    target = load_target("mps2-an386")  # cmsis-nn: a tolerance of one quantization step
+    options = fw.FirmwareOptions(target=target, out_dir=tmp_path / "unused", name="m", model_file="m.tflite")
+    context = fw.build_context(model, options)
+    (expected,), (inputs,) = context.expected, context.inputs
+    info = read_model(model)
+    assert (inputs.dtype, expected.dtype) == (info.input_tensors[0].dtype, info.output_tensors[0].dtype)
+    is_float = expected.dtype == "float32"
+    step = fw.output_quantization(info).scale if is_float else 1.0  # one quantization step of the output
+    assert expected.tolerance == pytest.approx((1 + fw.FLOAT_TOLERANCE_EPSILON_STEPS) * step if is_float else 1)
+    program = build_host_selftest(context, tmp_path)
+
+    code, lines = run_host_selftest(program, 0.0)
+    assert code == 0 and lines[-1].startswith("SELFTEST PASS max_diff 0"), lines
+    printed = [float(v) for v in lines[-2].split(":")[1].split()]
+    assert printed == pytest.approx(expected.values, rel=1e-7)  # floats print with 9 significant digits
+    assert run_host_selftest(program, step)[0] == 0  # one step off: within tolerance
+    code, lines = run_host_selftest(program, 2 * step)
+    assert code == 1 and lines[-1].startswith("SELFTEST FAIL max_diff "), lines
+    if is_float:
+        _, _, _, max_diff, _, tolerance = lines[-1].split()
+        assert float(max_diff) == pytest.approx(2 * step, rel=1e-4) and "e-0" in max_diff
+        assert float(tolerance) == pytest.approx(expected.tolerance, rel=1e-7)
+    else:
+        assert lines[-1] == "SELFTEST FAIL max_diff 2 tolerance 1"
+
+
+@pytest.mark.parametrize("kind", ["int8-float", "int16-int16", "int16-float"])
+def test_simulate_and_firmware_accept_the_same_io_layouts(io_models, kind, tmp_path):
+    (tmp_path / "m.tflite").write_bytes(io_models[kind])
+    simulated = CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite"), "--target", "mps2-an386", "--json"])
+    assert simulated.exit_code == 0, simulated.output
+    result = run_cli(str(tmp_path / "m.tflite"), "--target", "mps2-an386", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    dtype = read_model(io_models[kind]).input_tensors[0].dtype
+    assert f"{fw.SELFTEST_TYPES[dtype][0]} ts_input_0[64]" in (tmp_path / "out/src/selftest_data.c").read_text()
+
+
+@pytest.mark.parametrize("value, literal", [(1.0, "1.0f"), (-0.5, "-0.5f"), (1e-5, "9.99999975e-06f"), (3, "3.0f")])
+def test_float_literals_read_back_as_the_same_float32(value, literal):
+    assert fw._c_float(value) == literal
+    assert np.float32(float(literal[:-1])) == np.float32(value)
+
+
+def test_int16_per_channel_dense_is_refused_where_cmsis_nn_cannot_run_it(tmp_path):
+    from conftest import quantized_model
+
+    # Measured under QEMU: CMSIS-NN's FULLY_CONNECTED Prepare fails on it, the host runs it.
+    (tmp_path / "m.tflite").write_bytes(quantized_model("int16-float", per_channel_dense=True))
+    message = "mps2-an386 runs cmsis-nn kernels: operator 3 FULLY_CONNECTED has per-channel int8 weights on a int16"
+    result = run_cli(str(tmp_path / "m.tflite"), "--target", "mps2-an386", "-o", str(tmp_path / "out"))
+    assert_refused(result, 1, message, tmp_path, {"m.tflite"})
+    simulated = CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite"), "--target", "mps2-an386"])
+    assert simulated.exit_code == 1 and message in simulated.output
+    assert CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite")]).exit_code == 0
+    esp32 = run_cli(str(tmp_path / "m.tflite"), "--target", "esp32", "-o", str(tmp_path / "esp"))
+    assert esp32.exit_code == 0, esp32.output

@@ -64,3 +64,20 @@ def test_mps2_firmware_passes_its_selftest_under_qemu(kernels, work):
     assert row["device_arena_used_bytes"] <= row["arena_bytes"]
     assert row["linked_flash_bytes"] <= row["predicted_flash_bytes"]
     assert row["linked_ram_bytes"] <= row["predicted_ram_bytes"]
+
+
+@pytest.mark.parametrize("kind", ["int8-float", "int16-int16", "int16-float"])
+@pytest.mark.parametrize("kernels", ["cmsis-nn", "reference"])
+def test_mps2_firmware_passes_its_selftest_for_every_io_layout(kernels, kind, work):
+    if kernels not in TREES:
+        pytest.skip(f"no {kernels} TFLM tree (TFLM_ROOT / TFLM_REFERENCE_ROOT)")
+    from conftest import quantized_model
+
+    # The tiny test's build directory: only the application recompiles.
+    row = firmware_sizes.measure(quantized_model(kind), kind, TREES[kernels], work, slot_label="tiny")
+    print("\n" + json.dumps(row, indent=2))
+    assert row["selftest"] == "PASS" and row["outputs_printed"] == 3
+    assert row["output_dtype"] == ("float32" if kind.endswith("float") else kind.split("-")[1])
+    assert row["device_max_diff"] <= row["tolerance"]
+    if kernels == "reference":  # the host's integer kernels and the same float (de)quantization
+        assert row["device_max_diff"] == 0

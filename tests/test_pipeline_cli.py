@@ -185,7 +185,7 @@ def test_convert_saved_model_directory(workdir, trained):
 def test_convert_bad_inputs(workdir, trained, converted):
     tflite, _ = converted
     one_line_error(invoke("convert", tflite, "-o", workdir / "c.tflite"), 1, "already a TFLite flatbuffer")
-    (workdir / "junk.keras").write_bytes(b"junk")
+    (workdir / "junk.keras").write_bytes(b"PK\x03\x04junk")  # looks like a zip, is not a Keras model
     one_line_error(invoke("convert", workdir / "junk.keras", "-o", workdir / "c.tflite"), 1, "cannot load")
     lonely = workdir / "lonely"
     lonely.mkdir()
@@ -194,6 +194,20 @@ def test_convert_bad_inputs(workdir, trained, converted):
     three = write_stripes(workdir / "three.npz", classes=3)
     one_line_error(invoke("convert", lonely / "model.keras", "--data", three), 1, "3 classes .* predicts 2")
     assert not (workdir / "c.tflite").exists() and not (lonely / "model.tflite").exists()
+
+
+def test_convert_judges_its_input_before_the_default_output_clobber_check(tmp_path):
+    # The default output of `convert X.tflite` is X.tflite itself, which exists.
+    text = tmp_path / "notes.tflite"
+    text.write_text("not a model\n")
+    one_line_error(invoke("convert", text), 1, "notes.tflite is not a Keras model .* nor a SavedModel directory")
+    tflite = tmp_path / "model.tflite"
+    tflite.write_bytes((Path(__file__).parent / "golden" / "tiny.tflite").read_bytes())
+    one_line_error(invoke("convert", tflite), 1, "already a TFLite flatbuffer; convert takes a Keras model")
+    (tmp_path / "text.keras").write_text("hello")
+    one_line_error(invoke("convert", tmp_path / "text.keras"), 1, "is not a Keras model")
+    assert text.read_text() == "not a model\n" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.tflite", "notes.tflite", "text.keras"]
 
 
 # ---------------------------------------------------------------------------

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import make_target
+from typer.testing import CliRunner
+
+from conftest import IO_KINDS, make_target, quantized_model, repack_model
 from tinyscale import arch, simulate, tflm
+from tinyscale.cli import app
 from tinyscale.convert import spec_to_tflite
 from tinyscale.data import Dataset
 from tinyscale.errors import DataError, ModelError
-from tinyscale.tflite_model import read_model
+from tinyscale.tflite_model import input_quantization, output_quantization, read_model
 
 # A tflite-micro source checkout (github.com/tensorflow/tflite-micro) for its example models.
 TFLM_SOURCE = os.environ.get("TFLM_SOURCE")
 TFLM_MODELS = Path(TFLM_SOURCE or ".", "tensorflow/lite/micro")
+TINY_MODEL = Path(__file__).parent / "golden" / "tiny.tflite"
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +133,82 @@ def test_third_party_models_person_detection_and_lstm():
     assert lstm.arena_bytes > 0 and sum(row.macs for row in lstm.rows) > 0
     with pytest.raises(ModelError, match="custom operators"):
         simulate.load_model_bytes((TFLM_MODELS / "models/person_detect_vela.tflite").read_bytes())
+
+
+def _stem_filter(obj):
+    """The stem CONV_2D's filter tensor (input 1 of operator 0) in a ModelT."""
+    graph = obj.subgraphs[0]
+    return graph.tensors[graph.operators[0].inputs[1]]
+
+
+def _clear_filter_buffer(obj):
+    obj.buffers[_stem_filter(obj).buffer].data = None  # its bytes zeroed out of the buffer table
+
+
+def _filter_to_empty_buffer(obj):
+    _stem_filter(obj).buffer = 0  # buffer 0 is the schema's always-empty sentinel
+
+
+@pytest.mark.parametrize("edit", [_clear_filter_buffer, _filter_to_empty_buffer])
+def test_weights_without_data_are_refused(edit, tmp_path):
+    damaged = repack_model(TINY_MODEL.read_bytes(), edit)
+    with pytest.raises(ModelError, match="weight tensor 28 .* \\(input 1 of operator 0, CONV_2D\\) has no data"):
+        read_model(damaged)
+    (tmp_path / "damaged.tflite").write_bytes(damaged)
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "damaged.tflite")])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: weight tensor 28 "), result.output
+
+
+def test_optional_inputs_and_state_tensors_need_no_data():
+    info = read_model(TINY_MODEL.read_bytes())
+    fully_connected = info.operators[16]
+    assert fully_connected.name == "FULLY_CONNECTED" and fully_connected.inputs[2] == -1  # no bias
+
+    def make_filter_variable(obj):
+        _clear_filter_buffer(obj)
+        _stem_filter(obj).isVariable = True
+
+    assert read_model(repack_model(TINY_MODEL.read_bytes(), make_filter_variable)).tensors[28].is_variable
+
+
+@pytest.mark.parametrize("kind", IO_KINDS)
+def test_int16x8_and_float_io_models_are_simulated_on_their_own_input_type(kind):
+    model = quantized_model(kind)
+    report = simulate.memory_report(model)
+    info = report.info
+    dataset = _dataset(12, 3)
+    inputs = simulate.model_inputs(info, dataset)
+    io = input_quantization(info)
+    assert inputs.dtype == np.dtype(info.input_tensors[0].dtype) and io.dtype == kind.split("-")[0]
+    (described,) = report.to_dict()["inputs"]
+    assert (described["dtype"], described["integer_dtype"], described["scale"]) == (
+        info.input_tensors[0].dtype, io.dtype, io.scale)
+    if io.is_float:  # the float images the model was trained on; its QUANTIZE does the rest
+        assert 0.0 <= inputs.min() and inputs.max() <= 1.0 and output_quantization(info).dtype == io.dtype
+    evaluation = simulate.evaluate(model, info, dataset, report.arena_bytes)
+    outputs = tflm.run_model(model, inputs, arena_bytes=report.arena_bytes)
+    assert outputs.dtype == np.dtype(info.output_tensors[0].dtype)
+    assert np.array_equal(evaluation.predictions, np.argmax(outputs, axis=1))
+    with pytest.raises(DataError, match=f"TFLM inputs must be {inputs.dtype}, got int32"):
+        tflm.run_model(model, inputs.astype(np.int32))
+
+
+def test_io_types_outside_the_supported_set_are_refused():
+    def output_to_uint8(obj):
+        obj.subgraphs[0].tensors[obj.subgraphs[0].outputs[0]].type = 3  # UINT8
+
+    with pytest.raises(ModelError, match="output 'Identity' is uint8; tinyscale runs int8 or int16x8 weights"):
+        simulate.load_model_bytes(repack_model(TINY_MODEL.read_bytes(), output_to_uint8))
+
+
+def test_simulate_cli_evaluates_a_float_io_model_on_image_data(tmp_path):
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "data.npz", x=rng.integers(0, 256, (10, 8, 8), dtype=np.uint8), y=np.arange(10) % 3)
+    (tmp_path / "m.tflite").write_bytes(quantized_model("int8-float"))
+    result = CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite"), "--data", str(tmp_path / "data.npz"),
+                                      "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["samples"] == 10 and report["inputs"][0]["dtype"] == "float32"

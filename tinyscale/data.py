@@ -361,8 +361,9 @@ def _resize(batch: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return tf.image.resize(batch, size, method="bilinear").numpy()
 
 
-def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Float inputs to int8 with a tensor's scale and zero point (round half away, saturate)."""
+def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: str = "int8") -> np.ndarray:
+    """Float inputs to `dtype` (int8, int16) with a tensor's scale and zero point (round, saturate)."""
     if scale <= 0:
         raise DataError(f"the model's input scale must be positive, got {scale}")
-    return np.clip(np.round(x / scale) + zero_point, -128, 127).astype(np.int8)
+    limits = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, limits.min, limits.max).astype(dtype)

@@ -1,4 +1,4 @@
-"""Render a flashable firmware project for one int8 model and one target.
+"""Render a flashable firmware project for one quantized model and one target.
 
 Data flows one way: model bytes + target -> checks (operators, fit) ->
 host-measured arena and self-test vectors -> one :class:`ProjectContext` ->
@@ -33,10 +33,11 @@ from tinyscale.budget import Placement, place
 from tinyscale.chips import find_chip
 from tinyscale.errors import DoesNotFitError, ModelError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
-from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, op_shapes
+from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
-from tinyscale.tflite_model import ModelInfo, TensorInfo, read_model
+from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_integer, input_quantization,
+                                    output_quantization, read_model)
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +123,46 @@ class OpEntry:
     method: str  # MicroMutableOpResolver method, e.g. AddConv2D
 
 
+# Self-test value types: numpy dtype -> (C element type, TsType enumerator in selftest_data.h).
+SELFTEST_TYPES = {"int8": ("int8_t", "TS_INT8"), "int16": ("int16_t", "TS_INT16"), "float32": ("float", "TS_FLOAT32")}
+# A float32 output may differ from the host's by `tolerance` quantization steps of the
+# int8/int16 tensor DEQUANTIZE reads, plus this fraction of a step for float rounding.
+FLOAT_TOLERANCE_EPSILON_STEPS = 1e-3
+
+
 @dataclass(frozen=True)
 class TensorData:
-    """An int8 tensor embedded in the firmware (self-test input or expected output)."""
+    """A tensor embedded in the firmware (self-test input or expected output)."""
 
     name: str
     shape: tuple[int, ...]
-    values: tuple[int, ...]
+    dtype: str  # a SELFTEST_TYPES key
+    values: tuple[int | float, ...]
+    tolerance: float = 0.0  # expected outputs: largest |device - host| accepted per value
+
+    @property
+    def ctype(self) -> str:
+        return SELFTEST_TYPES[self.dtype][0]
+
+    @property
+    def type_enum(self) -> str:
+        return SELFTEST_TYPES[self.dtype][1]
+
+    @property
+    def tolerance_literal(self) -> str:
+        return _c_float(self.tolerance)
 
     @property
     def lines(self) -> tuple[str, ...]:
+        if self.dtype == "float32":
+            return _c_array_lines([_c_float(v) for v in self.values], 8)
         return _c_array_lines([str(v) for v in self.values], 16)
+
+
+def _c_float(value: float) -> str:
+    """A C float literal that reads back as the same float32 (9 significant digits)."""
+    text = f"{float(np.float32(value)):.9g}"
+    return f"{text}f" if any(c in text for c in ".e") else f"{text}.0f"
 
 
 @dataclass(frozen=True)
@@ -376,15 +406,13 @@ def check_library_ops(operators: tuple[OpEntry, ...], build_system: str) -> None
 
 
 def check_io(info: ModelInfo) -> None:
-    # The self-test feeds one int8 input and checks one int8 output, as the
-    # host runner (tinyscale.tflm.run_model) does.
+    # The self-test feeds one input and checks one output, as the host runner
+    # (tinyscale.tflm.run_model) does; the model itself must pass simulate's rule.
     if len(info.inputs) != 1 or len(info.outputs) != 1:
         raise ModelError(
             f"firmware needs a model with one input and one output, got {len(info.inputs)} and {len(info.outputs)}"
         )
-    for tensor in (*info.input_tensors, *info.output_tensors):
-        if tensor.dtype != "int8":
-            raise ModelError(f"firmware needs int8 input and output; tensor {tensor.name!r} is {tensor.dtype}")
+    check_full_integer(info)
 
 
 # ---------------------------------------------------------------------------
@@ -392,7 +420,7 @@ def check_io(info: ModelInfo) -> None:
 
 
 def selftest_bytes(info: ModelInfo) -> int:
-    """Flash taken by the embedded self-test input and expected output (int8)."""
+    """Flash taken by the embedded self-test input and expected output (in their own types)."""
     return sum(t.nbytes for t in (*info.input_tensors, *info.output_tensors))
 
 
@@ -423,19 +451,48 @@ def check_fit(placement: Placement, target: Target, allow_overflow: bool) -> Non
 # Self-test vectors
 
 
-def selftest_input(tensor: TensorInfo, seed: int = SELFTEST_SEED) -> np.ndarray:
-    """A deterministic int8 input covering the whole int8 range (batch of one)."""
+def selftest_input(io: IoQuantization, seed: int = SELFTEST_SEED) -> np.ndarray:
+    """A deterministic input covering the whole range of the graph's integer type (batch of one).
+
+    For a float32 input, the same random integers dequantized: each value sits
+    on a quantization step, so the device's QUANTIZE meets no rounding tie.
+    """
     rng = np.random.default_rng(seed)
-    shape = tuple(max(d, 1) for d in tensor.shape)
-    return rng.integers(-128, 128, size=shape, dtype=np.int8)
+    shape = tuple(max(d, 1) for d in io.tensor.shape)
+    limits = np.iinfo(io.dtype)
+    codes = rng.integers(limits.min, limits.max + 1, size=shape, dtype=io.dtype)
+    if io.is_float:
+        return ((codes.astype(np.float64) - io.zero_point) * io.scale).astype(np.float32)
+    return codes
 
 
 def host_expected_output(model: bytes, inputs: np.ndarray, arena_bytes: int) -> np.ndarray:
+    """Output 0 of the host TFLM interpreter for the self-test input, flat, in the output's type."""
     from tinyscale import tflm  # noqa: PLC0415 - starts a TFLM worker process
 
     batch = inputs if inputs.shape[0] == 1 else inputs[np.newaxis]
     outputs = tflm.run_model(model, batch, arena_bytes=arena_bytes)
-    return np.asarray(outputs, dtype=np.int8).reshape(-1)
+    return np.asarray(outputs).reshape(-1)
+
+
+def output_tolerance(io: IoQuantization, steps: int) -> float:
+    """Largest |device - host| per output value: quantization steps, in float units for a float output."""
+    if io.is_float:
+        return (steps + FLOAT_TOLERANCE_EPSILON_STEPS) * io.scale
+    return float(steps)
+
+
+def selftest_tensor(io: IoQuantization, values: np.ndarray, tolerance: float = 0.0) -> TensorData:
+    """The embedded vector of `io`'s tensor: `values` in the tensor's own type, checked against its shape."""
+    tensor = io.tensor
+    flat = np.asarray(values, dtype=tensor.dtype).reshape(-1)
+    count = int(np.prod([max(d, 1) for d in tensor.shape]))
+    if flat.size != count:
+        raise ModelError(f"self-test data has {flat.size} values, tensor {tensor.name!r} {list(tensor.shape)} {count}")
+    if tensor.dtype == "float32" and not np.all(np.isfinite(flat)):
+        raise ModelError(f"the host interpreter gave non-finite values for {tensor.name!r}; no self-test can compare them")
+    python_values = tuple(float(v) for v in flat) if tensor.dtype == "float32" else tuple(int(v) for v in flat)
+    return TensorData(tensor.name, tensor.shape, tensor.dtype, python_values, tolerance)
 
 
 def measure_arena_bytes(model: bytes) -> int:
@@ -726,6 +783,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
     operators = resolver_ops(info)
     check_library_ops(operators, target.build_system)
     check_io(info)
+    check_kernel_support(info, target.kernel_library, target.name)
     name = check_identifier(options.name or default_project_name(options.model_file), "project name")
     # Board glue that needs no measurement is checked first, so a bad target fails fast.
     arduino = arduino_context(target, name) if target.build_system == "arduino" else None
@@ -737,13 +795,11 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
     fits = placement.fits
     check_fit(placement, target, options.allow_overflow)
 
-    input_tensor, output_tensor = info.input_tensors[0], info.output_tensors[0]
-    inputs = selftest_input(input_tensor)
+    input_io, output_io = input_quantization(info), output_quantization(info)
+    inputs = selftest_input(input_io)
     if expected is None:
         expected = host_expected_output(model, inputs, arena.arena_bytes)
-    expected = np.asarray(expected, dtype=np.int8).reshape(-1)
-    if expected.size != int(np.prod([max(d, 1) for d in output_tensor.shape])):
-        raise ModelError(f"host output has {expected.size} values, the output tensor {output_tensor.shape}")
+    tolerance = options.tolerance if options.tolerance is not None else default_tolerance(target.kernel_library)
 
     return ProjectContext(
         project_name=name,
@@ -758,9 +814,9 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         model_alignment=MODEL_ALIGNMENT,
         model_lines=model_lines(model),
         operators=operators,
-        inputs=(TensorData(input_tensor.name, input_tensor.shape, tuple(int(v) for v in inputs.reshape(-1))),),
-        expected=(TensorData(output_tensor.name, output_tensor.shape, tuple(int(v) for v in expected)),),
-        tolerance=options.tolerance if options.tolerance is not None else default_tolerance(target.kernel_library),
+        inputs=(selftest_tensor(input_io, inputs),),
+        expected=(selftest_tensor(output_io, expected, output_tolerance(output_io, tolerance)),),
+        tolerance=tolerance,
         arena=arena,
         placement=placement,
         overflow_allowed=options.allow_overflow and not fits,

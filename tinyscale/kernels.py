@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
+from tinyscale.errors import ModelError
+
 ARENA_ALIGNMENT = 16
 ARENA_SLACK_BYTES = 256  # the planner's 16-byte tail alignment and rounding
 # ESP-NN has SIMD kernels (with scratch) only for the ESP32-S3; on the ESP32
@@ -107,3 +109,35 @@ def op_shapes(operators, tensors) -> list[OpShapes]:
         return tuple(tensors[op.inputs[position]].shape)
 
     return [(getattr(op, "name", None) or op.kind, dims(op, 0), dims(op, 1)) for op in operators]
+
+
+def _cmsis_nn_gap(op, tensors) -> str | None:
+    """Why CMSIS-NN cannot prepare `op` although the host's reference kernels run it, or None."""
+    if op.name != "FULLY_CONNECTED" or len(op.inputs) < 2 or min(op.inputs[:2]) < 0:
+        return None
+    source, weights = tensors[op.inputs[0]], tensors[op.inputs[1]]
+    # kernels/cmsis_nn/fully_connected.cc Prepare: "only Int8 is supported for per channel quantization".
+    if len(weights.scale) > 1 and (source.dtype != "int8" or weights.dtype == "int4"):
+        return (f"operator {op.index} FULLY_CONNECTED has per-channel {weights.dtype} weights on a {source.dtype} "
+                "input, which CMSIS-NN's kernel refuses (per-channel needs int8 input and weights); re-convert "
+                "with per-tensor dense weights (TFLiteConverter._experimental_disable_per_channel_quantization_"
+                "for_dense_layers = True)")
+    return None
+
+
+# Kernel library -> check of one operator, for what it refuses that the host runs.
+_KERNEL_GAPS = {"cmsis-nn": _cmsis_nn_gap}
+
+
+def check_kernel_support(info, kernel_library: str, target_name: str) -> None:
+    """ModelError when the target's kernel library cannot run an operator of `info` (a ModelInfo).
+
+    The host measures and runs with TFLM's reference kernels, which accept
+    more than the optimized ones: without this, such a model would simulate
+    fine and fail on the device in AllocateTensors.
+    """
+    gap = _KERNEL_GAPS.get(kernel_library)
+    for op in info.operators if gap else ():
+        reason = gap(op, info.tensors)
+        if reason:
+            raise ModelError(f"{target_name} runs {kernel_library} kernels: {reason}")

@@ -1,6 +1,7 @@
-"""Host simulation of an int8 TFLite Micro model: memory, per-operator table, accuracy.
+"""Host simulation of a quantized TFLite Micro model: memory, per-operator table, accuracy.
 
-Works on any int8 TFLM model, not only tinyscale's. The arena is measured by
+Works on any TFLM model of the kinds `tinyscale.tflite_model.SUPPORTED_MODELS`
+names (int8 or int16x8, integer or float32 I/O), not only tinyscale's. The arena is measured by
 :func:`tinyscale.tflm.measure_arena` (bisection in isolated processes) and the
 model is run by :func:`tinyscale.tflm.run_model` in worker processes, several
 in parallel, so an abort inside TFLM costs a worker, never this process.
@@ -27,11 +28,12 @@ import numpy as np
 from tinyscale import tflm
 from tinyscale.budget import Placement, place
 from tinyscale.firmware import selftest_bytes
-from tinyscale.kernels import arena_margin_bytes, op_shapes
+from tinyscale.kernels import arena_margin_bytes, check_kernel_support, op_shapes
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
-from tinyscale.errors import DataError, ModelError, UsageError
+from tinyscale.errors import DataError, UsageError
 from tinyscale.targets import Target
-from tinyscale.tflite_model import ModelInfo, OperatorInfo, TensorInfo, read_model
+from tinyscale.tflite_model import (IoQuantization, ModelInfo, OperatorInfo, TensorInfo, check_full_integer,
+                                    input_quantization, output_quantization, read_model)
 
 log = logging.getLogger(__name__)
 
@@ -67,53 +69,6 @@ DEFAULT_KERNEL_FLASH_BYTES = 2_048
 CHUNK_SECONDS = 8.0
 FIRST_CHUNK = 32
 MAX_CHUNK = 4096
-
-# Tensor types TFLM runs in a full-integer model (activations and weights).
-_INTEGER_TYPES = {"int8", "int16", "int32", "int64", "bool", "uint8", "int4"}
-
-
-# ---------------------------------------------------------------------------
-# Is this a model TFLM can run as full integer?
-
-
-def check_full_integer(info: ModelInfo, source: str = "the model") -> None:
-    """ModelError, saying what to do, for float-only, hybrid or custom-op models."""
-    custom = sorted({op.name for op in info.operators if op.custom})
-    if custom:
-        raise ModelError(
-            f"{source} uses custom operators ({', '.join(custom)}) that stock TFLM does not register; "
-            "re-export it with builtin operators only"
-        )
-    float_inputs = [t for t in info.input_tensors if t.dtype.startswith("float")]
-    weights = [t for t in info.tensors if t.is_constant]
-    int8_weights = any(t.dtype in ("int8", "int4") for t in weights)
-    float_activations = [t for t in info.tensors if not t.is_constant and t.dtype.startswith("float")]
-    if float_activations and not int8_weights:
-        raise ModelError(
-            f"{source} is a float model; convert it to full int8 first (tinyscale convert MODEL.keras -o model.tflite)"
-        )
-    if float_activations and int8_weights and _has_float_compute(info):
-        raise ModelError(
-            f"{source} is dynamic-range (hybrid) quantized: int8 weights but float activations, which TFLM "
-            "cannot run; convert with a representative dataset to full int8 (tinyscale convert)"
-        )
-    if float_inputs:
-        raise ModelError(
-            f"{source} has a float32 input; tinyscale simulates int8 I/O models: convert with int8 input and "
-            "output (tinyscale convert does)"
-        )
-
-
-def _has_float_compute(info: ModelInfo) -> bool:
-    """Whether an operator other than QUANTIZE/DEQUANTIZE produces float activations."""
-    tensors = info.tensors
-    for op in info.operators:
-        if op.name in ("QUANTIZE", "DEQUANTIZE"):
-            continue
-        if any(index >= 0 and tensors[index].dtype.startswith("float") for index in op.outputs):
-            return True
-    return False
-
 
 # ---------------------------------------------------------------------------
 # Per-operator table
@@ -271,8 +226,7 @@ class MemoryReport:
             "runtime_flash_bytes": self.runtime_bytes,
             "runtime_flash_source": self.runtime_source,
             "flash_needed_bytes": self.flash_needed_bytes,
-            "inputs": [io_dict(t) for t in info.input_tensors],
-            "outputs": [io_dict(t) for t in info.output_tensors],
+            **io_dicts(info),
             "layers": [row.to_dict() for row in self.rows],
         }
         if self.placement is not None:
@@ -280,14 +234,22 @@ class MemoryReport:
         return data
 
 
-def io_dict(tensor: TensorInfo) -> dict[str, Any]:
+def io_dict(io: IoQuantization) -> dict[str, Any]:
+    """A model input or output: its own type, and the integer type and parameters it maps to."""
+    tensor = io.tensor
     return {
         "name": tensor.name,
         "shape": list(tensor.shape),
         "dtype": tensor.dtype,
-        "scale": tensor.scale[0] if tensor.scale else None,
-        "zero_point": tensor.zero_point[0] if tensor.zero_point else None,
+        "integer_dtype": io.dtype,  # differs from dtype for float32 I/O (QUANTIZE/DEQUANTIZE)
+        "scale": io.scale,
+        "zero_point": io.zero_point,
     }
+
+
+def io_dicts(info: ModelInfo) -> dict[str, list[dict[str, Any]]]:
+    return {"inputs": [io_dict(input_quantization(info, i)) for i in range(len(info.inputs))],
+            "outputs": [io_dict(output_quantization(info, i)) for i in range(len(info.outputs))]}
 
 
 def load_model_bytes(data: bytes, source: str = "the model") -> ModelInfo:
@@ -299,6 +261,8 @@ def load_model_bytes(data: bytes, source: str = "the model") -> ModelInfo:
 
 def memory_report(data: bytes, target: Target | None = None, source: str = "the model") -> MemoryReport:
     info = load_model_bytes(data, source)
+    if target is not None:  # what firmware would refuse for this target, simulate refuses too
+        check_kernel_support(info, target.kernel_library, target.name)
     arena = tflm.measure_arena(data)
     placement = None
     if target is not None:
@@ -391,15 +355,18 @@ def output_classes(info: ModelInfo) -> int:
 
 
 def model_inputs(info: ModelInfo, dataset: Dataset) -> np.ndarray:
-    """The dataset as the model's int8 inputs: resized, channel-matched, [0, 1] quantized."""
+    """The dataset as the model's input 0: resized, channel-matched images in [0, 1].
+
+    A float32 input gets those floats, what tinyscale trains on (the model's
+    QUANTIZE does the rest); an int8 or int16 input gets them quantized with
+    its scale and zero point.
+    """
     size, channels = _input_geometry(info)
-    tensor = info.input_tensors[0]
-    if not tensor.scale:
-        raise ModelError("the model's input tensor has no quantization parameters")
+    io = input_quantization(info)
     batches = []
     for start in range(0, len(dataset), 1024):
         floats = network_inputs(dataset.x[start:start + 1024], size, channels)
-        batches.append(quantize(floats, tensor.scale[0], tensor.zero_point[0] if tensor.zero_point else 0))
+        batches.append(floats.astype(np.float32) if io.is_float else quantize(floats, io.scale, io.zero_point, io.dtype))
     return np.concatenate(batches)
 
 

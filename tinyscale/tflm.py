@@ -1,4 +1,4 @@
-"""Measure and run int8 models with the TFLite Micro interpreter, crash-safely.
+"""Measure and run quantized models with the TFLite Micro interpreter, crash-safely.
 
 The TFLM Python interpreter can abort() or segfault the whole process (a
 too-small arena, an unsupported model). All TFLM work therefore happens in a
@@ -42,7 +42,9 @@ FIRST_ARENA_BYTES = 1 << 20
 LARGE_ARENA_BYTES = 1 << 30
 MAX_ARENA_BYTES = 1 << 31
 PROBE_TIMEOUT_SECONDS = 30.0
-_TFLITE_INT8 = 9  # TensorType.INT8 in the TFLite schema
+# TensorType values of the TFLite schema -> the inputs a runner accepts
+# (tinyscale.tflite_model.IO_TYPES; check_full_integer refuses other models).
+_INPUT_TYPES = {0: np.float32, 7: np.int16, 9: np.int8}
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class _Worker:
         if not answer.get("ok"):
             raise _unreadable(model, answer.get("error", ""))
         self.input_shape = tuple(answer["input_shape"])  # of input 0, batch axis included
-        self.input_is_int8 = answer["input_type"] == _TFLITE_INT8
+        self.input_dtype = _INPUT_TYPES.get(answer["input_type"])  # None: a type tinyscale does not feed
 
     def __enter__(self) -> "_Worker":
         return self
@@ -374,7 +376,7 @@ class ModelRunner:
         self._worker.close()
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
-        """Output 0 for each int8 input of the batch `inputs` (N, *input_shape), stacked."""
+        """Output 0 for each input of the batch `inputs` (N, *input_shape, the input's type), stacked."""
         inputs = np.asarray(inputs)
         worker = self._worker
         worker.deadline = time.monotonic() + self.timeout  # the limit is per batch, not per runner
@@ -393,7 +395,7 @@ class ModelRunner:
 
 def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = None,
               timeout: float = 300.0) -> np.ndarray:
-    """Output 0 of `model` for each int8 input of the batch `inputs` (N, *input_shape), stacked.
+    """Output 0 of `model` for each input of the batch `inputs` (N, *input_shape, its type), stacked.
 
     Without `arena_bytes`, any arena large enough is used.
     """
@@ -402,12 +404,12 @@ def run_model(model: bytes, inputs: np.ndarray, *, arena_bytes: int | None = Non
 
 
 def _check_inputs(worker: _Worker, inputs: np.ndarray) -> None:
-    """DataError unless `inputs` is a batch of int8 samples of the model's input shape."""
-    if not worker.input_is_int8:
-        raise ModelError("the model's input is not int8 (convert it with full-integer quantization)")
+    """DataError unless `inputs` is a batch of samples of the model's input type and shape."""
+    if worker.input_dtype is None:
+        raise ModelError("the model's input is not int8, int16 or float32 (convert it with full-integer quantization)")
     expected = worker.input_shape[1:]
-    if inputs.dtype != np.int8:
-        raise DataError(f"TFLM inputs must be int8, got {inputs.dtype}")
+    if inputs.dtype != worker.input_dtype:
+        raise DataError(f"TFLM inputs must be {np.dtype(worker.input_dtype).name}, got {inputs.dtype}")
     if inputs.ndim != len(expected) + 1 or tuple(inputs.shape[1:]) != expected:
         shape = "(N, " + ", ".join(map(str, expected)) + ")"
         raise DataError(f"TFLM inputs must have shape {shape}, got {tuple(inputs.shape)}")

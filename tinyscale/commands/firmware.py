@@ -50,13 +50,13 @@ def _result_line(result) -> str:
 @app.command()
 @reports_errors
 def firmware(
-    model: Annotated[Path, typer.Argument(help="int8 .tflite model (tinyscale's or any other).")],
+    model: Annotated[Path, typer.Argument(help="Quantized .tflite model, int8 or int16x8 with integer or float32 I/O (tinyscale's or any other).")],
     target: Annotated[str, typer.Option("--target", "-t", help="Bundled target name or a target .toml file.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Project directory to create or update.")],
     name: Annotated[Optional[str], typer.Option(help="Project name, a C identifier (default: from the model file).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Update a non-empty DIR: replace the files tinyscale generated there, keep your own.")] = False,
     allow_overflow: Annotated[bool, typer.Option("--allow-overflow", help="Generate the project even if the model does not fit the target.")] = False,
-    tolerance: Annotated[Optional[int], typer.Option(min=0, max=255, help="Self-test max |device - host| per value (default 0 for reference kernels, 1 for optimized).")] = None,
+    tolerance: Annotated[Optional[int], typer.Option(min=0, max=255, help="Self-test max |device - host| per value in quantization steps (default 0 for reference kernels, 1 for optimized).")] = None,
     phi: Annotated[Optional[float], typer.Option(help="Compound-scaling phi the model was made with (recorded in the manifest).")] = None,
     json_output: JsonOption = False,
 ) -> None:

@@ -299,18 +299,42 @@ def _file_head(path: Path, size: int = 8) -> bytes:
         return file.read(size)
 
 
-def _load_float_model(path: Path):
+# File signatures of what keras.models.load_model reads: a .keras zip, a legacy HDF5 .h5.
+_ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_float_model(path: Path) -> None:
+    """ModelError unless `path` holds a Keras model or a SavedModel, judged by content, not name.
+
+    Runs before anything else looks at the output, so that `convert model.tflite`
+    (whose default output is the input itself) says what is wrong with the input.
+    """
     if not path.exists():
         raise ModelError(f"no model at {path}")
-    if path.suffix == ".tflite" or (path.is_file() and _file_head(path)[4:8] == b"TFL3"):
+    if path.is_dir():
+        if not _is_saved_model(path):
+            raise ModelError(f"{path} is a directory without saved_model.pb: give a .keras file or a SavedModel "
+                             "directory")
+        return
+    try:
+        head = _file_head(path)
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if head[4:8] == b"TFL3":
         raise ModelError(f"{path} is already a TFLite flatbuffer; convert takes a Keras model (.keras) or a SavedModel "
                          "directory; run `tinyscale simulate` on a .tflite")
-    if _is_saved_model(path):
+    if not head.startswith((_ZIP_MAGIC, _HDF5_MAGIC)):
+        raise ModelError(f"{path} is not a Keras model (neither a .keras zip nor an .h5 file) nor a SavedModel "
+                         "directory, which is what convert takes")
+
+
+def _load_float_model(path: Path):
+    _check_float_model(path)
+    if path.is_dir():
         from tinyscale.train import load_saved_model  # noqa: PLC0415
 
         return load_saved_model(path)
-    if path.is_dir():
-        raise ModelError(f"{path} is a directory without saved_model.pb: give a .keras file or a SavedModel directory")
     from tinyscale.train import load_keras_model  # noqa: PLC0415
 
     return load_keras_model(path)
@@ -356,12 +380,14 @@ def convert_model(model, representative: np.ndarray, max_samples: int) -> bytes:
 
 
 def _io_rows(info) -> list[tuple[str, str]]:
+    from tinyscale.simulate import io_dicts  # noqa: PLC0415
+
     rows = []
-    for label, tensors in (("input", info.input_tensors), ("output", info.output_tensors)):
-        for tensor in tensors:
-            scale = tensor.scale[0] if tensor.scale else float("nan")
-            zero = tensor.zero_point[0] if tensor.zero_point else 0
-            rows.append((label, f"{tensor.dtype} {list(tensor.shape)}  scale {scale:.6g}  zero point {zero}"))
+    for label, entries in io_dicts(info).items():
+        for entry in entries:
+            via = f" (as {entry['integer_dtype']})" if entry["dtype"] != entry["integer_dtype"] else ""
+            rows.append((label[:-1], f"{entry['dtype']} {entry['shape']}{via}  scale {entry['scale']:.6g}  "
+                                     f"zero point {entry['zero_point']}"))
     return rows
 
 
@@ -381,6 +407,7 @@ def convert(
     from tinyscale.train import read_history, record_run_output  # noqa: PLC0415
     from tinyscale.tflite_model import read_model  # noqa: PLC0415
 
+    _check_float_model(model)  # before the clobber check: the default output may be the input itself
     out = out or model.with_suffix(".tflite")
     refuse_clobber(out, force)
     check_writable_file(out)  # before loading TensorFlow and converting
@@ -395,7 +422,7 @@ def convert(
     atomic_write_bytes(out, flatbuffer)
     record_run_output(out)
     info = read_model(flatbuffer)
-    from tinyscale.simulate import io_dict  # noqa: PLC0415
+    from tinyscale.simulate import io_dicts  # noqa: PLC0415
 
     result = {
         "model": str(out),
@@ -403,8 +430,7 @@ def convert(
         "ops": list(info.operator_names),
         "operators": len(info.operators),
         "calibration_samples": len(representative),
-        "inputs": [io_dict(t) for t in info.input_tensors],
-        "outputs": [io_dict(t) for t in info.output_tensors],
+        **io_dicts(info),
     }
     if json_output:
         typer.echo(json.dumps(result, indent=2))
@@ -525,7 +551,7 @@ def _arena_budget(placement) -> Optional[int]:
 @app.command()
 @reports_errors
 def simulate(
-    model: Annotated[Path, typer.Argument(help="An int8 TFLite Micro model (.tflite).")],
+    model: Annotated[Path, typer.Argument(help="A quantized TFLite Micro model (.tflite): int8 or int16x8, integer or float32 I/O.")],
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Check flash and SRAM against this target.")] = None,
     data: Annotated[Optional[str], typer.Option("--data", "-d", help=f"Evaluate on this data (an image folder, .npz, or {FASHION_MNIST!r}: its test split).")] = None,
     keras: Annotated[Optional[Path], typer.Option("--keras", help="The float Keras model, for float accuracy and agreement.")] = None,

@@ -9,14 +9,21 @@
 extern "C" {
 #endif
 
+// The types a model's input and output may have (int8, int16, or float32 around QUANTIZE/DEQUANTIZE).
+typedef enum { TS_INT8 = 0, TS_INT16 = 1, TS_FLOAT32 = 2 } TsType;
+
 typedef struct {
-  const int8_t* data;
+  const void* data;  // `length` values of `type`
   unsigned int length;
+  TsType type;
+  // Expected outputs: the largest |device - host| accepted per value, in the tensor's own
+  // units (quantization steps for int8/int16, steps times the scale DEQUANTIZE reads for float32).
+  float tolerance;
 } TsTensorData;
 
 #define TS_INPUT_COUNT 1
 #define TS_OUTPUT_COUNT 1
-// Largest |device - host| accepted per output value (cmsis-nn kernels).
+// Largest |device - host| accepted per output value, in quantization steps (cmsis-nn kernels).
 #define TS_SELFTEST_TOLERANCE 1
 #define TS_ARENA_BYTES 21040u
 
