@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -141,9 +142,12 @@ def test_unwritable_outputs_fail_before_the_long_work(tmp_path, stripes, monkeyp
     monkeypatch.setattr(pipeline, "_simulation", _never("the simulation"))
     monkeypatch.setattr(fit_module, "fit", _never("the fit"))
     monkeypatch.setattr(fit_module, "measured_memory", _never("the conversion"))
+    keras_file = tmp_path / "m.keras"  # convert judges its input's kind first: a zip, as a .keras is
+    with zipfile.ZipFile(keras_file, "w") as archive:
+        archive.writestr("config.json", "{}")
     commands = {
         "train": ["train", "--data", stripes, "--phi", "0", "--base", "tiny", "-o", blocked],
-        "convert": ["convert", tmp_path / "m.keras", "-o", blocked / "m.tflite"],
+        "convert": ["convert", keras_file, "-o", blocked / "m.tflite"],
         "fit": ["fit", "--target", "esp32", "--out", blocked],
         "scale": ["scale", "--phi", "0", "--base", "tiny", "--tflite", blocked / "m.tflite"],
         "build": ["build", "--target", "esp32", "--data", stripes, "-o", blocked],
@@ -152,7 +156,8 @@ def test_unwritable_outputs_fail_before_the_long_work(tmp_path, stripes, monkeyp
     for name, args in commands.items():
         line = one_line_error(invoke(*args), 1, "cannot write")
         assert str(blocked) in line, (name, line)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m.keras"]
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_probe_leaves_no_folder_behind(tmp_path):
