@@ -367,10 +367,15 @@ def test_force_replaces_only_generated_files_and_reports_them(workdir):
     generated = json.loads(first.stdout)["written"]
     assert generated == json.loads((out / "manifest.json").read_text())["files"]
     mine = _user_files(out)
-    (out / "README.md").write_text("edited")  # a generated file the user edited: regenerating replaces it
+    (out / "README.md").write_text("edited")  # a generated file the user edited: kept unless told otherwise
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = run_cli(model, "--target", "esp32", "-o", str(out), "--force")
+    assert refused.exit_code == 4 and "README.md was edited since tinyscale generated it" in refused.output
+    assert "--overwrite-edits" in refused.output and len(refused.output.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing touched
 
     # Same folder, another build system: the cmake project's files are removed, the user's kept.
-    again = run_cli(model, "--target", "esp32", "-o", str(out), "--force", "--json")
+    again = run_cli(model, "--target", "esp32", "-o", str(out), "--force", "--overwrite-edits", "--json")
     assert again.exit_code == 0, again.output
     report = json.loads(again.stdout)
     assert {name: (out / name).read_bytes() for name in mine} == mine
@@ -383,6 +388,20 @@ def test_force_replaces_only_generated_files_and_reports_them(workdir):
     assert not any((out / name).exists() for name in report["removed"])
     assert not (out / "src" / "tinyscale_runner.cc").exists() and (out / "src" / "sensor.c").exists()
     assert not [p for p in out.rglob(".*")] and sorted(p.name for p in workdir.iterdir()) == ["model.tflite", "proj"]
+
+
+def test_regenerating_an_unedited_project_needs_no_overwrite_flag_and_names_every_edit(workdir):
+    model, out = str(workdir / "model.tflite"), workdir / "proj"
+    assert run_cli(model, "--target", "mps2-an386", "-o", str(out)).exit_code == 0
+    assert run_cli(model, "--target", "mps2-an386", "-o", str(out), "--force").exit_code == 0  # untouched: fine
+    hashes = json.loads((out / "manifest.json").read_text())["file_sha256"]
+    assert "manifest.json" not in hashes and "src/main.cc" in hashes
+    for name in ("src/main.cc", "CMakeLists.txt"):
+        (out / name).write_text((out / name).read_text() + "// mine\n")
+    refused = run_cli(model, "--target", "mps2-an386", "-o", str(out), "--force")
+    assert refused.exit_code == 4 and "2 generated files" in refused.output
+    assert "CMakeLists.txt, src/main.cc" in refused.output
+    assert (out / "src/main.cc").read_text().endswith("// mine\n")
 
 
 def test_force_on_a_folder_without_manifest_replaces_only_what_it_writes(workdir):

@@ -31,7 +31,7 @@ import numpy as np
 from tinyscale import __version__
 from tinyscale.budget import Placement, place
 from tinyscale.chips import find_chip
-from tinyscale.errors import DoesNotFitError, ModelError, TemplateError
+from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, op_shapes
 from tinyscale.resources import data_dir
@@ -337,6 +337,7 @@ class FirmwareOptions:
     name: str | None = None  # project name (C identifier); default from the model file name
     force: bool = False  # update a non-empty out_dir (only the files tinyscale generated there)
     allow_overflow: bool = False  # generate even when the model does not fit the target
+    overwrite_edits: bool = False  # with force: also replace generated files the user has edited since
     phi: float | None = None  # recorded in the manifest when the model came from tinyscale
     tolerance: int | None = None  # self-test max |difference|; default per kernel library
     model_file: str = "model.tflite"
@@ -858,11 +859,14 @@ def _regenerate_command(options: FirmwareOptions, name: str) -> str:
     return " ".join(parts)
 
 
-def manifest_data(context: ProjectContext, files: list[str]) -> dict:
+def manifest_data(context: ProjectContext, files: list[str], hashes: dict[str, str]) -> dict:
     """The project's manifest: enough to regenerate it, audit its sizing, and know its files.
 
     `files` (every generated path, manifest.json included) is what a later
     `--force` may replace or remove; anything else in the folder is the user's.
+    `hashes` (every generated file but the manifest itself) tells a later
+    `--force` which of them the user has edited since, so their edits are not
+    overwritten silently.
     """
     return {
         "tinyscale_version": context.tinyscale_version,
@@ -885,11 +889,16 @@ def manifest_data(context: ProjectContext, files: list[str]) -> dict:
         "operators": [op.name for op in context.operators],
         "regenerate": context.regenerate_command,
         "files": sorted(files),
+        "file_sha256": dict(sorted(hashes.items())),
     }
 
 
-def manifest(context: ProjectContext, files: list[str]) -> str:
-    return json.dumps(manifest_data(context, files), indent=2, sort_keys=True) + "\n"
+def manifest(context: ProjectContext, files: list[str], hashes: dict[str, str]) -> str:
+    return json.dumps(manifest_data(context, files, hashes), indent=2, sort_keys=True) + "\n"
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -982,9 +991,18 @@ def render_project(context: ProjectContext, destination: Path) -> list[str]:
     written = render_tree(system_dir, destination, context)
     for shared in (templates / "common", firmware_sources_dir()):
         written += [f"{context.source_dir}/{p}" for p in render_tree(shared, sources, context, suffixes)]
+    hashes = {name: _sha256_file(destination / name) for name in written}
     written = sorted([*written, MANIFEST_FILE])
-    (destination / MANIFEST_FILE).write_text(manifest(context, written), encoding="utf-8")
+    (destination / MANIFEST_FILE).write_text(manifest(context, written, hashes), encoding="utf-8")
     return written
+
+
+def _previous_manifest(out_dir: Path) -> dict:
+    try:
+        data = json.loads((Path(out_dir) / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def generated_files(out_dir: Path) -> set[str]:
@@ -993,14 +1011,40 @@ def generated_files(out_dir: Path) -> set[str]:
     Without that list (no project yet, an older tinyscale, a foreign file) nothing
     is removed: only the files the new render writes are replaced.
     """
-    try:
-        recorded = json.loads((Path(out_dir) / MANIFEST_FILE).read_text(encoding="utf-8")).get("files", [])
-    except (OSError, ValueError, AttributeError):
-        return set()
+    recorded = _previous_manifest(out_dir).get("files", [])
     return safe_relative(recorded) if isinstance(recorded, list) else set()
 
 
-def write_project(context: ProjectContext, out_dir: Path, force: bool) -> TreeChanges:
+def edited_files(out_dir: Path) -> list[str]:
+    """Generated files whose content differs from what the previous manifest recorded: the user's edits."""
+    recorded = _previous_manifest(out_dir).get("file_sha256")
+    if not isinstance(recorded, dict):
+        return []  # an older manifest: nothing to compare with
+    edited = []
+    for name in sorted(safe_relative(recorded)):
+        path = Path(out_dir) / name
+        if path.is_file() and not path.is_symlink() and _sha256_file(path) != recorded[name]:
+            edited.append(name)
+    return edited
+
+
+def check_edits(out_dir: Path, overwrite_edits: bool) -> None:
+    """Refuse to regenerate over generated files the user has edited, unless told to (exit 4)."""
+    edited = [] if overwrite_edits else edited_files(out_dir)
+    if not edited:
+        return
+    if len(edited) == 1:
+        what = f"{Path(out_dir) / edited[0]} was edited since tinyscale generated it"
+    else:
+        names = ", ".join(edited[:3]) + (f" and {len(edited) - 3} more" if len(edited) > 3 else "")
+        what = f"{len(edited)} generated files in {out_dir} were edited since tinyscale generated them ({names})"
+    raise OutputExistsError(
+        f"{what}; regenerating would lose the edits: move them into a file of your own (kept on regeneration) "
+        "or pass --overwrite-edits"
+    )
+
+
+def write_project(context: ProjectContext, out_dir: Path, force: bool, overwrite_edits: bool = False) -> TreeChanges:
     """Render the project beside (new folder) or inside (existing folder) `out_dir`, then publish it.
 
     Rendering finishes before anything in `out_dir` changes; an existing project
@@ -1008,6 +1052,7 @@ def write_project(context: ProjectContext, out_dir: Path, force: bool) -> TreeCh
     """
     out_dir = Path(out_dir)
     check_output_dir(out_dir, force)
+    check_edits(out_dir, overwrite_edits)
     previous = generated_files(out_dir)
     staged = staging_directory(out_dir)
     try:
@@ -1024,7 +1069,8 @@ def generate_firmware(model: bytes, options: FirmwareOptions) -> FirmwareResult:
     """Check, measure and render: the whole `tinyscale firmware` command as a function."""
     check_build_system(options.target)
     check_output_dir(Path(options.out_dir), options.force)  # fail before the slow measurements
+    check_edits(Path(options.out_dir), options.overwrite_edits)
     context = build_context(model, options)
-    changes = write_project(context, Path(options.out_dir), options.force)
+    changes = write_project(context, Path(options.out_dir), options.force, options.overwrite_edits)
     log.info("wrote %d files to %s", len(changes.written), options.out_dir)
     return FirmwareResult(Path(options.out_dir), context, changes.written, changes)

@@ -24,11 +24,11 @@ def _read_model(path: Path) -> bytes:
 
 def _result_dict(result) -> dict:
     """The --json object: the manifest (arena, flash, ops) plus the placement and what changed on disk."""
-    from tinyscale.firmware import manifest_data  # noqa: PLC0415
+    from tinyscale.firmware import MANIFEST_FILE  # noqa: PLC0415
 
     context = result.context
     return {
-        **manifest_data(context, list(result.files)),
+        **json.loads((result.out_dir / MANIFEST_FILE).read_text(encoding="utf-8")),  # just written: the one record
         "out_dir": str(result.out_dir),
         "placement": context.placement.to_dict(),
         **result.changes.to_dict(),
@@ -56,6 +56,7 @@ def firmware(
     name: Annotated[Optional[str], typer.Option(help="Project name, a C identifier (default: from the model file).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Update a non-empty DIR: replace the files tinyscale generated there, keep your own.")] = False,
     allow_overflow: Annotated[bool, typer.Option("--allow-overflow", help="Generate the project even if the model does not fit the target.")] = False,
+    overwrite_edits: Annotated[bool, typer.Option("--overwrite-edits", help="With --force, also replace generated files you have edited since.")] = False,
     tolerance: Annotated[Optional[int], typer.Option(min=0, max=255, help="Self-test max |device - host| per value in quantization steps (default 0 for reference kernels, 1 for optimized).")] = None,
     phi: Annotated[Optional[float], typer.Option(help="Compound-scaling phi the model was made with (recorded in the manifest).")] = None,
     json_output: JsonOption = False,
@@ -66,7 +67,8 @@ def firmware(
 
     board = load_target(target)
     options = FirmwareOptions(
-        target=board, out_dir=output, name=name, force=force, allow_overflow=allow_overflow, phi=phi,
+        target=board, out_dir=output, name=name, force=force, allow_overflow=allow_overflow,
+        overwrite_edits=overwrite_edits, phi=phi,
         tolerance=tolerance, model_file=model.name,
     )
     with status(enabled=not json_output) as report:
