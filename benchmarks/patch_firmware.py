@@ -68,14 +68,15 @@ def measure_all(models: list[tuple[str, bytes]], trees: list[Path], work: Path) 
     """One merged row per (model, schedule) with each tree's device figures under its kernel name."""
     rows = []
     for label, model in models:
-        baseline: dict[str, list[float]] = {}
+        baseline: dict[str, dict] = {}  # kernels -> the unpatched model's device row
         for name, grid, data in schedules(label, model):
             row = {"model": label, "grid": grid, "model_bytes": len(data)}
             for tree in trees:
                 device = firmware_sizes.measure(data, name, tree, work, slot_label=SLOT)
                 kernels = device["kernels"]
-                baseline.setdefault(kernels, device["device_outputs"])
-                device["equals_unpatched"] = device["device_outputs"] == baseline[kernels]
+                unpatched = baseline.setdefault(kernels, device)
+                device["equals_unpatched"] = device["device_outputs"] == unpatched["device_outputs"]
+                device["used_ratio"] = device["device_arena_used_bytes"] / unpatched["device_arena_used_bytes"]
                 row["host_arena_bytes"] = device["host_arena_bytes"]
                 row[kernels] = device
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -92,8 +93,9 @@ def markdown(rows: list[dict]) -> str:
     heads = " / ".join(kernels)
     lines = [
         f"| model | grid | model B | host arena B | firmware arena B ({heads}) | device used B ({heads}) "
-        f"| linked flash B ({heads}) | self-test | max diff vs host | device outputs = unpatched |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| used vs 1x1 | flash predicted B | linked flash B ({heads}) | self-test | max diff vs host "
+        f"| outputs = 1x1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     comma = "{:,}".format
     for row in rows:
@@ -101,6 +103,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {row['model']} | {row['grid']} | {row['model_bytes']:,} | {row['host_arena_bytes']:,} "
             f"| {_per_kernels(row, kernels, 'arena_bytes', comma)} "
             f"| {_per_kernels(row, kernels, 'device_arena_used_bytes', comma)} "
+            f"| {_per_kernels(row, kernels, 'used_ratio', '{:.2f}'.format)} "
+            f"| {row[kernels[0]]['predicted_flash_bytes']:,} "
             f"| {_per_kernels(row, kernels, 'linked_flash_bytes', comma)} "
             f"| {_per_kernels(row, kernels, 'selftest')} | {_per_kernels(row, kernels, 'max_diff_vs_host')} "
             f"| {_per_kernels(row, kernels, 'equals_unpatched', lambda v: 'yes' if v else 'NO')} |")
