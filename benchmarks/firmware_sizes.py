@@ -146,6 +146,7 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path, slot_label: s
         "output_dtype": expected.dtype,
         "tolerance": expected.tolerance,
         "outputs_printed": len(run.outputs),
+        "device_outputs": list(run.outputs),  # the first 64 values of output 0 as printed
         "qemu_inference_us": run.inference_us,
     }
 
@@ -162,15 +163,27 @@ def _models(specs: list[str], files: list[str]) -> list[tuple[str, bytes]]:
     return models
 
 
+def add_tree_arguments(parser: argparse.ArgumentParser) -> None:
+    """--tflm and --work, shared with patch_firmware.py."""
+    parser.add_argument("--tflm", action="append", required=True, help="TFLM tree (repeat for CMSIS-NN and reference)")
+    parser.add_argument("--work", default="/tmp/tinyscale-firmware-sizes", help="reused build directories")
+
+
+def tools_missing() -> bool:
+    """True (and a line on stderr) without the cross compiler or QEMU."""
+    if shutil.which("qemu-system-arm") and shutil.which("arm-none-eabi-gcc"):
+        return False
+    print("needs qemu-system-arm and arm-none-eabi-gcc", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tflm", action="append", required=True, help="TFLM tree (repeat for CMSIS-NN and reference)")
+    add_tree_arguments(parser)
     parser.add_argument("--model", action="append", default=[], help="base:phi, e.g. tiny:0 (default)")
     parser.add_argument("--tflite", action="append", default=[], help="a .tflite file")
-    parser.add_argument("--work", default="/tmp/tinyscale-firmware-sizes", help="reused build directories")
     args = parser.parse_args(argv)
-    if not shutil.which("qemu-system-arm") or not shutil.which("arm-none-eabi-gcc"):
-        print("needs qemu-system-arm and arm-none-eabi-gcc", file=sys.stderr)
+    if tools_missing():
         return 2
     rows = []
     for label, model in _models(args.model or ([] if args.tflite else ["tiny:0"]), args.tflite):

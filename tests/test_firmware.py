@@ -139,6 +139,26 @@ def test_project_contents_follow_the_model_and_target(model, host_figures, tmp_p
     assert "picocom -b 115200 /dev/ttyACM0" in readme
 
 
+def test_patched_model_project_registers_the_patch_operators(model, host_figures, tmp_path):
+    pytest.importorskip("tflite_micro")
+    from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
+    from tinyscale.graph.patch import patch_model, split_candidates
+
+    original = read_flatbuffer(model)
+    split = next(c for c in split_candidates(original) if "b1_dw_act" in c.name)
+    patched = write_flatbuffer(patch_model(original, split, (2, 2)))
+    options = fw.FirmwareOptions(target=load_target("mps2-an386"), out_dir=tmp_path / "p", model_file="p.tflite")
+    context = fw.generate_firmware(patched, options).context
+    ops = (tmp_path / "p" / "src" / "model_ops.h").read_text()
+    assert [op.name for op in context.operators] == list(read_model(patched).operator_names)
+    for method in ("AddStridedSlice", "AddPad", "AddConcatenation", "AddConv2D", "AddDepthwiseConv2D"):
+        assert f"resolver.{method}()" in ops
+    assert f"#define TS_OP_COUNT {len(context.operators)}" in ops
+    # The expected outputs come from the host interpreter running the patched
+    # model: bit for bit those of the unpatched model.
+    assert np.array_equal(np.array(context.expected[0].values), host_figures[1])
+
+
 # ---------------------------------------------------------------------------
 # Sizing rules
 

@@ -23,6 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import firmware_sizes  # noqa: E402
+import patch_firmware  # noqa: E402
 
 TINY_MODEL = Path(__file__).parent / "golden" / "tiny.tflite"
 TREES = {
@@ -81,3 +82,45 @@ def test_mps2_firmware_passes_its_selftest_for_every_io_layout(kernels, kind, wo
     assert row["device_max_diff"] <= row["tolerance"]
     if kernels == "reference":  # the host's integer kernels and the same float (de)quantization
         assert row["device_max_diff"] == 0
+
+
+# ---------------------------------------------------------------------------
+# Patched models (issue 8): the same firmware, STRIDED_SLICE/PAD/CONCATENATION in
+# its op resolver, exact on the device too.
+
+_UNPATCHED: dict[str, dict] = {}
+
+
+def _unpatched_row(kernels: str, work: Path) -> dict:
+    """The unpatched tiny model's device row, measured once per tree (in the tiny slot)."""
+    if kernels not in _UNPATCHED:
+        _UNPATCHED[kernels] = firmware_sizes.measure(TINY_MODEL.read_bytes(), "tiny", TREES[kernels], work)
+    return _UNPATCHED[kernels]
+
+
+@pytest.mark.parametrize("grid", patch_firmware.TINY_GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
+@pytest.mark.parametrize("kernels", ["cmsis-nn", "reference"])
+def test_patched_mps2_firmware_is_exact_under_qemu(kernels, grid, work):
+    if kernels not in TREES:
+        pytest.skip(f"no {kernels} TFLM tree (TFLM_ROOT / TFLM_REFERENCE_ROOT)")
+    model = TINY_MODEL.read_bytes()
+    result = patch_firmware.patched(model, grid, patch_firmware.tiny_split(model))
+    assert result.patched and result.grid == grid and result.max_diff == 0
+    label = f"tiny-{grid[0]}x{grid[1]}"
+    row = firmware_sizes.measure(result.data, label, TREES[kernels], work, slot_label="tiny")
+    unpatched = _unpatched_row(kernels, work)
+    report = {"patched": row, "unpatched": unpatched}
+    print("\n" + json.dumps(report, indent=2))
+    (work / f"report-{label}-{kernels}.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    assert row["selftest"] == "PASS" and unpatched["selftest"] == "PASS"
+    assert row["outputs_printed"] == unpatched["outputs_printed"] > 0
+    if kernels == "reference":
+        assert row["max_diff_vs_host"] == 0
+    # Patching is exact on the device as on the host: the kernel library computes
+    # each output element of a tile as it does in the full map.
+    assert row["device_outputs"] == unpatched["device_outputs"]
+    # The arena rule (host minimum + kernel scratch + slack) covers the patched graph.
+    assert row["device_arena_used_bytes"] <= row["arena_bytes"]
+    assert row["linked_flash_bytes"] <= row["predicted_flash_bytes"]
+    assert row["linked_ram_bytes"] <= row["predicted_ram_bytes"]

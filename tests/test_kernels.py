@@ -79,3 +79,27 @@ def test_placement_names_kernel_scratch_apart_from_slack(target_name):
 
 def test_a_margin_below_the_slack_is_all_slack():
     assert split_margin(0) == (0, 0) and split_margin(100) == (0, 100)
+
+
+@pytest.mark.parametrize("grid", [(1, 2), (2, 2), (3, 3)])
+def test_a_patched_model_needs_the_kernel_scratch_of_the_unpatched_one(grid):
+    from pathlib import Path
+
+    from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
+    from tinyscale.graph.patch import patch_model, split_candidates
+
+    data = (Path(__file__).parent / "golden" / "tiny.tflite").read_bytes()
+    original = read_flatbuffer(data)
+    split = next(c for c in split_candidates(original) if "b1_dw_act" in c.name)  # stride-2 depthwise
+    patched = read_model(write_flatbuffer(patch_model(original, split, grid)))
+    ops = op_shapes(patched.operators, patched.tensors)
+    added = [op for op in ops if op[0] in ("STRIDED_SLICE", "PAD", "CONCATENATION")]
+    assert {op[0] for op in added} == {"STRIDED_SLICE", "PAD", "CONCATENATION"}
+    # CMSIS-NN requests no scratch for them: its PAD prepares with pad_common's
+    # PadPrepare (one persistent OpData), STRIDED_SLICE and CONCATENATION are the
+    # reference kernels; a tile's convolutions need what the full map's do (the
+    # buffer sizes follow kernel and channels, not the spatial size).
+    assert all(cmsis_nn_scratch_bytes(op) == 0 for op in added)
+    unpatched = read_model(data)
+    assert arena_margin_bytes(ops, "cmsis-nn") == arena_margin_bytes(op_shapes(unpatched.operators,
+                                                                                 unpatched.tensors), "cmsis-nn")
