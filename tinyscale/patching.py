@@ -175,6 +175,24 @@ def _options(model: Model, candidates: list[Candidate], grid: tuple[int, int] | 
     return sorted(options, key=lambda option: option.rank)
 
 
+# fit ranks schedules at every probe of its search, so it tries a few, not all:
+# splits whose map is at least 1/8 of the input's side (the early, large maps,
+# where the arena peaks) screened at one grid, then every grid on the best few.
+FIT_SPLIT_MIN_FRACTION = 1 / 8
+FIT_SCREEN_GRID = (2, 2)
+FIT_KEPT_SPLITS = 2
+
+
+def fit_schedules(model: Model, max_extra_macs: float) -> list[_Option]:
+    """The schedules `fit` considers for one network, best ranked first (pure, no TFLM)."""
+    graph = model.graph
+    side = graph.tensors[graph.inputs[0]].shape[1] if graph.inputs else 0
+    early = [c for c in split_candidates(model) if c.shape[1] >= side * FIT_SPLIT_MIN_FRACTION]
+    screened = _options(model, early, FIT_SCREEN_GRID, max_extra_macs)
+    kept = list(dict.fromkeys(option.candidate for option in screened))[:FIT_KEPT_SPLITS]
+    return _options(model, kept, None, max_extra_macs)
+
+
 def max_output_diff(original: bytes, patched: bytes, count: int = CHECK_INPUTS, seed: int = CHECK_SEED) -> int:
     """Max |difference| of output 0 over `count` random int8 inputs, in TFLM."""
     graph = read_flatbuffer(original).graph

@@ -1,0 +1,150 @@
+"""`fit --patch auto|off`: patched schedules in the search, verified by measurement."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tinyscale.cli import app
+from tinyscale.fit import FitRequest, analytic_memory, fit, placement_for
+from tinyscale.graph.from_spec import graph_from_spec
+from tinyscale.graph.patch import split_candidates
+from tinyscale.targets import load_target
+
+runner = CliRunner()
+PATCH_KEYS = {"patch_grid", "patch_split_tensor", "macs_overhead", "phi_unpatched"}
+# Keys that differ between two runs of the same search (wall time).
+TIMING_KEYS = {"search_seconds", "verify_seconds"}
+
+
+def fit_json(*args: str) -> dict:
+    result = runner.invoke(app, ["fit", *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_patch_off_is_the_unpatched_search_with_unpatched_keys():
+    data = fit_json("--target", "esp32", "--no-verify", "--patch", "off")
+    today = fit(FitRequest(load_target("esp32")), verify=False).to_dict()  # the library default: off
+    assert {k: v for k, v in data.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in today.items() if k not in TIMING_KEYS}
+    assert data["patch_grid"] == [1, 1] and data["patch_split_tensor"] is None and data["macs_overhead"] == 0
+    assert data["phi_unpatched"] == data["phi"]
+
+
+def test_patch_auto_answers_a_larger_phi_on_an_sram_bound_board():
+    off = fit_json("--target", "esp32", "--no-verify", "--patch", "off")
+    auto = fit_json("--target", "esp32", "--no-verify")  # auto is the default
+    assert PATCH_KEYS <= auto.keys()
+    assert off["binding"] == "sram"
+    assert auto["phi_unpatched"] == off["phi"] and auto["phi"] > off["phi"]
+    assert auto["resolution"] >= off["resolution"] and auto["params"] > off["params"]
+    rows, cols = auto["patch_grid"]
+    assert rows * cols > 1 and 0 < auto["macs_overhead"] <= 0.3
+    # The split tensor is one the pass can end at in the answer's own graph (the converter's names).
+    request = FitRequest(load_target("esp32"))
+    spec = request.spec(auto["phi"])
+    assert auto["patch_split_tensor"] in {c.name for c in split_candidates(graph_from_spec(spec))}
+    # Unpatched, the answer's network would not fit: the schedule is what makes it fit.
+    assert not placement_for(request.target, spec, analytic_memory(spec)).fits
+    assert auto["sram_needed_bytes"] <= auto["sram_budget_bytes"]
+    assert auto["flash_needed_bytes"] <= auto["flash_budget_bytes"]
+
+
+def test_max_extra_macs_zero_leaves_no_schedule():
+    data = fit_json("--target", "esp32", "--no-verify", "--max-extra-macs", "0")
+    assert data["patch_grid"] == [1, 1] and data["phi"] == data["phi_unpatched"]
+
+
+def test_bad_patch_mode_is_a_usage_error():
+    result = runner.invoke(app, ["fit", "--target", "esp32", "--no-verify", "--patch", "sometimes"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_patch_table_shows_schedule_cost_and_gain():
+    result = runner.invoke(app, ["fit", "--target", "esp32", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    for label in ("patch ", "patch cost", "patch gain"):
+        assert label in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# Real conversions: a small SRAM-bound board (lite0 at 56 px, ~1 s per conversion)
+
+
+def _sram_bound_board(synthetic_target):
+    """SRAM 2% above what the phi=-10 lite0 network needs unpatched; flash ample."""
+    probe = FitRequest(synthetic_target(10**9, 10**9))
+    spec = probe.spec(-10.0)
+    need = placement_for(probe.target, spec, analytic_memory(spec))
+    return synthetic_target(10**8, int(need.sram_needed_bytes * 1.02))
+
+
+@pytest.mark.slow
+def test_patched_fit_is_larger_and_both_answers_are_measured(synthetic_target):
+    target = _sram_bound_board(synthetic_target)
+    off = fit(FitRequest(target), patch="off")
+    auto = fit(FitRequest(target), patch="auto")
+    assert off.verified and auto.verified
+    assert auto.phi > off.phi and auto.phi_unpatched == off.phi
+    assert auto.network.spec != off.network.spec
+    assert auto.schedule.patched and auto.placement.fits and off.placement.fits
+    # Measured: the patched file's size is what the writer-based estimate said, to the byte.
+    assert auto.measured.model_bytes == auto.estimate.model_bytes == len(auto.measured.tflite)
+    # The patched network does not fit unpatched (measured: the converter's own file).
+    from tinyscale.tflm import measure_arena
+
+    unpatched = auto.measured.unpatched_tflite
+    plain = placement_for(target, auto.network.spec,
+                          type(auto.measured)(len(unpatched), measure_arena(unpatched).arena_bytes))
+    assert not plain.fits
+
+
+@pytest.mark.slow
+def test_fit_out_writes_patched_and_unpatched_models(tmp_path, synthetic_target):
+    from test_cli_fit import board_toml
+
+    from tinyscale.convert import spec_to_tflite
+    from tinyscale.graph.flatbuffer import read_flatbuffer
+
+    target = _sram_bound_board(synthetic_target)
+    sram = target.arena_regions[0].arena_budget_bytes
+    board = board_toml(tmp_path / "board.toml", target.flash.budget_bytes, sram)
+    out = tmp_path / "out"
+    data = fit_json("--target", board, "--out", str(out))
+    assert data["verified"] and data["patch_grid"] != [1, 1]
+    spec = FitRequest(target).spec(data["phi"])
+    unpatched = (out / "model_unpatched.tflite").read_bytes()
+    assert unpatched == spec_to_tflite(spec)  # the converter's file, as `convert` would write it
+    patched = (out / "model.tflite").read_bytes()
+    assert len(patched) == data["model_bytes"] == data["estimated_model_bytes"]
+    graph = read_flatbuffer(patched).graph
+    assert any(op.kind == "CONCATENATION" for op in graph.operators)
+    assert json.loads((out / "fit.json").read_text()) == data
+
+    plain = tmp_path / "plain"
+    off = fit_json("--target", board, "--out", str(plain), "--patch", "off")
+    assert sorted(p.name for p in plain.iterdir()) == ["fit.json", "model.tflite"]
+    assert off["phi"] == data["phi_unpatched"] < data["phi"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["tiny", "tiny-se", "efficientnet-lite0", "efficientnet-b0"])
+def test_spec_graph_writes_to_the_converted_models_size_patched_or_not(base):
+    """graph_from_spec has the converted file's structure: the writer sizes both alike, to the byte."""
+    from tinyscale.convert import spec_to_tflite
+    from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
+    from tinyscale.graph.patch import find_candidate, patch_model
+
+    spec = FitRequest(load_target("esp32"), base=base).spec(-10.0 if base.startswith("efficientnet") else 0.0)
+    built, converted = graph_from_spec(spec), read_flatbuffer(spec_to_tflite(spec))
+    assert len(write_flatbuffer(built)) == len(write_flatbuffer(converted))
+    names = [c.name for c in split_candidates(built)]
+    assert names == [c.name for c in split_candidates(converted)]
+    for name in names[:2]:
+        for grid in ((2, 2), (1, 3)):
+            ours = patch_model(built, find_candidate(built, name), grid)
+            theirs = patch_model(converted, find_candidate(converted, name), grid)
+            assert len(write_flatbuffer(ours)) == len(write_flatbuffer(theirs))
