@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -148,3 +150,77 @@ def test_spec_graph_writes_to_the_converted_models_size_patched_or_not(base):
             ours = patch_model(built, find_candidate(built, name), grid)
             theirs = patch_model(converted, find_candidate(converted, name), grid)
             assert len(write_flatbuffer(ours)) == len(write_flatbuffer(theirs))
+
+
+# ---------------------------------------------------------------------------
+# build applies fit's schedule after conversion
+
+
+def _sram_bound_board_file(path):
+    """nucleo-l476rg (real firmware glue) with its SRAM cut to 2% above the phi=-10 lite0 need."""
+    import re
+
+    from tinyscale.targets import load_target as load
+
+    nucleo = (Path(__file__).resolve().parent.parent / "targets" / "nucleo-l476rg.toml").read_text()
+    nucleo = nucleo.replace('name = "nucleo-l476rg"', 'name = "patch-board"')
+
+    def write(sram: int):
+        text, count = re.subn(r"(\[\[memory\]\].*?size_bytes = )[\d_]+", rf"\g<1>{sram}", nucleo, count=1, flags=re.S)
+        assert count == 1
+        path.write_text(text)
+        return load(str(path))
+
+    probe = write(1_000_000)
+    spec = FitRequest(probe).spec(-10.0)
+    need = placement_for(probe, spec, analytic_memory(spec))
+    headroom = need.sram_budget_bytes - need.sram_needed_bytes  # what the region keeps beyond the need
+    write(1_000_000 - headroom + int(need.sram_needed_bytes * 0.02))
+    return path
+
+
+@pytest.mark.slow
+def test_build_applies_fits_schedule_and_ships_the_patched_model(tmp_path):
+    from test_pipeline_cli import write_stripes
+
+    from tinyscale.graph.flatbuffer import read_flatbuffer
+    from tinyscale.tflm import run_model
+
+    board = _sram_bound_board_file(tmp_path / "board.toml")
+    data = write_stripes(tmp_path / "stripes.npz", count=32)
+    out = tmp_path / "built"
+    result = runner.invoke(app, ["build", "--target", str(board), "--data", str(data), "--epochs", "1",
+                                 "--calibration-samples", "8", "--workers", "1", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    fitted = json.loads((out / "fit.json").read_text())
+    assert fitted["patch_grid"] != [1, 1] and fitted["phi"] > fitted["phi_unpatched"]
+    assert summary["patch_grid"] == fitted["patch_grid"]
+    assert summary["patch_split_tensor"] == fitted["patch_split_tensor"]  # found in the trained conversion
+    assert summary["patch_max_diff"] == 0 and summary["fits"]
+    patched, unpatched = (out / "model.tflite").read_bytes(), (out / "model_unpatched.tflite").read_bytes()
+    assert summary["model_bytes"] == len(patched) and "model_unpatched.tflite" in summary["files"]
+    assert summary["arena_bytes"] < summary["unpatched_arena_bytes"]
+    assert any(op.kind == "CONCATENATION" for op in read_flatbuffer(patched).graph.operators)
+    inputs = np.random.default_rng(1).integers(-128, 128, (2, *read_flatbuffer(unpatched).graph.tensors[0].shape[1:]),
+                                               dtype=np.int8)
+    assert np.array_equal(run_model(patched, inputs), run_model(unpatched, inputs))
+    # The firmware embeds the patched model (its op resolver has the patch operators).
+    import hashlib
+
+    manifest = json.loads((out / "firmware" / "manifest.json").read_text())
+    assert summary["firmware"] and manifest["model"]["sha256"] == hashlib.sha256(patched).hexdigest()
+    assert {"STRIDED_SLICE", "CONCATENATION"} <= set(manifest["operators"])
+
+
+@pytest.mark.slow
+def test_build_searches_a_schedule_when_fits_split_is_not_in_the_conversion(caplog):
+    from tiny_networks import int8_network
+
+    from tinyscale.commands.pipeline import _apply_schedule
+
+    data = int8_network("mbconv")
+    with caplog.at_level("WARNING"):
+        result = _apply_schedule(data, ((2, 2), "not/a/tensor"), 0.3)
+    assert "searching a schedule" in caplog.text
+    assert result.split_tensor != "not/a/tensor" and result.max_diff == 0
