@@ -6,6 +6,10 @@ exact phi interval that yields the answer's network and the first phi above it
 that yields a bigger one. The answer is then verified by a real conversion and
 TFLM measurement; if the measurement disagrees with the estimate the search
 steps down one network at a time.
+
+With ``patch="auto"`` a network that does not fit unpatched may run its first
+stages in patches (:mod:`tinyscale.patch_fit` picks the schedule); the search
+then starts at the unpatched answer and verifies the patched conversion.
 """
 
 from __future__ import annotations

@@ -232,6 +232,8 @@ def patch_flatbuffer(data: bytes, *, grid: tuple[int, int] | None = None, split:
     started = time.perf_counter()
     model = read_flatbuffer(data)
     check_int8(model)
+    if grid is not None and split is not None:
+        return _apply_fixed(data, model, find_candidate(model, split), grid, started)
     before = footprint(model, data)
     candidates = _parse_split(model, split)
     if not candidates:
@@ -260,6 +262,24 @@ def patch_flatbuffer(data: bytes, *, grid: tuple[int, int] | None = None, split:
         raise MeasurementError(f"the patched model's outputs differ from the original's (max diff {diff}); not written")
     return PatchResult(written, option.candidate.name, option.candidate.shape, option.grid, before, after, diff,
                        CHECK_INPUTS, measured_schedules, time.perf_counter() - started)
+
+
+def _apply_fixed(data: bytes, model: Model, candidate: Candidate, grid: tuple[int, int], started: float) -> PatchResult:
+    """The caller's schedule: nothing to choose, so the original, the patched model and
+    the bit-equality check are measured side by side (each a worker process to start)."""
+    patched = patch_model(model, candidate, grid)
+    written = write_flatbuffer(patched)
+    with ThreadPoolExecutor(3) as pool:
+        before_job = pool.submit(footprint, model, data)
+        after_job = pool.submit(footprint, patched, written)
+        diff_job = pool.submit(max_output_diff, data, written)
+        before, after, diff = before_job.result(), after_job.result(), diff_job.result()
+    if diff:
+        raise MeasurementError(f"the patched model's outputs differ from the original's (max diff {diff}); not written")
+    log.info("patch %s %dx%d: arena %d B", candidate.name, *grid, after.arena_bytes)
+    schedule = MeasuredSchedule(candidate.name, grid, ranking_bytes(patched), after.arena_bytes)
+    return PatchResult(written, candidate.name, candidate.shape, grid, before, after, diff, CHECK_INPUTS, (schedule,),
+                       time.perf_counter() - started)
 
 
 def parse_grid(text: str) -> tuple[int, int]:
