@@ -33,10 +33,6 @@ from tinyscale.targets import Target
 
 log = logging.getLogger(__name__)
 
-# Of the ranked schedules, how many are sized for flash and placed before a
-# network is declared not to fit: the best-ranked arena may break flash where
-# the next one does not (finer grids add more operator tables).
-PLACED_SCHEDULES = 3
 
 
 class _Ranked:
@@ -59,13 +55,17 @@ def ranked_schedules(spec: NetworkSpec, max_extra_macs: float) -> tuple[_Ranked,
 
     model = graph_from_spec(spec)
     base = model_macs(model)
-    options = fit_schedules(model, max_extra_macs)[:PLACED_SCHEDULES]
+    options = fit_schedules(model, max_extra_macs)
     return tuple(_Ranked(o.model, o.candidate.name, o.grid, o.rank, model_macs(o.model) / base - 1) for o in options)
 
 
 def patched_estimator(target: Target, unpatched: Estimator, max_extra_macs: float) -> Estimator:
     """Memory of a network with its best schedule on `target`: unpatched when that fits,
-    else the best-ranked schedule that fits, else the smallest arena (what proves it does not)."""
+    else the best-ranked schedule that fits, else the smallest arena (what proves it does not).
+
+    Every ranked schedule is tried, best arena first: where the best breaks flash
+    a coarser grid (fewer operator tables) may fit both budgets.
+    """
 
     def estimate(spec: NetworkSpec) -> Memory:
         plain = unpatched(spec)
