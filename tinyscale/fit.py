@@ -461,7 +461,8 @@ DEFAULT_MAX_EXTRA_MACS = 0.3  # the halos' extra MACs a schedule may cost (patch
 def _unpatched_answer(request: FitRequest, estimator: Estimator) -> float | None:
     """The analytic --patch off answer (None when nothing fits unpatched): where the patched search starts."""
     try:
-        return fit(request, verify=False, estimator=estimator, patch="off").phi
+        return _fit(request, verify=False, prove_next=False, estimator=estimator, measurer=measured_memory,
+                    progress=no_progress, patch="off", max_extra_macs=DEFAULT_MAX_EXTRA_MACS).phi
     except NothingFitsError:
         return None
 
@@ -520,6 +521,12 @@ def fit(
     if patch not in PATCH_MODES:
         raise UsageError(f"--patch is one of {', '.join(PATCH_MODES)} (got {patch!r})")
     request.coefficients.warn_if_unbalanced()
+    return _fit(request, verify=verify, prove_next=prove_next, estimator=estimator, measurer=measurer,
+                progress=progress, patch=patch, max_extra_macs=max_extra_macs)
+
+
+def _fit(request: FitRequest, *, verify: bool, prove_next: bool, estimator: Estimator, measurer: Measurer,
+         progress: Progress, patch: str, max_extra_macs: float) -> FitResult:
     start = time.perf_counter()
     search, bracket, phi_unpatched = _start_search(request, estimator, patch, max_extra_macs, progress)
     capped = bracket is None
