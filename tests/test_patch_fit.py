@@ -224,3 +224,36 @@ def test_build_searches_a_schedule_when_fits_split_is_not_in_the_conversion(capl
         result = _apply_schedule(data, ((2, 2), "not/a/tensor"), 0.3)
     assert "searching a schedule" in caplog.text
     assert result.split_tensor != "not/a/tensor" and result.max_diff == 0
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_build_passes_its_patch_mode_to_fit(tmp_path, monkeypatch, mode):
+    from test_pipeline_cli import write_stripes
+
+    import tinyscale.fit as fit_module
+    from tinyscale.errors import DataError
+
+    seen = {}
+
+    def recording_fit(request, **options):
+        seen.update(options)
+        raise DataError("stop after the fit")
+
+    monkeypatch.setattr(fit_module, "fit", recording_fit)
+    data = write_stripes(tmp_path / "stripes.npz", count=8)
+    result = runner.invoke(app, ["build", "--target", "nucleo-l476rg", "--data", str(data), "-o", str(tmp_path / "o"),
+                                 "--patch", mode, "--max-extra-macs", "0.2"])
+    assert result.exit_code == 1 and "stop after the fit" in result.stderr
+    assert seen["patch"] == mode and seen["max_extra_macs"] == 0.2
+
+
+def test_unpatched_fit_json_leaves_the_conversion_alone(tmp_path):
+    from tinyscale.commands.pipeline import _patch_conversion
+
+    data, patched = _patch_conversion(b"not even a model", {"patch_grid": [1, 1], "patch_split_tensor": None}, 0.3,
+                                      tmp_path, quiet=True)
+    assert data == b"not even a model" and patched is None and not list(tmp_path.iterdir())
+    from tinyscale.commands.pipeline import _fitted_schedule
+
+    assert _fitted_schedule({}) is None  # a fit.json from before patching
+    assert _fitted_schedule({"patch_grid": [3, 2], "patch_split_tensor": "t"}) == ((3, 2), "t")
