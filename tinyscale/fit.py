@@ -6,6 +6,10 @@ exact phi interval that yields the answer's network and the first phi above it
 that yields a bigger one. The answer is then verified by a real conversion and
 TFLM measurement; if the measurement disagrees with the estimate the search
 steps down one network at a time.
+
+With ``patch="auto"`` a network that does not fit unpatched may run its first
+stages in patches (:mod:`tinyscale.patch_fit` picks the schedule); the search
+then starts at the unpatched answer and verifies the patched conversion.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Callable
 from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.budget import Placement, place, selftest_flash_bytes
-from tinyscale.errors import NothingFitsError
+from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.kernels import OpShapes, arena_margin_bytes, op_shapes
 from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients, format_phi
@@ -37,17 +41,42 @@ BOUNDARY_TOL = 1e-7
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """How a network runs: unpatched (grid 1x1), or its first stages in a grid of patches."""
+
+    grid: tuple[int, int] = (1, 1)
+    split_tensor: str | None = None
+    macs_overhead: float = 0.0  # extra MACs of the halos, as a fraction of the unpatched MACs
+    # The patched graph's (operator, input, weights) shapes: the kernel scratch margin
+    # follows the patched operators (smaller tiles), as firmware computes it from the file.
+    operator_shapes: tuple[OpShapes, ...] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def patched(self) -> bool:
+        return self.grid != (1, 1)
+
+    def to_dict(self) -> dict:
+        return {"patch_grid": list(self.grid), "patch_split_tensor": self.split_tensor,
+                "macs_overhead": round(self.macs_overhead, 6)}
+
+
+UNPATCHED = Schedule()
+
+
+@dataclass(frozen=True)
 class Memory:
     """Flatbuffer and minimal arena size of one network, estimated or measured."""
 
     model_bytes: int
     arena_bytes: int
+    schedule: Schedule = UNPATCHED
 
 
 @dataclass(frozen=True)
 class Measured(Memory):
     tflite: bytes = field(repr=False, default=b"")
     seconds: float = 0.0
+    unpatched_tflite: bytes = field(repr=False, default=b"")  # the converter's file, when `tflite` is patched
 
 
 Estimator = Callable[[NetworkSpec], Memory]
@@ -89,7 +118,8 @@ def _operator_shapes(spec: NetworkSpec) -> tuple[OpShapes, ...]:
 
 def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placement:
     """Where `spec`'s model goes on `target`, with the kernel library's arena margin."""
-    margin = arena_margin_bytes(_operator_shapes(spec), target.kernel_library, target.cpu)
+    shapes = memory.schedule.operator_shapes if memory.schedule.patched else None
+    margin = arena_margin_bytes(shapes or _operator_shapes(spec), target.kernel_library, target.cpu)
     selftest = selftest_flash_bytes(spec.input_shape, spec.classes)
     return place(target, memory.model_bytes, memory.arena_bytes, margin, selftest)
 
@@ -125,6 +155,12 @@ class FitResult:
     capped: bool = False  # the search ceiling PHI_MAX itself fits
     search_seconds: float = 0.0
     probes: int = 0
+    phi_unpatched: float | None = None  # the answer with --patch off (None: nothing fits unpatched)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The answer's schedule (measured when verified)."""
+        return (self.measured or self.estimate).schedule
 
     @property
     def verified(self) -> bool:
@@ -171,6 +207,8 @@ class FitResult:
             "search_seconds": round(self.search_seconds, 4),
             "verify_seconds": round(self.measured.seconds, 3) if self.measured else None,
             "probes": self.probes,
+            **self.schedule.to_dict(),
+            "phi_unpatched": self.phi_unpatched,
             "next": self.next_dict(),
         }
 
@@ -223,14 +261,13 @@ class _Search:
     def fits(self, phi: float) -> bool:
         return self.placement(self.request.spec(phi)).fits
 
-    def bracket(self) -> tuple[float, float] | None:
-        """(lo, hi) with fits(lo) and not fits(hi), growing from PHI_MIN in doubling steps.
+    def bracket(self, lo: float = PHI_MIN, step: float = 1.0) -> tuple[float, float] | None:
+        """(lo, hi) with fits(lo) and not fits(hi), growing from `lo` (which fits) in doubling steps.
 
         Growing from the small end keeps every probe near the answer's size: a
         measured probe of a phi=10 network would need tens of GB to convert.
         None when PHI_MAX itself fits.
         """
-        lo, step = PHI_MIN, 1.0
         while lo < PHI_MAX:
             hi = min(PHI_MAX, lo + step)
             if not self.fits(hi):
@@ -417,6 +454,54 @@ def _nothing_fits(search: _Search) -> NothingFitsError:
     return NothingFitsError(f"nothing fits: {_smallest_need(search)}; {report['hint']}", report)
 
 
+PATCH_MODES = ("auto", "off")
+DEFAULT_MAX_EXTRA_MACS = 0.3  # the halos' extra MACs a schedule may cost (patching's default)
+
+
+def _unpatched_answer(request: FitRequest, estimator: Estimator) -> float | None:
+    """The analytic --patch off answer (None when nothing fits unpatched): where the patched search starts."""
+    try:
+        return _fit(request, verify=False, prove_next=False, estimator=estimator, measurer=measured_memory,
+                    progress=no_progress, patch="off", max_extra_macs=DEFAULT_MAX_EXTRA_MACS).phi
+    except NothingFitsError:
+        return None
+
+
+def _start_search(request: FitRequest, estimator: Estimator, patch: str, max_extra_macs: float,
+                  progress: Progress) -> tuple[_Search, tuple[float, float] | None, float | None]:
+    """The search (its estimator patch-aware or not), its bracket, and the unpatched answer."""
+    if patch == "off":
+        search = _Search(request, estimator)
+        progress(f"searching phi for {request.target.name} (analytic memory model)")
+        if not search.fits(PHI_MIN):
+            raise _nothing_fits(search)
+        return search, search.bracket(), None
+    from tinyscale.patch_fit import patched_estimator
+
+    phi_unpatched = _unpatched_answer(request, estimator)
+    search = _Search(request, patched_estimator(request.target, estimator, max_extra_macs))
+    progress(f"searching phi for {request.target.name} with patch schedules (analytic memory model)")
+    # Patching never makes a fitting network stop fitting, so the larger answer lies above
+    # the unpatched one: start there, in small steps (each probe ranks schedules).
+    if phi_unpatched is None:
+        if not search.fits(PHI_MIN):
+            raise _nothing_fits(search)
+        return search, search.bracket(), None
+    if phi_unpatched >= PHI_MAX:
+        return search, None, phi_unpatched
+    return search, search.bracket(phi_unpatched, 0.25), phi_unpatched
+
+
+def _measure(search: _Search, spec: NetworkSpec, measurer: Measurer, progress: Progress) -> Measured:
+    """Convert and measure `spec` as the search would run it: patched with its schedule, or not."""
+    schedule = search.memory(spec).schedule
+    if not schedule.patched:
+        return measurer(spec)
+    from tinyscale.patch_fit import measured_patched_memory
+
+    return measured_patched_memory(spec, schedule, progress)
+
+
 def fit(
     request: FitRequest,
     *,
@@ -425,15 +510,25 @@ def fit(
     estimator: Estimator = analytic_memory,
     measurer: Measurer = measured_memory,
     progress: Progress = no_progress,
+    patch: str = "off",
+    max_extra_macs: float = DEFAULT_MAX_EXTRA_MACS,
 ) -> FitResult:
-    """Find the largest phi whose network fits `request.target`; `progress(text)` hears each slow step."""
+    """Find the largest phi whose network fits `request.target`; `progress(text)` hears each slow step.
+
+    `patch="auto"` lets each network run its first stages in patches (the best
+    schedule under `max_extra_macs`) when it does not fit unpatched.
+    """
+    if patch not in PATCH_MODES:
+        raise UsageError(f"--patch is one of {', '.join(PATCH_MODES)} (got {patch!r})")
     request.coefficients.warn_if_unbalanced()
-    search = _Search(request, estimator)
+    return _fit(request, verify=verify, prove_next=prove_next, estimator=estimator, measurer=measurer,
+                progress=progress, patch=patch, max_extra_macs=max_extra_macs)
+
+
+def _fit(request: FitRequest, *, verify: bool, prove_next: bool, estimator: Estimator, measurer: Measurer,
+         progress: Progress, patch: str, max_extra_macs: float) -> FitResult:
     start = time.perf_counter()
-    progress(f"searching phi for {request.target.name} (analytic memory model)")
-    if not search.fits(PHI_MIN):
-        raise _nothing_fits(search)
-    bracket = search.bracket()
+    search, bracket, phi_unpatched = _start_search(request, estimator, patch, max_extra_macs, progress)
     capped = bracket is None
     phi = PHI_MAX if bracket is None else search.largest_fitting(*bracket)
     search_seconds = time.perf_counter() - start
@@ -450,14 +545,14 @@ def fit(
         if not verify:
             break
         progress(f"verifying phi={format_phi(_printed_phi(search, phi))} ({spec.resolution} px): int8 conversion and TFLM arena")
-        measured = measurer(spec)
+        measured = _measure(search, spec, measurer, progress)
         # The printed phi, not the bisection's: the log and the table say the same number.
         log.info("verified %s at phi=%s in %.1f s", request.base, format_phi(_printed_phi(search, phi)), measured.seconds)
         if search.placement(spec, measured).fits:
             if prove_next and next_phi is not None:
                 next_spec = request.spec(next_phi)
                 progress(f"proving next phi={format_phi(next_phi)} ({next_spec.resolution} px) does not fit")
-                next_measured = measurer(next_spec)
+                next_measured = _measure(search, next_spec, measurer, progress)
                 log.info("measured the next network at phi=%s in %.1f s", format_phi(next_phi), next_measured.seconds)
                 if search.placement(next_spec, next_measured).fits:
                     log.warning("the estimate under-sized the next network; stepping up")
@@ -503,4 +598,5 @@ def fit(
         capped=capped,
         search_seconds=search_seconds,
         probes=search.probes,
+        phi_unpatched=reported_phi if patch == "off" else phi_unpatched,
     )

@@ -34,8 +34,17 @@ BetaOption = Annotated[float, typer.Option("--beta", help="Width growth per unit
 GammaOption = Annotated[float, typer.Option("--gamma", help="Resolution growth per unit of phi.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="Bundled target name or path to a board .toml.")]
+PatchMode = Enum("PatchMode", {"auto": "auto", "off": "off"}, type=str)  # type: ignore[misc]
+PatchOption = Annotated[
+    PatchMode,
+    typer.Option("--patch", help="auto: run the first stages in patches when that fits a larger network; off: never."),
+]
+MaxExtraMacsOption = Annotated[
+    float, typer.Option("--max-extra-macs", min=0.0, help="Extra MACs a patch schedule may cost (fraction).")
+]
 
 DEFAULT_BASE = "efficientnet-lite0"
+UNPATCHED_MODEL_FILE = "model_unpatched.tflite"  # beside a patched model.tflite
 
 
 def _kib(n: int) -> str:
@@ -244,6 +253,8 @@ def fit(
         Optional[Path], typer.Option("--out", "-o", help="Write model.tflite and fit.json into this directory.")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out directory.")] = False,
+    patch: PatchOption = PatchMode("auto"),
+    max_extra_macs: MaxExtraMacsOption = 0.3,
     json_output: JsonOption = False,
 ) -> None:
     """Find the largest phi whose int8 TFLite Micro model fits the target's flash and SRAM."""
@@ -258,13 +269,16 @@ def fit(
     request = FitRequest(board, settings.base, settings.classes, settings.channels, settings.coefficients)
     try:
         with status(enabled=not json_output) as report:
-            result = run_fit(request, verify=verify, prove_next=prove, progress=report)
+            result = run_fit(request, verify=verify, prove_next=prove, progress=report, patch=patch.value,
+                             max_extra_macs=max_extra_macs)
     except NothingFitsError as exc:
         if json_output:  # the JSON still says what the smallest network needs; exit 3 follows
             typer.echo(json.dumps(exc.report, indent=2))
         raise
     data = result.to_dict()
     if out is not None and result.measured is not None:
+        if result.measured.unpatched_tflite:
+            atomic_write_bytes(out / UNPATCHED_MODEL_FILE, result.measured.unpatched_tflite)
         atomic_write_bytes(out / "model.tflite", result.measured.tflite)
         atomic_write_text(out / "fit.json", json.dumps(data, indent=2) + "\n")
     if json_output:
@@ -285,10 +299,28 @@ def _fit_table(result, data: dict, out: Optional[Path]) -> str:
     rows += _placement_rows(result.placement)
     rows += _next_rows(result)
     rows.append(("binding", result.binding))
+    rows += _patch_rows(result, data)
     rows.append(("verified", "yes" if result.verified else "no (--no-verify)"))
     if out is not None and result.verified:
-        rows.append(("wrote", f"{out / 'model.tflite'}, {out / 'fit.json'}"))
+        written = [out / "model.tflite", out / "fit.json"]
+        if result.measured.unpatched_tflite:
+            written.insert(1, out / UNPATCHED_MODEL_FILE)
+        rows.append(("wrote", ", ".join(str(path) for path in written)))
     return _table(rows)
+
+
+def _patch_rows(result, data: dict) -> list[tuple[str, str]]:
+    """The schedule, what it cost (MACs, flash) and gained (phi over the unpatched answer)."""
+    schedule = result.schedule
+    unpatched = "nothing fits" if result.phi_unpatched is None else format_phi(result.phi_unpatched)
+    if not schedule.patched:
+        return [("patch", f"none (unpatched answer phi {unpatched})")]
+    rows, cols = schedule.grid
+    return [
+        ("patch", f"{rows}x{cols} grid up to {schedule.split_tensor}"),
+        ("patch cost", f"+{100 * schedule.macs_overhead:.1f}% MACs ({data['macs'] * (1 + schedule.macs_overhead):,.0f})"),
+        ("patch gain", f"phi {format_phi(result.phi)} instead of {unpatched} unpatched"),
+    ]
 
 
 def _next_rows(result) -> list[tuple[str, str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -24,6 +25,10 @@ from tinyscale.commands.core import (
     BetaOption,
     GammaOption,
     JsonOption,
+    MaxExtraMacsOption,
+    PatchMode,
+    PatchOption,
+    UNPATCHED_MODEL_FILE,
     _bytes,
     _network_rows,
     _placement_rows,
@@ -46,6 +51,8 @@ from tinyscale.fsutil import (
 from tinyscale.progress import Progress, before_output, no_progress, status
 from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
 from tinyscale.targets import Target, load_target
+
+log = logging.getLogger(__name__)
 
 FIT_FILE = "fit.json"
 TFLITE_FILE = "model.tflite"
@@ -119,10 +126,37 @@ def _network_from_fit_json(data: dict[str, Any], dataset: Dataset, source: Path)
 
 
 def _run_fit(target: Target, base: str, coefficients: Coefficients, classes: int, channels: int,
-             progress: Progress = no_progress) -> dict[str, Any]:
+             progress: Progress = no_progress, patch: str = "auto", max_extra_macs: float = 0.3) -> dict[str, Any]:
+    """The fit result as fit.json holds it; `patch` as `fit --patch` (the network may need its schedule)."""
     from tinyscale.fit import FitRequest, fit  # noqa: PLC0415 - the fitter pulls in the converter
 
-    return fit(FitRequest(target, base, classes, channels, coefficients), progress=progress).to_dict()
+    request = FitRequest(target, base, classes, channels, coefficients)
+    return fit(request, progress=progress, patch=patch, max_extra_macs=max_extra_macs).to_dict()
+
+
+def _fitted_schedule(fitted: dict[str, Any]) -> tuple[tuple[int, int], str] | None:
+    """fit.json's patch schedule ((rows, cols), split tensor name), None when unpatched."""
+    grid = tuple(int(n) for n in fitted.get("patch_grid") or (1, 1))
+    split = fitted.get("patch_split_tensor")
+    if grid == (1, 1) or not split:
+        return None
+    return (grid[0], grid[1]), split
+
+
+def _apply_schedule(flatbuffer: bytes, schedule: tuple[tuple[int, int], str], max_extra_macs: float):
+    """The trained model's conversion patched with fit's schedule (outputs checked bit for bit).
+
+    The same architecture converts to the same tensor names, so the split is
+    found; if not (another converter), the schedule is searched on this model.
+    """
+    from tinyscale.patching import patch_flatbuffer  # noqa: PLC0415
+
+    grid, split = schedule
+    try:
+        return patch_flatbuffer(flatbuffer, grid=grid, split=split)
+    except UsageError as exc:
+        log.warning("fit's split tensor is not in the trained model's conversion (%s); searching a schedule", exc)
+        return patch_flatbuffer(flatbuffer, max_extra_macs=max_extra_macs)
 
 
 def _choose_network(
@@ -665,6 +699,8 @@ def build(
     seed: SeedOption = 0,
     strict: StrictOption = False,
     force: ForceOption = False,
+    patch: PatchOption = PatchMode("auto"),
+    max_extra_macs: MaxExtraMacsOption = 0.3,
     json_output: JsonOption = False,
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""
@@ -688,7 +724,8 @@ def build(
     if not quiet:
         _err(f"fitting {base.value} to {board.name} ({train_set.classes} classes, {plural(channels, 'channel')})")
     with status(enabled=not quiet) as progress:
-        fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels, progress)
+        fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels, progress, patch.value,
+                          max_extra_macs)
     network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
     stage = staging_directory(out)
     try:
@@ -701,6 +738,7 @@ def build(
         if not quiet:
             _err(f"converting to int8 (calibration on {plural(len(representative), 'training image')})")
         flatbuffer = convert_model(trained.model, representative, calibration_samples)
+        flatbuffer, patched = _patch_conversion(flatbuffer, fitted, max_extra_macs, stage, quiet)
         atomic_write_bytes(stage / TFLITE_FILE, flatbuffer)
         report, evaluation = _simulation(flatbuffer, TFLITE_FILE, board, test_set, trained.model,
                                          workers or os.cpu_count() or 1, quiet)
@@ -708,7 +746,7 @@ def build(
         atomic_write_text(stage / SIMULATION_FILE, json.dumps(simulation, indent=2) + "\n")
         firmware_problem = _render_firmware(flatbuffer, board, network.phi, report.arena_bytes, stage)
         summary = _build_summary(board, network, trained, report, evaluation, out,
-                                 None if firmware_problem is None else str(firmware_problem))
+                                 None if firmware_problem is None else str(firmware_problem), patched)
         summary.update(train_samples=trained.train_samples, validation_samples=trained.val_samples)
         summary["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
@@ -741,10 +779,40 @@ def _refuse_new_files(out: Path, stage: Path, force: bool) -> None:
         refuse_clobber(out, force)
 
 
+def _patch_conversion(flatbuffer: bytes, fitted: dict[str, Any], max_extra_macs: float, stage: Path,
+                      quiet: bool):
+    """(the model to simulate and ship, the PatchResult or None): fit's schedule applied after conversion.
+
+    The unpatched conversion is kept beside it as model_unpatched.tflite.
+    """
+    schedule = _fitted_schedule(fitted)
+    if schedule is None:
+        return flatbuffer, None
+    (rows, cols), split = schedule
+    if not quiet:
+        _err(f"patching {rows}x{cols} up to {split} (fit's schedule), checking bit-equality in TFLM")
+    result = _apply_schedule(flatbuffer, schedule, max_extra_macs)
+    if not result.patched:
+        return flatbuffer, None
+    atomic_write_bytes(stage / UNPATCHED_MODEL_FILE, flatbuffer)
+    return result.data, result
+
+
+def _patch_summary(patched) -> dict[str, Any]:
+    if patched is None:
+        return {"patch_grid": [1, 1], "patch_split_tensor": None, "macs_overhead": 0.0, "unpatched_arena_bytes": None,
+                "patch_max_diff": None}
+    return {"patch_grid": list(patched.grid), "patch_split_tensor": patched.split_tensor,
+            "macs_overhead": round(patched.extra_macs, 6), "unpatched_arena_bytes": patched.before.arena_bytes,
+            "patch_max_diff": patched.max_diff}
+
+
 def _build_summary(board: Target, network: ScaledNetwork, trained, report, evaluation, out: Path,
-                   firmware_problem: str | None) -> dict[str, Any]:
+                   firmware_problem: str | None, patched=None) -> dict[str, Any]:
     placement = report.placement
     files = [FIT_FILE, "model.keras", "history.json", TFLITE_FILE, SIMULATION_FILE, REPORT_FILE]
+    if patched is not None:
+        files.insert(4, UNPATCHED_MODEL_FILE)
     if firmware_problem is None:
         files.append("firmware/")
     return {
@@ -774,11 +842,21 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
         "images_per_second": round(evaluation.images_per_second, 2),
         "epochs_run": trained.epochs_run,
         "train_seconds": round(trained.seconds, 1),
+        **_patch_summary(patched),
         "firmware": firmware_problem is None,
         "firmware_problem": firmware_problem,
         "out": str(out),
         "files": files,
     }
+
+
+def _patch_text(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    if summary["patch_grid"] == [1, 1]:
+        return [("patch", "none")]
+    rows, cols = summary["patch_grid"]
+    return [("patch", f"{rows}x{cols} up to {summary['patch_split_tensor']}: +{100 * summary['macs_overhead']:.1f}% "
+                      f"MACs, arena {summary['unpatched_arena_bytes']:,} B unpatched, outputs bit-identical "
+                      f"(max diff {summary['patch_max_diff']})")]
 
 
 def _build_text(summary: dict[str, Any], report, board: Target) -> str:
@@ -790,6 +868,7 @@ def _build_text(summary: dict[str, Any], report, board: Target) -> str:
                     f"x{summary['channels']}, {summary['classes']} classes"),
         ("model", _bytes(summary["model_bytes"])),
         ("arena (minimal)", _bytes(summary["arena_bytes"])),
+        *_patch_text(summary),
         *_placement_rows(report.placement),
         ("fits", fits),
         ("accuracy", f"int8 {_percent(summary['int8_accuracy'])}, float {_percent(summary['float_accuracy'])}, "
