@@ -52,7 +52,7 @@ def test_fit_and_firmware_size_the_same_device_arena(target_name):
     host_arena = measure_arena(model).arena_bytes
     info = read_model(model)
     # The analytic graph and the converted model give the operators the same shapes.
-    assert op_shapes(tflite_graph(spec).operators, tflite_graph(spec).tensors) == op_shapes(info.operators, info.tensors)
+    assert op_shapes(tflite_graph(spec).graph) == op_shapes(info.graph)
     plan, firmware_placement = firmware.plan_arena(info, host_arena, target)
     fit_placement = placement_for(target, spec, Memory(len(model), host_arena))
     assert plan.arena_bytes == fit_placement.device_arena_bytes
@@ -63,8 +63,7 @@ def test_fit_and_firmware_size_the_same_device_arena(target_name):
 def test_placement_names_kernel_scratch_apart_from_slack(target_name):
     target = load_target(target_name)
     spec = scale("efficientnet-lite0", -8).spec
-    graph = tflite_graph(spec)
-    margin = arena_margin_bytes(op_shapes(graph.operators, graph.tensors), target.kernel_library, target.cpu)
+    margin = arena_margin_bytes(op_shapes(tflite_graph(spec).graph), target.kernel_library, target.cpu)
     scratch, slack = split_margin(margin)
     assert slack == ARENA_SLACK_BYTES and scratch + slack == margin
     placement = placement_for(target, spec, Memory(100_000, 50_001))

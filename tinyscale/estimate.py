@@ -5,11 +5,13 @@ what the two real tools do with the network that tinyscale's converter emits:
 
 1. :func:`tflite_graph` rebuilds the TFLite graph that TFLiteConverter
    (TF 2.21, full int8) writes for a :class:`NetworkSpec` built by
-   ``keras_builder``: the same operators in the same order, the same tensors
-   in the same order, with the same names, shapes, quantization and buffer
-   sharing.
-2. :func:`flatbuffer_bytes` sizes the serialised flatbuffer of that graph.
-3. :func:`arena_plan` replays TFLM's ``MicroAllocator`` on it: persistent
+   ``keras_builder``, as the one int8 graph type (:class:`tinyscale.graph.model.Model`,
+   weights known by size only): the same operators in the same order, the
+   same tensors in the same order, with the same names, shapes, options,
+   quantization layout and buffer sharing.
+2. :func:`flatbuffer_bytes` sizes the converter's serialised flatbuffer of that graph.
+3. :func:`arena_plan` replays TFLM's ``MicroAllocator`` on any such Model
+   (built from a spec or read from a flatbuffer): persistent
    tail allocations (interpreter structs, per-op data), the temporary
    allocations of each kernel's Prepare, the memory plan of the greedy
    planner (a reimplementation of ``GreedyMemoryPlanner``) and the planner's
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from tinyscale.arch import BlockSpec, NetworkSpec
+from tinyscale.errors import NotModelledError
+from tinyscale.graph.model import Buffer, Graph, Metadata, Model, Operator, Options, Quantization, Tensor
 from tinyscale.kernels import align_up
 
 # ---------------------------------------------------------------------------
@@ -48,16 +52,15 @@ _AXIS_NAME = f"{_SCOPE}/avg_pool_1/Mean/reduction_indices"
 _ZERO_CONSTANT = "arith.constant"
 
 
-class Tensor(NamedTuple):
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # "int8" or "int32"
-    channels: int  # quantization parameters (scale/zero point pairs); 0: none
-    constant: bool
-    # Constants with equal content share one flatbuffer buffer. All-zero
-    # biases are keyed by their byte size; every other constant is unique.
-    content: object
-    nbytes: int
+# Schema enum values the converter's options use.
+_SAME = 0  # Padding.SAME
+_RELU6 = 3  # ActivationFunctionType.RELU6
+# Operator versions the converter records for these int8 kernels.
+_OPCODE_VERSIONS = {"ADD": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4,
+                    "LOGISTIC": 2, "MUL": 2, "SOFTMAX": 2, "MEAN": 2}
+# Placeholder quantization values: a spec has no calibration, only the number
+# of (scale, zero point) pairs and their axis matter to the size and arena models.
+_SCALE, _ZERO_POINT = 1.0, 0
 
 
 def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
@@ -67,19 +70,36 @@ def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
     return count * (4 if dtype == "int32" else 1)
 
 
-class Operator(NamedTuple):
-    kind: str  # builtin name, e.g. CONV_2D
-    inputs: tuple[int, ...]  # -1: omitted optional input
-    outputs: tuple[int, ...]
-    fused_relu6: bool = False  # a convolution with ReLU6 folded in (lite)
+@functools.lru_cache(maxsize=None)
+def _quantization(channels: int, dimension: int) -> Quantization | None:
+    if not channels:
+        return None
+    return Quantization((_SCALE,) * channels, (_ZERO_POINT,) * channels, dimension)
 
 
-@dataclass(frozen=True)
-class Graph:
-    tensors: tuple[Tensor, ...]
-    operators: tuple[Operator, ...]
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
+@functools.lru_cache(maxsize=None)
+def _conv_options(kind: str, stride: int, relu6: bool) -> Options:
+    """The options the reader gives for the converter's CONV_2D / DEPTHWISE_CONV_2D (SAME padding)."""
+    activation = _RELU6 if relu6 else 0
+    if kind == "CONV_2D":
+        return Options("Conv2DOptions", (("padding", _SAME), ("strideW", stride), ("strideH", stride),
+                                         ("fusedActivationFunction", activation), ("dilationWFactor", 1),
+                                         ("dilationHFactor", 1), ("quantizedBiasType", 0)))
+    return Options("DepthwiseConv2DOptions", (("padding", _SAME), ("strideW", stride), ("strideH", stride),
+                                              ("depthMultiplier", 1), ("fusedActivationFunction", activation),
+                                              ("dilationWFactor", 1), ("dilationHFactor", 1)))
+
+
+_ADD_OPTIONS = Options("AddOptions", (("fusedActivationFunction", 0), ("potScaleInt16", True)))
+_MUL_OPTIONS = Options("MulOptions", (("fusedActivationFunction", 0),))
+_FC_OPTIONS = Options("FullyConnectedOptions", (("fusedActivationFunction", 0), ("weightsFormat", 0),
+                                                ("keepNumDims", False), ("asymmetricQuantizeInputs", False),
+                                                ("quantizedBiasType", 0), ("quantSpec", None)))
+_SOFTMAX_OPTIONS = Options("SoftmaxOptions", (("beta", 1.0),))
+
+
+def _mean_options(keep_dims: bool) -> Options:
+    return Options("ReducerOptions", (("keepDims", keep_dims),))
 
 
 class _NameMapper:
@@ -125,7 +145,7 @@ class _PendingOp(NamedTuple):
     kind: str
     inputs: tuple
     outputs: tuple
-    fused_relu6: bool = False
+    options: Options | None = None
 
 
 class _GraphBuilder:
@@ -155,11 +175,11 @@ class _GraphBuilder:
         sigmoid = _Node(f"{_SCOPE}/{scope}_1/Sigmoid", x.shape)
         self.ops.append(_PendingOp("LOGISTIC", (x,), (sigmoid,)))
         product = _Node(f"{_SCOPE}/{scope}_1/mul_1", x.shape)
-        self.ops.append(_PendingOp("MUL", (x, sigmoid), (product,)))
+        self.ops.append(_PendingOp("MUL", (x, sigmoid), (product,), _MUL_OPTIONS))
         return product
 
     def conv_bn(self, x: _Node, filters: int, kernel: int, size: int, prefix: str,
-                activated: bool, zero_bias: bool) -> _Node:
+                activated: bool, zero_bias: bool, stride: int = 1) -> _Node:
         """Conv2D + BN (+ activation): one CONV_2D with folded int32 bias."""
         conv, bn = f"{_SCOPE}/{prefix}_conv_1", f"{_SCOPE}/{prefix}_bn_1"
         fused = f"{bn}/batchnorm/add_1;{conv}/convolution;{bn}/batchnorm/sub"
@@ -169,7 +189,8 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(fused, filters, zero_bias)
         out = _Node(fused, (1, size, size, filters))
-        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,), activated and not self.swish))
+        options = _conv_options("CONV_2D", stride, activated and not self.swish)
+        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,), options))
         if activated and self.swish:
             out = self._activation(out, f"{prefix}_act")
         return out
@@ -185,7 +206,8 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(fused, channels, zero=False)  # its input is activated: nonzero mean
         out = _Node(fused, (1, size, size, channels))
-        self.ops.append(_PendingOp("DEPTHWISE_CONV_2D", (x, weights, bias), (out,), not self.swish))
+        options = _conv_options("DEPTHWISE_CONV_2D", block.stride, not self.swish)
+        self.ops.append(_PendingOp("DEPTHWISE_CONV_2D", (x, weights, bias), (out,), options))
         if self.swish:
             out = self._activation(out, f"{prefix}_dw_act")
         return out
@@ -202,7 +224,7 @@ class _GraphBuilder:
         weights = _Node(conv, (filters, 1, 1, x.shape[-1]), channels=filters, constant=True,
                         content=self._unique())
         out = _Node(conv, (1, 1, 1, filters))
-        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,)))
+        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,), _conv_options("CONV_2D", 1, False)))
         return out
 
     def squeeze_excite(self, x: _Node, block: BlockSpec, prefix: str) -> _Node:
@@ -212,7 +234,7 @@ class _GraphBuilder:
             if channels not in self.zero_group_order:
                 self.zero_group_order.append(channels)
         squeezed = _Node(f"{_SCOPE}/{prefix}_se_squeeze_1/Mean", (1, 1, 1, x.shape[-1]))
-        self.ops.append(_PendingOp("MEAN", (x, self.axis), (squeezed,)))
+        self.ops.append(_PendingOp("MEAN", (x, self.axis), (squeezed,), _mean_options(True)))
         s = self.se_conv(squeezed, block.se_filters, f"{prefix}_se_reduce", self._zero_constant(block.se_filters))
         s = self._activation(s, f"{prefix}_se_reduce_act")
         s = self.se_conv(s, block.expanded_filters, f"{prefix}_se_expand",
@@ -220,7 +242,7 @@ class _GraphBuilder:
         gate = _Node(f"{_SCOPE}/{prefix}_se_gate_1/Sigmoid", s.shape)
         self.ops.append(_PendingOp("LOGISTIC", (s,), (gate,)))
         excited = _Node(f"{_SCOPE}/{prefix}_se_excite_1/Mul", x.shape)
-        self.ops.append(_PendingOp("MUL", (x, gate), (excited,)))
+        self.ops.append(_PendingOp("MUL", (x, gate), (excited,), _MUL_OPTIONS))
         return excited
 
     def build(self) -> None:
@@ -228,7 +250,7 @@ class _GraphBuilder:
         size = -(-spec.resolution // 2)
         x = _Node(INPUT_NAME, (1, *spec.input_shape))
         self.input = x
-        x = self.conv_bn(x, spec.stem_filters, 3, size, "stem", activated=True, zero_bias=False)
+        x = self.conv_bn(x, spec.stem_filters, 3, size, "stem", activated=True, zero_bias=False, stride=2)
         # A BN output that is not activated has zero mean over the calibration
         # batch (convert.calibrate_batchnorm sets BN statistics to batch
         # statistics), so a 1x1 convolution reading it gets a folded bias that
@@ -247,7 +269,7 @@ class _GraphBuilder:
             x = self.conv_bn(x, block.out_filters, 1, size, f"{prefix}_project", activated=False, zero_bias=False)
             if block.has_skip:
                 added = _Node(f"{_SCOPE}/{prefix}_add_1/Add", x.shape)
-                self.ops.append(_PendingOp("ADD", (shortcut, x), (added,)))
+                self.ops.append(_PendingOp("ADD", (shortcut, x), (added,), _ADD_OPTIONS))
                 x = added
                 zero_mean = block_input_zero_mean
             else:
@@ -259,7 +281,7 @@ class _GraphBuilder:
         """Global average pool, Dense, softmax."""
         spec = self.spec
         pooled = _Node(f"{_SCOPE}/avg_pool_1/Mean", (1, spec.head_filters))
-        self.ops.append(_PendingOp("MEAN", (x, self.axis), (pooled,)))
+        self.ops.append(_PendingOp("MEAN", (x, self.axis), (pooled,), _mean_options(False)))
         # convert.spread_logits gives the Dense layer a nonzero bias, so the
         # converter keeps it (a zero bias would be dropped).
         dense = f"{_SCOPE}/logits_1"
@@ -267,9 +289,9 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(f"{dense}/BiasAdd", spec.classes, zero=False)
         logits = _Node(f"{dense}/MatMul;{dense}/BiasAdd", (1, spec.classes))
-        self.ops.append(_PendingOp("FULLY_CONNECTED", (pooled, weights, bias), (logits,)))
+        self.ops.append(_PendingOp("FULLY_CONNECTED", (pooled, weights, bias), (logits,), _FC_OPTIONS))
         probabilities = _Node(OUTPUT_NAME, (1, spec.classes))
-        self.ops.append(_PendingOp("SOFTMAX", (logits,), (probabilities,)))
+        self.ops.append(_PendingOp("SOFTMAX", (logits,), (probabilities,), _SOFTMAX_OPTIONS))
         return probabilities
 
     def constant_order(self) -> list[_Node]:
@@ -304,29 +326,55 @@ class _GraphBuilder:
         return f"{_ZERO_CONSTANT}{number or ''}"
 
 
-def tflite_graph(spec: NetworkSpec) -> Graph:
-    """The operators and tensors of the converter's int8 flatbuffer for `spec`."""
+def tflite_graph(spec: NetworkSpec) -> Model:
+    """The converter's int8 flatbuffer for `spec`, as a graph Model without weight bytes.
+
+    Operators, tensors (names, shapes, dtypes, options, operator versions,
+    quantization channel counts and axes), buffers and metadata are laid out
+    as the converter writes them; constant buffers carry only their size
+    (`Buffer.data` None) and quantization values are placeholders. The
+    converter gives every tensor its own buffer (after the empty sentinel);
+    a constant equal to an earlier one points at that one's buffer and
+    leaves its own empty.
+    """
     builder = _GraphBuilder(spec)
     builder.build()
     nodes = [builder.input, *builder.constant_order()]
     nodes += [out for op in builder.ops for out in op.outputs]
     index = {id(node): position for position, node in enumerate(nodes)}
+    depthwise_weights = {id(op.inputs[1]) for op in builder.ops if op.kind == "DEPTHWISE_CONV_2D"}
     names = _NameMapper()
-    tensors = []
+    tensors, buffers = [], [Buffer()]
+    stored: dict[object, int] = {}  # constant content -> its buffer
     for node in nodes:
         base = node.name
         if node.group is not None:
             base = builder.zero_constant_base(node.group)
         elif node is builder.axis and builder.uses_se:
             base = builder.zero_constant_base("axis")
-        tensors.append(Tensor(names.unique(base), node.shape, node.dtype, node.channels, node.constant,
-                              node.content, _nbytes(node.shape, node.dtype)))
+        own = len(buffers)
+        buffer = own
+        if node.constant and node.content in stored:
+            buffer = stored[node.content]
+            buffers.append(Buffer())
+        elif node.constant:
+            stored[node.content] = own
+            buffers.append(Buffer(None, _nbytes(node.shape, node.dtype)))
+        else:
+            buffers.append(Buffer())
+        quantization = _quantization(node.channels, 3 if id(node) in depthwise_weights else 0)
+        tensors.append(Tensor(names.unique(base), node.shape, node.dtype, buffer, quantization))
     operators = tuple(
         Operator(op.kind, tuple(-1 if node is None else index[id(node)] for node in op.inputs),
-                 tuple(index[id(node)] for node in op.outputs), op.fused_relu6)
+                 tuple(index[id(node)] for node in op.outputs), op.options, _OPCODE_VERSIONS[op.kind])
         for op in builder.ops
     )
-    return Graph(tuple(tensors), operators, (0,), (len(nodes) - 1,))
+    metadata = []
+    for name, nbytes in _METADATA:
+        metadata.append(Metadata(name, len(buffers)))
+        buffers.append(Buffer(None, nbytes))
+    graph = Graph(tuple(tensors), operators, (0,), (len(nodes) - 1,), _SUBGRAPH_NAME)
+    return Model((graph,), tuple(buffers), _DESCRIPTION, 3, tuple(metadata))
 
 
 # ---------------------------------------------------------------------------
@@ -343,9 +391,6 @@ def tflite_graph(spec: NetworkSpec) -> Graph:
 
 _BUILTIN_CODES = {"ADD": 0, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9,
                   "LOGISTIC": 14, "MUL": 18, "SOFTMAX": 25, "MEAN": 40}
-# Operator versions the converter records for these int8 kernels.
-_OPCODE_VERSIONS = {"ADD": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4,
-                    "LOGISTIC": 2, "MUL": 2, "SOFTMAX": 2, "MEAN": 2}
 _DESCRIPTION = "MLIR Converted."
 _SUBGRAPH_NAME = "main"
 # Metadata: (name, buffer bytes). The runtime version string is padded to 16;
@@ -436,23 +481,35 @@ class _SizeBuilder:
         return self.size + _FILE_HEADER_BYTES
 
 
+# The options tables of the converter's operators: per field (schema attribute,
+# field id, byte width, schema default), in declaration order. The exporter
+# leaves out fields equal to their default.
+_OPTIONS_SCHEMA = {
+    "Conv2DOptions": (("padding", 0, 1, 0), ("strideW", 1, 4, 0), ("strideH", 2, 4, 0),
+                      ("fusedActivationFunction", 3, 1, 0), ("dilationWFactor", 4, 4, 1),
+                      ("dilationHFactor", 5, 4, 1), ("quantizedBiasType", 6, 1, 0)),
+    "DepthwiseConv2DOptions": (("padding", 0, 1, 0), ("strideW", 1, 4, 0), ("strideH", 2, 4, 0),
+                               ("depthMultiplier", 3, 4, 0), ("fusedActivationFunction", 4, 1, 0),
+                               ("dilationWFactor", 5, 4, 1), ("dilationHFactor", 6, 4, 1)),
+    "AddOptions": (("fusedActivationFunction", 0, 1, 0), ("potScaleInt16", 1, 1, True)),
+    "MulOptions": (("fusedActivationFunction", 0, 1, 0),),
+    "ReducerOptions": (("keepDims", 0, 1, False),),
+    "SoftmaxOptions": (("beta", 0, 4, 0.0),),
+    "FullyConnectedOptions": (("fusedActivationFunction", 0, 1, 0), ("weightsFormat", 1, 1, 0),
+                              ("keepNumDims", 2, 1, False), ("asymmetricQuantizeInputs", 3, 1, False),
+                              ("quantizedBiasType", 4, 1, 0)),
+}
+
+
 @functools.lru_cache(maxsize=None)
-def _options_fields(kind: str, fused_relu6: bool, keep_dims: bool) -> tuple[tuple[int, object], ...] | None:
-    """The builtin options table of an operator (None: the op has none)."""
-    if kind == "LOGISTIC":
+def _options_fields(options: Options | None) -> tuple[tuple[int, object], ...] | None:
+    """The builtin options table the exporter writes (None: the op has none)."""
+    if options is None:
         return None
-    if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        fields: list[tuple[int, object]] = [(1, 4), (2, 4)]  # stride_w, stride_h; SAME padding is the default
-        if kind == "DEPTHWISE_CONV_2D":
-            fields.append((3, 4))  # depth_multiplier = 1
-        if fused_relu6:
-            fields.append((3 if kind == "CONV_2D" else 4, 1))  # fused RELU6
-        return tuple(fields)
-    if kind == "MEAN":
-        return ((0, 1),) if keep_dims else ()
-    if kind == "SOFTMAX":
-        return ((0, 4),)  # beta = 1.0
-    return ()  # ADD, MUL, FULLY_CONNECTED: all options at their defaults
+    if options.type not in _OPTIONS_SCHEMA:
+        raise NotModelledError(f"the converter's layout of {options.type} is not modelled")
+    return tuple((field_id, width) for name, field_id, width, default in _OPTIONS_SCHEMA[options.type]
+                 if options.get(name, default) != default)
 
 
 @functools.lru_cache(maxsize=None)
@@ -465,60 +522,65 @@ def _operator_fields(has_opcode_index: bool, has_options: bool) -> tuple[tuple[i
     return tuple(fields)
 
 
-def flatbuffer_bytes(graph: Graph) -> int:
-    """Size of the converter's flatbuffer for `graph`."""
+def _opcode_fields(kind: str, version: int) -> tuple[tuple[int, object], ...]:
+    if kind not in _BUILTIN_CODES:
+        raise NotModelledError(f"the converter's layout of {kind} operator codes is not modelled")
+    code, fields = _BUILTIN_CODES[kind], []
+    if code:
+        fields.append((0, 1))  # deprecated_builtin_code
+    if version != 1:
+        fields.append((2, 4))
+    if code:
+        fields.append((3, 4))
+    return tuple(fields)
+
+
+def flatbuffer_bytes(model: Model) -> int:
+    """Size of the flatbuffer TFLiteConverter writes for `model` (a graph from :func:`tflite_graph`).
+
+    This is the converter's C++ layout (4-aligned weights, deduplicated
+    vtables); tinyscale's own writer lays out differently (16-aligned
+    buffers): :func:`written_bytes` sizes that.
+    """
+    graph = model.graph
     fb = _SizeBuilder()
-    opcodes = list(dict.fromkeys(op.kind for op in graph.operators))
-    for kind in opcodes:
-        code, fields = _BUILTIN_CODES[kind], []
-        if code:
-            fields.append((0, 1))  # deprecated_builtin_code
-        if _OPCODE_VERSIONS[kind] != 1:
-            fields.append((2, 4))
-        if code:
-            fields.append((3, 4))
-        fb.table(tuple(fields))
+    opcodes = list(dict.fromkeys((op.kind, op.version) for op in graph.operators))
+    for kind, version in opcodes:
+        fb.table(_opcode_fields(kind, version))
     fb.vector(len(opcodes), 4)
-    opcode_index = {kind: position for position, kind in enumerate(opcodes)}
-    depthwise_weights = {op.inputs[1] for op in graph.operators if op.kind == "DEPTHWISE_CONV_2D"}
-    for index, tensor in enumerate(graph.tensors):
-        fb.tensor(len(tensor.shape), len(tensor.name), tensor.channels, index in depthwise_weights)
+    opcode_index = {key: position for position, key in enumerate(opcodes)}
+    for tensor in graph.tensors:
+        quant = tensor.quantization
+        fb.tensor(len(tensor.shape), len(tensor.name.encode()), len(quant.scale) if quant else 0,
+                  bool(quant and quant.dimension))
     fb.vector(len(graph.tensors), 4)
     fb.vector(len(graph.inputs), 4)
     fb.vector(len(graph.outputs), 4)
     for op in graph.operators:
         fb.vector(len(op.inputs), 4)
         fb.vector(len(op.outputs), 4)
-        keep_dims = op.kind == "MEAN" and len(graph.tensors[op.outputs[0]].shape) == 4
-        options = _options_fields(op.kind, op.fused_relu6, keep_dims)
+        options = _options_fields(op.options)
         if options is not None:
             fb.table(options)
-        fb.table(_operator_fields(opcode_index[op.kind] > 0, options is not None))
+        fb.table(_operator_fields(opcode_index[op.kind, op.version] > 0, options is not None))
     fb.vector(len(graph.operators), 4)
-    fb.string(len(_SUBGRAPH_NAME))
+    fb.string(len(graph.name.encode()))
     fb.table(((0, _OFFSET), (1, _OFFSET), (2, _OFFSET), (3, _OFFSET), (4, _OFFSET)))
-    fb.vector(1, 4)
-    fb.string(len(_DESCRIPTION))
-    fb.table(())  # buffer 0: the empty sentinel
-    stored: set[object] = set()
-    for tensor in graph.tensors:
-        # One buffer per tensor; a constant equal to an earlier one is
-        # deduplicated: its own buffer stays, but empty.
-        if tensor.constant and tensor.content not in stored:
-            stored.add(tensor.content)
-            fb.vector(tensor.nbytes, 1)
+    fb.vector(len(model.subgraphs), 4)
+    fb.string(len(model.description.encode()))
+    for buffer in model.buffers:
+        # Buffer 0 is the empty sentinel; a deduplicated constant's own buffer stays, empty.
+        if buffer.nbytes:
+            fb.vector(buffer.nbytes, 1)
             fb.table(((0, _OFFSET),))
         else:
             fb.table(())
-    for _, nbytes in _METADATA:
-        fb.vector(nbytes, 1)
-        fb.table(((0, _OFFSET),))
-    fb.vector(len(graph.tensors) + 1 + len(_METADATA), 4)
-    for name, _ in _METADATA:
-        fb.string(len(name))
+    fb.vector(len(model.buffers), 4)
+    for entry in model.metadata:
+        fb.string(len(entry.name.encode()))
         fb.table(((0, _OFFSET), (1, 4)))
-    fb.vector(len(_METADATA), 4)
-    fb.vector(0, 4)  # signature_defs
+    fb.vector(len(model.metadata), 4)
+    fb.vector(len(model.signature_defs), 4)
     fb.table(((0, 4), (1, _OFFSET), (2, _OFFSET), (3, _OFFSET), (4, _OFFSET), (6, _OFFSET), (7, _OFFSET)))
     return fb.finish()
 
@@ -651,6 +713,11 @@ def _tensor_struct_allocations(channels: int) -> list[tuple[int, int]]:
     return allocations
 
 
+def _channels(tensor: Tensor) -> int:
+    """Quantization parameter pairs of a tensor (0: not quantized)."""
+    return len(tensor.quantization.scale) if tensor.quantization is not None else 0
+
+
 def _prepare_channels(graph: Graph, op: Operator) -> tuple[int, ...]:
     """Quantization channels of each temporary TfLiteTensor the op's Prepare fetches."""
     tensors = graph.tensors
@@ -658,7 +725,7 @@ def _prepare_channels(graph: Graph, op: Operator) -> tuple[int, ...]:
     for is_input, position in _PREPARE_TEMPS[op.kind]:
         indices = op.inputs if is_input else op.outputs
         if position < len(indices) and indices[position] >= 0:
-            channels.append(tensors[indices[position]].channels)
+            channels.append(_channels(tensors[indices[position]]))
     return tuple(channels)
 
 
@@ -686,7 +753,7 @@ _TEMPS_BEFORE_ARRAYS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3}
 def _per_channel_channels(graph: Graph, op: Operator) -> int:
     """Channels of the per-channel multiplier/shift arrays Prepare allocates (0: none)."""
     if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-        return graph.tensors[op.inputs[1]].channels
+        return _channels(graph.tensors[op.inputs[1]])
     return 0
 
 
@@ -712,13 +779,14 @@ class _Buffer:
     last: int
 
 
-def planned_buffers(graph: Graph) -> list[_Buffer]:
+def planned_buffers(model: Model) -> list[_Buffer]:
     """AllocationInfoBuilder: lifetimes in "allocation scopes", in planner order.
 
     Graph inputs are created at scope 0, operator i runs at scope i + 1, graph
     outputs live to the last scope. Tensors come in index order (constants
     need no allocation), then scratch buffers in request order.
     """
+    graph = model.graph
     first: dict[int, int] = {}
     last: dict[int, int] = {}
     for index in graph.inputs:
@@ -740,7 +808,7 @@ def planned_buffers(graph: Graph) -> list[_Buffer]:
     buffers = [
         _Buffer(align_up(tensor.nbytes, ARENA_ALIGNMENT), first[index], last[index])
         for index, tensor in enumerate(graph.tensors)
-        if not tensor.constant and tensor.nbytes and index in first
+        if index in first and tensor.nbytes and not model.is_constant(tensor)
     ]
     return buffers + scratch
 
@@ -851,13 +919,14 @@ def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, b
     arena.resize_head(head_bytes)  # the activation plan now occupies the head
     for index in (*graph.inputs, *graph.outputs):  # interpreter input/output TfLiteTensors
         arena.persistent(8)
-        for allocation in _tensor_struct_allocations(graph.tensors[index].channels):
+        for allocation in _tensor_struct_allocations(_channels(graph.tensors[index])):
             arena.persistent(*allocation)
 
 
-def fits_in_arena(graph: Graph, size: int) -> bool:
+def fits_in_arena(model: Model, size: int) -> bool:
     """Whether MicroInterpreter::AllocateTensors succeeds with an arena of `size` (direct replay)."""
-    buffers = planned_buffers(graph)
+    graph = model.graph
+    buffers = planned_buffers(model)
     head = plan_bytes(buffers, greedy_plan(buffers))
     arena = _Requirement(tail=size)
     _start_allocations(graph, arena, _options_bytes(graph))
@@ -865,14 +934,15 @@ def fits_in_arena(graph: Graph, size: int) -> bool:
     return arena.need <= 0
 
 
-def arena_plan(graph: Graph) -> ArenaPlan:
+def arena_plan(model: Model) -> ArenaPlan:
     """The minimal arena, solved for every arena size modulo 16.
 
     After the start allocations everything in the tail is 16-aligned, so the
     rest is replayed once from a 16-aligned tail; only the start allocations
     are replayed for each of the 16 residues of the arena size.
     """
-    buffers = planned_buffers(graph)
+    graph = model.graph
+    buffers = planned_buffers(model)
     head = plan_bytes(buffers, greedy_plan(buffers))
     rest = _Requirement()
     _remaining_allocations(graph, rest, head, len(buffers))
@@ -907,9 +977,10 @@ class MemoryEstimate:
     operators: int
 
 
-def _weights_bytes(graph: Graph) -> int:
-    stored = {tensor.content: tensor.nbytes for tensor in graph.tensors if tensor.constant}
-    return sum(stored.values())
+def _weights_bytes(model: Model) -> int:
+    """Bytes of the constant buffers the tensors use (shared ones once)."""
+    used = {tensor.buffer for tensor in model.graph.tensors if model.is_constant(tensor)}
+    return sum(model.buffers[buffer].nbytes for buffer in used)
 
 
 @functools.lru_cache(maxsize=512)
@@ -918,12 +989,13 @@ def estimate_memory(spec: NetworkSpec) -> MemoryEstimate:
 
     Memoised: specs are hashable and the fitter asks for the same ones repeatedly.
     """
-    graph = tflite_graph(spec)
-    plan = arena_plan(graph)
+    model = tflite_graph(spec)
+    graph = model.graph
+    plan = arena_plan(model)
     return MemoryEstimate(
-        model_bytes=flatbuffer_bytes(graph),
+        model_bytes=flatbuffer_bytes(model),
         arena_bytes=plan.arena_bytes,
-        weights_bytes=_weights_bytes(graph),
+        weights_bytes=_weights_bytes(model),
         activations_peak_bytes=plan.head_bytes,
         persistent_bytes=plan.tail_bytes,
         tensors=len(graph.tensors),

@@ -117,22 +117,10 @@ def footprint(model: Model, data: bytes) -> Footprint:
 # Ranking estimate (the next session replaces it with the exact analytic arena)
 
 
-def _planner_graph(model: Model) -> estimate.Graph:
-    """The main subgraph in the shape estimate's replay of TFLM's greedy planner reads."""
-    graph = model.graph
-    tensors = tuple(
-        estimate.Tensor(t.name, t.shape, t.dtype, len(t.quantization.scale) if t.quantization else 0,
-                        model.is_constant(t), t.buffer, t.nbytes)
-        for t in graph.tensors
-    )
-    operators = tuple(estimate.Operator(op.kind, op.inputs, op.outputs) for op in graph.operators)
-    return estimate.Graph(tensors, operators, graph.inputs, graph.outputs)
-
-
 def ranking_bytes(model: Model) -> int:
     """Planned activations plus an approximate persistent tail: orders schedules, measures none."""
-    graph = _planner_graph(model)
-    buffers = estimate.planned_buffers(graph)
+    graph = model.graph
+    buffers = estimate.planned_buffers(model)
     head = estimate.plan_bytes(buffers, estimate.greedy_plan(buffers))
     tail = estimate.EVAL_TENSOR_BYTES * len(graph.tensors) + _TAIL_BYTES_PER_OPERATOR * len(graph.operators)
     for op in model.graph.operators:

@@ -303,7 +303,7 @@ def memory_report(data: bytes, target: Target | None = None, source: str = "the 
     placement = None
     if target is not None:
         # The same device-arena rule as fit and firmware: host minimum + kernel scratch.
-        margin = arena_margin_bytes(op_shapes(info.operators, info.tensors), target.kernel_library, target.cpu)
+        margin = arena_margin_bytes(op_shapes(info.graph), target.kernel_library, target.cpu)
         placement = place(target, info.size_bytes, arena.arena_bytes, margin, selftest_bytes(info))
     if target is not None:
         runtime_bytes, runtime_source = target.flash.reserved_bytes, f"{target.name} flash.reserved_bytes"
