@@ -18,7 +18,10 @@ what the two real tools do with the network that tinyscale's converter emits:
    own scratch, then finds the smallest arena for which every phase fits.
 
 Sizes of C structs are those of the x86-64 host build of the TFLM Python
-interpreter (the measurement reference), read from the TFLM sources.
+interpreter (the measurement reference), read from the TFLM sources and
+checked against its measured minimal arena (tests/test_arena_model.py: the
+converter's networks, patched ones, TFLM's person_detect). Operators the
+kernel table does not cover raise :class:`~tinyscale.errors.NotModelledError`.
 """
 
 from __future__ import annotations
@@ -610,48 +613,91 @@ MAX_SCRATCH_BUFFERS_PER_OP = 12  # kMaxScratchBuffersPerOp
 PLANNER_BYTES_PER_BUFFER = 40
 # RecordingSingleArenaBufferAllocator + GreedyMemoryPlanner +
 # RecordingMicroAllocator + MicroBuiltinDataAllocator + SubgraphAllocations:
-# created before anything model-dependent; calibrated against print_allocations.
-FIXED_TAIL_BYTES = 504
-# Four bytes more than the options structs account for land between the
-# options and the op data; found by replaying against print_allocations at
-# every arena size modulo 16 (tiny, tiny-se) and minimal arenas of lite0/b0.
-UNACCOUNTED_OPTIONS_BYTES = 4
+# created before anything model-dependent; calibrated against print_allocations
+# (models without a FULLY_CONNECTED tell it apart from the FC options).
+FIXED_TAIL_BYTES = 488
 
-# Per operator kind: the builtin options parsed into the tail (size,
-# alignment), and the kernel's OpData allocated by Init (16-aligned).
-_BUILTIN_DATA = {
-    "CONV_2D": (28, 4),  # TfLiteConvParams
-    "DEPTHWISE_CONV_2D": (28, 4),  # TfLiteDepthwiseConvParams
-    "ADD": (8, 4),  # TfLiteAddParams
-    "MUL": (4, 4),  # TfLiteMulParams
-    "MEAN": (1, 1),  # TfLiteReducerParams
-    "FULLY_CONNECTED": (16, 4),  # TfLiteFullyConnectedParams
-    "SOFTMAX": (4, 4),  # TfLiteSoftmaxParams
-    "LOGISTIC": (0, 0),  # no options
+# What each kernel of the TFLM reference library allocates, read from its
+# sources (the x86-64 sizes of the structs) and checked against the
+# interpreter's measured minimal arena (tests/test_arena_model.py):
+# - `builtin`: the parsed builtin options in the tail (size, alignment), from
+#   the op's Parse* function in flatbuffer_conversions.cc (0: it allocates none);
+# - `op_data`: the kernel's Init AllocatePersistentBuffer (16-aligned; 0: no Init);
+# - `temps`: the tensors its Prepare fetches as temporary TfLiteTensors, in
+#   order ("I0" input 0, "O0" output 0, "I*" every input; a tensor fetched
+#   twice is allocated twice, an omitted optional input not at all);
+# - `temps_before_arrays`: how many of them come before the per-channel
+#   output multiplier and shift arrays it allocates (conv and depthwise);
+# - `per_channel`: where those arrays' length comes from (None: no arrays).
+# Operators not in this table are not modelled: the arena model refuses them.
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    builtin: tuple[int, int]
+    op_data: int
+    temps: tuple[str, ...]
+    temps_before_arrays: int | None = None  # None: after all of them
+    per_channel: str | None = None  # "filter_dim0", "filter_dim3", "filter_scales"
+
+
+_CONV_TEMPS = ("O0", "I0", "I1", "I0", "I1", "I2", "O0")  # ConvPrepare, then CalculateOpDataConv
+_UNARY = ("I0", "O0")
+_KERNELS = {
+    "CONV_2D": _Kernel((28, 4), 80, _CONV_TEMPS, 3, "filter_dim0"),  # TfLiteConvParams, OpDataConv
+    "DEPTHWISE_CONV_2D": _Kernel((28, 4), 80, _CONV_TEMPS, 3, "filter_dim3"),  # TfLiteDepthwiseConvParams
+    # TfLiteFullyConnectedParams: 16 bytes in the checked-out sources, but the wheel's
+    # is newer (the schema has FullyConnectedOptions.quant_spec): the options region
+    # measured from print_allocations on 13 models, with and without FC, fits only 32, 8-aligned.
+    "FULLY_CONNECTED": _Kernel((32, 8), 72, ("I0", "I1", "I2", "O0"), None, "filter_scales"),
+    "ADD": _Kernel((8, 4), 60, ("I0", "I1", "O0")),  # TfLiteAddParams, OpDataAdd
+    "MUL": _Kernel((4, 4), 36, ("I0", "I1", "O0")),  # TfLiteMulParams, OpDataMul
+    "MEAN": _Kernel((1, 1), 44, ("I0", "O0", "I1", "I0", "O0")),  # TfLiteReducerParams, OpDataReduce
+    "SOFTMAX": _Kernel((4, 4), 80, _UNARY),  # TfLiteSoftmaxParams, SoftmaxParams (int8: no LUTs)
+    "LOGISTIC": _Kernel((0, 0), 16, _UNARY),  # OpDataLogistic
+    "STRIDED_SLICE": _Kernel((24, 4), 84, ("I0", "I1", "I2", "I3", "O0")),  # StridedSliceParams
+    "PAD": _Kernel((0, 0), 56, ("I0", "I1", "O0")),  # pad.h OpData (PadParams, zero point)
+    "PADV2": _Kernel((0, 0), 56, ("I0", "I1", "I2", "O0")),
+    # Type check on input 0 and the output, then every input in turn.
+    "CONCATENATION": _Kernel((8, 4), 80, ("I0", "O0", "I*")),  # ConcatenationParams + 10 scratch indices
+    "AVERAGE_POOL_2D": _Kernel((40, 4), 32, _UNARY),  # TfLitePoolParams, OpDataPooling
+    "MAX_POOL_2D": _Kernel((40, 4), 32, _UNARY),
+    "RELU": _Kernel((0, 0), 28, _UNARY),  # ReluOpData
+    "RELU6": _Kernel((0, 0), 8, _UNARY),  # Relu6OpData
+    "TANH": _Kernel((0, 0), 16, ("I0", "I0", "O0")),  # tanh.cc OpData; CalculateArithmeticOpData refetches
+    "LEAKY_RELU": _Kernel((4, 4), 24, _UNARY),  # TfLiteLeakyReluParams, LeakyReluOpData
+    "RESHAPE": _Kernel((36, 4), 0, _UNARY),  # TfLiteReshapeParams; no Init
+    "QUANTIZE": _Kernel((0, 0), 32, _UNARY),  # OpDataQuantizeReference
+    "HARD_SWISH": _Kernel((0, 0), 20, _UNARY),  # HardSwishParams
 }
-_OP_DATA_BYTES = {
-    "CONV_2D": 80,  # OpDataConv (with the compression scratch indices)
-    "DEPTHWISE_CONV_2D": 80,  # OpDataConv
-    "ADD": 60,  # OpDataAdd
-    "MUL": 36,  # OpDataMul
-    "MEAN": 44,  # OpDataReduce
-    "FULLY_CONNECTED": 72,  # OpDataFullyConnected
-    "SOFTMAX": 80,  # SoftmaxParams
-    "LOGISTIC": 16,  # OpDataLogistic
-}
-# The tensors each kernel's Prepare fetches as temporary TfLiteTensors, in
-# order (a tensor fetched twice is allocated twice).
-_I, _O = True, False  # a temporary fetched from the op's inputs or outputs
-_PREPARE_TEMPS = {
-    "CONV_2D": ((_O, 0), (_I, 0), (_I, 1), (_I, 0), (_I, 1), (_I, 2), (_O, 0)),
-    "DEPTHWISE_CONV_2D": ((_O, 0), (_I, 0), (_I, 1), (_I, 0), (_I, 1), (_I, 2), (_O, 0)),
-    "ADD": ((_I, 0), (_I, 1), (_O, 0)),
-    "MUL": ((_I, 0), (_I, 1), (_O, 0)),
-    "MEAN": ((_I, 0), (_O, 0), (_I, 1), (_I, 0), (_O, 0)),
-    "FULLY_CONNECTED": ((_I, 0), (_I, 1), (_I, 2), (_O, 0)),
-    "SOFTMAX": ((_I, 0), (_O, 0)),
-    "LOGISTIC": ((_I, 0), (_O, 0)),
-}
+# Kernels whose allocations depend on the activation type: modelled for int8 only
+# (int16 SOFTMAX allocates lookup tables, float kernels other op data).
+_INT8_ONLY = frozenset(_KERNELS) - {"RESHAPE"}
+
+
+def kernel(op: Operator) -> _Kernel:
+    """The allocation record of `op`'s kernel; NotModelledError when there is none."""
+    record = _KERNELS.get(op.kind)
+    if record is None or op.custom:
+        raise NotModelledError(f"TFLM's allocations for {op.kind} are not modelled")
+    return record
+
+
+def check_modelled(model: Model) -> None:
+    """NotModelledError unless the arena model covers every allocation TFLM makes for `model`."""
+    if len(model.subgraphs) != 1:
+        raise NotModelledError(f"models with {len(model.subgraphs)} subgraphs are not modelled")
+    graph = model.graph
+    variables = [t.name for t in graph.tensors if t.is_variable]
+    if variables:
+        raise NotModelledError(f"variable tensors (e.g. {variables[0]!r}) are not modelled")
+    for op in graph.operators:
+        kernel(op)
+        if op.kind in _INT8_ONLY:
+            dtypes = {graph.tensors[t].dtype for t in (op.inputs[:1] + op.outputs) if t >= 0}
+            if dtypes != {"int8"}:
+                raise NotModelledError(f"TFLM's allocations for {op.kind} on {'/'.join(sorted(dtypes))} "
+                                       "are not modelled (int8 only)")
 
 
 def _align_down(value: int, alignment: int) -> int:
@@ -718,15 +764,19 @@ def _channels(tensor: Tensor) -> int:
     return len(tensor.quantization.scale) if tensor.quantization is not None else 0
 
 
+def _prepare_temps(op: Operator) -> list[int]:
+    """Tensor indices of the temporary TfLiteTensors the op's Prepare fetches, in order."""
+    indices = []
+    for temp in kernel(op).temps:
+        tensors = op.inputs if temp[0] == "I" else op.outputs
+        positions = range(len(tensors)) if temp[1] == "*" else (int(temp[1:]),)
+        indices += [tensors[p] for p in positions if p < len(tensors) and tensors[p] >= 0]
+    return indices
+
+
 def _prepare_channels(graph: Graph, op: Operator) -> tuple[int, ...]:
     """Quantization channels of each temporary TfLiteTensor the op's Prepare fetches."""
-    tensors = graph.tensors
-    channels = []
-    for is_input, position in _PREPARE_TEMPS[op.kind]:
-        indices = op.inputs if is_input else op.outputs
-        if position < len(indices) and indices[position] >= 0:
-            channels.append(_channels(tensors[indices[position]]))
-    return tuple(channels)
+    return tuple(_channels(graph.tensors[index]) for index in _prepare_temps(op))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -745,16 +795,22 @@ def _temporary_ends(channels: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(ends)
 
 
-# Temporary tensors a kernel fetches before allocating its per-channel arrays
-# (ConvPrepare: output, input, filter; FC: all of them).
-_TEMPS_BEFORE_ARRAYS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3}
-
-
 def _per_channel_channels(graph: Graph, op: Operator) -> int:
-    """Channels of the per-channel multiplier/shift arrays Prepare allocates (0: none)."""
-    if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-        return _channels(graph.tensors[op.inputs[1]])
-    return 0
+    """Length of the per-channel multiplier/shift arrays Prepare allocates (0: none).
+
+    Conv and depthwise size them by the filter's output-channel dimension
+    whatever the quantization; fully-connected only when per-channel quantized.
+    """
+    source = kernel(op).per_channel
+    if source is None:
+        return 0
+    weights = graph.tensors[op.inputs[1]]
+    if source == "filter_dim0":
+        return weights.shape[0]
+    if source == "filter_dim3":
+        return weights.shape[3]
+    channels = _channels(weights)
+    return channels if channels > 1 else 0
 
 
 def _scratch_requests(graph: Graph, op: Operator) -> list[int]:
@@ -867,10 +923,9 @@ def _options_bytes(graph: Graph) -> int:
     """Tail bytes of the parsed builtin options (alignments <= 4, from an 8-aligned tail)."""
     options = _Requirement()
     for op in graph.operators:  # PrepareNodeAndRegistrationDataFromFlatbuffer
-        size, alignment = _BUILTIN_DATA[op.kind]
+        size, alignment = kernel(op).builtin
         if size:
             options.persistent(size, alignment)
-    options.persistent(UNACCOUNTED_OPTIONS_BYTES, 4)
     return -options.tail
 
 
@@ -892,11 +947,13 @@ def _start_allocations(graph: Graph, arena: _Requirement, options_bytes: int) ->
 def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, buffer_count: int) -> None:
     """Init, Prepare, memory planning and the interpreter's I/O tensors."""
     for op in graph.operators:  # InitSubgraphs
-        arena.persistent(_OP_DATA_BYTES[op.kind])
+        if kernel(op).op_data:
+            arena.persistent(kernel(op).op_data)
     requests = 0
     for op in graph.operators:  # PrepareSubgraphs
         ends = _temporary_ends(_prepare_channels(graph, op))
-        split = _TEMPS_BEFORE_ARRAYS.get(op.kind, len(ends))
+        split = kernel(op).temps_before_arrays
+        split = len(ends) if split is None else split
         if split:
             arena.temporaries_until(ends[split - 1])
         channels = _per_channel_channels(graph, op)
@@ -925,6 +982,7 @@ def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, b
 
 def fits_in_arena(model: Model, size: int) -> bool:
     """Whether MicroInterpreter::AllocateTensors succeeds with an arena of `size` (direct replay)."""
+    check_modelled(model)
     graph = model.graph
     buffers = planned_buffers(model)
     head = plan_bytes(buffers, greedy_plan(buffers))
@@ -937,21 +995,34 @@ def fits_in_arena(model: Model, size: int) -> bool:
 def arena_plan(model: Model) -> ArenaPlan:
     """The minimal arena, solved for every arena size modulo 16.
 
-    After the start allocations everything in the tail is 16-aligned, so the
-    rest is replayed once from a 16-aligned tail; only the start allocations
-    are replayed for each of the 16 residues of the arena size.
+    The start allocations are replayed for each of the 16 residues of the
+    arena size. They are 8-aligned, so the rest (from the first op data on)
+    begins at one of two offsets from a 16-aligned address; it is replayed
+    once per offset (a 16-aligned allocation from an unaligned tail takes
+    fewer bytes than from the aligned-down one, so the offset matters).
+
+    Any single-subgraph int8 model whose operators the kernel table covers
+    (built from a spec, read from a flatbuffer, patched); NotModelledError
+    for the others, never a guess.
     """
+    check_modelled(model)
     graph = model.graph
     buffers = planned_buffers(model)
     head = plan_bytes(buffers, greedy_plan(buffers))
-    rest = _Requirement()
-    _remaining_allocations(graph, rest, head, len(buffers))
     options_bytes = _options_bytes(graph)
+    rests: dict[int, _Requirement] = {}
     best: tuple[int, int] | None = None
     for residue in range(ARENA_ALIGNMENT):
         start = _Requirement(tail=residue)
         _start_allocations(graph, start, options_bytes)
-        aligned_tail = _align_down(start.tail, ARENA_ALIGNMENT)  # where the rest begins
+        offset = start.tail % ARENA_ALIGNMENT
+        aligned_tail = start.tail - offset  # a 16-aligned point the rest is replayed from
+        if offset not in rests:
+            rest = _Requirement(tail=offset)
+            rest.head = rest.temp = start.head  # the scratch-request area the start left
+            _remaining_allocations(graph, rest, head, len(buffers))
+            rests[offset] = rest
+        rest = rests[offset]
         base = align_up(max(start.need, rest.need - aligned_tail, 0), ARENA_ALIGNMENT)
         size = base + residue
         tail = size - (base + aligned_tail + rest.tail)

@@ -1,0 +1,147 @@
+"""The analytic TFLM arena of any int8 model, against the interpreter's measured minimum.
+
+Every figure here is compared for equality with `tflm.measure_arena` (a
+bisection in the TFLM Python interpreter): the converter's tiny networks of
+each operator kind, their patched versions, the golden model, tinyscale's
+fitted networks patched as `tinyscale patch` does, and TFLM's person_detect.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tinyscale.errors import NotModelledError
+from tinyscale.estimate import arena_plan, fits_in_arena
+from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
+from tinyscale.graph.model import Buffer, Operator
+from tinyscale.graph.patch import patch_model, split_candidates
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny.tflite"
+TFLM_SOURCE = os.environ.get("TFLM_SOURCE")
+PERSON_DETECT = Path(TFLM_SOURCE or ".", "tensorflow/lite/micro/models/person_detect.tflite")
+GRIDS = ((1, 2), (2, 2), (3, 3))
+
+
+def _measured(data: bytes) -> int:
+    from tinyscale.tflm import measure_arena
+
+    return measure_arena(data, verify_invoke=False).arena_bytes
+
+
+def _assert_exact(model, data: bytes | None = None) -> int:
+    data = write_flatbuffer(model) if data is None else data
+    analytic = arena_plan(model).arena_bytes
+    assert analytic == _measured(data)
+    # The residue solver agrees with the direct replay: the smallest arena that fits.
+    assert fits_in_arena(model, analytic) and not fits_in_arena(model, analytic - 1)
+    return analytic
+
+
+def _network(name: str):
+    pytest.importorskip("tensorflow")
+    from tiny_networks import int8_network
+
+    data = int8_network(name)
+    return data, read_flatbuffer(data)
+
+
+def test_golden_tiny_model_arena_is_exact():
+    data = GOLDEN.read_bytes()
+    _assert_exact(read_flatbuffer(data), data)
+
+
+# mbconv: CONV, DEPTHWISE, ADD, MEAN, FULLY_CONNECTED (no bias); valid_and_pools: MAX_POOL,
+# AVERAGE_POOL, LOGISTIC, MUL, RESHAPE; activations: RELU, RELU6, TANH, LEAKY_RELU, ADD/MUL with
+# constants; dense_only: RESHAPE + FULLY_CONNECTED. Patched: STRIDED_SLICE, PAD, PADV2, CONCATENATION.
+@pytest.mark.parametrize("name", ["mbconv", "valid_and_pools", "activations", "dense_only"])
+def test_tiny_networks_and_their_patched_versions_are_exact(name):
+    data, model = _network(name)
+    _assert_exact(model, data)
+    candidates = split_candidates(model)
+    kinds = set()
+    for candidate in candidates[:1] + candidates[-1:]:
+        for grid in GRIDS:
+            if grid[0] <= candidate.shape[1] and grid[1] <= candidate.shape[2]:
+                patched = patch_model(model, candidate, grid)
+                kinds |= {op.kind for op in patched.graph.operators}
+                _assert_exact(patched)
+    if candidates:
+        assert {"STRIDED_SLICE", "CONCATENATION"} <= kinds
+
+
+def test_padv2_of_a_patched_max_pool_is_exact():
+    _, model = _network("valid_and_pools")
+    candidate = next(c for c in split_candidates(model) if c.shape[1] == 16 and "max_pool" in c.name)
+    patched = patch_model(model, candidate, (2, 2))
+    assert "PADV2" in {op.kind for op in patched.graph.operators}
+    _assert_exact(patched)
+
+
+@pytest.mark.parametrize("kind, scale_factor", [("QUANTIZE", 1.7), ("HARD_SWISH", 1.0)])
+def test_inserted_element_wise_ops_are_exact(kind, scale_factor):
+    from test_patch import _with_unary_after_first_op
+
+    _, model = _network("mbconv")
+    model = read_flatbuffer(write_flatbuffer(_with_unary_after_first_op(model, kind, scale_factor)))
+    _assert_exact(model)
+    _assert_exact(patch_model(model, split_candidates(model)[-1], (2, 2)))
+
+
+# The fitted networks of two SRAM-bound boards (README: esp32 phi -7.604, nucleo-l476rg -9.43),
+# patched by the schedule search of `tinyscale patch`.
+@pytest.mark.slow
+@pytest.mark.parametrize("phi", [-7.604, -9.43])
+def test_fitted_networks_patched_by_the_search_are_exact(phi):
+    pytest.importorskip("tensorflow")
+    from tinyscale.arch import scale
+    from tinyscale.convert import spec_to_tflite
+    from tinyscale.patching import patch_flatbuffer
+
+    data = spec_to_tflite(scale("efficientnet-lite0", phi).spec)
+    model = read_flatbuffer(data)
+    _assert_exact(model, data)
+    result = patch_flatbuffer(data)
+    assert result.patched
+    assert arena_plan(read_flatbuffer(result.data)).arena_bytes == result.after.arena_bytes
+    candidate = next(c for c in split_candidates(model) if c.name == result.split_tensor)
+    for grid in GRIDS:
+        _assert_exact(patch_model(model, candidate, grid))
+
+
+@pytest.mark.skipif(not PERSON_DETECT.is_file(), reason="set TFLM_SOURCE to a tflite-micro checkout (its models)")
+def test_person_detect_and_its_patched_versions_are_exact():
+    data = PERSON_DETECT.read_bytes()
+    model = read_flatbuffer(data)
+    _assert_exact(model, data)  # per-tensor weights, depth multiplier 8, AVERAGE_POOL, RESHAPE, SOFTMAX
+    candidate = split_candidates(model)[2]
+    for grid in GRIDS:
+        _assert_exact(patch_model(model, candidate, grid))
+
+
+def test_unmodelled_operators_and_types_are_refused_not_guessed():
+    model = read_flatbuffer(GOLDEN.read_bytes())
+    graph = model.graph
+    unknown = replace(graph, operators=(Operator("SVDF", graph.operators[0].inputs, graph.operators[0].outputs),
+                                        *graph.operators[1:]))
+    with pytest.raises(NotModelledError, match="SVDF"):
+        arena_plan(model.with_graph(unknown))
+    custom = replace(graph.operators[0], kind="MyOp", custom=True)
+    with pytest.raises(NotModelledError):
+        fits_in_arena(model.with_graph(replace(graph, operators=(custom, *graph.operators[1:]))), 1 << 20)
+    softmax = graph.operators[-1]
+    int16 = tuple(replace(t, dtype="int16") if i in softmax.inputs else t for i, t in enumerate(graph.tensors))
+    with pytest.raises(NotModelledError, match="int8 only"):
+        arena_plan(model.with_graph(replace(graph, tensors=int16)))
+
+
+def test_written_size_needs_no_weight_bytes():
+    """The writer's layout does not depend on buffer contents: size-only buffers give the same length."""
+    model = read_flatbuffer(GOLDEN.read_bytes())
+    patched = patch_model(model, split_candidates(model)[-1], (2, 2))
+    sizes_only = replace(patched, buffers=tuple(Buffer(None, b.nbytes) if b.nbytes else b for b in patched.buffers))
+    assert len(write_flatbuffer(sizes_only)) == len(write_flatbuffer(patched))
+    assert arena_plan(sizes_only) == arena_plan(patched)
