@@ -1,8 +1,9 @@
 """Host simulation of an int8 TFLite Micro model: memory, per-operator table, accuracy.
 
 Works on any int8 TFLM model, not only tinyscale's. The arena is measured by
-:func:`tinyscale.tflm.measure_arena` (bisection in isolated processes) and the
-model is run by :func:`tinyscale.tflm.run_model` in worker processes, several
+:func:`tinyscale.tflm.measure_arena` (bisection in isolated processes), and
+computed beside it by :func:`tinyscale.estimate.arena_plan` (None, with the
+reason, for operators it does not model); the model is run by :func:`tinyscale.tflm.run_model` in worker processes, several
 in parallel, so an abort inside TFLM costs a worker, never this process.
 
 The per-operator table reads the flatbuffer only (main subgraph): an
@@ -29,7 +30,8 @@ from tinyscale.budget import Placement, place
 from tinyscale.firmware import selftest_bytes
 from tinyscale.kernels import arena_margin_bytes, op_shapes
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
-from tinyscale.errors import DataError, ModelError, UsageError
+from tinyscale.errors import DataError, ModelError, NotModelledError, UsageError
+from tinyscale.estimate import arena_plan
 from tinyscale.targets import Target
 from tinyscale.tflite_model import ModelInfo, OperatorInfo, TensorInfo, read_model
 
@@ -236,6 +238,9 @@ class MemoryReport:
     runtime_bytes: int
     runtime_source: str
     placement: Placement | None = None
+    # The analytic arena (tinyscale.estimate's TFLM replay); None when it does not model the model.
+    analytic_arena_bytes: int | None = None
+    analytic_note: str | None = None  # why it is None
 
     @property
     def model_bytes(self) -> int:
@@ -262,6 +267,7 @@ class MemoryReport:
             "model_bytes": self.model_bytes,
             "arena_bytes": self.arena_bytes,
             "arena_reported_bytes": self.arena.reported_bytes,
+            "analytic_arena_bytes": self.analytic_arena_bytes,
             "ops": list(info.operator_names),
             "operators": len(info.operators),
             "subgraphs": info.subgraphs,
@@ -309,7 +315,18 @@ def memory_report(data: bytes, target: Target | None = None, source: str = "the 
         runtime_bytes, runtime_source = target.flash.reserved_bytes, f"{target.name} flash.reserved_bytes"
     else:
         runtime_bytes, runtime_source = runtime_flash_estimate(info.operator_names), "estimate per operator"
-    return MemoryReport(info, arena, operator_table(info), runtime_bytes, runtime_source, placement)
+    analytic, note = analytic_arena(info)
+    if analytic is not None and analytic != arena.arena_bytes:
+        log.warning("the analytic arena (%d B) differs from the measured minimum (%d B)", analytic, arena.arena_bytes)
+    return MemoryReport(info, arena, operator_table(info), runtime_bytes, runtime_source, placement, analytic, note)
+
+
+def analytic_arena(info: ModelInfo) -> tuple[int | None, str | None]:
+    """(bytes, None) from the analytic TFLM replay, or (None, the reason it does not model `info`)."""
+    try:
+        return arena_plan(info.model).arena_bytes, None
+    except NotModelledError as error:
+        return None, str(error)
 
 
 # ---------------------------------------------------------------------------
