@@ -145,3 +145,25 @@ def test_written_size_needs_no_weight_bytes():
     sizes_only = replace(patched, buffers=tuple(Buffer(None, b.nbytes) if b.nbytes else b for b in patched.buffers))
     assert len(write_flatbuffer(sizes_only)) == len(write_flatbuffer(patched))
     assert arena_plan(sizes_only) == arena_plan(patched)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base, phi", [("tiny", 0.0), ("efficientnet-lite0", -9.43)])
+def test_patched_spec_graph_predicts_the_patched_converted_model(base, phi):
+    """A spec-built graph (no weights) patched like the converter's model: same flatbuffer size, same arena."""
+    pytest.importorskip("tensorflow")
+    from tinyscale.arch import scale
+    from tinyscale.convert import spec_to_tflite
+    from tinyscale.estimate import tflite_graph
+
+    spec = scale(base, phi).spec
+    built, real = tflite_graph(spec), read_flatbuffer(spec_to_tflite(spec))
+    built_candidates, real_candidates = split_candidates(built), split_candidates(real)
+    assert [c.name for c in built_candidates] == [c.name for c in real_candidates]
+    for candidate in (built_candidates[0], built_candidates[len(built_candidates) // 2]):
+        real_candidate = next(c for c in real_candidates if c.name == candidate.name)
+        for grid in ((2, 2), (3, 2)):
+            patched_built, patched_real = patch_model(built, candidate, grid), patch_model(real, real_candidate, grid)
+            written = write_flatbuffer(patched_real)
+            assert len(write_flatbuffer(patched_built)) == len(written)
+            assert arena_plan(patched_built).arena_bytes == _measured(written)
