@@ -17,7 +17,7 @@ import pytest
 from tinyscale.errors import NotModelledError
 from tinyscale.estimate import arena_plan, fits_in_arena
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
-from tinyscale.graph.model import Buffer, Operator
+from tinyscale.graph.model import Buffer, Operator, Quantization
 from tinyscale.graph.patch import patch_model, split_candidates
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny.tflite"
@@ -89,6 +89,20 @@ def test_inserted_element_wise_ops_are_exact(kind, scale_factor):
     model = read_flatbuffer(write_flatbuffer(_with_unary_after_first_op(model, kind, scale_factor)))
     _assert_exact(model)
     _assert_exact(patch_model(model, split_candidates(model)[-1], (2, 2)))
+
+
+def test_per_tensor_quantized_weights_are_exact():
+    """Conv and depthwise size their multiplier arrays by the filter's channels; FC only when per-channel."""
+    _, model = _network("mbconv")
+    graph = model.graph
+    weights = {t for op in graph.operators if op.kind.endswith("CONV_2D") or op.kind == "FULLY_CONNECTED"
+               for t in op.inputs[1:] if t >= 0}
+
+    def per_tensor(tensor):
+        return replace(tensor, quantization=Quantization((max(tensor.quantization.scale),), (0,), 0))
+
+    tensors = tuple(per_tensor(t) if i in weights else t for i, t in enumerate(graph.tensors))
+    _assert_exact(model.with_graph(replace(graph, tensors=tensors)))
 
 
 # The fitted networks of two SRAM-bound boards (README: esp32 phi -7.604, nucleo-l476rg -9.43),
