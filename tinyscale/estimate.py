@@ -688,9 +688,9 @@ def check_modelled(model: Model) -> None:
     if len(model.subgraphs) != 1:
         raise NotModelledError(f"models with {len(model.subgraphs)} subgraphs are not modelled")
     graph = model.graph
-    variables = [t.name for t in graph.tensors if t.is_variable]
+    variables = [t.name or f"tensor {i}" for i, t in enumerate(graph.tensors) if t.is_variable]
     if variables:
-        raise NotModelledError(f"variable tensors (e.g. {variables[0]!r}) are not modelled")
+        raise NotModelledError(f"variable tensors ({len(variables)}, e.g. {variables[0]!r}) are not modelled")
     for op in graph.operators:
         kernel(op)
         if op.kind in _INT8_ONLY:

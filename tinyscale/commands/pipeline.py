@@ -472,7 +472,7 @@ def _analytic_text(report) -> str:
     if analytic is None:
         return f"not modelled ({report.analytic_note})"
     difference = analytic - report.arena_bytes
-    return f"{_bytes(analytic)} ({'equal to the measured minimum' if not difference else f'{difference:+,} B off'})"
+    return f"{_bytes(analytic)}, {'equal to the measured minimum' if not difference else f'{difference:+,} B off'}"
 
 
 def _memory_rows(report, target: Optional[Target]) -> list[tuple[str, str]]:
