@@ -17,7 +17,7 @@ import pytest
 from tinyscale.errors import NotModelledError
 from tinyscale.estimate import arena_plan, fits_in_arena
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
-from tinyscale.graph.model import Buffer, Operator, Quantization
+from tinyscale.graph.model import Buffer, Operator, Options, Quantization
 from tinyscale.graph.patch import patch_model, split_candidates
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny.tflite"
@@ -89,6 +89,34 @@ def test_inserted_element_wise_ops_are_exact(kind, scale_factor):
     model = read_flatbuffer(write_flatbuffer(_with_unary_after_first_op(model, kind, scale_factor)))
     _assert_exact(model)
     _assert_exact(patch_model(model, split_candidates(model)[-1], (2, 2)))
+
+
+def _inserted_after_first_op(model, kind: str, binary: bool, options=None, version: int = 1):
+    """`model` with a `kind` op reading operator 0's output (twice if `binary`), same quantization."""
+    graph = model.graph
+    first = graph.operators[0]
+    out = first.outputs[0]
+    index = len(graph.tensors)
+    tensor = replace(graph.tensors[out], name=f"inserted_{kind.lower()}", buffer=0)
+    rewired = [replace(op, inputs=tuple(index if t == out else t for t in op.inputs)) for op in graph.operators[1:]]
+    inserted = Operator(kind, (out, out) if binary else (out,), (index,), options, version=version)
+    return model.with_graph(replace(graph, tensors=(*graph.tensors, tensor), operators=(first, inserted, *rewired)))
+
+
+_SUB_OPTIONS = Options("SubOptions", (("fusedActivationFunction", 0), ("potScaleInt16", True)))
+
+
+@pytest.mark.parametrize("kind, binary, options, version", [
+    ("SUB", True, _SUB_OPTIONS, 2), ("MAXIMUM", True, None, 2), ("MINIMUM", True, None, 2),
+    ("ABS", False, None, 3), ("RSQRT", False, None, 2), ("ELU", False, None, 1),
+])
+def test_other_element_wise_ops_the_pass_patches_are_exact(kind, binary, options, version):
+    _, model = _network("mbconv")
+    model = read_flatbuffer(write_flatbuffer(_inserted_after_first_op(model, kind, binary, options, version)))
+    _assert_exact(model)
+    candidate = split_candidates(model)[-1]
+    assert kind in {model.graph.operators[p].kind for p in candidate.operators}
+    _assert_exact(patch_model(model, candidate, (2, 2)))
 
 
 def test_per_tensor_quantized_weights_are_exact():

@@ -669,6 +669,12 @@ _KERNELS = {
     "RESHAPE": _Kernel((36, 4), 0, _UNARY),  # TfLiteReshapeParams; no Init
     "QUANTIZE": _Kernel((0, 0), 32, _UNARY),  # OpDataQuantizeReference
     "HARD_SWISH": _Kernel((0, 0), 20, _UNARY),  # HardSwishParams
+    "ELU": _Kernel((0, 0), 256, _UNARY),  # elu.cc OpData: an int8 lookup table
+    "ABS": _Kernel((0, 0), 28, _UNARY),  # OpDataAbsRsqrt
+    "RSQRT": _Kernel((0, 0), 28, _UNARY),
+    "SUB": _Kernel((8, 4), 52, ("I0", "I1", "O0")),  # TfLiteSubParams, OpDataSub
+    "MAXIMUM": _Kernel((0, 0), 0, ()),  # no Init, no Prepare
+    "MINIMUM": _Kernel((0, 0), 0, ()),
 }
 # Kernels whose allocations depend on the activation type: modelled for int8 only
 # (int16 SOFTMAX allocates lookup tables, float kernels other op data).
