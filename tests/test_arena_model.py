@@ -190,7 +190,7 @@ def test_written_size_needs_no_weight_bytes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("base, phi", [("tiny", 0.0), ("efficientnet-lite0", -9.43)])
+@pytest.mark.parametrize("base, phi", [("tiny", 0.0), ("tiny-se", 0.0), ("efficientnet-lite0", -9.43)])
 def test_patched_spec_graph_predicts_the_patched_converted_model(base, phi):
     """A spec-built graph (no weights) patched like the converter's model: same flatbuffer size, same arena."""
     pytest.importorskip("tensorflow")
