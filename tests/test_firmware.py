@@ -170,7 +170,7 @@ def test_arena_is_measured_plus_margin_and_aligned(model, host_figures):
         plan = context.arena
         assert plan.measured_bytes == arena
         assert plan.arena_bytes % ARENA_ALIGNMENT == 0
-        assert plan.margin_bytes >= fw.arena_margin_bytes(fw.op_shapes(read_model(model).operators, read_model(model).tensors), context.target.kernel_library, context.target.cpu)
+        assert plan.margin_bytes >= fw.arena_margin_bytes(fw.op_shapes(read_model(model).graph), context.target.kernel_library, context.target.cpu)
         assert plan.arena_bytes == plan.measured_bytes + plan.margin_bytes
 
 

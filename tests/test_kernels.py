@@ -52,7 +52,7 @@ def test_fit_and_firmware_size_the_same_device_arena(target_name):
     host_arena = measure_arena(model).arena_bytes
     info = read_model(model)
     # The analytic graph and the converted model give the operators the same shapes.
-    assert op_shapes(tflite_graph(spec).operators, tflite_graph(spec).tensors) == op_shapes(info.operators, info.tensors)
+    assert op_shapes(tflite_graph(spec).graph) == op_shapes(info.graph)
     plan, firmware_placement = firmware.plan_arena(info, host_arena, target)
     fit_placement = placement_for(target, spec, Memory(len(model), host_arena))
     assert plan.arena_bytes == fit_placement.device_arena_bytes
@@ -63,8 +63,7 @@ def test_fit_and_firmware_size_the_same_device_arena(target_name):
 def test_placement_names_kernel_scratch_apart_from_slack(target_name):
     target = load_target(target_name)
     spec = scale("efficientnet-lite0", -8).spec
-    graph = tflite_graph(spec)
-    margin = arena_margin_bytes(op_shapes(graph.operators, graph.tensors), target.kernel_library, target.cpu)
+    margin = arena_margin_bytes(op_shapes(tflite_graph(spec).graph), target.kernel_library, target.cpu)
     scratch, slack = split_margin(margin)
     assert slack == ARENA_SLACK_BYTES and scratch + slack == margin
     placement = placement_for(target, spec, Memory(100_000, 50_001))
@@ -92,7 +91,7 @@ def test_a_patched_model_needs_the_kernel_scratch_of_the_unpatched_one(grid):
     original = read_flatbuffer(data)
     split = next(c for c in split_candidates(original) if "b1_dw_act" in c.name)  # stride-2 depthwise
     patched = read_model(write_flatbuffer(patch_model(original, split, grid)))
-    ops = op_shapes(patched.operators, patched.tensors)
+    ops = op_shapes(patched.graph)
     added = [op for op in ops if op[0] in ("STRIDED_SLICE", "PAD", "CONCATENATION")]
     assert {op[0] for op in added} == {"STRIDED_SLICE", "PAD", "CONCATENATION"}
     # CMSIS-NN requests no scratch for them: its PAD prepares with pad_common's
@@ -101,5 +100,4 @@ def test_a_patched_model_needs_the_kernel_scratch_of_the_unpatched_one(grid):
     # buffer sizes follow kernel and channels, not the spatial size).
     assert all(cmsis_nn_scratch_bytes(op) == 0 for op in added)
     unpatched = read_model(data)
-    assert arena_margin_bytes(ops, "cmsis-nn") == arena_margin_bytes(op_shapes(unpatched.operators,
-                                                                                 unpatched.tensors), "cmsis-nn")
+    assert arena_margin_bytes(ops, "cmsis-nn") == arena_margin_bytes(op_shapes(unpatched.graph), "cmsis-nn")

@@ -10,7 +10,7 @@ import pytest
 from tinyscale.errors import ModelError, UsageError
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
-from tinyscale.graph.model import Operator, Quantization, Tensor
+from tinyscale.graph.model import Operator, Quantization
 from tinyscale.graph.patch import (
     Span, Window, find_candidate, input_span, patch_model, same_padding, split_candidates, split_spans,
 )

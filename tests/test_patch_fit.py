@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tinyscale.cli import app
 from tinyscale.fit import FitRequest, analytic_memory, fit, placement_for
-from tinyscale.graph.from_spec import graph_from_spec
+from tinyscale.estimate import tflite_graph
 from tinyscale.graph.patch import split_candidates
 from tinyscale.targets import load_target
 
@@ -48,7 +48,7 @@ def test_patch_auto_answers_a_larger_phi_on_an_sram_bound_board():
     # The split tensor is one the pass can end at in the answer's own graph (the converter's names).
     request = FitRequest(load_target("esp32"))
     spec = request.spec(auto["phi"])
-    assert auto["patch_split_tensor"] in {c.name for c in split_candidates(graph_from_spec(spec))}
+    assert auto["patch_split_tensor"] in {c.name for c in split_candidates(tflite_graph(spec))}
     # Unpatched, the answer's network would not fit: the schedule is what makes it fit.
     assert not placement_for(request.target, spec, analytic_memory(spec)).fits
     assert auto["sram_needed_bytes"] <= auto["sram_budget_bytes"]
@@ -135,13 +135,13 @@ def test_fit_out_writes_patched_and_unpatched_models(tmp_path, synthetic_target)
 @pytest.mark.slow
 @pytest.mark.parametrize("base", ["tiny", "tiny-se", "efficientnet-lite0", "efficientnet-b0"])
 def test_spec_graph_writes_to_the_converted_models_size_patched_or_not(base):
-    """graph_from_spec has the converted file's structure: the writer sizes both alike, to the byte."""
+    """tflite_graph has the converted file's structure: the writer sizes both alike, to the byte."""
     from tinyscale.convert import spec_to_tflite
     from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
     from tinyscale.graph.patch import find_candidate, patch_model
 
     spec = FitRequest(load_target("esp32"), base=base).spec(-10.0 if base.startswith("efficientnet") else 0.0)
-    built, converted = graph_from_spec(spec), read_flatbuffer(spec_to_tflite(spec))
+    built, converted = tflite_graph(spec), read_flatbuffer(spec_to_tflite(spec))
     assert len(write_flatbuffer(built)) == len(write_flatbuffer(converted))
     names = [c.name for c in split_candidates(built)]
     assert names == [c.name for c in split_candidates(converted)]

@@ -219,6 +219,8 @@ def test_simulate_table(converted):
     assert result.exit_code == 0, result.output
     assert "arena (minimal)" in result.stdout and "<- peak" in result.stdout
     assert "fits" in result.stdout and "headroom" in result.stdout
+    analytic = next(line for line in result.stdout.splitlines() if "arena (analytic)" in line)
+    assert "equal to the measured minimum" in analytic
 
 
 def test_simulate_exits_3_after_its_report_when_the_model_does_not_fit(converted, workdir):

@@ -77,6 +77,9 @@ def test_memory_report_uses_the_measured_minimal_arena_and_the_target(tiny):
     _, model = tiny
     report = simulate.memory_report(model)
     assert report.arena_bytes == tflm.measure_arena(model).arena_bytes
+    # The analytic arena beside it, exact for tinyscale's own models.
+    assert report.analytic_arena_bytes == report.arena_bytes
+    assert report.to_dict()["analytic_arena_bytes"] == report.arena_bytes
     assert tflm.probe(model, report.arena_bytes) and not tflm.probe(model, report.arena_bytes - 1)
     assert report.flash_needed_bytes == report.model_bytes + simulate.runtime_flash_estimate(report.info.operator_names)
     assert report.peak.live_bytes <= report.arena_bytes
@@ -212,3 +215,13 @@ def test_simulate_cli_evaluates_a_float_io_model_on_image_data(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["samples"] == 10 and report["inputs"][0]["dtype"] == "float32"
+
+
+@pytest.mark.skipif(not TFLM_SOURCE or not (TFLM_MODELS / "models").is_dir(),
+                    reason="set TFLM_SOURCE to a tflite-micro checkout (with tensorflow/lite/micro/models)")
+def test_analytic_arena_of_third_party_models_or_why_not():
+    person = simulate.memory_report((TFLM_MODELS / "models/person_detect.tflite").read_bytes())
+    assert person.analytic_arena_bytes == person.arena_bytes == 85_264
+    keyword = read_model((TFLM_MODELS / "models/keyword_scrambled_8bit.tflite").read_bytes())
+    analytic, reason = simulate.analytic_arena(keyword)  # SVDF, int16 activations
+    assert analytic is None and "not modelled" in reason

@@ -63,3 +63,10 @@ class DataError(TinyscaleError):
 
 class TemplateError(TinyscaleError):
     """A firmware template that is missing or fails to render."""
+
+
+class NotModelledError(TinyscaleError):
+    """An analytic model (flatbuffer size, TFLM arena) does not cover this operator or layout.
+
+    Raised instead of a guess: callers fall back to measuring, or report the figure as unknown.
+    """

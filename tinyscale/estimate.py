@@ -5,18 +5,23 @@ what the two real tools do with the network that tinyscale's converter emits:
 
 1. :func:`tflite_graph` rebuilds the TFLite graph that TFLiteConverter
    (TF 2.21, full int8) writes for a :class:`NetworkSpec` built by
-   ``keras_builder``: the same operators in the same order, the same tensors
-   in the same order, with the same names, shapes, quantization and buffer
-   sharing.
-2. :func:`flatbuffer_bytes` sizes the serialised flatbuffer of that graph.
-3. :func:`arena_plan` replays TFLM's ``MicroAllocator`` on it: persistent
+   ``keras_builder``, as the one int8 graph type (:class:`tinyscale.graph.model.Model`,
+   weights known by size only): the same operators in the same order, the
+   same tensors in the same order, with the same names, shapes, options,
+   quantization layout and buffer sharing.
+2. :func:`flatbuffer_bytes` sizes the converter's serialised flatbuffer of that graph.
+3. :func:`arena_plan` replays TFLM's ``MicroAllocator`` on any such Model
+   (built from a spec or read from a flatbuffer): persistent
    tail allocations (interpreter structs, per-op data), the temporary
    allocations of each kernel's Prepare, the memory plan of the greedy
    planner (a reimplementation of ``GreedyMemoryPlanner``) and the planner's
    own scratch, then finds the smallest arena for which every phase fits.
 
 Sizes of C structs are those of the x86-64 host build of the TFLM Python
-interpreter (the measurement reference), read from the TFLM sources.
+interpreter (the measurement reference), read from the TFLM sources and
+checked against its measured minimal arena (tests/test_arena_model.py: the
+converter's networks, patched ones, TFLM's person_detect). Operators the
+kernel table does not cover raise :class:`~tinyscale.errors.NotModelledError`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from tinyscale.arch import BlockSpec, NetworkSpec
+from tinyscale.errors import NotModelledError
+from tinyscale.graph.model import Buffer, Graph, Metadata, Model, Operator, Options, Quantization, Tensor
 from tinyscale.kernels import align_up
 
 # ---------------------------------------------------------------------------
@@ -48,16 +55,15 @@ _AXIS_NAME = f"{_SCOPE}/avg_pool_1/Mean/reduction_indices"
 _ZERO_CONSTANT = "arith.constant"
 
 
-class Tensor(NamedTuple):
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # "int8" or "int32"
-    channels: int  # quantization parameters (scale/zero point pairs); 0: none
-    constant: bool
-    # Constants with equal content share one flatbuffer buffer. All-zero
-    # biases are keyed by their byte size; every other constant is unique.
-    content: object
-    nbytes: int
+# Schema enum values the converter's options use.
+_SAME = 0  # Padding.SAME
+_RELU6 = 3  # ActivationFunctionType.RELU6
+# Operator versions the converter records for these int8 kernels.
+_OPCODE_VERSIONS = {"ADD": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4,
+                    "LOGISTIC": 2, "MUL": 2, "SOFTMAX": 2, "MEAN": 2}
+# Placeholder quantization values: a spec has no calibration, only the number
+# of (scale, zero point) pairs and their axis matter to the size and arena models.
+_SCALE, _ZERO_POINT = 1.0, 0
 
 
 def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
@@ -67,19 +73,36 @@ def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
     return count * (4 if dtype == "int32" else 1)
 
 
-class Operator(NamedTuple):
-    kind: str  # builtin name, e.g. CONV_2D
-    inputs: tuple[int, ...]  # -1: omitted optional input
-    outputs: tuple[int, ...]
-    fused_relu6: bool = False  # a convolution with ReLU6 folded in (lite)
+@functools.lru_cache(maxsize=None)
+def _quantization(channels: int, dimension: int) -> Quantization | None:
+    if not channels:
+        return None
+    return Quantization((_SCALE,) * channels, (_ZERO_POINT,) * channels, dimension)
 
 
-@dataclass(frozen=True)
-class Graph:
-    tensors: tuple[Tensor, ...]
-    operators: tuple[Operator, ...]
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
+@functools.lru_cache(maxsize=None)
+def _conv_options(kind: str, stride: int, relu6: bool) -> Options:
+    """The options the reader gives for the converter's CONV_2D / DEPTHWISE_CONV_2D (SAME padding)."""
+    activation = _RELU6 if relu6 else 0
+    if kind == "CONV_2D":
+        return Options("Conv2DOptions", (("padding", _SAME), ("strideW", stride), ("strideH", stride),
+                                         ("fusedActivationFunction", activation), ("dilationWFactor", 1),
+                                         ("dilationHFactor", 1), ("quantizedBiasType", 0)))
+    return Options("DepthwiseConv2DOptions", (("padding", _SAME), ("strideW", stride), ("strideH", stride),
+                                              ("depthMultiplier", 1), ("fusedActivationFunction", activation),
+                                              ("dilationWFactor", 1), ("dilationHFactor", 1)))
+
+
+_ADD_OPTIONS = Options("AddOptions", (("fusedActivationFunction", 0), ("potScaleInt16", True)))
+_MUL_OPTIONS = Options("MulOptions", (("fusedActivationFunction", 0),))
+_FC_OPTIONS = Options("FullyConnectedOptions", (("fusedActivationFunction", 0), ("weightsFormat", 0),
+                                                ("keepNumDims", False), ("asymmetricQuantizeInputs", False),
+                                                ("quantizedBiasType", 0), ("quantSpec", None)))
+_SOFTMAX_OPTIONS = Options("SoftmaxOptions", (("beta", 1.0),))
+
+
+def _mean_options(keep_dims: bool) -> Options:
+    return Options("ReducerOptions", (("keepDims", keep_dims),))
 
 
 class _NameMapper:
@@ -125,7 +148,7 @@ class _PendingOp(NamedTuple):
     kind: str
     inputs: tuple
     outputs: tuple
-    fused_relu6: bool = False
+    options: Options | None = None
 
 
 class _GraphBuilder:
@@ -155,11 +178,11 @@ class _GraphBuilder:
         sigmoid = _Node(f"{_SCOPE}/{scope}_1/Sigmoid", x.shape)
         self.ops.append(_PendingOp("LOGISTIC", (x,), (sigmoid,)))
         product = _Node(f"{_SCOPE}/{scope}_1/mul_1", x.shape)
-        self.ops.append(_PendingOp("MUL", (x, sigmoid), (product,)))
+        self.ops.append(_PendingOp("MUL", (x, sigmoid), (product,), _MUL_OPTIONS))
         return product
 
     def conv_bn(self, x: _Node, filters: int, kernel: int, size: int, prefix: str,
-                activated: bool, zero_bias: bool) -> _Node:
+                activated: bool, zero_bias: bool, stride: int = 1) -> _Node:
         """Conv2D + BN (+ activation): one CONV_2D with folded int32 bias."""
         conv, bn = f"{_SCOPE}/{prefix}_conv_1", f"{_SCOPE}/{prefix}_bn_1"
         fused = f"{bn}/batchnorm/add_1;{conv}/convolution;{bn}/batchnorm/sub"
@@ -169,7 +192,8 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(fused, filters, zero_bias)
         out = _Node(fused, (1, size, size, filters))
-        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,), activated and not self.swish))
+        options = _conv_options("CONV_2D", stride, activated and not self.swish)
+        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,), options))
         if activated and self.swish:
             out = self._activation(out, f"{prefix}_act")
         return out
@@ -185,7 +209,8 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(fused, channels, zero=False)  # its input is activated: nonzero mean
         out = _Node(fused, (1, size, size, channels))
-        self.ops.append(_PendingOp("DEPTHWISE_CONV_2D", (x, weights, bias), (out,), not self.swish))
+        options = _conv_options("DEPTHWISE_CONV_2D", block.stride, not self.swish)
+        self.ops.append(_PendingOp("DEPTHWISE_CONV_2D", (x, weights, bias), (out,), options))
         if self.swish:
             out = self._activation(out, f"{prefix}_dw_act")
         return out
@@ -202,7 +227,7 @@ class _GraphBuilder:
         weights = _Node(conv, (filters, 1, 1, x.shape[-1]), channels=filters, constant=True,
                         content=self._unique())
         out = _Node(conv, (1, 1, 1, filters))
-        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,)))
+        self.ops.append(_PendingOp("CONV_2D", (x, weights, bias), (out,), _conv_options("CONV_2D", 1, False)))
         return out
 
     def squeeze_excite(self, x: _Node, block: BlockSpec, prefix: str) -> _Node:
@@ -212,7 +237,7 @@ class _GraphBuilder:
             if channels not in self.zero_group_order:
                 self.zero_group_order.append(channels)
         squeezed = _Node(f"{_SCOPE}/{prefix}_se_squeeze_1/Mean", (1, 1, 1, x.shape[-1]))
-        self.ops.append(_PendingOp("MEAN", (x, self.axis), (squeezed,)))
+        self.ops.append(_PendingOp("MEAN", (x, self.axis), (squeezed,), _mean_options(True)))
         s = self.se_conv(squeezed, block.se_filters, f"{prefix}_se_reduce", self._zero_constant(block.se_filters))
         s = self._activation(s, f"{prefix}_se_reduce_act")
         s = self.se_conv(s, block.expanded_filters, f"{prefix}_se_expand",
@@ -220,7 +245,7 @@ class _GraphBuilder:
         gate = _Node(f"{_SCOPE}/{prefix}_se_gate_1/Sigmoid", s.shape)
         self.ops.append(_PendingOp("LOGISTIC", (s,), (gate,)))
         excited = _Node(f"{_SCOPE}/{prefix}_se_excite_1/Mul", x.shape)
-        self.ops.append(_PendingOp("MUL", (x, gate), (excited,)))
+        self.ops.append(_PendingOp("MUL", (x, gate), (excited,), _MUL_OPTIONS))
         return excited
 
     def build(self) -> None:
@@ -228,7 +253,7 @@ class _GraphBuilder:
         size = -(-spec.resolution // 2)
         x = _Node(INPUT_NAME, (1, *spec.input_shape))
         self.input = x
-        x = self.conv_bn(x, spec.stem_filters, 3, size, "stem", activated=True, zero_bias=False)
+        x = self.conv_bn(x, spec.stem_filters, 3, size, "stem", activated=True, zero_bias=False, stride=2)
         # A BN output that is not activated has zero mean over the calibration
         # batch (convert.calibrate_batchnorm sets BN statistics to batch
         # statistics), so a 1x1 convolution reading it gets a folded bias that
@@ -247,7 +272,7 @@ class _GraphBuilder:
             x = self.conv_bn(x, block.out_filters, 1, size, f"{prefix}_project", activated=False, zero_bias=False)
             if block.has_skip:
                 added = _Node(f"{_SCOPE}/{prefix}_add_1/Add", x.shape)
-                self.ops.append(_PendingOp("ADD", (shortcut, x), (added,)))
+                self.ops.append(_PendingOp("ADD", (shortcut, x), (added,), _ADD_OPTIONS))
                 x = added
                 zero_mean = block_input_zero_mean
             else:
@@ -259,7 +284,7 @@ class _GraphBuilder:
         """Global average pool, Dense, softmax."""
         spec = self.spec
         pooled = _Node(f"{_SCOPE}/avg_pool_1/Mean", (1, spec.head_filters))
-        self.ops.append(_PendingOp("MEAN", (x, self.axis), (pooled,)))
+        self.ops.append(_PendingOp("MEAN", (x, self.axis), (pooled,), _mean_options(False)))
         # convert.spread_logits gives the Dense layer a nonzero bias, so the
         # converter keeps it (a zero bias would be dropped).
         dense = f"{_SCOPE}/logits_1"
@@ -267,9 +292,9 @@ class _GraphBuilder:
                         constant=True, content=self._unique())
         bias = self._bias(f"{dense}/BiasAdd", spec.classes, zero=False)
         logits = _Node(f"{dense}/MatMul;{dense}/BiasAdd", (1, spec.classes))
-        self.ops.append(_PendingOp("FULLY_CONNECTED", (pooled, weights, bias), (logits,)))
+        self.ops.append(_PendingOp("FULLY_CONNECTED", (pooled, weights, bias), (logits,), _FC_OPTIONS))
         probabilities = _Node(OUTPUT_NAME, (1, spec.classes))
-        self.ops.append(_PendingOp("SOFTMAX", (logits,), (probabilities,)))
+        self.ops.append(_PendingOp("SOFTMAX", (logits,), (probabilities,), _SOFTMAX_OPTIONS))
         return probabilities
 
     def constant_order(self) -> list[_Node]:
@@ -304,29 +329,56 @@ class _GraphBuilder:
         return f"{_ZERO_CONSTANT}{number or ''}"
 
 
-def tflite_graph(spec: NetworkSpec) -> Graph:
-    """The operators and tensors of the converter's int8 flatbuffer for `spec`."""
+@functools.lru_cache(maxsize=256)  # the fitter and the patch search ask for the same specs repeatedly
+def tflite_graph(spec: NetworkSpec) -> Model:
+    """The converter's int8 flatbuffer for `spec`, as a graph Model without weight bytes.
+
+    Operators, tensors (names, shapes, dtypes, options, operator versions,
+    quantization channel counts and axes), buffers and metadata are laid out
+    as the converter writes them; constant buffers carry only their size
+    (`Buffer.data` None) and quantization values are placeholders. The
+    converter gives every tensor its own buffer (after the empty sentinel);
+    a constant equal to an earlier one points at that one's buffer and
+    leaves its own empty.
+    """
     builder = _GraphBuilder(spec)
     builder.build()
     nodes = [builder.input, *builder.constant_order()]
     nodes += [out for op in builder.ops for out in op.outputs]
     index = {id(node): position for position, node in enumerate(nodes)}
+    depthwise_weights = {id(op.inputs[1]) for op in builder.ops if op.kind == "DEPTHWISE_CONV_2D"}
     names = _NameMapper()
-    tensors = []
+    tensors, buffers = [], [Buffer()]
+    stored: dict[object, int] = {}  # constant content -> its buffer
     for node in nodes:
         base = node.name
         if node.group is not None:
             base = builder.zero_constant_base(node.group)
         elif node is builder.axis and builder.uses_se:
             base = builder.zero_constant_base("axis")
-        tensors.append(Tensor(names.unique(base), node.shape, node.dtype, node.channels, node.constant,
-                              node.content, _nbytes(node.shape, node.dtype)))
+        own = len(buffers)
+        buffer = own
+        if node.constant and node.content in stored:
+            buffer = stored[node.content]
+            buffers.append(Buffer())
+        elif node.constant:
+            stored[node.content] = own
+            buffers.append(Buffer(None, _nbytes(node.shape, node.dtype)))
+        else:
+            buffers.append(Buffer())
+        quantization = _quantization(node.channels, 3 if id(node) in depthwise_weights else 0)
+        tensors.append(Tensor(names.unique(base), node.shape, node.dtype, buffer, quantization))
     operators = tuple(
         Operator(op.kind, tuple(-1 if node is None else index[id(node)] for node in op.inputs),
-                 tuple(index[id(node)] for node in op.outputs), op.fused_relu6)
+                 tuple(index[id(node)] for node in op.outputs), op.options, _OPCODE_VERSIONS[op.kind])
         for op in builder.ops
     )
-    return Graph(tuple(tensors), operators, (0,), (len(nodes) - 1,))
+    metadata = []
+    for name, nbytes in _METADATA:
+        metadata.append(Metadata(name, len(buffers)))
+        buffers.append(Buffer(None, nbytes))
+    graph = Graph(tuple(tensors), operators, (0,), (len(nodes) - 1,), _SUBGRAPH_NAME)
+    return Model((graph,), tuple(buffers), _DESCRIPTION, 3, tuple(metadata))
 
 
 # ---------------------------------------------------------------------------
@@ -343,9 +395,6 @@ def tflite_graph(spec: NetworkSpec) -> Graph:
 
 _BUILTIN_CODES = {"ADD": 0, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 4, "FULLY_CONNECTED": 9,
                   "LOGISTIC": 14, "MUL": 18, "SOFTMAX": 25, "MEAN": 40}
-# Operator versions the converter records for these int8 kernels.
-_OPCODE_VERSIONS = {"ADD": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNECTED": 4,
-                    "LOGISTIC": 2, "MUL": 2, "SOFTMAX": 2, "MEAN": 2}
 _DESCRIPTION = "MLIR Converted."
 _SUBGRAPH_NAME = "main"
 # Metadata: (name, buffer bytes). The runtime version string is padded to 16;
@@ -436,23 +485,35 @@ class _SizeBuilder:
         return self.size + _FILE_HEADER_BYTES
 
 
+# The options tables of the converter's operators: per field (schema attribute,
+# field id, byte width, schema default), in declaration order. The exporter
+# leaves out fields equal to their default.
+_OPTIONS_SCHEMA = {
+    "Conv2DOptions": (("padding", 0, 1, 0), ("strideW", 1, 4, 0), ("strideH", 2, 4, 0),
+                      ("fusedActivationFunction", 3, 1, 0), ("dilationWFactor", 4, 4, 1),
+                      ("dilationHFactor", 5, 4, 1), ("quantizedBiasType", 6, 1, 0)),
+    "DepthwiseConv2DOptions": (("padding", 0, 1, 0), ("strideW", 1, 4, 0), ("strideH", 2, 4, 0),
+                               ("depthMultiplier", 3, 4, 0), ("fusedActivationFunction", 4, 1, 0),
+                               ("dilationWFactor", 5, 4, 1), ("dilationHFactor", 6, 4, 1)),
+    "AddOptions": (("fusedActivationFunction", 0, 1, 0), ("potScaleInt16", 1, 1, True)),
+    "MulOptions": (("fusedActivationFunction", 0, 1, 0),),
+    "ReducerOptions": (("keepDims", 0, 1, False),),
+    "SoftmaxOptions": (("beta", 0, 4, 0.0),),
+    "FullyConnectedOptions": (("fusedActivationFunction", 0, 1, 0), ("weightsFormat", 1, 1, 0),
+                              ("keepNumDims", 2, 1, False), ("asymmetricQuantizeInputs", 3, 1, False),
+                              ("quantizedBiasType", 4, 1, 0)),
+}
+
+
 @functools.lru_cache(maxsize=None)
-def _options_fields(kind: str, fused_relu6: bool, keep_dims: bool) -> tuple[tuple[int, object], ...] | None:
-    """The builtin options table of an operator (None: the op has none)."""
-    if kind == "LOGISTIC":
+def _options_fields(options: Options | None) -> tuple[tuple[int, object], ...] | None:
+    """The builtin options table the exporter writes (None: the op has none)."""
+    if options is None:
         return None
-    if kind in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-        fields: list[tuple[int, object]] = [(1, 4), (2, 4)]  # stride_w, stride_h; SAME padding is the default
-        if kind == "DEPTHWISE_CONV_2D":
-            fields.append((3, 4))  # depth_multiplier = 1
-        if fused_relu6:
-            fields.append((3 if kind == "CONV_2D" else 4, 1))  # fused RELU6
-        return tuple(fields)
-    if kind == "MEAN":
-        return ((0, 1),) if keep_dims else ()
-    if kind == "SOFTMAX":
-        return ((0, 4),)  # beta = 1.0
-    return ()  # ADD, MUL, FULLY_CONNECTED: all options at their defaults
+    if options.type not in _OPTIONS_SCHEMA:
+        raise NotModelledError(f"the converter's layout of {options.type} is not modelled")
+    return tuple((field_id, width) for name, field_id, width, default in _OPTIONS_SCHEMA[options.type]
+                 if options.get(name, default) != default)
 
 
 @functools.lru_cache(maxsize=None)
@@ -465,60 +526,65 @@ def _operator_fields(has_opcode_index: bool, has_options: bool) -> tuple[tuple[i
     return tuple(fields)
 
 
-def flatbuffer_bytes(graph: Graph) -> int:
-    """Size of the converter's flatbuffer for `graph`."""
+def _opcode_fields(kind: str, version: int) -> tuple[tuple[int, object], ...]:
+    if kind not in _BUILTIN_CODES:
+        raise NotModelledError(f"the converter's layout of {kind} operator codes is not modelled")
+    code, fields = _BUILTIN_CODES[kind], []
+    if code:
+        fields.append((0, 1))  # deprecated_builtin_code
+    if version != 1:
+        fields.append((2, 4))
+    if code:
+        fields.append((3, 4))
+    return tuple(fields)
+
+
+def flatbuffer_bytes(model: Model) -> int:
+    """Size of the flatbuffer TFLiteConverter writes for `model` (a graph from :func:`tflite_graph`).
+
+    This is the converter's C++ layout (4-aligned weights, deduplicated
+    vtables); tinyscale's own writer lays out differently (16-aligned
+    buffers): :func:`written_bytes` sizes that.
+    """
+    graph = model.graph
     fb = _SizeBuilder()
-    opcodes = list(dict.fromkeys(op.kind for op in graph.operators))
-    for kind in opcodes:
-        code, fields = _BUILTIN_CODES[kind], []
-        if code:
-            fields.append((0, 1))  # deprecated_builtin_code
-        if _OPCODE_VERSIONS[kind] != 1:
-            fields.append((2, 4))
-        if code:
-            fields.append((3, 4))
-        fb.table(tuple(fields))
+    opcodes = list(dict.fromkeys((op.kind, op.version) for op in graph.operators))
+    for kind, version in opcodes:
+        fb.table(_opcode_fields(kind, version))
     fb.vector(len(opcodes), 4)
-    opcode_index = {kind: position for position, kind in enumerate(opcodes)}
-    depthwise_weights = {op.inputs[1] for op in graph.operators if op.kind == "DEPTHWISE_CONV_2D"}
-    for index, tensor in enumerate(graph.tensors):
-        fb.tensor(len(tensor.shape), len(tensor.name), tensor.channels, index in depthwise_weights)
+    opcode_index = {key: position for position, key in enumerate(opcodes)}
+    for tensor in graph.tensors:
+        quant = tensor.quantization
+        fb.tensor(len(tensor.shape), len(tensor.name.encode()), len(quant.scale) if quant else 0,
+                  bool(quant and quant.dimension))
     fb.vector(len(graph.tensors), 4)
     fb.vector(len(graph.inputs), 4)
     fb.vector(len(graph.outputs), 4)
     for op in graph.operators:
         fb.vector(len(op.inputs), 4)
         fb.vector(len(op.outputs), 4)
-        keep_dims = op.kind == "MEAN" and len(graph.tensors[op.outputs[0]].shape) == 4
-        options = _options_fields(op.kind, op.fused_relu6, keep_dims)
+        options = _options_fields(op.options)
         if options is not None:
             fb.table(options)
-        fb.table(_operator_fields(opcode_index[op.kind] > 0, options is not None))
+        fb.table(_operator_fields(opcode_index[op.kind, op.version] > 0, options is not None))
     fb.vector(len(graph.operators), 4)
-    fb.string(len(_SUBGRAPH_NAME))
+    fb.string(len(graph.name.encode()))
     fb.table(((0, _OFFSET), (1, _OFFSET), (2, _OFFSET), (3, _OFFSET), (4, _OFFSET)))
-    fb.vector(1, 4)
-    fb.string(len(_DESCRIPTION))
-    fb.table(())  # buffer 0: the empty sentinel
-    stored: set[object] = set()
-    for tensor in graph.tensors:
-        # One buffer per tensor; a constant equal to an earlier one is
-        # deduplicated: its own buffer stays, but empty.
-        if tensor.constant and tensor.content not in stored:
-            stored.add(tensor.content)
-            fb.vector(tensor.nbytes, 1)
+    fb.vector(len(model.subgraphs), 4)
+    fb.string(len(model.description.encode()))
+    for buffer in model.buffers:
+        # Buffer 0 is the empty sentinel; a deduplicated constant's own buffer stays, empty.
+        if buffer.nbytes:
+            fb.vector(buffer.nbytes, 1)
             fb.table(((0, _OFFSET),))
         else:
             fb.table(())
-    for _, nbytes in _METADATA:
-        fb.vector(nbytes, 1)
-        fb.table(((0, _OFFSET),))
-    fb.vector(len(graph.tensors) + 1 + len(_METADATA), 4)
-    for name, _ in _METADATA:
-        fb.string(len(name))
+    fb.vector(len(model.buffers), 4)
+    for entry in model.metadata:
+        fb.string(len(entry.name.encode()))
         fb.table(((0, _OFFSET), (1, 4)))
-    fb.vector(len(_METADATA), 4)
-    fb.vector(0, 4)  # signature_defs
+    fb.vector(len(model.metadata), 4)
+    fb.vector(len(model.signature_defs), 4)
     fb.table(((0, 4), (1, _OFFSET), (2, _OFFSET), (3, _OFFSET), (4, _OFFSET), (6, _OFFSET), (7, _OFFSET)))
     return fb.finish()
 
@@ -548,48 +614,97 @@ MAX_SCRATCH_BUFFERS_PER_OP = 12  # kMaxScratchBuffersPerOp
 PLANNER_BYTES_PER_BUFFER = 40
 # RecordingSingleArenaBufferAllocator + GreedyMemoryPlanner +
 # RecordingMicroAllocator + MicroBuiltinDataAllocator + SubgraphAllocations:
-# created before anything model-dependent; calibrated against print_allocations.
-FIXED_TAIL_BYTES = 504
-# Four bytes more than the options structs account for land between the
-# options and the op data; found by replaying against print_allocations at
-# every arena size modulo 16 (tiny, tiny-se) and minimal arenas of lite0/b0.
-UNACCOUNTED_OPTIONS_BYTES = 4
+# created before anything model-dependent; calibrated against print_allocations
+# (models without a FULLY_CONNECTED tell it apart from the FC options).
+FIXED_TAIL_BYTES = 488
 
-# Per operator kind: the builtin options parsed into the tail (size,
-# alignment), and the kernel's OpData allocated by Init (16-aligned).
-_BUILTIN_DATA = {
-    "CONV_2D": (28, 4),  # TfLiteConvParams
-    "DEPTHWISE_CONV_2D": (28, 4),  # TfLiteDepthwiseConvParams
-    "ADD": (8, 4),  # TfLiteAddParams
-    "MUL": (4, 4),  # TfLiteMulParams
-    "MEAN": (1, 1),  # TfLiteReducerParams
-    "FULLY_CONNECTED": (16, 4),  # TfLiteFullyConnectedParams
-    "SOFTMAX": (4, 4),  # TfLiteSoftmaxParams
-    "LOGISTIC": (0, 0),  # no options
+# What each kernel of the TFLM reference library allocates, read from its
+# sources (the x86-64 sizes of the structs) and checked against the
+# interpreter's measured minimal arena (tests/test_arena_model.py):
+# - `builtin`: the parsed builtin options in the tail (size, alignment), from
+#   the op's Parse* function in flatbuffer_conversions.cc (0: it allocates none);
+# - `op_data`: the kernel's Init AllocatePersistentBuffer (16-aligned; 0: no Init);
+# - `temps`: the tensors its Prepare fetches as temporary TfLiteTensors, in
+#   order ("I0" input 0, "O0" output 0, "I*" every input; a tensor fetched
+#   twice is allocated twice, an omitted optional input not at all);
+# - `temps_before_arrays`: how many of them come before the per-channel
+#   output multiplier and shift arrays it allocates (conv and depthwise);
+# - `per_channel`: where those arrays' length comes from (None: no arrays).
+# Operators not in this table are not modelled: the arena model refuses them.
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    builtin: tuple[int, int]
+    op_data: int
+    temps: tuple[str, ...]
+    temps_before_arrays: int | None = None  # None: after all of them
+    per_channel: str | None = None  # "filter_dim0", "filter_dim3", "filter_scales"
+
+
+_CONV_TEMPS = ("O0", "I0", "I1", "I0", "I1", "I2", "O0")  # ConvPrepare, then CalculateOpDataConv
+_UNARY = ("I0", "O0")
+_KERNELS = {
+    "CONV_2D": _Kernel((28, 4), 80, _CONV_TEMPS, 3, "filter_dim0"),  # TfLiteConvParams, OpDataConv
+    "DEPTHWISE_CONV_2D": _Kernel((28, 4), 80, _CONV_TEMPS, 3, "filter_dim3"),  # TfLiteDepthwiseConvParams
+    # TfLiteFullyConnectedParams: 16 bytes in the checked-out sources, but the wheel's
+    # is newer (the schema has FullyConnectedOptions.quant_spec): the options region
+    # measured from print_allocations on 13 models, with and without FC, fits only 32, 8-aligned.
+    "FULLY_CONNECTED": _Kernel((32, 8), 72, ("I0", "I1", "I2", "O0"), None, "filter_scales"),
+    "ADD": _Kernel((8, 4), 60, ("I0", "I1", "O0")),  # TfLiteAddParams, OpDataAdd
+    "MUL": _Kernel((4, 4), 36, ("I0", "I1", "O0")),  # TfLiteMulParams, OpDataMul
+    "MEAN": _Kernel((1, 1), 44, ("I0", "O0", "I1", "I0", "O0")),  # TfLiteReducerParams, OpDataReduce
+    "SOFTMAX": _Kernel((4, 4), 80, _UNARY),  # TfLiteSoftmaxParams, SoftmaxParams (int8: no LUTs)
+    "LOGISTIC": _Kernel((0, 0), 16, _UNARY),  # OpDataLogistic
+    "STRIDED_SLICE": _Kernel((24, 4), 84, ("I0", "I1", "I2", "I3", "O0")),  # StridedSliceParams
+    "PAD": _Kernel((0, 0), 56, ("I0", "I1", "O0")),  # pad.h OpData (PadParams, zero point)
+    "PADV2": _Kernel((0, 0), 56, ("I0", "I1", "I2", "O0")),
+    # Type check on input 0 and the output, then every input in turn.
+    "CONCATENATION": _Kernel((8, 4), 80, ("I0", "O0", "I*")),  # ConcatenationParams + 10 scratch indices
+    "AVERAGE_POOL_2D": _Kernel((40, 4), 32, _UNARY),  # TfLitePoolParams, OpDataPooling
+    "MAX_POOL_2D": _Kernel((40, 4), 32, _UNARY),
+    "RELU": _Kernel((0, 0), 28, _UNARY),  # ReluOpData
+    "RELU6": _Kernel((0, 0), 8, _UNARY),  # Relu6OpData
+    "TANH": _Kernel((0, 0), 16, ("I0", "I0", "O0")),  # tanh.cc OpData; CalculateArithmeticOpData refetches
+    "LEAKY_RELU": _Kernel((4, 4), 24, _UNARY),  # TfLiteLeakyReluParams, LeakyReluOpData
+    "RESHAPE": _Kernel((36, 4), 0, _UNARY),  # TfLiteReshapeParams; no Init
+    "QUANTIZE": _Kernel((0, 0), 32, _UNARY),  # OpDataQuantizeReference
+    "HARD_SWISH": _Kernel((0, 0), 20, _UNARY),  # HardSwishParams
+    "ELU": _Kernel((0, 0), 256, _UNARY),  # elu.cc OpData: an int8 lookup table
+    "ABS": _Kernel((0, 0), 28, _UNARY),  # OpDataAbsRsqrt
+    "RSQRT": _Kernel((0, 0), 28, _UNARY),
+    "SUB": _Kernel((8, 4), 52, ("I0", "I1", "O0")),  # TfLiteSubParams, OpDataSub
+    "MAXIMUM": _Kernel((0, 0), 0, ()),  # no Init, no Prepare
+    "MINIMUM": _Kernel((0, 0), 0, ()),
 }
-_OP_DATA_BYTES = {
-    "CONV_2D": 80,  # OpDataConv (with the compression scratch indices)
-    "DEPTHWISE_CONV_2D": 80,  # OpDataConv
-    "ADD": 60,  # OpDataAdd
-    "MUL": 36,  # OpDataMul
-    "MEAN": 44,  # OpDataReduce
-    "FULLY_CONNECTED": 72,  # OpDataFullyConnected
-    "SOFTMAX": 80,  # SoftmaxParams
-    "LOGISTIC": 16,  # OpDataLogistic
-}
-# The tensors each kernel's Prepare fetches as temporary TfLiteTensors, in
-# order (a tensor fetched twice is allocated twice).
-_I, _O = True, False  # a temporary fetched from the op's inputs or outputs
-_PREPARE_TEMPS = {
-    "CONV_2D": ((_O, 0), (_I, 0), (_I, 1), (_I, 0), (_I, 1), (_I, 2), (_O, 0)),
-    "DEPTHWISE_CONV_2D": ((_O, 0), (_I, 0), (_I, 1), (_I, 0), (_I, 1), (_I, 2), (_O, 0)),
-    "ADD": ((_I, 0), (_I, 1), (_O, 0)),
-    "MUL": ((_I, 0), (_I, 1), (_O, 0)),
-    "MEAN": ((_I, 0), (_O, 0), (_I, 1), (_I, 0), (_O, 0)),
-    "FULLY_CONNECTED": ((_I, 0), (_I, 1), (_I, 2), (_O, 0)),
-    "SOFTMAX": ((_I, 0), (_O, 0)),
-    "LOGISTIC": ((_I, 0), (_O, 0)),
-}
+# Kernels whose allocations depend on the activation type: modelled for int8 only
+# (int16 SOFTMAX allocates lookup tables, float kernels other op data).
+_INT8_ONLY = frozenset(_KERNELS) - {"RESHAPE"}
+
+
+def kernel(op: Operator) -> _Kernel:
+    """The allocation record of `op`'s kernel; NotModelledError when there is none."""
+    record = _KERNELS.get(op.kind)
+    if record is None or op.custom:
+        raise NotModelledError(f"TFLM's allocations for {op.kind} are not modelled")
+    return record
+
+
+def check_modelled(model: Model) -> None:
+    """NotModelledError unless the arena model covers every allocation TFLM makes for `model`."""
+    if len(model.subgraphs) != 1:
+        raise NotModelledError(f"models with {len(model.subgraphs)} subgraphs are not modelled")
+    graph = model.graph
+    variables = [t.name or f"tensor {i}" for i, t in enumerate(graph.tensors) if t.is_variable]
+    if variables:
+        raise NotModelledError(f"variable tensors ({len(variables)}, e.g. {variables[0]!r}) are not modelled")
+    for op in graph.operators:
+        kernel(op)
+        if op.kind in _INT8_ONLY:
+            dtypes = {graph.tensors[t].dtype for t in (op.inputs[:1] + op.outputs) if t >= 0}
+            if dtypes != {"int8"}:
+                raise NotModelledError(f"TFLM's allocations for {op.kind} on {'/'.join(sorted(dtypes))} "
+                                       "are not modelled (int8 only)")
 
 
 def _align_down(value: int, alignment: int) -> int:
@@ -651,15 +766,24 @@ def _tensor_struct_allocations(channels: int) -> list[tuple[int, int]]:
     return allocations
 
 
+def _channels(tensor: Tensor) -> int:
+    """Quantization parameter pairs of a tensor (0: not quantized)."""
+    return len(tensor.quantization.scale) if tensor.quantization is not None else 0
+
+
+def _prepare_temps(op: Operator) -> list[int]:
+    """Tensor indices of the temporary TfLiteTensors the op's Prepare fetches, in order."""
+    indices = []
+    for temp in kernel(op).temps:
+        tensors = op.inputs if temp[0] == "I" else op.outputs
+        positions = range(len(tensors)) if temp[1] == "*" else (int(temp[1:]),)
+        indices += [tensors[p] for p in positions if p < len(tensors) and tensors[p] >= 0]
+    return indices
+
+
 def _prepare_channels(graph: Graph, op: Operator) -> tuple[int, ...]:
     """Quantization channels of each temporary TfLiteTensor the op's Prepare fetches."""
-    tensors = graph.tensors
-    channels = []
-    for is_input, position in _PREPARE_TEMPS[op.kind]:
-        indices = op.inputs if is_input else op.outputs
-        if position < len(indices) and indices[position] >= 0:
-            channels.append(tensors[indices[position]].channels)
-    return tuple(channels)
+    return tuple(_channels(graph.tensors[index]) for index in _prepare_temps(op))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -678,16 +802,22 @@ def _temporary_ends(channels: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(ends)
 
 
-# Temporary tensors a kernel fetches before allocating its per-channel arrays
-# (ConvPrepare: output, input, filter; FC: all of them).
-_TEMPS_BEFORE_ARRAYS = {"CONV_2D": 3, "DEPTHWISE_CONV_2D": 3}
-
-
 def _per_channel_channels(graph: Graph, op: Operator) -> int:
-    """Channels of the per-channel multiplier/shift arrays Prepare allocates (0: none)."""
-    if op.kind in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
-        return graph.tensors[op.inputs[1]].channels
-    return 0
+    """Length of the per-channel multiplier/shift arrays Prepare allocates (0: none).
+
+    Conv and depthwise size them by the filter's output-channel dimension
+    whatever the quantization; fully-connected only when per-channel quantized.
+    """
+    source = kernel(op).per_channel
+    if source is None:
+        return 0
+    weights = graph.tensors[op.inputs[1]]
+    if source == "filter_dim0":
+        return weights.shape[0]
+    if source == "filter_dim3":
+        return weights.shape[3]
+    channels = _channels(weights)
+    return channels if channels > 1 else 0
 
 
 def _scratch_requests(graph: Graph, op: Operator) -> list[int]:
@@ -712,13 +842,14 @@ class _Buffer:
     last: int
 
 
-def planned_buffers(graph: Graph) -> list[_Buffer]:
+def planned_buffers(model: Model) -> list[_Buffer]:
     """AllocationInfoBuilder: lifetimes in "allocation scopes", in planner order.
 
     Graph inputs are created at scope 0, operator i runs at scope i + 1, graph
     outputs live to the last scope. Tensors come in index order (constants
     need no allocation), then scratch buffers in request order.
     """
+    graph = model.graph
     first: dict[int, int] = {}
     last: dict[int, int] = {}
     for index in graph.inputs:
@@ -740,7 +871,7 @@ def planned_buffers(graph: Graph) -> list[_Buffer]:
     buffers = [
         _Buffer(align_up(tensor.nbytes, ARENA_ALIGNMENT), first[index], last[index])
         for index, tensor in enumerate(graph.tensors)
-        if not tensor.constant and tensor.nbytes and index in first
+        if index in first and tensor.nbytes and not model.is_constant(tensor)
     ]
     return buffers + scratch
 
@@ -799,10 +930,9 @@ def _options_bytes(graph: Graph) -> int:
     """Tail bytes of the parsed builtin options (alignments <= 4, from an 8-aligned tail)."""
     options = _Requirement()
     for op in graph.operators:  # PrepareNodeAndRegistrationDataFromFlatbuffer
-        size, alignment = _BUILTIN_DATA[op.kind]
+        size, alignment = kernel(op).builtin
         if size:
             options.persistent(size, alignment)
-    options.persistent(UNACCOUNTED_OPTIONS_BYTES, 4)
     return -options.tail
 
 
@@ -824,11 +954,13 @@ def _start_allocations(graph: Graph, arena: _Requirement, options_bytes: int) ->
 def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, buffer_count: int) -> None:
     """Init, Prepare, memory planning and the interpreter's I/O tensors."""
     for op in graph.operators:  # InitSubgraphs
-        arena.persistent(_OP_DATA_BYTES[op.kind])
+        if kernel(op).op_data:
+            arena.persistent(kernel(op).op_data)
     requests = 0
     for op in graph.operators:  # PrepareSubgraphs
         ends = _temporary_ends(_prepare_channels(graph, op))
-        split = _TEMPS_BEFORE_ARRAYS.get(op.kind, len(ends))
+        split = kernel(op).temps_before_arrays
+        split = len(ends) if split is None else split
         if split:
             arena.temporaries_until(ends[split - 1])
         channels = _per_channel_channels(graph, op)
@@ -851,13 +983,15 @@ def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, b
     arena.resize_head(head_bytes)  # the activation plan now occupies the head
     for index in (*graph.inputs, *graph.outputs):  # interpreter input/output TfLiteTensors
         arena.persistent(8)
-        for allocation in _tensor_struct_allocations(graph.tensors[index].channels):
+        for allocation in _tensor_struct_allocations(_channels(graph.tensors[index])):
             arena.persistent(*allocation)
 
 
-def fits_in_arena(graph: Graph, size: int) -> bool:
+def fits_in_arena(model: Model, size: int) -> bool:
     """Whether MicroInterpreter::AllocateTensors succeeds with an arena of `size` (direct replay)."""
-    buffers = planned_buffers(graph)
+    check_modelled(model)
+    graph = model.graph
+    buffers = planned_buffers(model)
     head = plan_bytes(buffers, greedy_plan(buffers))
     arena = _Requirement(tail=size)
     _start_allocations(graph, arena, _options_bytes(graph))
@@ -865,23 +999,37 @@ def fits_in_arena(graph: Graph, size: int) -> bool:
     return arena.need <= 0
 
 
-def arena_plan(graph: Graph) -> ArenaPlan:
+def arena_plan(model: Model) -> ArenaPlan:
     """The minimal arena, solved for every arena size modulo 16.
 
-    After the start allocations everything in the tail is 16-aligned, so the
-    rest is replayed once from a 16-aligned tail; only the start allocations
-    are replayed for each of the 16 residues of the arena size.
+    The start allocations are replayed for each of the 16 residues of the
+    arena size. They are 8-aligned, so the rest (from the first op data on)
+    begins at one of two offsets from a 16-aligned address; it is replayed
+    once per offset (a 16-aligned allocation from an unaligned tail takes
+    fewer bytes than from the aligned-down one, so the offset matters).
+
+    Any single-subgraph int8 model whose operators the kernel table covers
+    (built from a spec, read from a flatbuffer, patched); NotModelledError
+    for the others, never a guess.
     """
-    buffers = planned_buffers(graph)
+    check_modelled(model)
+    graph = model.graph
+    buffers = planned_buffers(model)
     head = plan_bytes(buffers, greedy_plan(buffers))
-    rest = _Requirement()
-    _remaining_allocations(graph, rest, head, len(buffers))
     options_bytes = _options_bytes(graph)
+    rests: dict[int, _Requirement] = {}
     best: tuple[int, int] | None = None
     for residue in range(ARENA_ALIGNMENT):
         start = _Requirement(tail=residue)
         _start_allocations(graph, start, options_bytes)
-        aligned_tail = _align_down(start.tail, ARENA_ALIGNMENT)  # where the rest begins
+        offset = start.tail % ARENA_ALIGNMENT
+        aligned_tail = start.tail - offset  # a 16-aligned point the rest is replayed from
+        if offset not in rests:
+            rest = _Requirement(tail=offset)
+            rest.head = rest.temp = start.head  # the scratch-request area the start left
+            _remaining_allocations(graph, rest, head, len(buffers))
+            rests[offset] = rest
+        rest = rests[offset]
         base = align_up(max(start.need, rest.need - aligned_tail, 0), ARENA_ALIGNMENT)
         size = base + residue
         tail = size - (base + aligned_tail + rest.tail)
@@ -907,9 +1055,10 @@ class MemoryEstimate:
     operators: int
 
 
-def _weights_bytes(graph: Graph) -> int:
-    stored = {tensor.content: tensor.nbytes for tensor in graph.tensors if tensor.constant}
-    return sum(stored.values())
+def _weights_bytes(model: Model) -> int:
+    """Bytes of the constant buffers the tensors use (shared ones once)."""
+    used = {tensor.buffer for tensor in model.graph.tensors if model.is_constant(tensor)}
+    return sum(model.buffers[buffer].nbytes for buffer in used)
 
 
 @functools.lru_cache(maxsize=512)
@@ -918,12 +1067,13 @@ def estimate_memory(spec: NetworkSpec) -> MemoryEstimate:
 
     Memoised: specs are hashable and the fitter asks for the same ones repeatedly.
     """
-    graph = tflite_graph(spec)
-    plan = arena_plan(graph)
+    model = tflite_graph(spec)
+    graph = model.graph
+    plan = arena_plan(model)
     return MemoryEstimate(
-        model_bytes=flatbuffer_bytes(graph),
+        model_bytes=flatbuffer_bytes(model),
         arena_bytes=plan.arena_bytes,
-        weights_bytes=_weights_bytes(graph),
+        weights_bytes=_weights_bytes(model),
         activations_peak_bytes=plan.head_bytes,
         persistent_bytes=plan.tail_bytes,
         tensors=len(graph.tensors),

@@ -426,7 +426,7 @@ def selftest_bytes(info: ModelInfo) -> int:
 
 
 def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[ArenaPlan, Placement]:
-    margin = arena_margin_bytes(op_shapes(info.operators, info.tensors), target.kernel_library, target.cpu)
+    margin = arena_margin_bytes(op_shapes(info.graph), target.kernel_library, target.cpu)
     placement = place(target, info.size_bytes, measured_bytes, margin, selftest_bytes(info))
     arena = placement.device_arena_bytes
     region = next(r for r in target.memory if r.name == placement.arena_region)

@@ -112,8 +112,7 @@ def measured_memory(spec: NetworkSpec, progress: Progress = no_progress) -> Meas
 def _operator_shapes(spec: NetworkSpec) -> tuple[OpShapes, ...]:
     from tinyscale.estimate import tflite_graph
 
-    graph = tflite_graph(spec)
-    return tuple(op_shapes(graph.operators, graph.tensors))
+    return tuple(op_shapes(tflite_graph(spec).graph))
 
 
 def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placement:

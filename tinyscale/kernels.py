@@ -14,7 +14,10 @@ accepts is never refused by `firmware`.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from tinyscale.graph.model import Graph
 
 from tinyscale.errors import ModelError
 
@@ -99,16 +102,18 @@ def device_arena_bytes(host_arena_bytes: int, margin_bytes: int) -> int:
     return align_up(host_arena_bytes + margin_bytes, ARENA_ALIGNMENT)
 
 
-def op_shapes(operators, tensors) -> list[OpShapes]:
-    """Adapter for any graph whose operators index into tensors with a `.shape`
-    (tinyscale.tflite_model.ModelInfo, tinyscale.estimate.Graph)."""
+def op_shapes(graph: "Graph") -> list[OpShapes]:
+    """Each operator of a :class:`tinyscale.graph.model.Graph` (read from a
+    flatbuffer or built from a spec) with the shapes of its inputs 0 and 1."""
+    tensors = graph.tensors
 
     def dims(op, position: int) -> tuple[int, ...]:
         if len(op.inputs) <= position or not 0 <= op.inputs[position] < len(tensors):
             return ()
         return tuple(tensors[op.inputs[position]].shape)
 
-    return [(getattr(op, "name", None) or op.kind, dims(op, 0), dims(op, 1)) for op in operators]
+    return [(op.kind, dims(op, 0), dims(op, 1)) for op in graph.operators]
+
 
 
 def _cmsis_nn_gap(op, tensors) -> str | None:

@@ -1,7 +1,7 @@
 """`fit --patch auto`: each probed network's best patch schedule, estimated, then measured.
 
 Estimated (pure, no TFLM): the patch pass runs on the spec-built graph
-(:func:`tinyscale.graph.from_spec.graph_from_spec`), a few schedules per
+(:func:`tinyscale.estimate.tflite_graph`), a few schedules per
 network (:func:`tinyscale.patching.fit_schedules`) ranked by
 :func:`tinyscale.patching.ranking_bytes`. Flash is the writer's size of the
 patched graph: the spec-built graph has the converted file's tensors, names,
@@ -22,10 +22,10 @@ import time
 from typing import Callable
 
 from tinyscale.arch import NetworkSpec
+from tinyscale.estimate import tflite_graph
 from tinyscale.fit import Estimator, Measured, Memory, Schedule, placement_for
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
-from tinyscale.graph.from_spec import graph_from_spec
 from tinyscale.graph.model import Model
 from tinyscale.kernels import op_shapes
 from tinyscale.progress import Progress, no_progress
@@ -40,7 +40,7 @@ class _Ranked:
 
     def __init__(self, model: Model, split: str, grid: tuple[int, int], arena: int, macs_overhead: float) -> None:
         self.model = model
-        self.schedule = Schedule(grid, split, macs_overhead, tuple(op_shapes(model.graph.operators, model.graph.tensors)))
+        self.schedule = Schedule(grid, split, macs_overhead, tuple(op_shapes(model.graph)))
         self.arena_bytes = arena
 
     @functools.cached_property
@@ -53,7 +53,7 @@ def ranked_schedules(spec: NetworkSpec, max_extra_macs: float) -> tuple[_Ranked,
     """The best few schedules of `spec` under the extra-MACs cap, best ranked first (memoised per spec)."""
     from tinyscale.patching import fit_schedules
 
-    model = graph_from_spec(spec)
+    model = tflite_graph(spec)
     base = model_macs(model)
     options = fit_schedules(model, max_extra_macs)
     return tuple(_Ranked(o.model, o.candidate.name, o.grid, o.rank, model_macs(o.model) / base - 1) for o in options)
@@ -100,7 +100,7 @@ def measured_patched_memory(spec: NetworkSpec, schedule: Schedule, progress: Pro
     result = patch_flatbuffer(tflite, grid=schedule.grid, split=schedule.split_tensor)
     model = read_flatbuffer(result.data)
     measured_schedule = Schedule(result.grid, result.split_tensor, result.extra_macs,
-                                 tuple(op_shapes(model.graph.operators, model.graph.tensors)))
+                                 tuple(op_shapes(model.graph)))
     log.info("patched %dx%d: arena %d B (unpatched %d B), model %d B", rows, cols, result.after.arena_bytes,
              result.before.arena_bytes, len(result.data))
     return Measured(model_bytes=len(result.data), arena_bytes=result.after.arena_bytes, schedule=measured_schedule,

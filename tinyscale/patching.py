@@ -2,10 +2,13 @@
 
 The pass itself (:mod:`tinyscale.graph.patch`) is pure; this module adds the
 side effects: it ranks every (split tensor, grid) under the extra-MACs cap by
-an estimate of the arena, measures the best few in the TFLM interpreter (the
-measurement decides: every duplicated operator adds its own persistent
-records to the arena, which the ranking only approximates), and checks that
-the winner's outputs equal the original's bit for bit before handing it out.
+the analytic TFLM arena (:func:`tinyscale.estimate.arena_plan`, exact to the
+byte, every duplicated operator's persistent records included), measures the
+winner in the TFLM interpreter to confirm it, and checks that its outputs
+equal the original's bit for bit before handing it out. Should the
+measurement disagree with the analytic figure, or the model hold operators
+the analytic model does not cover, the best few are measured and the
+measurement decides.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from tinyscale import estimate, tflm
-from tinyscale.errors import MeasurementError, UsageError
+from tinyscale.errors import MeasurementError, NotModelledError, UsageError
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.graph.model import Model
@@ -30,11 +33,12 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_EXTRA_MACS = 0.3
 MAX_GRID = 4  # the search tries 1x1 .. 4x4
-MEASURED_FINALISTS = 4
+MEASURED_FINALISTS = 4  # measured when the analytic arena cannot be trusted for the model
 CHECK_INPUTS = 4
 CHECK_SEED = 0
-# Persistent bytes per operator copy for the ranking: node and registration,
-# op data, parsed options (estimate.py's x86-64 sizes for a convolution).
+# For models the analytic arena does not cover, an order only (then measured):
+# persistent bytes per operator copy (node and registration, op data, parsed
+# options: estimate.py's x86-64 sizes for a convolution) and per channel.
 _TAIL_BYTES_PER_OPERATOR = estimate.NODE_AND_REGISTRATION_BYTES + 80 + 28
 _TAIL_BYTES_PER_CHANNEL = 8  # per-channel output multiplier and shift of conv/depthwise copies
 
@@ -58,7 +62,7 @@ class Footprint:
 class MeasuredSchedule:
     split_tensor: str
     grid: tuple[int, int]
-    ranking_bytes: int  # the estimate that made it a finalist
+    ranking_bytes: int  # the analytic arena (or, for unmodelled models, the approximation) that ranked it
     arena_bytes: int  # measured in TFLM
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,9 +80,10 @@ class PatchResult:
     after: Footprint
     max_diff: int  # max |patched - original| over the check inputs
     checked_inputs: int
-    measured: tuple["MeasuredSchedule", ...]  # the finalists measured in TFLM (the original not included)
+    measured: tuple["MeasuredSchedule", ...]  # the schedules measured in TFLM (the original not included)
     seconds: float
     note: str | None = None
+    ranked: int = 0  # schedules ranked (analytically, for a model the arena model covers)
 
     @property
     def patched(self) -> bool:
@@ -96,6 +101,7 @@ class PatchResult:
             "arena_ratio": round(self.after.arena_bytes / self.before.arena_bytes, 4),
             "extra_macs": round(self.extra_macs, 4), "max_diff": self.max_diff,
             "checked_inputs": self.checked_inputs,
+            "ranked_schedules": self.ranked,
             "measured_schedules": [schedule.to_dict() for schedule in self.measured],
             "seconds": round(self.seconds, 2), "note": self.note,
         }
@@ -115,25 +121,18 @@ def footprint(model: Model, data: bytes) -> Footprint:
 
 
 # ---------------------------------------------------------------------------
-# Ranking estimate (the next session replaces it with the exact analytic arena)
-
-
-def _planner_graph(model: Model) -> estimate.Graph:
-    """The main subgraph in the shape estimate's replay of TFLM's greedy planner reads."""
-    graph = model.graph
-    tensors = tuple(
-        estimate.Tensor(t.name, t.shape, t.dtype, len(t.quantization.scale) if t.quantization else 0,
-                        model.is_constant(t), t.buffer, t.nbytes)
-        for t in graph.tensors
-    )
-    operators = tuple(estimate.Operator(op.kind, op.inputs, op.outputs) for op in graph.operators)
-    return estimate.Graph(tensors, operators, graph.inputs, graph.outputs)
+# Ranking
 
 
 def ranking_bytes(model: Model) -> int:
-    """Planned activations plus an approximate persistent tail: orders schedules, measures none."""
-    graph = _planner_graph(model)
-    buffers = estimate.planned_buffers(graph)
+    """The minimal TFLM arena of `model`, analytic and exact (NotModelledError if it is not covered)."""
+    return estimate.arena_plan(model).arena_bytes
+
+
+def approximate_bytes(model: Model) -> int:
+    """Planned activations plus a rough persistent tail: an order for models ranking_bytes refuses."""
+    graph = model.graph
+    buffers = estimate.planned_buffers(model)
     head = estimate.plan_bytes(buffers, estimate.greedy_plan(buffers))
     tail = estimate.EVAL_TENSOR_BYTES * len(graph.tensors) + _TAIL_BYTES_PER_OPERATOR * len(graph.operators)
     for op in model.graph.operators:
@@ -152,6 +151,7 @@ class _Option:
     grid: tuple[int, int]
     model: Model
     rank: int
+    extra_macs: float
 
 
 def _grids(candidate: Candidate, grid: tuple[int, int] | None) -> list[tuple[int, int]]:
@@ -162,9 +162,22 @@ def _grids(candidate: Candidate, grid: tuple[int, int] | None) -> list[tuple[int
             if g != (1, 1) and g[0] <= rows and g[1] <= cols]
 
 
+def analytic_ranking(model: Model) -> bool:
+    """Whether the exact analytic arena covers `model` (then its patched versions too: the pass adds
+    only STRIDED_SLICE, PAD(V2) and CONCATENATION, which it models)."""
+    try:
+        estimate.check_modelled(model)
+    except NotModelledError as error:
+        log.warning("ranking patch schedules approximately, measuring the best %d: %s", MEASURED_FINALISTS, error)
+        return False
+    return True
+
+
 def _options(model: Model, candidates: list[Candidate], grid: tuple[int, int] | None,
-             max_extra_macs: float | None) -> list[_Option]:
+             max_extra_macs: float | None, exact: bool) -> list[_Option]:
+    """Every schedule under the cap, smallest arena first (then fewest extra MACs)."""
     base = model_macs(model)
+    rank = ranking_bytes if exact else approximate_bytes
     options = []
     for candidate in candidates:
         for g in _grids(candidate, grid):
@@ -172,8 +185,8 @@ def _options(model: Model, candidates: list[Candidate], grid: tuple[int, int] | 
             extra = model_macs(patched) / base - 1 if base else 0.0
             if max_extra_macs is not None and extra > max_extra_macs:
                 continue
-            options.append(_Option(candidate, g, patched, ranking_bytes(patched)))
-    return sorted(options, key=lambda option: option.rank)
+            options.append(_Option(candidate, g, patched, rank(patched), extra))
+    return sorted(options, key=lambda option: (option.rank, option.extra_macs))
 
 
 # fit ranks schedules at every probe of its search, so it tries a few, not all:
@@ -210,9 +223,10 @@ def max_output_diff(original: bytes, patched: bytes, count: int = CHECK_INPUTS, 
 
 
 def _unchanged(data: bytes, before: Footprint, note: str, started: float,
-               measured: tuple[MeasuredSchedule, ...] = ()) -> PatchResult:
+               measured: tuple[MeasuredSchedule, ...] = (), ranked: int = 0) -> PatchResult:
     log.warning("%s", note)
-    return PatchResult(data, None, None, (1, 1), before, before, 0, 0, measured, time.perf_counter() - started, note)
+    return PatchResult(data, None, None, (1, 1), before, before, 0, 0, measured, time.perf_counter() - started,
+                       note, ranked)
 
 
 def _parse_split(model: Model, split: str | None) -> list[Candidate]:
@@ -220,14 +234,49 @@ def _parse_split(model: Model, split: str | None) -> list[Candidate]:
     return candidates if split is None else [find_candidate(model, split)]
 
 
+@dataclass(frozen=True)
+class _Measured:
+    footprint: Footprint
+    option: _Option
+    data: bytes
+
+    @property
+    def schedule(self) -> MeasuredSchedule:
+        return MeasuredSchedule(self.option.candidate.name, self.option.grid, self.option.rank,
+                                self.footprint.arena_bytes)
+
+
+def _measure(option: _Option) -> _Measured:
+    written = write_flatbuffer(option.model)
+    measured = _Measured(footprint(option.model, written), option, written)
+    log.info("patch %s %dx%d: arena %d B measured (ranked %d B)", option.candidate.name, *option.grid,
+             measured.footprint.arena_bytes, option.rank)
+    return measured
+
+
+def _measure_best(options: list[_Option], exact: bool, finalists: int) -> list[_Measured]:
+    """The winner measured; the best `finalists` too when the ranking is approximate or the
+    winner's measurement disagrees with its analytic arena (the measurement then decides)."""
+    measured = [_measure(options[0])]
+    if exact and measured[0].footprint.arena_bytes == options[0].rank:
+        return measured
+    if exact:
+        log.warning("the analytic arena of %s %dx%d (%d B) differs from TFLM's measured %d B; measuring the best %d",
+                    options[0].candidate.name, *options[0].grid, options[0].rank,
+                    measured[0].footprint.arena_bytes, finalists)
+    return measured + [_measure(option) for option in options[1:finalists]]
+
+
 def patch_flatbuffer(data: bytes, *, grid: tuple[int, int] | None = None, split: str | None = None,
                      max_extra_macs: float = DEFAULT_MAX_EXTRA_MACS,
                      finalists: int = MEASURED_FINALISTS) -> PatchResult:
-    """The patched flatbuffer with the smallest TFLM-measured arena, outputs checked bit for bit.
+    """The patched flatbuffer with the smallest arena, confirmed in TFLM, outputs checked bit for bit.
 
     With both `grid` and `split` the schedule is the caller's (the MACs cap is
-    not applied); otherwise the missing parts are searched under the cap. A
-    model with nothing worth patching comes back unchanged, with a note.
+    not applied); otherwise the missing parts are searched under the cap,
+    ranked by the exact analytic arena, and only the winner is measured
+    (`finalists` are measured when the analytic figure is unavailable or
+    wrong). A model with nothing worth patching comes back unchanged, with a note.
     """
     started = time.perf_counter()
     model = read_flatbuffer(data)
@@ -239,29 +288,27 @@ def patch_flatbuffer(data: bytes, *, grid: tuple[int, int] | None = None, split:
     if not candidates:
         return _unchanged(data, before, "nothing to patch: no spatial operator chain from the input to cut", started)
     cap = None if grid is not None and split is not None else max_extra_macs
-    options = _options(model, candidates, grid, cap)
+    exact = analytic_ranking(model)
+    options = _options(model, candidates, grid, cap, exact)
     if not options:
         return _unchanged(data, before, f"nothing to patch within the extra-MACs cap of {max_extra_macs:.0%}",
                           started)
-    best: tuple[Footprint, _Option, bytes] | None = None
-    schedules = []
-    for option in options[:finalists]:
-        written = write_flatbuffer(option.model)
-        measured = footprint(option.model, written)
-        schedules.append(MeasuredSchedule(option.candidate.name, option.grid, option.rank, measured.arena_bytes))
-        log.info("patch %s %dx%d: arena %d B", option.candidate.name, *option.grid, measured.arena_bytes)
-        if best is None or measured.arena_bytes < best[0].arena_bytes:
-            best = (measured, option, written)
-    after, option, written = best
-    measured_schedules = tuple(schedules)
+    if cap is not None and exact and options[0].rank >= before.arena_bytes:
+        return _unchanged(data, before, f"nothing worth patching: the best of {len(options)} schedules needs "
+                          f"{options[0].rank:,} B of arena (analytic), the model {before.arena_bytes:,} B",
+                          started, ranked=len(options))
+    measured = _measure_best(options, exact, finalists)
+    best = min(measured, key=lambda m: m.footprint.arena_bytes)
+    schedules = tuple(m.schedule for m in measured)
+    after, option = best.footprint, best.option
     if cap is not None and after.arena_bytes >= before.arena_bytes:
         return _unchanged(data, before, f"nothing worth patching: the best schedule needs {after.arena_bytes:,} B "
-                          f"of arena, the model {before.arena_bytes:,} B", started, measured_schedules)
-    diff = max_output_diff(data, written)
+                          f"of arena, the model {before.arena_bytes:,} B", started, schedules, len(options))
+    diff = max_output_diff(data, best.data)
     if diff:
         raise MeasurementError(f"the patched model's outputs differ from the original's (max diff {diff}); not written")
-    return PatchResult(written, option.candidate.name, option.candidate.shape, option.grid, before, after, diff,
-                       CHECK_INPUTS, measured_schedules, time.perf_counter() - started)
+    return PatchResult(best.data, option.candidate.name, option.candidate.shape, option.grid, before, after, diff,
+                       CHECK_INPUTS, schedules, time.perf_counter() - started, ranked=len(options))
 
 
 def _apply_fixed(data: bytes, model: Model, candidate: Candidate, grid: tuple[int, int], started: float) -> PatchResult:

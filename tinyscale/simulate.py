@@ -2,8 +2,9 @@
 
 Works on any TFLM model of the kinds `tinyscale.tflite_model.SUPPORTED_MODELS`
 names (int8 or int16x8, integer or float32 I/O), not only tinyscale's. The arena is measured by
-:func:`tinyscale.tflm.measure_arena` (bisection in isolated processes) and the
-model is run by :func:`tinyscale.tflm.run_model` in worker processes, several
+:func:`tinyscale.tflm.measure_arena` (bisection in isolated processes), and
+computed beside it by :func:`tinyscale.estimate.arena_plan` (None, with the
+reason, for operators it does not model); the model is run by :func:`tinyscale.tflm.run_model` in worker processes, several
 in parallel, so an abort inside TFLM costs a worker, never this process.
 
 The per-operator table reads the flatbuffer only (main subgraph): an
@@ -30,7 +31,8 @@ from tinyscale.budget import Placement, place
 from tinyscale.firmware import selftest_bytes
 from tinyscale.kernels import arena_margin_bytes, check_kernel_support, op_shapes
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
-from tinyscale.errors import DataError, UsageError
+from tinyscale.errors import DataError, NotModelledError, UsageError
+from tinyscale.estimate import arena_plan
 from tinyscale.targets import Target
 from tinyscale.tflite_model import (IoQuantization, ModelInfo, OperatorInfo, TensorInfo, check_full_integer,
                                     input_quantization, output_quantization, read_model)
@@ -191,6 +193,9 @@ class MemoryReport:
     runtime_bytes: int
     runtime_source: str
     placement: Placement | None = None
+    # The analytic arena (tinyscale.estimate's TFLM replay); None when it does not model the model.
+    analytic_arena_bytes: int | None = None
+    analytic_note: str | None = None  # why it is None
 
     @property
     def model_bytes(self) -> int:
@@ -217,6 +222,7 @@ class MemoryReport:
             "model_bytes": self.model_bytes,
             "arena_bytes": self.arena_bytes,
             "arena_reported_bytes": self.arena.reported_bytes,
+            "analytic_arena_bytes": self.analytic_arena_bytes,
             "ops": list(info.operator_names),
             "operators": len(info.operators),
             "subgraphs": info.subgraphs,
@@ -267,13 +273,24 @@ def memory_report(data: bytes, target: Target | None = None, source: str = "the 
     placement = None
     if target is not None:
         # The same device-arena rule as fit and firmware: host minimum + kernel scratch.
-        margin = arena_margin_bytes(op_shapes(info.operators, info.tensors), target.kernel_library, target.cpu)
+        margin = arena_margin_bytes(op_shapes(info.graph), target.kernel_library, target.cpu)
         placement = place(target, info.size_bytes, arena.arena_bytes, margin, selftest_bytes(info))
     if target is not None:
         runtime_bytes, runtime_source = target.flash.reserved_bytes, f"{target.name} flash.reserved_bytes"
     else:
         runtime_bytes, runtime_source = runtime_flash_estimate(info.operator_names), "estimate per operator"
-    return MemoryReport(info, arena, operator_table(info), runtime_bytes, runtime_source, placement)
+    analytic, note = analytic_arena(info)
+    if analytic is not None and analytic != arena.arena_bytes:
+        log.warning("the analytic arena (%d B) differs from the measured minimum (%d B)", analytic, arena.arena_bytes)
+    return MemoryReport(info, arena, operator_table(info), runtime_bytes, runtime_source, placement, analytic, note)
+
+
+def analytic_arena(info: ModelInfo) -> tuple[int | None, str | None]:
+    """(bytes, None) from the analytic TFLM replay, or (None, the reason it does not model `info`)."""
+    try:
+        return arena_plan(info.model).arena_bytes, None
+    except NotModelledError as error:
+        return None, str(error)
 
 
 # ---------------------------------------------------------------------------

@@ -6,11 +6,11 @@ schema bindings of the tflite-micro wheel, so no TensorFlow import).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tinyscale.errors import ModelError
 from tinyscale.graph.flatbuffer import read_flatbuffer
-from tinyscale.graph.model import Model, Tensor
+from tinyscale.graph.model import Graph, Model, Tensor
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,12 @@ class ModelInfo:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     subgraphs: int
+    model: Model | None = field(default=None, compare=False, repr=False)  # the graph-level model it summarises
+
+    @property
+    def graph(self) -> Graph:
+        """The main subgraph (the one shape and memory analyses read)."""
+        return self.model.graph
 
     @property
     def operator_names(self) -> tuple[str, ...]:
@@ -95,6 +101,7 @@ def model_info(model: Model, size_bytes: int) -> ModelInfo:
         inputs=graph.inputs,
         outputs=graph.outputs,
         subgraphs=len(model.subgraphs),
+        model=model,
     )
 
 

@@ -526,6 +526,15 @@ def _operator_table(report) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
 
 
+def _analytic_text(report) -> str:
+    """The analytic arena beside the measured one: equal, off by how much, or why it is not modelled."""
+    analytic = report.analytic_arena_bytes
+    if analytic is None:
+        return f"not modelled ({report.analytic_note})"
+    difference = analytic - report.arena_bytes
+    return f"{_bytes(analytic)}, {'equal to the measured minimum' if not difference else f'{difference:+,} B off'}"
+
+
 def _memory_rows(report, target: Optional[Target]) -> list[tuple[str, str]]:
     info = report.info
     rows = [
@@ -534,6 +543,7 @@ def _memory_rows(report, target: Optional[Target]) -> list[tuple[str, str]]:
          f"{len(info.operators)} in {plural(info.subgraphs, 'subgraph')}: {', '.join(info.operator_names)}"),
         *_io_rows(info),
         ("arena (minimal)", f"{_bytes(report.arena_bytes)}; allocator reports {report.arena.reported_bytes:,} B"),
+        ("arena (analytic)", _analytic_text(report)),
         ("peak activations", _bytes(report.peak.live_bytes) if report.peak else "-"),
         ("runtime flash", f"{report.runtime_bytes:,} B ({report.runtime_source})"),
         ("flash needed", _bytes(report.flash_needed_bytes)),

@@ -3,5 +3,7 @@
 `model` holds the dataclasses, `flatbuffer` the reader and writer (schema
 bindings of the tflite-micro wheel, no TensorFlow), `analysis` the questions
 passes ask of a graph (producers, consumers, MACs), `patch` the patch-based
-inference pass.
+inference pass. The same Model is built from a NetworkSpec (without weight
+bytes) by :func:`tinyscale.estimate.tflite_graph`, and any Model is planned by
+:func:`tinyscale.estimate.arena_plan` (TFLM's allocator, to the byte).
 """

@@ -268,10 +268,13 @@ def _pack_buffer(builder: Any, buffer: Buffer) -> _Prepacked:
     """A Buffer table whose data starts 16-byte aligned (the generated Pack aligns to 1)."""
     s = schema()
     data = None
-    if buffer.data:
-        builder.StartVector(1, len(buffer.data), BUFFER_ALIGNMENT)
-        builder.head = builder.head - len(buffer.data)
-        builder.Bytes[builder.head:builder.head + len(buffer.data)] = buffer.data
+    size = buffer.nbytes
+    if size:
+        builder.StartVector(1, size, BUFFER_ALIGNMENT)
+        builder.head = builder.head - size
+        # A buffer known only by its size (built from a spec) is written as zeros.
+        content = buffer.data if buffer.data is not None else bytes(size)
+        builder.Bytes[builder.head:builder.head + size] = content
         data = builder.EndVector()
     s.BufferStart(builder)
     if data is not None:
@@ -314,7 +317,7 @@ def write_flatbuffer(model: Model) -> bytes:
         item.name, item.buffer = entry.name, entry.buffer
         tree.metadata.append(item)
     tree.signatureDefs = [_signature_object(s) for s in model.signature_defs]
-    builder = flatbuffers.Builder(1024 + sum(len(b.data) for b in model.buffers))
+    builder = flatbuffers.Builder(1024 + sum(b.nbytes for b in model.buffers))
     # Buffers first: they are the bulk, and ModelT.Pack accepts finished tables.
     tree.buffers = [_pack_buffer(builder, buffer) for buffer in model.buffers]
     builder.Finish(tree.Pack(builder), file_identifier=FILE_IDENTIFIER)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from tinyscale.errors import ModelError
+
 # Bytes per element of the dtypes an int8 model uses (others count 1).
 _ITEM_BYTES = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "uint32": 4,
                "float16": 2, "int16": 2, "uint16": 2}
@@ -101,7 +103,23 @@ class Graph:
 
 @dataclass(frozen=True)
 class Buffer:
-    data: bytes = b""
+    """Constant bytes; or, for a graph built from a spec (no trained weights), only their size.
+
+    `data` None means the content is not known, `size` says how many bytes it
+    has: the planner and the size models need only that, and the writer
+    zero-fills it, so the written flatbuffer has the real model's layout.
+    """
+
+    data: bytes | None = b""
+    size: int = 0  # bytes of a buffer whose data is None
+
+    @property
+    def nbytes(self) -> int:
+        return self.size if self.data is None else len(self.data)
+
+    @property
+    def known(self) -> bool:
+        return self.data is not None
 
 
 @dataclass(frozen=True)
@@ -139,7 +157,13 @@ class Model:
                        buffers=self.buffers if buffers is None else buffers, source_bytes=None)
 
     def is_constant(self, tensor: Tensor) -> bool:
-        return 0 < tensor.buffer < len(self.buffers) and bool(self.buffers[tensor.buffer].data)
+        return 0 < tensor.buffer < len(self.buffers) and self.buffers[tensor.buffer].nbytes > 0
 
     def constant_data(self, tensor: Tensor) -> bytes:
-        return self.buffers[tensor.buffer].data if 0 < tensor.buffer < len(self.buffers) else b""
+        """The tensor's constant bytes; ModelError for a buffer known only by its size."""
+        if not 0 < tensor.buffer < len(self.buffers):
+            return b""
+        buffer = self.buffers[tensor.buffer]
+        if buffer.data is None:
+            raise ModelError(f"the content of {tensor.name!r} is not known (a graph built from a spec)")
+        return buffer.data
