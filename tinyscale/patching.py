@@ -204,10 +204,11 @@ def fit_schedules(model: Model, max_extra_macs: float) -> list[_Option]:
     graph = model.graph
     side = graph.tensors[graph.inputs[0]].shape[1] if graph.inputs else 0
     early = [c for c in split_candidates(model) if c.shape[1] >= side * FIT_SPLIT_MIN_FRACTION]
-    screened = _options(model, early, FIT_SCREEN_GRID, max_extra_macs)
+    exact = analytic_ranking(model)  # tinyscale's own networks are always modelled
+    screened = _options(model, early, FIT_SCREEN_GRID, max_extra_macs, exact)
     kept = list(dict.fromkeys(option.candidate for option in screened))[:FIT_KEPT_SPLITS]
     options = [option for candidate in kept for grid in FIT_GRIDS if grid[0] <= candidate.shape[1]
-               and grid[1] <= candidate.shape[2] for option in _options(model, [candidate], grid, max_extra_macs)]
+               and grid[1] <= candidate.shape[2] for option in _options(model, [candidate], grid, max_extra_macs, exact)]
     return sorted(options, key=lambda option: option.rank)
 
 
