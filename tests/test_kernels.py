@@ -101,3 +101,18 @@ def test_a_patched_model_needs_the_kernel_scratch_of_the_unpatched_one(grid):
     assert all(cmsis_nn_scratch_bytes(op) == 0 for op in added)
     unpatched = read_model(data)
     assert arena_margin_bytes(ops, "cmsis-nn") == arena_margin_bytes(op_shapes(unpatched.graph), "cmsis-nn")
+
+
+def test_patch_kernels_add_their_measured_code_to_the_flash_need(synthetic_target):
+    from tinyscale.budget import place
+    from tinyscale.kernels import PATCH_KERNELS_FLASH_BYTES, extra_kernel_flash_bytes
+
+    plain = [("CONV_2D", (1, 8, 8, 3), (8, 3, 3, 3)), ("MEAN", (1, 4, 4, 8), ())]
+    assert extra_kernel_flash_bytes(plain) == 0
+    patched = [*plain, ("STRIDED_SLICE", (1, 8, 8, 3), ()), ("CONCATENATION", (1, 4, 8, 8), ())]
+    assert extra_kernel_flash_bytes(patched) == PATCH_KERNELS_FLASH_BYTES  # once, however many of them
+    target = synthetic_target(1_000_000, 100_000, flash_reserved=100_000)
+    unpatched = place(target, 500_000, 10_000, 0, 100)
+    with_kernels = place(target, 500_000, 10_000, 0, 100, extra_kernel_flash_bytes(patched))
+    assert with_kernels.flash_needed_bytes - unpatched.flash_needed_bytes == PATCH_KERNELS_FLASH_BYTES
+    assert with_kernels.to_dict()["extra_kernel_flash_bytes"] == PATCH_KERNELS_FLASH_BYTES

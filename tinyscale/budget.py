@@ -33,6 +33,7 @@ class Placement:
     arena_slack_bytes: int = 0
     flash_reserved_bytes: int = 0  # the target's reserved runtime flash (TFLM, drivers, app)
     sram_reserved_bytes: int = 0  # the arena region's reserved bytes (stacks, heap, statics)
+    extra_kernel_flash_bytes: int = 0  # runtime code beyond the reserve (the patch kernels)
 
     @property
     def flash_fits(self) -> bool:
@@ -70,6 +71,7 @@ class Placement:
             "device_arena_bytes": self.device_arena_bytes,
             "selftest_flash_bytes": self.selftest_flash_bytes,
             "flash_reserved_bytes": self.flash_reserved_bytes,
+            "extra_kernel_flash_bytes": self.extra_kernel_flash_bytes,
             "sram_reserved_bytes": self.sram_reserved_bytes,
             "arena_region": self.arena_region,
             "flash_needed_bytes": self.flash_needed_bytes,
@@ -119,7 +121,8 @@ def choose_arena_region(target: Target, arena_bytes: int) -> MemoryRegion:
 
 
 def place(
-    target: Target, model_bytes: int, arena_bytes: int, margin_bytes: int = 0, selftest_bytes: int = 0
+    target: Target, model_bytes: int, arena_bytes: int, margin_bytes: int = 0, selftest_bytes: int = 0,
+    kernel_flash_bytes: int = 0,
 ) -> Placement:
     """Flash and SRAM need of a model whose host arena is `arena_bytes`.
 
@@ -127,6 +130,8 @@ def place(
     target's kernel library; the SRAM need is for the device arena.
     `selftest_bytes` is the int8 input + output the firmware embeds for its
     self-test: flash that every generated project spends beside the model.
+    `kernel_flash_bytes` is runtime code the board's reserve does not cover
+    (tinyscale.kernels.extra_kernel_flash_bytes: the patch kernels).
     """
     device_arena = device_arena_bytes(arena_bytes, margin_bytes)
     region = choose_arena_region(target, device_arena)
@@ -137,7 +142,7 @@ def place(
         arena_margin_bytes=device_arena - arena_bytes,
         device_arena_bytes=device_arena,
         selftest_flash_bytes=selftest_bytes,
-        flash_needed_bytes=model_bytes + selftest_bytes + target.flash.reserved_bytes,
+        flash_needed_bytes=model_bytes + selftest_bytes + target.flash.reserved_bytes + kernel_flash_bytes,
         flash_budget_bytes=target.flash.budget_bytes,
         sram_needed_bytes=_region_need(region, device_arena),
         sram_budget_bytes=region.size_bytes,
@@ -146,6 +151,7 @@ def place(
         arena_slack_bytes=device_arena - arena_bytes - scratch,
         flash_reserved_bytes=target.flash.reserved_bytes,
         sram_reserved_bytes=region.reserved_bytes,
+        extra_kernel_flash_bytes=kernel_flash_bytes,
     )
 
 

@@ -33,7 +33,7 @@ from tinyscale.budget import Placement, place
 from tinyscale.chips import find_chip
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
-from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, op_shapes
+from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
 from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_integer, input_quantization,
@@ -426,8 +426,10 @@ def selftest_bytes(info: ModelInfo) -> int:
 
 
 def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[ArenaPlan, Placement]:
-    margin = arena_margin_bytes(op_shapes(info.graph), target.kernel_library, target.cpu)
-    placement = place(target, info.size_bytes, measured_bytes, margin, selftest_bytes(info))
+    shapes = op_shapes(info.graph)
+    margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
+    placement = place(target, info.size_bytes, measured_bytes, margin, selftest_bytes(info),
+                      extra_kernel_flash_bytes(shapes))
     arena = placement.device_arena_bytes
     region = next(r for r in target.memory if r.name == placement.arena_region)
     plan = ArenaPlan(measured_bytes, arena - measured_bytes, arena, region.name, region.kind)

@@ -25,7 +25,7 @@ from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.budget import Placement, place, selftest_flash_bytes
 from tinyscale.errors import NothingFitsError, UsageError
-from tinyscale.kernels import OpShapes, arena_margin_bytes, op_shapes
+from tinyscale.kernels import OpShapes, arena_margin_bytes, extra_kernel_flash_bytes, op_shapes
 from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target
@@ -117,10 +117,10 @@ def _operator_shapes(spec: NetworkSpec) -> tuple[OpShapes, ...]:
 
 def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placement:
     """Where `spec`'s model goes on `target`, with the kernel library's arena margin."""
-    shapes = memory.schedule.operator_shapes if memory.schedule.patched else None
-    margin = arena_margin_bytes(shapes or _operator_shapes(spec), target.kernel_library, target.cpu)
+    shapes = (memory.schedule.operator_shapes if memory.schedule.patched else None) or _operator_shapes(spec)
+    margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
     selftest = selftest_flash_bytes(spec.input_shape, spec.classes)
-    return place(target, memory.model_bytes, memory.arena_bytes, margin, selftest)
+    return place(target, memory.model_bytes, memory.arena_bytes, margin, selftest, extra_kernel_flash_bytes(shapes))
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,22 @@ def device_arena_bytes(host_arena_bytes: int, margin_bytes: int) -> int:
     return align_up(host_arena_bytes + margin_bytes, ARENA_ALIGNMENT)
 
 
+# Code the patch pass's operators add to an image. The bundled boards' reserved
+# runtime flash was measured with tinyscale's unpatched networks, which use none of
+# them; a model that does gets this much more. Measured on the Cortex-M4
+# (mps2-an386, arm-none-eabi-gcc -Os, benchmarks/patch_firmware.md): the three
+# kernels together add 22,804 B with CMSIS-NN and 23,040 B with the reference
+# kernels; the larger figure is used for every board (for the ESP32, nRF52840 and
+# RP2040 toolchains it is an estimate from that measurement, not re-measured).
+PATCH_KERNELS = frozenset({"STRIDED_SLICE", "PAD", "CONCATENATION"})
+PATCH_KERNELS_FLASH_BYTES = 23_040
+
+
+def extra_kernel_flash_bytes(ops: Iterable[OpShapes]) -> int:
+    """Runtime flash a model needs beyond the board's reserve: the patch kernels when it uses any."""
+    return PATCH_KERNELS_FLASH_BYTES if any(op[0] in PATCH_KERNELS for op in ops) else 0
+
+
 def op_shapes(graph: "Graph") -> list[OpShapes]:
     """Each operator of a :class:`tinyscale.graph.model.Graph` (read from a
     flatbuffer or built from a spec) with the shapes of its inputs 0 and 1."""

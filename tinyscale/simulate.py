@@ -29,7 +29,7 @@ import numpy as np
 from tinyscale import tflm
 from tinyscale.budget import Placement, place
 from tinyscale.firmware import selftest_bytes
-from tinyscale.kernels import arena_margin_bytes, check_kernel_support, op_shapes
+from tinyscale.kernels import arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, NotModelledError, UsageError
 from tinyscale.estimate import arena_plan
@@ -273,10 +273,13 @@ def memory_report(data: bytes, target: Target | None = None, source: str = "the 
     placement = None
     if target is not None:
         # The same device-arena rule as fit and firmware: host minimum + kernel scratch.
-        margin = arena_margin_bytes(op_shapes(info.graph), target.kernel_library, target.cpu)
-        placement = place(target, info.size_bytes, arena.arena_bytes, margin, selftest_bytes(info))
+        shapes = op_shapes(info.graph)
+        margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
+        placement = place(target, info.size_bytes, arena.arena_bytes, margin, selftest_bytes(info),
+                          extra_kernel_flash_bytes(shapes))
     if target is not None:
-        runtime_bytes, runtime_source = target.flash.reserved_bytes, f"{target.name} flash.reserved_bytes"
+        runtime_bytes = target.flash.reserved_bytes + placement.extra_kernel_flash_bytes
+        runtime_source = f"{target.name} flash.reserved_bytes" + (" + patch kernels" if placement.extra_kernel_flash_bytes else "")
     else:
         runtime_bytes, runtime_source = runtime_flash_estimate(info.operator_names), "estimate per operator"
     analytic, note = analytic_arena(info)

@@ -133,8 +133,9 @@ def _placement_rows(placement: Placement) -> list[tuple[str, str]]:
             "flash",
             f"{placement.flash_needed_bytes:,} / {placement.flash_budget_bytes:,} B "
             f"({_percent_of(placement.flash_needed_bytes, placement.flash_budget_bytes)}) = model "
-            f"{placement.model_bytes:,} + reserved runtime {placement.flash_reserved_bytes:,} + self-test vectors "
-            f"{placement.selftest_flash_bytes:,} B",
+            f"{placement.model_bytes:,} + reserved runtime {placement.flash_reserved_bytes:,}"
+            + (f" + patch kernels {placement.extra_kernel_flash_bytes:,}" if placement.extra_kernel_flash_bytes else "")
+            + f" + self-test vectors {placement.selftest_flash_bytes:,} B",
         ),
         (
             f"SRAM ({placement.arena_region})",
