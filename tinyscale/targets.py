@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyscale.chips import BUILD_SYSTEM_CPUS, CPU_FPUS, KERNEL_LIBRARY_CPUS, chip_families, find_chip
+from tinyscale.clocks import check_target_clock
 from tinyscale.errors import TargetError
 from tinyscale.resources import data_dir
 
@@ -218,6 +219,10 @@ def _check_mcu(source: str, data: dict[str, Any]) -> None:
     if fpu is not None and fpu not in chip.fpus:
         has = f"an FPU taking {', '.join(chip.fpus)}" if chip.fpus else "no FPU"
         raise TargetError(f"{source}: mcu {mcu!r} ({chip.family}) has {has}, but fpu is {fpu!r}")
+    try:
+        check_target_clock(mcu, data["clock_hz"])  # the clock tree the cmake-arm firmware sets up
+    except TargetError as exc:
+        raise TargetError(f"{source}: mcu {mcu!r}: {exc}") from None
 
 
 def _span(origin: int, size: int, where: str, key: str) -> tuple[int, int, str]:
