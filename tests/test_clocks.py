@@ -52,12 +52,13 @@ F746_WAIT_STATES = _boundaries([(30, 0), (60, 1), (90, 2), (120, 3), (150, 4), (
 # RM0351 table "Number of wait states according to HCLK frequency".
 L476_RANGE1_WAIT_STATES = _boundaries([(16, 0), (32, 1), (48, 2), (64, 3), (80, 4)])
 L476_RANGE2_WAIT_STATES = _boundaries([(6, 0), (12, 1), (18, 2), (26, 3)])
-# RM0456 table "Number of wait states according to CPU clock (HCLK) frequency (LPM=0)".
+# RM0456 table "Number of wait states according to CPU clock (HCLK) frequency (LPM=0)", as
+# ST's LL driver states it (stm32u5xx_ll_utils.c UTILS_SCALEx_LATENCYy_FREQ).
 U585_WAIT_STATES = {
     "range 1": _boundaries([(32, 0), (64, 1), (96, 2), (128, 3), (160, 4)]),
-    "range 2": _boundaries([(30, 0), (60, 1), (90, 2), (110, 3)]),
-    "range 3": _boundaries([(24, 0), (48, 1), (55, 2)]),
-    "range 4": _boundaries([(12, 0), (25, 1)]),
+    "range 2": _boundaries([(25, 0), (50, 1), (75, 2), (100, 3)]),
+    "range 3": _boundaries([(12.5, 0), (25, 1), (37.5, 2), (50, 3)]),
+    "range 4": _boundaries([(8, 0), (16, 1), (24, 2)]),
 }
 
 
@@ -117,8 +118,10 @@ def test_h743_wait_states_and_programming_delay_follow_rm0433_table_17(name, row
     (clocks.F746, 181, "scale 1 + over-drive"), (clocks.F746, 216, "scale 1 + over-drive"),
     (clocks.H743, 400, "VOS1"), (clocks.H743, 401, "VOS0"), (clocks.H743, 480, "VOS0"),
     (clocks.L476, 26, "range 2"), (clocks.L476, 27, "range 1"), (clocks.L476, 80, "range 1"),
-    (clocks.U585, 25, "range 4"), (clocks.U585, 55, "range 3"), (clocks.U585, 110, "range 2"),
-    (clocks.U585, 111, "range 1"), (clocks.U585, 160, "range 1"),
+    # U5: the regulator allows 25/55/110 MHz in ranges 4/3/2, their wait-state tables stop at 24/50/100
+    (clocks.U585, 24, "range 4"), (clocks.U585, 25, "range 3"), (clocks.U585, 50, "range 3"),
+    (clocks.U585, 51, "range 2"), (clocks.U585, 100, "range 2"), (clocks.U585, 101, "range 1"),
+    (clocks.U585, 160, "range 1"),
 ])
 def test_voltage_scaling_follows_the_manuals(spec, sysclk_mhz, name):
     assert clocks.voltage_range(spec, sysclk_mhz * MHZ).name == name
@@ -140,7 +143,7 @@ PLL_RULES = {
     "F7": (16 * MHZ, (1, 2), (100, 432), range(2, 64), range(50, 433), {2, 4, 6, 8}),
     "H7": (64 * MHZ, (2, 16), (192, 960), range(1, 64), range(4, 513), set(range(2, 129, 2))),
     "L4": (16 * MHZ, (4, 16), (64, 344), range(1, 9), range(8, 87), {2, 4, 6, 8}),
-    "U5": (16 * MHZ, (4, 16), (128, 544), range(1, 17), range(4, 513), set(range(1, 129))),
+    "U5": (16 * MHZ, (4, 16), (128, 344), range(1, 17), range(4, 513), set(range(1, 129))),
 }
 # APB maxima per bus at the plan's voltage setting (RM0383 §6.2, RM0385 §5.2, DS12110, RM0351, RM0456).
 APB_MAX_MHZ = {"F4": {"apb1": 50, "apb2": 100}, "F7": {"apb1": 54, "apb2": 108},
@@ -272,11 +275,13 @@ def test_the_register_program_decodes_back_to_the_planned_clock(target):
     assert all(step.value & ~step.mask == 0 for step in program.prepare + program.switch + program.restore)
 
 
-def test_u585_goes_through_ahb_div2_above_80_mhz():
+def test_u585_sets_the_booster_prescaler_before_enabling_the_booster_with_range_1():
     program = clocks.clock_program(clocks.plan_clock(clocks.U585, 160 * MHZ))
-    kinds = [step.kind for step in program.switch]
-    assert kinds == ["modify", "modify", "wait", "delay", "modify"]
-    assert program.switch[0].value & 0xF == 0b1000 and program.switch[-1].value == 0  # HPRE /2, then /1
+    order = [step.comment.split(":")[0].split(".")[0].split(" ")[0] for step in program.prepare if step.kind == "modify"]
+    assert order.index("RCC_PLL1CFGR") < order.index("PWR_VOSR") < order.index("FLASH_ACR") < order.index("RCC_PLL1DIVR")
+    vosr = next(step for step in program.prepare if step.comment.startswith("PWR_VOSR"))
+    assert vosr.value == (0b11 << 16) | (1 << 18)  # range 1 and BOOSTEN together
+    assert clocks.mboost_code(16 * MHZ) == 0 and clocks.mboost_code(24 * MHZ) == 1  # /1, then /2 above 16 MHz
 
 
 def test_reset_clocks_agree_with_the_uart_glue():

@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 # to a few hundred (datasheets: PLL lock time <= 200-300 us); 200,000 polls of a few
 # cycles each take at least 6 ms even from the fastest reset clock (H7's 64 MHz HSI).
 WAIT_POLLS = 200_000
-# The U5's AHB-prescaler step lasts at least 1 us (RM0456 §11.4.9, below): 200 polls
-# of a volatile register take well over 1 us at 80 MHz.
-STEP_DELAY_POLLS = 200
 
 AHB_DIVIDERS = (1, 2, 4, 8, 16, 64, 128, 256, 512)  # HPRE: 0xxx = /1, 1000 = /2 ... 1111 = /512
 APB_DIVIDERS = (1, 2, 4, 8, 16)  # PPRE: 0xx = /1, 100 = /2 ... 111 = /16
@@ -212,24 +209,29 @@ L476 = ClockSpec(
 
 # ---- STM32U585 (RM0456) --------------------------------------------------------------
 # §7.3.3 "Read access latency", table "Number of wait states according to CPU clock
-# (HCLK) frequency (LPM=0)": range 1 <= 32/64/96/128/160 MHz for 0-4 WS, range 2
-# <= 30/60/90/110, range 3 <= 24/48/55, range 4 <= 12/25. §10.5.4 "Dynamic voltage
-# scaling": range 1 160 MHz, 2 110 MHz, 3 55 MHz, 4 25 MHz; ranges 1 and 2 above 55 MHz
-# need the EPOD booster, whose clock (PLL1 source / PLL1MBOOST) is kept within 4-16 MHz.
-# §11.8.x RCC_PLL1CFGR / RCC_PLL1DIVR: PLL1M 1-16, PLL1N 4-512, PLL1R 1-128 (even
-# factors used here, as ST's own set-ups do); PLL1RGE 00 4-8 MHz, 11 8-16 MHz; VCO
-# input 4-16 MHz, VCO output 128-544 MHz (DS13086).
+# (HCLK) frequency (LPM=0)", as ST's LL driver encodes it (stm32u5xx_ll_utils.c,
+# UTILS_SCALEx_LATENCYy_FREQ): range 1 <= 32/64/96/128/160 MHz for 0-4 WS, range 2
+# <= 25/50/75/100, range 3 <= 12.5/25/37.5/50, range 4 <= 8/16/24. The regulator allows
+# range 1 160 MHz, 2 110 MHz, 3 55 MHz, 4 25 MHz (§10.5.4 "Dynamic voltage scaling";
+# the LL's UTILS_MAX_FREQUENCY_SCALEx); where a range's table stops lower, the planner
+# takes the next range up. Ranges 1 and 2 need the EPOD booster (HAL_PWREx_ControlVoltageScaling:
+# "EPOD must be enabled before switching to voltage scale 1 / 2"), clocked from PLL1's
+# source through PLL1MBOOST. RCC_PLL1CFGR / RCC_PLL1DIVR: PLL1M 1-16, PLL1N 4-512,
+# PLL1R 1-128 (even factors used here, as ST's own set-ups do: OpenOCD's stm32u5x.cfg
+# divides by 2); PLL1RGE 00 4-8 MHz, 11 8-16 MHz (HAL's RCC_PLLVCIRANGE_0/1); VCO input
+# 4-16 MHz; VCO output 128-344 MHz, where DS13086's range and the LL's UTILS_PLLVCO_OUTPUT
+# limits overlap.
 U585 = ClockSpec(
     family="U5", manual="RM0456", parts=r"STM32U5[0-9A-Z]*",
     reset_clock_hz=4 * MHZ, hsi_hz=16 * MHZ, hse_bypass_hz=(4 * MHZ, 50 * MHZ),
     pll=PllLimits(m=range(1, 17), n=range(4, 513), out=tuple(range(2, 129, 2)), ref_hz=(4 * MHZ, 16 * MHZ),
-                  vco_hz=(128 * MHZ, 544 * MHZ), out_max_hz=160 * MHZ,
+                  vco_hz=(128 * MHZ, 344 * MHZ), out_max_hz=160 * MHZ,
                   ref_ranges=((4 * MHZ, 8 * MHZ, 0b00), (8 * MHZ, 16 * MHZ, 0b11))),
     ranges=(
-        VoltageRange("range 4", 0b00, 25 * MHZ, 25 * MHZ, 25 * MHZ, _ws((12, 0), (25, 1))),
-        VoltageRange("range 3", 0b01, 55 * MHZ, 55 * MHZ, 55 * MHZ, _ws((24, 0), (48, 1), (55, 2))),
+        VoltageRange("range 4", 0b00, 25 * MHZ, 25 * MHZ, 25 * MHZ, _ws((8, 0), (16, 1), (24, 2))),
+        VoltageRange("range 3", 0b01, 55 * MHZ, 55 * MHZ, 55 * MHZ, _ws((12.5, 0), (25, 1), (37.5, 2), (50, 3))),
         VoltageRange("range 2", 0b10, 110 * MHZ, 110 * MHZ, 110 * MHZ,
-                     _ws((30, 0), (60, 1), (90, 2), (110, 3)), boost=True),
+                     _ws((25, 0), (50, 1), (75, 2), (100, 3)), boost=True),
         VoltageRange("range 1", 0b11, 160 * MHZ, 160 * MHZ, 160 * MHZ,
                      _ws((32, 0), (64, 1), (96, 2), (128, 3), (160, 4)), boost=True),
     ),
@@ -365,8 +367,14 @@ def _source_hz(spec: ClockSpec, source: str, hse_hz: int | None) -> int:
 
 
 def voltage_range(spec: ClockSpec, sysclk_hz: int) -> VoltageRange:
-    """The lowest-power regulator setting that allows the clock."""
-    return next(r for r in spec.ranges if sysclk_hz <= r.sysclk_max_hz)
+    """The lowest-power regulator setting that allows the clock and whose wait-state
+    table covers the HCLK it gives."""
+    def allows(r: VoltageRange) -> bool:
+        if sysclk_hz > r.sysclk_max_hz:
+            return False
+        hclk = sysclk_hz / _divider(sysclk_hz, r.hclk_max_hz, spec.hclk_dividers)
+        return hclk <= r.wait_states[-1].max_hclk_hz
+    return next(r for r in spec.ranges if allows(r))
 
 
 def wait_state(voltage: VoltageRange, hclk_hz: int) -> WaitState:
@@ -432,7 +440,6 @@ class Step:
     modify: register = (register & ~mask) | value.
     wait:   poll until (register & mask) == value, at most WAIT_POLLS times; on a timeout
             the firmware gives up with `reason` and stays on (or returns to) the reset clock.
-    delay:  STEP_DELAY_POLLS dummy reads of `address`.
     """
 
     kind: str
@@ -656,26 +663,27 @@ def mboost_code(source_hz: int) -> int:
 
 def _program_u5(plan: ClockPlan) -> ClockProgram:
     # RM0456 §11.8 (RCC at 0x46020C00), §10.10 (PWR at 0x46020800), §7.9 (FLASH at 0x40022000),
-    # non-secure aliases; the order of OpenOCD's tcl/target/stm32u5x.cfg and ST's HAL:
-    # range, latency, PLL source, EPOD booster, dividers, lock, switch.
+    # non-secure aliases (as OpenOCD's tcl/target/stm32u5x.cfg writes them). Order after ST's
+    # HAL: PLL1MBOOST is written while BOOSTEN is clear (HAL_RCC_OscConfig), the booster is
+    # enabled with the range (HAL_PWREx_ControlVoltageScaling) and ready before the switch
+    # (HAL_RCC_ClockConfig); the latency goes up before the clock does.
     rcc, vosr, pll = 0x46020C00, 0x4602080C, plan.pll
     rge = next(code for low, high, code in plan.spec.pll.ref_ranges if low <= pll.ref_hz() <= high)
     src = 0b10 if pll.source == "hsi" else 0b11
     cfg_mask = 0x3 | _field(3, 2) | _field(1, 4) | _field(0xF, 8) | _field(0xF, 12) | _field(7, 16)
     cfg_value = src | _field(rge, 2) | _field(pll.m - 1, 8) | _field(mboost_code(pll.source_hz), 12) | _field(1, 18)
+    boost = _field(plan.voltage.boost, 18)  # PWR_VOSR.BOOSTEN
     prepare = [
         _set(rcc + 0x94, 2, "RCC_AHB3ENR.PWREN"),
         _wait_set(rcc + 0x94, 2, "PWR clock did not start"),
-        _modify(vosr, _field(3, 16), _field(plan.voltage.code, 16), f"PWR_VOSR.VOS = {plan.voltage.name}"),
-        _wait_set(vosr, 15, "voltage scaling not ready"),
-        # PRFTEN (bit 8)
-        *_flash_steps(0x40022000, 0xF, plan, _field(1, 8), _field(1, 8)),
         *_source_steps(rcc, plan, 8, 10),
         _modify(rcc + 0x28, cfg_mask, cfg_value, f"RCC_PLL1CFGR: M={pll.m}, PLL1RGE, PLL1MBOOST, PLL1REN"),
-    ]
-    if plan.voltage.boost:
-        prepare += [_set(vosr, 18, "PWR_VOSR.BOOSTEN"), _wait_set(vosr, 14, "EPOD booster not ready")]
-    prepare += [
+        _modify(vosr, _field(3, 16) | _field(1, 18), _field(plan.voltage.code, 16) | boost,
+                f"PWR_VOSR.VOS = {plan.voltage.name}{', BOOSTEN' if boost else ''}"),
+        _wait_set(vosr, 15, "voltage scaling not ready"),
+        *([_wait_set(vosr, 14, "EPOD booster not ready")] if boost else []),
+        # PRFTEN (bit 8)
+        *_flash_steps(0x40022000, 0xF, plan, _field(1, 8), _field(1, 8)),
         _modify(rcc + 0x34, 0x1FF | _field(0x7F, 24), (pll.n - 1) | _field(pll.out - 1, 24),
                 f"RCC_PLL1DIVR: N={pll.n} R={pll.out}"),
         _set(rcc, 24, "RCC_CR.PLL1ON"),
@@ -684,19 +692,12 @@ def _program_u5(plan: ClockPlan) -> ClockProgram:
     d = plan.apb_dividers
     cfgr2_mask = 0xF | _field(7, 4) | _field(7, 8)
     cfgr2 = ahb_code(plan.hclk_divider) | _field(apb_code(d["apb1"]), 4) | _field(apb_code(d["apb2"]), 8)
-    # RM0456 §11.4.9: switching SYSCLK above 80 MHz goes through AHB /2 for at least 1 us
-    # (ST's HAL_RCC_ClockConfig does the same), limiting the current step.
-    stepped = plan.sysclk_hz > 80 * MHZ and plan.hclk_divider == 1
-    first = (cfgr2 & ~0xF) | ahb_code(2) if stepped else cfgr2
     switch = [
-        _modify(rcc + 0x20, cfgr2_mask, first, f"RCC_CFGR2: AHB /{2 if stepped else plan.hclk_divider}, "
-                                              f"APB1 /{d['apb1']}, APB2 /{d['apb2']}"),
+        _modify(rcc + 0x20, cfgr2_mask, cfgr2, f"RCC_CFGR2: AHB /{plan.hclk_divider}, APB1 /{d['apb1']}, "
+                                               f"APB2 /{d['apb2']}"),
         _modify(rcc + 0x1C, 0x3, 0b11, "RCC_CFGR1.SW = PLL1"),
         _wait(rcc + 0x1C, 0xC, 0xC, "switch to the PLL not confirmed"),
     ]
-    if stepped:
-        switch += [Step("delay", rcc + 0x20, 0, 0, "at least 1 us at AHB /2"),
-                   _modify(rcc + 0x20, 0xF, ahb_code(plan.hclk_divider), f"RCC_CFGR2: AHB /{plan.hclk_divider}")]
     restore = [_modify(rcc + 0x1C, 0x3, 0, "RCC_CFGR1.SW back to MSIS"),
                _modify(rcc + 0x20, cfgr2_mask, 0, "RCC_CFGR2 back to /1")]
     return ClockProgram(tuple(prepare), tuple(switch), tuple(restore))

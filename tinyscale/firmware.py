@@ -31,8 +31,7 @@ import numpy as np
 from tinyscale import __version__
 from tinyscale.budget import Placement, place
 from tinyscale.chips import find_chip
-from tinyscale.clocks import (STEP_DELAY_POLLS, WAIT_POLLS, ClockPlan, ClockProgram, clock_program, find_spec,
-                              plan_clock, uart_brr)
+from tinyscale.clocks import WAIT_POLLS, ClockPlan, ClockProgram, clock_program, find_spec, plan_clock, uart_brr
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, op_shapes
@@ -215,7 +214,6 @@ class ClockSetup:
     plan: ClockPlan
     program: ClockProgram
     wait_polls: int = WAIT_POLLS
-    delay_polls: int = STEP_DELAY_POLLS
 
 
 @dataclass(frozen=True)
