@@ -128,7 +128,8 @@ F411 = ClockSpec(
     usart_bus={"USART1": "apb2", "USART2": "apb1", "USART6": "apb2"},  # RM0383 §2.3 memory map
     buses=("apb1", "apb2"),
 )
-# APB2 may run at 100 MHz (RM0383 §6.2): per-bus maxima beyond the range's pclk limit.
+# Buses faster than the range's pclk limit (the APB1 one): APB2 at 100 MHz on the F411
+# (RM0383 §6.2) and 108 MHz on the F746 (RM0385 §5.2).
 _APB_MAX_HZ = {("F4", "apb2"): 100 * MHZ, ("F7", "apb2"): 108 * MHZ}
 
 # ---- STM32F746 (RM0385) --------------------------------------------------------------
@@ -392,8 +393,8 @@ def _divider(clock_hz: int, maximum_hz: int, dividers: tuple[int, ...]) -> int:
 
 def check_request(spec: ClockSpec, clock_hz: int) -> None:
     if clock_hz > spec.sysclk_max_hz:
-        raise TargetError(f"clock_hz {clock_hz} is above the STM32{spec.family} maximum of {spec.sysclk_max_hz} Hz "
-                          f"({spec.manual} and its datasheet); use at most {spec.sysclk_max_hz}")
+        raise TargetError(f"clock_hz {clock_hz} is above {spec.sysclk_max_hz} Hz, the most {spec.manual} and its "
+                          f"datasheet allow this chip; use at most {spec.sysclk_max_hz}")
 
 
 def plan_clock(spec: ClockSpec, clock_hz: int, source: str = "hsi", hse_hz: int | None = None) -> ClockPlan:
