@@ -392,3 +392,40 @@ def test_generated_setup_reports_the_running_clock_and_falls_back(tmp_path, targ
         assert lines[0] == f"clock {hz} Hz (reset clock: {failing})\r"
     # The UART divisor and the SysTick reload follow the clock that runs.
     assert lines[1:] == [f"BRR {brr}", f"RVR {hz // 1000 - 1}", f"SW {sw}"]
+
+
+# ---- HSE bypass from the board file.
+
+def _with_hse(tmp_path: Path, name: str, hse_hz: int) -> Path:
+    text = (targets_dir() / f"{name}.toml").read_text()
+    text = re.sub(r"^(clock_hz = .*)$", rf"\1\nhse_bypass_hz = {hse_hz}", text, count=1, flags=re.M)
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_board_file_can_run_the_pll_from_the_st_link_mco(tmp_path):
+    target = load_target(str(_with_hse(tmp_path, "nucleo-l476rg", 8 * MHZ)))
+    clock = fw.clock_setup(target)
+    assert (clock.plan.pll.source, clock.plan.pll.source_hz, clock.plan.sysclk_hz) == ("hse-bypass", 8 * MHZ, 80 * MHZ)
+    hse = [s for s in clock.program.prepare if s.comment.startswith("RCC_CR.HSEBYP")]
+    assert hse and hse[0].value == (1 << 16) | (1 << 18)  # HSEON | HSEBYP
+    pllcfgr = next(s for s in clock.program.prepare if s.address == 0x4002100C)
+    assert pllcfgr.value & 0x3 == 0b11  # PLLSRC = HSE (RM0351 RCC_PLLCFGR)
+
+
+@pytest.mark.parametrize("name, hse_hz, message", [
+    ("nucleo-l476rg", 100 * MHZ, "HSE bypass clock must be"),
+    ("mps2-an386", 8 * MHZ, "hse_bypass_hz is only for the STM32 parts"),
+])
+def test_a_bad_hse_bypass_clock_is_refused_when_loading(tmp_path, name, hse_hz, message):
+    with pytest.raises(TargetError, match=message):
+        load_target(str(_with_hse(tmp_path, name, hse_hz)))
+
+
+@pytest.mark.skipif(not HOST_GCC, reason="host gcc not installed")
+@pytest.mark.parametrize("failing, expected", [(None, "clock 80000000 Hz (PLL)\r"),
+                                               ("HSE did not start", "clock 4000000 Hz (reset clock: HSE did not start)\r")])
+def test_generated_setup_from_hse_falls_back_when_the_mco_is_absent(tmp_path, failing, expected):
+    path = _with_hse(tmp_path, "nucleo-l476rg", 8 * MHZ)
+    assert _run_on_fake_registers(tmp_path, str(path), failing)[0] == expected

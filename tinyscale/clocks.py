@@ -416,12 +416,22 @@ def plan_clock(spec: ClockSpec, clock_hz: int, source: str = "hsi", hse_hz: int 
     return plan
 
 
-def check_target_clock(mcu: str | None, clock_hz: int) -> None:
+def clock_source(hse_bypass_hz: int | None) -> str:
+    """HSI unless the board file names an external clock: the internal oscillator needs no
+    solder bridge or jumper to be right, so it is the safe default."""
+    return "hsi" if hse_bypass_hz is None else "hse-bypass"
+
+
+def check_target_clock(mcu: str | None, clock_hz: int, hse_bypass_hz: int | None = None) -> None:
     """For a part whose manual is tabulated here: raise TargetError unless `clock_hz` can be set up."""
     spec = find_spec(mcu)
-    if spec is not None:
-        check_request(spec, clock_hz)
-        best_pll(spec, clock_hz)
+    if spec is None:
+        if hse_bypass_hz is not None:
+            raise TargetError("hse_bypass_hz is only for the STM32 parts tinyscale has clock-tree data for "
+                              f"({', '.join(s.manual for s in CLOCK_SPECS)})")
+        return
+    check_request(spec, clock_hz)
+    best_pll(spec, clock_hz, clock_source(hse_bypass_hz), hse_bypass_hz)
 
 
 def uart_brr(kernel_clock_hz: int, baud: int) -> int:

@@ -31,7 +31,8 @@ import numpy as np
 from tinyscale import __version__
 from tinyscale.budget import Placement, place
 from tinyscale.chips import find_chip
-from tinyscale.clocks import WAIT_POLLS, ClockPlan, ClockProgram, clock_program, find_spec, plan_clock, uart_brr
+from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program, clock_source, find_spec, plan_clock,
+                              uart_brr)
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, op_shapes
@@ -600,7 +601,7 @@ def clock_setup(target: Target) -> ClockSetup | None:
         log.warning("target %s: no clock-tree data for mcu %s; the firmware stays on its reset clock",
                     target.name, target.mcu)
         return None
-    plan = plan_clock(spec, target.clock_hz)
+    plan = plan_clock(spec, target.clock_hz, clock_source(target.hse_bypass_hz), target.hse_bypass_hz)
     return ClockSetup(plan, clock_program(plan))
 
 
