@@ -166,7 +166,9 @@ F746 = ClockSpec(
 # runs the board at full speed. §8.7.13 RCC_PLLCKSELR: 1 <= DIVM1 <= 63; RCC_PLL1DIVR:
 # 4 <= DIVN1 <= 512, DIVP1 even (2-128: odd factors are not allowed for PLL1); RCC_PLLCFGR:
 # PLL1RGE 00 1-2 MHz, 01 2-4 MHz, 10 4-8 MHz, 11 8-16 MHz; the wide-range VCO (VCOSEL=0)
-# wants ref1_ck of 2-16 MHz and runs 192-960 MHz on revision V (DS12110).
+# wants ref1_ck of 2-16 MHz and runs 192-960 MHz on revision V (DS12110). Cross-checked:
+# the stm32h7xx-hal crate transcribes Table 17 identically, and CircuitPython's STM32H743
+# port runs 480 MHz from a 960 MHz VCO (2 MHz x 480 / P 2) at VOS0 with AHB /2.
 _H743_WS_VOS1 = _ws((70, 0, 0), (140, 1, 1), (185, 2, 1), (210, 2, 2), (225, 3, 2))
 _H743_WS_VOS0 = _H743_WS_VOS1 + _ws((240, 4, 2))
 H743 = ClockSpec(
@@ -191,7 +193,8 @@ H743 = ClockSpec(
 # frequency": range 1 <= 16/32/48/64/80 MHz for 0-4 WS, range 2 <= 6/12/18/26 MHz for 0-3.
 # §5.1.8 "Dynamic voltage scaling": range 1 up to 80 MHz, range 2 up to 26 MHz.
 # §6.4.4 RCC_PLLCFGR: PLLM 1-8, PLLN 8-86, PLLR 2/4/6/8; VCO input 4-16 MHz, VCO output
-# 64-344 MHz, PLLR output (SYSCLK) <= 80 MHz. APB1/APB2 up to 80 MHz.
+# 64-344 MHz, PLLR output (SYSCLK) <= 80 MHz. APB1/APB2 up to 80 MHz. Cross-checked: ST's
+# LL driver (stm32l4xx_ll_utils.c) states the same wait-state table and PLL limits.
 L476 = ClockSpec(
     family="L4", manual="RM0351", parts=r"STM32L4(71|75|76|85|86|96|A6)[0-9A-Z]*",
     reset_clock_hz=4 * MHZ, hsi_hz=16 * MHZ, hse_bypass_hz=(4 * MHZ, 48 * MHZ),
