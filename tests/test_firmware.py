@@ -717,13 +717,17 @@ def test_every_bundled_target_renders_a_project(model, host_figures, tmp_path, t
         assert (out / "linker.ld").is_file() and (out / "src/startup.c").is_file()
 
 
-@pytest.mark.parametrize("target_name, brr, family", [
-    ("nucleo-f411re", 139, "F4"), ("stm32f746g-disco", 139, "F7"), ("nucleo-h743zi2", 556, "H7"),
-    ("nucleo-l476rg", 35, "L4"), ("b-u585i-iot02a", 35, "U5"),
+# BRR = kernel clock / baud, rounded: the reset clock (every prescaler /1), and the APB clock
+# each USART gets at the board's clock_hz (F411: USART2 on APB1 at 50 MHz; F746: USART1 on
+# APB2 at 108 MHz; H743: USART3 on APB1 at 120 MHz; L476: USART2 at 80 MHz; U585: USART1 at 160 MHz).
+@pytest.mark.parametrize("target_name, family, brr_reset, brr_pll", [
+    ("nucleo-f411re", "F4", 139, 434), ("stm32f746g-disco", "F7", 139, 938), ("nucleo-h743zi2", "H7", 556, 1042),
+    ("nucleo-l476rg", "L4", 35, 694), ("b-u585i-iot02a", "U5", 35, 1389),
 ])
-def test_stm32_uart_divisor_follows_the_reset_clock(target_name, brr, family):
-    glue = fw.uart_glue(load_target(target_name))
-    assert (glue.family, glue.brr, glue.baud) == (family, brr, 115200)
+def test_stm32_uart_divisor_follows_the_clock_that_runs(target_name, family, brr_reset, brr_pll):
+    target = load_target(target_name)
+    glue = fw.uart_glue(target, fw.clock_setup(target))
+    assert (glue.family, glue.brr_reset, glue.brr_pll, glue.baud) == (family, brr_reset, brr_pll, 115200)
 
 
 # ---------------------------------------------------------------------------

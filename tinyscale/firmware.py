@@ -31,6 +31,8 @@ import numpy as np
 from tinyscale import __version__
 from tinyscale.budget import Placement, place
 from tinyscale.chips import find_chip
+from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program, clock_source, find_spec, plan_clock,
+                              uart_brr)
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
@@ -193,15 +195,26 @@ class CmakeArmContext:
     flash_length: int
     stack_bytes: int
     heap_bytes: int
-    core_clock_hz: int  # what SysTick counts at with the reset clock tree
+    core_clock_hz: int  # what SysTick counts at once the clock tree is set up (the board's clock without one)
+    reset_clock_hz: int  # what it counts at straight out of reset, and after a failed set-up
     console: str  # semihosting or uart
     uart: UartGlue | None
+    clock: ClockSetup | None  # STM32 parts with tabulated clock trees; None: stay on the reset clock
 
     @property
     def tflm_target_arch(self) -> str:
         """TARGET_ARCH for TFLM's create_tflm_tree.py (its cortex_m_generic names)."""
         # Only the M4 and M7 have "+fp" variants there; the tree's sources do not depend on it.
         return f"{self.cpu}+fp" if self.fpu and self.cpu in ("cortex-m4", "cortex-m7") else self.cpu
+
+
+@dataclass(frozen=True)
+class ClockSetup:
+    """The computed clock tree (tinyscale.clocks) and the register program that sets it."""
+
+    plan: ClockPlan
+    program: ClockProgram
+    wait_polls: int = WAIT_POLLS
 
 
 @dataclass(frozen=True)
@@ -217,8 +230,10 @@ class UartGlue:
     pins: tuple[PinMux, ...]
     af: int
     baud: int
-    brr: int
+    brr_reset: int  # BRR from the reset clock (every prescaler /1, kernel clock = SYSCLK)
     layout: str  # "v1" (F4: SR/DR) or "v2" (ISR/TDR)
+    kernel_clock_hz: int | None = None  # the USART's APB clock once the PLL runs
+    brr_pll: int | None = None  # BRR from that clock; the firmware picks one of the two at run time
 
     @property
     def gpio_ports(self) -> tuple[tuple[int, str], ...]:
@@ -581,7 +596,18 @@ def _console_baud(target: Target) -> int:
     return (target.console.baud if target.console else None) or DEFAULT_BAUD
 
 
-def uart_glue(target: Target) -> UartGlue:
+def clock_setup(target: Target) -> ClockSetup | None:
+    """The clock tree for the target's `clock_hz`, or None for a part whose manual is not tabulated."""
+    spec = find_spec(target.mcu)
+    if spec is None:
+        log.warning("target %s: no clock-tree data for mcu %s; the firmware stays on its reset clock",
+                    target.name, target.mcu)
+        return None
+    plan = plan_clock(spec, target.clock_hz, clock_source(target.hse_bypass_hz), target.hse_bypass_hz)
+    return ClockSetup(plan, clock_program(plan))
+
+
+def uart_glue(target: Target, clock: ClockSetup | None = None) -> UartGlue:
     console = target.console
     family_name = stm32_family(target)
     family = _STM32_FAMILIES[family_name]
@@ -603,8 +629,10 @@ def uart_glue(target: Target) -> UartGlue:
         pins=pins,
         af=console.af,
         baud=baud,
-        brr=(family.reset_clock_hz + baud // 2) // baud,
+        brr_reset=uart_brr(family.reset_clock_hz, baud),
         layout=family.layout,
+        kernel_clock_hz=clock.plan.usart_clock_hz(console.instance) if clock else None,
+        brr_pll=uart_brr(clock.plan.usart_clock_hz(console.instance), baud) if clock else None,
     )
 
 
@@ -624,8 +652,10 @@ def cmake_arm_context(target: Target, arena: ArenaPlan) -> CmakeArmContext:
     console_kind = _console_kind(target, "semihosting")
     if console_kind not in ("semihosting", "uart"):
         raise TemplateError(f"target {target.name!r}: cmake-arm projects support uart or semihosting consoles")
-    uart = uart_glue(target) if console_kind == "uart" else None
-    clock = _STM32_FAMILIES[uart.family].reset_clock_hz if uart else target.clock_hz
+    # Semihosting boards (QEMU's mps2-an386) run at their fixed clock: no clock tree to set up.
+    clock = clock_setup(target) if console_kind == "uart" else None
+    uart = uart_glue(target, clock) if console_kind == "uart" else None
+    reset_clock_hz = _STM32_FAMILIES[uart.family].reset_clock_hz if uart else target.clock_hz
     return CmakeArmContext(
         cpu=target.cpu,
         fpu=target.fpu,
@@ -636,9 +666,11 @@ def cmake_arm_context(target: Target, arena: ArenaPlan) -> CmakeArmContext:
         flash_length=target.flash.budget_bytes,
         stack_bytes=STACK_BYTES,
         heap_bytes=HEAP_BYTES,
-        core_clock_hz=clock,
+        core_clock_hz=clock.plan.systick_hz if clock else reset_clock_hz,
+        reset_clock_hz=reset_clock_hz,
         console=console_kind,
         uart=uart,
+        clock=clock,
     )
 
 

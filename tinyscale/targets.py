@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyscale.chips import BUILD_SYSTEM_CPUS, CPU_FPUS, KERNEL_LIBRARY_CPUS, chip_families, find_chip
+from tinyscale.clocks import check_target_clock
 from tinyscale.errors import TargetError
 from tinyscale.resources import data_dir
 
@@ -31,6 +32,9 @@ _TOP_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "cpu": (str, True),  # compiler's -mcpu / IDF target, e.g. cortex-m7, esp32s3
     "fpu": (str, False),  # gcc -mfpu value (fpv4-sp-d16, fpv5-d16, ...); absent: soft float
     "clock_hz": (int, True),
+    # STM32: the external clock on OSC_IN in HSE bypass mode (e.g. the ST-LINK's 8 MHz MCO, where
+    # the board's user manual documents it) for the PLL to run from; absent: the internal HSI
+    "hse_bypass_hz": (int, False),
     "kernel_library": (str, True),
     "build_system": (str, True),
     "url": (str, False),
@@ -120,6 +124,7 @@ class Target:
     url: str | None = None
     notes: str | None = None
     path: Path | None = None
+    hse_bypass_hz: int | None = None
 
     @property
     def arena_regions(self) -> tuple[MemoryRegion, ...]:
@@ -220,6 +225,14 @@ def _check_mcu(source: str, data: dict[str, Any]) -> None:
         raise TargetError(f"{source}: mcu {mcu!r} ({chip.family}) has {has}, but fpu is {fpu!r}")
 
 
+def _check_clock(source: str, data: dict[str, Any]) -> None:
+    """The clock tree the cmake-arm firmware sets up must exist for the chip (tinyscale.clocks)."""
+    try:
+        check_target_clock(data.get("mcu"), data["clock_hz"], data.get("hse_bypass_hz"))
+    except TargetError as exc:
+        raise TargetError(f"{source}: mcu {data.get('mcu')!r}: {exc}") from None
+
+
 def _span(origin: int, size: int, where: str, key: str) -> tuple[int, int, str]:
     if origin + size > ADDRESS_SPACE_BYTES:
         raise TargetError(
@@ -307,6 +320,7 @@ def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | No
             raise TargetError(f"{source}: cmake-arm targets need an origin for flash and every memory region")
     _check_address_map(source, flash, regions)
     _check_mcu(source, data)
+    _check_clock(source, data)
 
     return Target(
         name=data["name"],
@@ -324,6 +338,7 @@ def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | No
         url=data.get("url"),
         notes=data.get("notes"),
         path=path,
+        hse_bypass_hz=data.get("hse_bypass_hz"),
     )
 
 

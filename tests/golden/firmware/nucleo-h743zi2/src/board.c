@@ -8,11 +8,74 @@
 
 #define TS_REG(address) (*(volatile uint32_t*)(uintptr_t)(address))
 
-// ---- SysTick: 1 kHz interrupt plus the down-counter for sub-millisecond time.
-// The core runs at 64000000 Hz (the reset clock: no PLL is set up, so timings are slower than at full speed).
-#define TS_CORE_CLOCK_HZ 64000000u
-#define TS_TICKS_PER_MS (TS_CORE_CLOCK_HZ / 1000u)
-#define TS_TICKS_PER_US (TS_CORE_CLOCK_HZ / 1000000u)
+// ---- Clock tree. 480000000 Hz from HSI 64000000 Hz: M=4 N=60 P=2, VCO 960000000 Hz, VOS0, 4 flash wait states
+// (tinyscale.clocks, from RM0433's tables). Wait states and voltage scaling are
+// set before the clock goes up; every ready flag is polled at most TS_CLOCK_WAIT_POLLS times,
+// and on a timeout the chip stays on (or returns to) its 64000000 Hz reset clock.
+#define TS_PLL_CLOCK_HZ 480000000u
+#define TS_CLOCK_WAIT_POLLS 200000u
+#define TS_RESET_CLOCK_HZ 64000000u
+
+static void ts_modify(uint32_t address, uint32_t mask, uint32_t value) {
+  TS_REG(address) = (TS_REG(address) & ~mask) | value;
+}
+
+static int ts_wait(uint32_t address, uint32_t mask, uint32_t expected) {
+  for (uint32_t poll = 0; poll < TS_CLOCK_WAIT_POLLS; ++poll) {
+    if ((TS_REG(address) & mask) == expected) return 1;
+  }
+  return 0;
+}
+
+static void restore_reset_clock(void) {
+  ts_modify(0x58024410u, 0x00000007u, 0x00000000u);  // RCC_CFGR.SW back to HSI
+  ts_modify(0x58024418u, 0x00000F7Fu, 0x00000000u);  // RCC_D1CFGR back to /1
+  ts_modify(0x5802441Cu, 0x00000770u, 0x00000000u);  // RCC_D2CFGR back to /1
+  ts_modify(0x58024420u, 0x00000070u, 0x00000000u);  // RCC_D3CFGR back to /1
+}
+
+// Returns 0 once SYSCLK runs from the PLL, or why it does not.
+static const char* clock_setup(void) {
+  ts_modify(0x5802480Cu, 0x00000007u, 0x00000002u);  // PWR_CR3: LDOEN, no bypass, SCUEN cleared
+  if (!ts_wait(0x58024804u, 0x00002000u, 0x00002000u)) return "supply not ready";
+  ts_modify(0x58024818u, 0x0000C000u, 0x0000C000u);  // PWR_D3CR.VOS = VOS1
+  if (!ts_wait(0x58024818u, 0x00002000u, 0x00002000u)) return "voltage scaling not ready";
+  ts_modify(0x580244F4u, 0x00000002u, 0x00000002u);  // RCC_APB4ENR.SYSCFGEN
+  if (!ts_wait(0x580244F4u, 0x00000002u, 0x00000002u)) return "SYSCFG clock did not start";
+  ts_modify(0x5800042Cu, 0x00000001u, 0x00000001u);  // SYSCFG_PWRCR.ODEN: VOS0
+  if (!ts_wait(0x58024818u, 0x00002000u, 0x00002000u)) return "VOS0 not ready";
+  ts_modify(0x58024400u, 0x00000001u, 0x00000001u);  // RCC_CR.HSION
+  if (!ts_wait(0x58024400u, 0x00000004u, 0x00000004u)) return "HSI did not start";
+  ts_modify(0x58024428u, 0x000003F3u, 0x00000040u);  // RCC_PLLCKSELR: DIVM1 = 4
+  ts_modify(0x5802442Cu, 0x0007000Fu, 0x0001000Cu);  // RCC_PLLCFGR: PLL1RGE for 16000000 Hz, wide VCO, DIVP1EN
+  ts_modify(0x58024430u, 0x0000FFFFu, 0x0000023Bu);  // RCC_PLL1DIVR: N=60 P=2
+  ts_modify(0x58024400u, 0x01000000u, 0x01000000u);  // RCC_CR.PLL1ON
+  if (!ts_wait(0x58024400u, 0x02000000u, 0x02000000u)) return "PLL did not lock";
+  ts_modify(0x52002000u, 0x0000003Fu, 0x00000024u);  // FLASH_ACR: 4 wait states, WRHIGHFREQ 2 for AXI clock 240000000 Hz (VOS0)
+  if (!ts_wait(0x52002000u, 0x0000000Fu, 0x00000004u)) return "flash latency not accepted";
+  ts_modify(0x58024418u, 0x00000F7Fu, 0x00000048u);  // RCC_D1CFGR: D1CPRE /1, HPRE /2, D1PPRE /2
+  ts_modify(0x5802441Cu, 0x00000770u, 0x00000440u);  // RCC_D2CFGR: D2PPRE1 /2, D2PPRE2 /2
+  ts_modify(0x58024420u, 0x00000070u, 0x00000040u);  // RCC_D3CFGR: D3PPRE /2
+  ts_modify(0x58024410u, 0x00000007u, 0x00000003u);  // RCC_CFGR.SW = PLL1
+  if (!ts_wait(0x58024410u, 0x00000038u, 0x00000018u)) {
+    restore_reset_clock();
+    return "switch to the PLL not confirmed";
+  }
+  return 0;
+}
+
+static uint32_t ts_core_clock_hz = TS_RESET_CLOCK_HZ;
+static const char* ts_clock_failure = "not attempted";
+
+static void clock_init(void) {
+  ts_clock_failure = clock_setup();
+  if (ts_clock_failure == 0) ts_core_clock_hz = TS_PLL_CLOCK_HZ;
+}
+
+// ---- SysTick: 1 kHz interrupt plus the down-counter for sub-millisecond time,
+// counting the processor clock that actually runs.
+#define TS_TICKS_PER_MS (ts_core_clock_hz / 1000u)
+#define TS_TICKS_PER_US (ts_core_clock_hz / 1000000u)
 #define TS_SYST_CSR 0xE000E010u
 #define TS_SYST_RVR 0xE000E014u
 #define TS_SYST_CVR 0xE000E018u
@@ -58,7 +121,10 @@ uint32_t ts_time_us(void) {
 }
 
 // ---- USART3 on STM32H7, register level (reference manual register map):
-// 115200 baud 8N1 from the 64000000 Hz reset clock, BRR = 556.
+// 115200 baud 8N1. BRR = 556 from the 64000000 Hz reset clock, 1042 from the
+// 120000000 Hz APB clock the PLL gives it: chosen at run time from the clock that runs.
+#define TS_USART_BRR_RESET 556u
+#define TS_USART_BRR_PLL 1042u
 #define TS_RCC_GPIO_ENABLE 0x580244E0u
 #define TS_RCC_USART_ENABLE 0x580244E8u
 #define TS_USART 0x40004800u
@@ -86,7 +152,7 @@ static void console_init(void) {
   (void)TS_REG(TS_RCC_USART_ENABLE);  // read back: the clock must run before the first access
   pin_alternate(0x58020C00u, 8u, 7u);  // PD8
   pin_alternate(0x58020C00u, 9u, 7u);  // PD9
-  TS_REG(TS_USART_BRR) = 556u;
+  TS_REG(TS_USART_BRR) = ts_clock_failure == 0 ? TS_USART_BRR_PLL : TS_USART_BRR_RESET;
   TS_REG(TS_USART_CR1) = TS_USART_ENABLE_BITS;
 }
 
@@ -103,6 +169,26 @@ void ts_console_write(const char* text) {
   }
 }
 
+// "clock 80000000 Hz (PLL)" or "clock 4000000 Hz (reset clock: PLL did not lock)".
+static void report_clock(void) {
+  char digits[11];
+  unsigned length = 0;
+  uint32_t hz = ts_core_clock_hz;
+  do {
+    digits[length++] = (char)('0' + hz % 10u);
+    hz /= 10u;
+  } while (hz != 0u);
+  ts_console_write("clock ");
+  while (length > 0u) console_put(digits[--length]);
+  if (ts_clock_failure == 0) {
+    ts_console_write(" Hz (PLL)\n");
+  } else {
+    ts_console_write(" Hz (reset clock: ");
+    ts_console_write(ts_clock_failure);
+    ts_console_write(")\n");
+  }
+}
+
 void board_exit(int status) {
   (void)status;  // already printed as SELFTEST PASS/FAIL
   while ((TS_REG(TS_USART_STATUS) & TS_USART_TC) == 0u) {
@@ -113,6 +199,8 @@ void board_exit(int status) {
 }
 
 void board_init(void) {
+  clock_init();  // first: the timer and the UART divisor follow the clock that runs
   timer_init();
   console_init();
+  report_clock();
 }
