@@ -148,7 +148,7 @@ def test_scale_with_target_exits_0_when_it_fits_and_3_when_not():
     fitting = invoke("scale", "--phi", "-9.43", "--target", "nucleo-l476rg")
     assert fitting.exit_code == 0, fitting.output
     assert _row(fitting.stdout, "fits") == "yes"
-    table = invoke("scale", "--phi", "-9", "--target", "nucleo-l476rg")
+    table = invoke("scale", "--phi", "-8", "--target", "nucleo-l476rg")
     assert table.exit_code == 3 and "fits" in table.stdout and "no: SRAM" in table.stdout
     assert table.stderr.count("\n") == 1
 

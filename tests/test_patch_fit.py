@@ -257,3 +257,20 @@ def test_unpatched_fit_json_leaves_the_conversion_alone(tmp_path):
 
     assert _fitted_schedule({}) is None  # a fit.json from before patching
     assert _fitted_schedule({"patch_grid": [3, 2], "patch_split_tensor": "t"}) == ((3, 2), "t")
+
+
+def test_scale_checks_the_phi_fit_prints_the_way_fit_does():
+    """fit --patch auto's phi passed to scale --target fits there too (with its schedule), not with --patch off."""
+    runner = CliRunner()
+    fitted = json.loads(runner.invoke(app, ["fit", "--target", "esp32", "--no-verify", "--json"]).stdout)
+    assert fitted["patch_grid"] != [1, 1]  # esp32's answer is patched: the case where the two could disagree
+    phi = str(fitted["phi"])
+    checked = runner.invoke(app, ["scale", "--phi", phi, "--target", "esp32", "--json"])
+    assert checked.exit_code == 0, checked.output
+    scaled = json.loads(checked.stdout)
+    assert scaled["resolution"] == fitted["resolution"] and scaled["patch_grid"] == fitted["patch_grid"]
+    assert scaled["patch_split_tensor"] == fitted["patch_split_tensor"]
+    assert scaled["flash_needed_bytes"] == fitted["flash_needed_bytes"]
+    assert scaled["sram_needed_bytes"] == fitted["sram_needed_bytes"]
+    unpatched = runner.invoke(app, ["scale", "--phi", phi, "--target", "esp32", "--patch", "off"])
+    assert unpatched.exit_code == 3

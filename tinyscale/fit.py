@@ -25,6 +25,7 @@ from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.budget import Placement, place, selftest_flash_bytes
 from tinyscale.errors import NothingFitsError, UsageError
+from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS
 from tinyscale.kernels import OpShapes, arena_margin_bytes, extra_kernel_flash_bytes, op_shapes
 from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients, format_phi
@@ -454,7 +455,6 @@ def _nothing_fits(search: _Search) -> NothingFitsError:
 
 
 PATCH_MODES = ("auto", "off")
-DEFAULT_MAX_EXTRA_MACS = 0.3  # the halos' extra MACs a schedule may cost (patching's default)
 
 
 def _unpatched_answer(request: FitRequest, estimator: Estimator) -> float | None:

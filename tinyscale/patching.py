@@ -27,11 +27,10 @@ from tinyscale.errors import MeasurementError, NotModelledError, UsageError
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.graph.model import Model
-from tinyscale.graph.patch import Candidate, check_int8, find_candidate, patch_model, split_candidates
+from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS, Candidate, check_int8, find_candidate, patch_model, split_candidates
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_EXTRA_MACS = 0.3
 MAX_GRID = 4  # the search tries 1x1 .. 4x4
 MEASURED_FINALISTS = 4  # measured when the analytic arena cannot be trusted for the model
 CHECK_INPUTS = 4

@@ -13,7 +13,7 @@ import typer
 from tinyscale import arch
 from tinyscale.arch import BASES, ScaledNetwork
 from tinyscale.budget import Placement
-from tinyscale.fit import Memory, placement_for
+from tinyscale.fit import DEFAULT_MAX_EXTRA_MACS, Memory, placement_for
 from tinyscale.cli import app, reports_errors
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
@@ -173,10 +173,17 @@ def scale(
     measure: Annotated[bool, typer.Option("--measure", help="Convert to int8 and measure in TFLM too.")] = False,
     tflite: Annotated[Optional[Path], typer.Option("--tflite", help="Write the int8 model here.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Also check against this target.")] = None,
+    patch: PatchOption = PatchMode("auto"),
+    max_extra_macs: MaxExtraMacsOption = DEFAULT_MAX_EXTRA_MACS,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --tflite file.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Describe the network at a given phi with its estimated (and measured) memory."""
+    """Describe the network at a given phi with its estimated (and measured) memory.
+
+    With --target and --patch auto (fit's default), a network that does not fit
+    unpatched is checked with its best patch schedule, as fit checks it: a phi
+    fit prints then gives the same answer here.
+    """
     from tinyscale.estimate import estimate_memory
     from tinyscale.fsutil import check_writable_file, refuse_clobber
 
@@ -211,13 +218,31 @@ def scale(
         ("model (estimated)", _bytes(estimate.model_bytes)),
         ("arena (estimated)", _bytes(estimate.arena_bytes)),
     ]
-    model_bytes, arena_bytes = estimate.model_bytes, estimate.arena_bytes
+    memory = Memory(estimate.model_bytes, estimate.arena_bytes)
+    if board is not None and patch.value == "auto":
+        from tinyscale.fit import analytic_memory
+        from tinyscale.patch_fit import patched_estimator
+
+        memory = patched_estimator(board, analytic_memory, max_extra_macs)(spec)
+    schedule = memory.schedule
+    result.update(schedule.to_dict())
+    if schedule.patched:
+        rows += [
+            ("patch", f"{schedule.grid[0]}x{schedule.grid[1]} grid up to {schedule.split_tensor} "
+                      f"(+{100 * schedule.macs_overhead:.1f}% MACs), as fit --patch auto chooses"),
+            ("model (patched, estimated)", _bytes(memory.model_bytes)),
+            ("arena (patched, estimated)", _bytes(memory.arena_bytes)),
+        ]
+    model_bytes, arena_bytes = memory.model_bytes, memory.arena_bytes
     if measure or tflite is not None:
         from tinyscale.fit import measured_memory
+        from tinyscale.patch_fit import measured_patched_memory
 
         with status(enabled=not json_output) as report:
-            measured = measured_memory(spec, report)
+            measured = measured_patched_memory(spec, schedule, report) if schedule.patched \
+                else measured_memory(spec, report)
         model_bytes, arena_bytes = measured.model_bytes, measured.arena_bytes
+        memory = measured
         result.update(measured_model_bytes=model_bytes, measured_arena_bytes=arena_bytes)
         rows += [("model (measured)", _bytes(model_bytes)), ("arena (measured)", _bytes(arena_bytes))]
         if tflite is not None:
@@ -225,7 +250,7 @@ def scale(
             rows.append(("wrote", str(tflite)))
     result["model_bytes"], result["arena_bytes"] = model_bytes, arena_bytes
     if board is not None:
-        placement = placement_for(board, spec, Memory(model_bytes, arena_bytes))
+        placement = placement_for(board, spec, memory)
         result.update(target=board.name, **placement.to_dict())
         rows += [("target", board.name)] + _placement_rows(placement)
         rows.append(("fits", "yes" if placement.fits else f"no: {placement.describe_shortfall()}"))
@@ -255,7 +280,7 @@ def fit(
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out directory.")] = False,
     patch: PatchOption = PatchMode("auto"),
-    max_extra_macs: MaxExtraMacsOption = 0.3,
+    max_extra_macs: MaxExtraMacsOption = DEFAULT_MAX_EXTRA_MACS,
     json_output: JsonOption = False,
 ) -> None:
     """Find the largest phi whose int8 TFLite Micro model fits the target's flash and SRAM."""

@@ -10,6 +10,7 @@ import typer
 
 from tinyscale.cli import app, reports_errors
 from tinyscale.errors import ModelError
+from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS
 
 
 def _read(path: Path) -> bytes:
@@ -53,7 +54,7 @@ def patch(
     output: Annotated[Path, typer.Option("--output", "-o", help="Patched .tflite to write.")],
     grid: Annotated[Optional[str], typer.Option(help="Patch grid ROWSxCOLS, e.g. 2x2 (default: searched).")] = None,
     split_tensor: Annotated[Optional[str], typer.Option(help="Tensor the patched region ends at (default: searched).")] = None,
-    max_extra_macs: Annotated[float, typer.Option(min=0.0, help="Cap on the extra MACs of the halos, as a fraction of the model's.")] = 0.3,
+    max_extra_macs: Annotated[float, typer.Option(min=0.0, help="Cap on the extra MACs of the halos, as a fraction of the model's.")] = DEFAULT_MAX_EXTRA_MACS,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:

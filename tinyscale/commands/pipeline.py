@@ -18,6 +18,7 @@ from tinyscale.arch import ScaledNetwork
 from tinyscale.cli import app, reports_errors
 from tinyscale.commands.wording import plural
 from tinyscale.commands.core import (
+    DEFAULT_MAX_EXTRA_MACS,
     DEFAULT_BASE,
     AlphaOption,
     Base,
@@ -710,7 +711,7 @@ def build(
     strict: StrictOption = False,
     force: ForceOption = False,
     patch: PatchOption = PatchMode("auto"),
-    max_extra_macs: MaxExtraMacsOption = 0.3,
+    max_extra_macs: MaxExtraMacsOption = DEFAULT_MAX_EXTRA_MACS,
     json_output: JsonOption = False,
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""

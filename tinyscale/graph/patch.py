@@ -44,6 +44,9 @@ UNARY_OPS = ("RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1", "LOGISTIC", "TANH",
              "QUANTIZE", "ABS", "NEG", "ELU", "GELU", "SQUARE", "RSQRT", "SQRT", "EXP", "LOG")
 # Element-wise binary ops: maps of one shape, or a map and a constant broadcast over space.
 BINARY_OPS = ("ADD", "MUL", "SUB", "MAXIMUM", "MINIMUM", "SQUARED_DIFFERENCE")
+# Default cap on the halos' recomputation a schedule may cost, as a fraction of the
+# model's MACs (`patch` and `fit --patch auto` both use it).
+DEFAULT_MAX_EXTRA_MACS = 0.3
 _OPCODE_VERSION = {"STRIDED_SLICE": 2, "PAD": 2, "PADV2": 2, "CONCATENATION": 2}
 
 
