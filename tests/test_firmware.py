@@ -646,19 +646,26 @@ def test_glue_compiles_and_links_into_the_planned_regions(model, host_figures, t
     assert sections[".data"][0] < 1024
 
 
+QEMU_TARGETS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547")
+
+
 @needs_arm
 @pytest.mark.skipif(not QEMU, reason="qemu-system-arm not installed")
-def test_mps2_glue_boots_under_qemu(model, host_figures, tmp_path):
-    """Startup, static init, semihosting console, SysTick timer and exit, without TFLM."""
-    context = context_for(model, host_figures, "mps2-an386")
+@pytest.mark.parametrize("target_name", QEMU_TARGETS)
+def test_mps2_glue_boots_under_qemu(model, host_figures, tmp_path, target_name):
+    """Startup, static init, semihosting console, SysTick timer and exit, without TFLM:
+    each board's memory map and boot address (the M33 and M55 boot Secure) hold."""
+    context = context_for(model, host_figures, target_name)
+    machine = context.cmake_arm.qemu_machine
+    assert machine == target_name  # the bundled QEMU boards are named after their machine
     elf = build_stub_elf(context, tmp_path)
     result = subprocess.run(
-        [QEMU, "-M", "mps2-an386", "-nographic", "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
+        [QEMU, "-M", machine, "-nographic", "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, timeout=60,
     )
     # QEMU writes semihosting output to stderr or stdout depending on the terminal: read both.
     assert result.returncode == 0, result.stdout
-    assert result.stdout.splitlines() == ["hook registered", "tinyscale tiny on mps2-an386", "STUB OK"]
+    assert result.stdout.splitlines() == ["hook registered", f"tinyscale tiny on {target_name}", "STUB OK"]
 
 
 def build_stub_elf(context: fw.ProjectContext, tmp_path: Path) -> Path:

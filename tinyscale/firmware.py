@@ -200,6 +200,7 @@ class CmakeArmContext:
     console: str  # semihosting or uart
     uart: UartGlue | None
     clock: ClockSetup | None  # STM32 parts with tabulated clock trees; None: stay on the reset clock
+    qemu_machine: str | None = None  # `qemu-system-arm -M` name for the FPGA images QEMU emulates
 
     @property
     def tflm_target_arch(self) -> str:
@@ -671,7 +672,14 @@ def cmake_arm_context(target: Target, arena: ArenaPlan) -> CmakeArmContext:
         console=console_kind,
         uart=uart,
         clock=clock,
+        qemu_machine=qemu_machine(target),
     )
+
+
+def qemu_machine(target: Target) -> str | None:
+    """The QEMU board that runs `target`'s image: its chip's (the MPS2/MPS3 FPGA images), else None."""
+    chip = find_chip(target.mcu) if target.mcu else None
+    return chip.qemu_machine if chip else None
 
 
 ESP_TFLITE_MICRO_VERSION = "~1.4.0"
