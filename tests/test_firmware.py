@@ -914,3 +914,17 @@ def test_int16_per_channel_dense_is_refused_where_cmsis_nn_cannot_run_it(tmp_pat
     assert CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite")]).exit_code == 0
     esp32 = run_cli(str(tmp_path / "m.tflite"), "--target", "esp32", "-o", str(tmp_path / "esp"))
     assert esp32.exit_code == 0, esp32.output
+
+
+@pytest.mark.parametrize(("target_name", "machine", "workaround"), [
+    ("mps2-an386", "mps2-an386", False), ("mps3-an547", "mps3-an547", True), ("nucleo-h743zi2", None, False)])
+def test_cmake_projects_name_their_qemu_machine_and_the_m55_workaround(model, host_figures, tmp_path, target_name,
+                                                                       machine, workaround):
+    context = context_for(model, host_figures, target_name)
+    assert context.cmake_arm.qemu_machine == machine
+    out = render(context, tmp_path / "p")
+    toolchain = (out / "cmake" / "arm-none-eabi.cmake").read_text()
+    # gcc 12's IT-block VCVTs do not assemble for MVE cores (TFLM's resize_nearest_neighbor.cc).
+    assert ("-fno-if-conversion2" in toolchain) == workaround
+    if machine:
+        assert f"qemu-system-arm -M {machine} -nographic" in (out / "README.md").read_text()
