@@ -1,11 +1,15 @@
-"""Predicted vs linked flash and RAM of generated mps2-an386 firmware, and host-vs-QEMU agreement.
+"""Predicted vs linked flash and RAM of generated firmware for QEMU's MPS2/MPS3 boards, and host-vs-QEMU agreement.
 
 Renders `tinyscale firmware` projects, builds them against TFLite Micro trees
 made by create_tflm_tree.py, runs them under QEMU and prints one row per
 (model, kernels):
 
     python benchmarks/firmware_sizes.py --tflm /path/tree-cmsis --tflm /path/tree-ref \
+        [--target mps2-an386 | mps2-an500 | mps2-an505 | mps3-an547] \
         [--model tiny:0 --model tiny:0.5 | --tflite some.tflite] [--work DIR]
+
+The trees must be made for the target's core (create_tflm_tree.py's TARGET_ARCH,
+e.g. cortex-m4+fp for mps2-an386, cortex-m55 for mps3-an547).
 
 A tree with third_party/cmsis_nn builds with CMSIS-NN, one without with reference
 kernels. Build directories under --work are reused, so a second run recompiles
@@ -28,7 +32,7 @@ import numpy as np
 from tinyscale import firmware as fw
 from tinyscale.targets import load_target
 
-QEMU_COMMAND = ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-semihosting-config", "enable=on,target=native"]
+DEFAULT_TARGET = "mps2-an386"
 # Sections the image occupies in flash (.data is copied from flash at reset) and in RAM.
 FLASH_SECTIONS = (".isr_vector", ".text", ".ARM.extab", ".ARM.exidx", ".preinit_array", ".init_array",
                   ".fini_array", ".data")
@@ -39,10 +43,16 @@ def kernels_of(tflm_root: Path) -> str:
     return "cmsis-nn" if (Path(tflm_root) / "third_party" / "cmsis_nn").is_dir() else "reference"
 
 
-def mps2_target(kernels: str):
-    """The bundled mps2-an386 target, with its kernel library set to what the tree provides."""
-    target = load_target("mps2-an386")
+def mps2_target(kernels: str, name: str = DEFAULT_TARGET):
+    """A bundled QEMU board target, with its kernel library set to what the tree provides."""
+    target = load_target(name)
+    if fw.qemu_machine(target) is None:
+        raise ValueError(f"target {name!r} names no chip QEMU emulates (mcu {target.mcu!r})")
     return target if target.kernel_library == kernels else replace(target, kernel_library=kernels)
+
+
+def qemu_command(machine: str) -> list[str]:
+    return ["qemu-system-arm", "-M", machine, "-nographic", "-semihosting-config", "enable=on,target=native"]
 
 
 def build(project: Path, build_dir: Path, tflm_root: Path, jobs: int = 2) -> Path:
@@ -72,8 +82,8 @@ def _number(pattern: str, text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def run_qemu(elf: Path, timeout: float = 600.0) -> QemuRun:
-    result = subprocess.run([*QEMU_COMMAND, "-kernel", str(elf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def run_qemu(elf: Path, timeout: float = 600.0, machine: str = DEFAULT_TARGET) -> QemuRun:
+    result = subprocess.run([*qemu_command(machine), "-kernel", str(elf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, timeout=timeout)
     text = result.stdout
     output_line = re.search(r"^OUTPUT 0:(.*)$", text, re.MULTILINE)
@@ -109,20 +119,24 @@ def linked_sizes(elf: Path) -> dict[str, int]:
     }
 
 
-def measure(model: bytes, label: str, tflm_root: Path, work: Path, slot_label: str | None = None) -> dict:
-    """Render, build and run one model with one TFLM tree; returns a result row.
+def measure(model: bytes, label: str, tflm_root: Path, work: Path, slot_label: str | None = None,
+            target_name: str = DEFAULT_TARGET) -> dict:
+    """Render, build and run one model with one TFLM tree on one QEMU board; returns a result row.
 
     Models measured with the same `slot_label` share a build directory, so TFLM
-    compiles once for them.
+    compiles once for them. mps2-an386's slots keep their old names (no board
+    prefix), so existing build directories stay valid.
     """
     kernels = kernels_of(tflm_root)
-    slot = work / f"{slot_label or label}-{kernels}"
-    options = fw.FirmwareOptions(target=mps2_target(kernels), out_dir=slot / "project", name="app",
+    target = mps2_target(kernels, target_name)
+    prefix = "" if target_name == DEFAULT_TARGET else f"{target_name}-"
+    slot = work / f"{prefix}{slot_label or label}-{kernels}"
+    options = fw.FirmwareOptions(target=target, out_dir=slot / "project", name="app",
                                  force=True, allow_overflow=True, model_file=f"{label}.tflite")
     result = fw.generate_firmware(model, options)
     context = result.context
     elf = build(slot / "project", slot / "build", tflm_root)
-    run = run_qemu(elf)
+    run = run_qemu(elf, machine=fw.qemu_machine(target))
     linked = linked_sizes(elf)
     expected = context.expected[0]
     host_diff = float(np.max(np.abs(np.array(run.outputs) - np.array(expected.values[: len(run.outputs)])))) \
@@ -131,6 +145,7 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path, slot_label: s
         host_diff = int(host_diff)
     return {
         "model": label,
+        "target": target_name,
         "kernels": kernels,
         "model_bytes": context.model_size_bytes,
         "predicted_flash_bytes": context.predicted_flash_bytes,
@@ -180,6 +195,7 @@ def tools_missing() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_tree_arguments(parser)
+    parser.add_argument("--target", default=DEFAULT_TARGET, help="a bundled QEMU board (trees made for its core)")
     parser.add_argument("--model", action="append", default=[], help="base:phi, e.g. tiny:0 (default)")
     parser.add_argument("--tflite", action="append", default=[], help="a .tflite file")
     args = parser.parse_args(argv)
@@ -188,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, model in _models(args.model or ([] if args.tflite else ["tiny:0"]), args.tflite):
         for tree in args.tflm:
-            rows.append(measure(model, label, Path(tree), Path(args.work)))
+            rows.append(measure(model, label, Path(tree), Path(args.work), target_name=args.target))
             print(json.dumps(rows[-1]), flush=True)
     return 0 if all(row["selftest"] == "PASS" for row in rows) else 1
 

@@ -646,19 +646,26 @@ def test_glue_compiles_and_links_into_the_planned_regions(model, host_figures, t
     assert sections[".data"][0] < 1024
 
 
+QEMU_TARGETS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547")
+
+
 @needs_arm
 @pytest.mark.skipif(not QEMU, reason="qemu-system-arm not installed")
-def test_mps2_glue_boots_under_qemu(model, host_figures, tmp_path):
-    """Startup, static init, semihosting console, SysTick timer and exit, without TFLM."""
-    context = context_for(model, host_figures, "mps2-an386")
+@pytest.mark.parametrize("target_name", QEMU_TARGETS)
+def test_mps2_glue_boots_under_qemu(model, host_figures, tmp_path, target_name):
+    """Startup, static init, semihosting console, SysTick timer and exit, without TFLM:
+    each board's memory map and boot address (the M33 and M55 boot Secure) hold."""
+    context = context_for(model, host_figures, target_name)
+    machine = context.cmake_arm.qemu_machine
+    assert machine == target_name  # the bundled QEMU boards are named after their machine
     elf = build_stub_elf(context, tmp_path)
     result = subprocess.run(
-        [QEMU, "-M", "mps2-an386", "-nographic", "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
+        [QEMU, "-M", machine, "-nographic", "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, timeout=60,
     )
     # QEMU writes semihosting output to stderr or stdout depending on the terminal: read both.
     assert result.returncode == 0, result.stdout
-    assert result.stdout.splitlines() == ["hook registered", "tinyscale tiny on mps2-an386", "STUB OK"]
+    assert result.stdout.splitlines() == ["hook registered", f"tinyscale tiny on {target_name}", "STUB OK"]
 
 
 def build_stub_elf(context: fw.ProjectContext, tmp_path: Path) -> Path:
@@ -907,3 +914,17 @@ def test_int16_per_channel_dense_is_refused_where_cmsis_nn_cannot_run_it(tmp_pat
     assert CliRunner().invoke(app, ["simulate", str(tmp_path / "m.tflite")]).exit_code == 0
     esp32 = run_cli(str(tmp_path / "m.tflite"), "--target", "esp32", "-o", str(tmp_path / "esp"))
     assert esp32.exit_code == 0, esp32.output
+
+
+@pytest.mark.parametrize(("target_name", "machine", "workaround"), [
+    ("mps2-an386", "mps2-an386", False), ("mps3-an547", "mps3-an547", True), ("nucleo-h743zi2", None, False)])
+def test_cmake_projects_name_their_qemu_machine_and_the_m55_workaround(model, host_figures, tmp_path, target_name,
+                                                                       machine, workaround):
+    context = context_for(model, host_figures, target_name)
+    assert context.cmake_arm.qemu_machine == machine
+    out = render(context, tmp_path / "p")
+    toolchain = (out / "cmake" / "arm-none-eabi.cmake").read_text()
+    # gcc 12's IT-block VCVTs do not assemble for MVE cores (TFLM's resize_nearest_neighbor.cc).
+    assert ("-fno-if-conversion2" in toolchain) == workaround
+    if machine:
+        assert f"qemu-system-arm -M {machine} -nographic" in (out / "README.md").read_text()

@@ -1,14 +1,26 @@
-"""The generated mps2-an386 project built against real TFLite Micro and run under QEMU.
+"""The generated projects of QEMU's Cortex-M boards built against real TFLite Micro and run under QEMU.
 
-Skips unless TFLM_ROOT names a tree made by TFLM's create_tflm_tree.py. A tree
-with third_party/cmsis_nn builds with CMSIS-NN; TFLM_REFERENCE_ROOT may name a
-second tree made without OPTIMIZED_KERNEL_DIR for the reference kernels:
+Each board needs TFLM trees made by TFLM's create_tflm_tree.py for its core
+(TARGET=cortex_m_generic TARGET_ARCH=<arch>, with OPTIMIZED_KERNEL_DIR=cmsis_nn
+for CMSIS-NN, without it for the reference kernels), named by environment
+variables; a test whose tree is not set skips, naming the variable:
+
+    board        core         TARGET_ARCH    CMSIS-NN tree             reference tree
+    mps2-an386   Cortex-M4    cortex-m4+fp   TFLM_ROOT                 TFLM_REFERENCE_ROOT
+    mps2-an500   Cortex-M7    cortex-m7+fp   TFLM_ROOT_CORTEX_M7       TFLM_REFERENCE_ROOT_CORTEX_M7
+    mps2-an505   Cortex-M33   cortex-m33     TFLM_ROOT_CORTEX_M33      TFLM_REFERENCE_ROOT_CORTEX_M33
+    mps3-an547   Cortex-M55   cortex-m55     TFLM_ROOT_CORTEX_M55      TFLM_REFERENCE_ROOT_CORTEX_M55
+
+(the rule: TFLM_ROOT / TFLM_REFERENCE_ROOT plus the board's cpu upper-cased with
+"-" as "_"; the Cortex-M4 also takes the plain names). A tree with
+third_party/cmsis_nn builds with CMSIS-NN whatever variable names it.
 
     TFLM_ROOT=path/to/tree-cmsis TFLM_REFERENCE_ROOT=path/to/tree-ref \
+    TFLM_ROOT_CORTEX_M55=path/to/tree-m55-cmsis ... \
         pytest -s tests/test_firmware_integration.py
 
-A cold TFLM build takes minutes; set TINYSCALE_FIRMWARE_BUILD_DIR to keep the
-build directories between runs.
+A cold TFLM build takes 10-20 minutes per tree; set TINYSCALE_FIRMWARE_BUILD_DIR
+to keep the build directories between runs.
 """
 
 from __future__ import annotations
@@ -25,19 +37,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import firmware_sizes  # noqa: E402
 import patch_firmware  # noqa: E402
 
+from tinyscale.targets import load_target
+
 TINY_MODEL = Path(__file__).parent / "golden" / "tiny.tflite"
-TREES = {
-    firmware_sizes.kernels_of(Path(root)): Path(root)
-    for root in (os.environ.get("TFLM_ROOT"), os.environ.get("TFLM_REFERENCE_ROOT"))
-    if root and (Path(root) / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file()
-}
+KERNELS = ("cmsis-nn", "reference")
+QEMU_BOARDS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547")
 MISSING_TOOLS = [tool for tool in ("cmake", "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
                  if not shutil.which(tool)]
 
-pytestmark = [
-    pytest.mark.skipif(not TREES, reason="set TFLM_ROOT to a TFLite Micro tree made by create_tflm_tree.py"),
-    pytest.mark.skipif(bool(MISSING_TOOLS), reason=f"missing tools: {', '.join(MISSING_TOOLS)}"),
-]
+
+def tree_variables(cpu: str, kernels: str) -> tuple[str, ...]:
+    """The environment variables naming a `kernels` tree for `cpu`, first match wins."""
+    base = "TFLM_ROOT" if kernels == "cmsis-nn" else "TFLM_REFERENCE_ROOT"
+    suffixed = f"{base}_{cpu.upper().replace('-', '_')}"
+    return (suffixed, base) if cpu == "cortex-m4" else (suffixed,)
+
+
+def tree_for(cpu: str, kernels: str) -> Path | None:
+    for variable in tree_variables(cpu, kernels):
+        root = os.environ.get(variable)
+        if root and (Path(root) / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file():
+            return Path(root)
+    return None
+
+
+pytestmark = pytest.mark.skipif(bool(MISSING_TOOLS), reason=f"missing tools: {', '.join(MISSING_TOOLS)}")
+
+
+def require_tree(kernels: str, cpu: str = "cortex-m4") -> Path:
+    tree = tree_for(cpu, kernels)
+    if tree is None:
+        names = " or ".join(tree_variables(cpu, kernels))
+        pytest.skip(f"set {names} to a {kernels} TFLite Micro tree made by create_tflm_tree.py for {cpu}")
+    if firmware_sizes.kernels_of(tree) != kernels:
+        pytest.skip(f"{tree} holds {firmware_sizes.kernels_of(tree)} kernels, not {kernels}")
+    return tree
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +82,8 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("kernels", ["cmsis-nn", "reference"])
 def test_mps2_firmware_passes_its_selftest_under_qemu(kernels, work):
-    if kernels not in TREES:
-        pytest.skip(f"no {kernels} TFLM tree (TFLM_ROOT / TFLM_REFERENCE_ROOT)")
-    row = firmware_sizes.measure(TINY_MODEL.read_bytes(), "tiny", TREES[kernels], work)
+    require_tree(kernels)
+    row = firmware_sizes.measure(TINY_MODEL.read_bytes(), "tiny", require_tree(kernels), work)
     print("\n" + json.dumps(row, indent=2))
     (work / f"report-{kernels}.json").write_text(json.dumps(row, indent=2) + "\n")
 
@@ -70,12 +103,11 @@ def test_mps2_firmware_passes_its_selftest_under_qemu(kernels, work):
 @pytest.mark.parametrize("kind", ["int8-float", "int16-int16", "int16-float"])
 @pytest.mark.parametrize("kernels", ["cmsis-nn", "reference"])
 def test_mps2_firmware_passes_its_selftest_for_every_io_layout(kernels, kind, work):
-    if kernels not in TREES:
-        pytest.skip(f"no {kernels} TFLM tree (TFLM_ROOT / TFLM_REFERENCE_ROOT)")
+    require_tree(kernels)
     from conftest import quantized_model
 
     # The tiny test's build directory: only the application recompiles.
-    row = firmware_sizes.measure(quantized_model(kind), kind, TREES[kernels], work, slot_label="tiny")
+    row = firmware_sizes.measure(quantized_model(kind), kind, require_tree(kernels), work, slot_label="tiny")
     print("\n" + json.dumps(row, indent=2))
     assert row["selftest"] == "PASS" and row["outputs_printed"] == 3
     assert row["output_dtype"] == ("float32" if kind.endswith("float") else kind.split("-")[1])
@@ -94,20 +126,19 @@ _UNPATCHED: dict[str, dict] = {}
 def _unpatched_row(kernels: str, work: Path) -> dict:
     """The unpatched tiny model's device row, measured once per tree (in the tiny slot)."""
     if kernels not in _UNPATCHED:
-        _UNPATCHED[kernels] = firmware_sizes.measure(TINY_MODEL.read_bytes(), "tiny", TREES[kernels], work)
+        _UNPATCHED[kernels] = firmware_sizes.measure(TINY_MODEL.read_bytes(), "tiny", require_tree(kernels), work)
     return _UNPATCHED[kernels]
 
 
 @pytest.mark.parametrize("grid", patch_firmware.TINY_GRIDS, ids=lambda g: f"{g[0]}x{g[1]}")
 @pytest.mark.parametrize("kernels", ["cmsis-nn", "reference"])
 def test_patched_mps2_firmware_is_exact_under_qemu(kernels, grid, work):
-    if kernels not in TREES:
-        pytest.skip(f"no {kernels} TFLM tree (TFLM_ROOT / TFLM_REFERENCE_ROOT)")
+    require_tree(kernels)
     model = TINY_MODEL.read_bytes()
     result = patch_firmware.patched(model, grid, patch_firmware.tiny_split(model))
     assert result.patched and result.grid == grid and result.max_diff == 0
     label = f"tiny-{grid[0]}x{grid[1]}"
-    row = firmware_sizes.measure(result.data, label, TREES[kernels], work, slot_label="tiny")
+    row = firmware_sizes.measure(result.data, label, require_tree(kernels), work, slot_label="tiny")
     unpatched = _unpatched_row(kernels, work)
     report = {"patched": row, "unpatched": unpatched}
     print("\n" + json.dumps(report, indent=2))
@@ -121,6 +152,28 @@ def test_patched_mps2_firmware_is_exact_under_qemu(kernels, grid, work):
     # each output element of a tile as it does in the full map.
     assert row["device_outputs"] == unpatched["device_outputs"]
     # The arena rule (host minimum + kernel scratch + slack) covers the patched graph.
+    assert row["device_arena_used_bytes"] <= row["arena_bytes"]
+    assert row["linked_flash_bytes"] <= row["predicted_flash_bytes"]
+    assert row["linked_ram_bytes"] <= row["predicted_ram_bytes"]
+
+
+# ---------------------------------------------------------------------------
+# Every Cortex-M class of the bundled boards (issue 10): the M7, M33 and M55 boards
+# QEMU emulates, each with trees made for its core.
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("target_name", [name for name in QEMU_BOARDS if name != "mps2-an386"])
+def test_qemu_board_passes_its_selftest_bit_identical(target_name, kernels, work):
+    cpu = load_target(target_name).cpu
+    tree = require_tree(kernels, cpu)
+    row = firmware_sizes.measure(TINY_MODEL.read_bytes(), "tiny", tree, work, target_name=target_name)
+    print("\n" + json.dumps(row, indent=2))
+    (work / f"report-{target_name}-{kernels}.json").write_text(json.dumps(row, indent=2) + "\n")
+
+    assert row["selftest"] == "PASS" and row["outputs_printed"] > 0
+    # Integer kernels, CMSIS-NN's DSP and MVE ones included, round as the host's do.
+    assert row["max_diff_vs_host"] == 0 and row["device_max_diff"] == 0
     assert row["device_arena_used_bytes"] <= row["arena_bytes"]
     assert row["linked_flash_bytes"] <= row["predicted_flash_bytes"]
     assert row["linked_ram_bytes"] <= row["predicted_ram_bytes"]

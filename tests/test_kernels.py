@@ -12,6 +12,7 @@ from tinyscale.fit import Memory, placement_for
 from tinyscale.kernels import (
     ARENA_SLACK_BYTES,
     arena_margin_bytes,
+    cmsis_nn_mve_scratch_bytes,
     cmsis_nn_scratch_bytes,
     device_arena_bytes,
     esp_nn_s3_scratch_bytes,
@@ -30,6 +31,33 @@ def test_cmsis_nn_scratch_formulas():
     assert cmsis_nn_scratch_bytes(("SOFTMAX", (1, 10), ())) == 0
 
 
+def test_cmsis_nn_mve_scratch_formulas():
+    # arm_convolve_s8_get_buffer_size_mve: 4 columns of ceil(kh*kw*cin / 16) 16-byte lanes.
+    assert cmsis_nn_mve_scratch_bytes(("CONV_2D", (1, 8, 8, 3), (16, 3, 3, 3))) == 4 * 32
+    assert cmsis_nn_mve_scratch_bytes(("CONV_2D", (1, 8, 8, 16), (32, 1, 1, 16))) == 4 * 16
+    assert cmsis_nn_mve_scratch_bytes(("CONV_2D", (1, 8, 8, 17), (32, 1, 1, 17))) == 4 * 32
+    # arm_depthwise_conv_s8_opt_get_buffer_size_mve: 4 * CH_IN_BLOCK_MVE (124) * kh * kw, any channel count.
+    assert cmsis_nn_mve_scratch_bytes(("DEPTHWISE_CONV_2D", (1, 8, 8, 48), (1, 3, 3, 48))) == 4 * 124 * 9
+    assert cmsis_nn_mve_scratch_bytes(("DEPTHWISE_CONV_2D", (1, 8, 8, 8), (1, 5, 5, 8))) == 4 * 124 * 25
+    # One input channel, several outputs: converted to a convolution, its buffer + the filter copy.
+    one_in = ("DEPTHWISE_CONV_2D", (1, 8, 8, 1), (1, 3, 3, 2000))
+    assert cmsis_nn_mve_scratch_bytes(one_in) == 4 * 16 + 9 * 2000
+    # arm_fully_connected_s8_get_buffer_size_mve: int32 kernel sums per output (x2 for TFLM's 1x1 path).
+    assert cmsis_nn_mve_scratch_bytes(("FULLY_CONNECTED", (1, 64), (10, 64))) == 2 * 10 * 4
+    # arm_avgpool_s8_get_buffer_size_mve: none (the DSP kernel takes int32 per channel).
+    assert cmsis_nn_mve_scratch_bytes(("AVERAGE_POOL_2D", (1, 8, 8, 32), ())) == 0
+    assert cmsis_nn_scratch_bytes(("AVERAGE_POOL_2D", (1, 8, 8, 32), ())) == 128
+
+
+def test_the_m55_margin_uses_the_mve_formulas():
+    ops = [("DEPTHWISE_CONV_2D", (1, 16, 16, 32), (1, 3, 3, 32)), ("CONV_2D", (1, 16, 16, 32), (64, 1, 1, 32))]
+    assert arena_margin_bytes(ops, "cmsis-nn", "cortex-m55") == 4 * 124 * 9 + ARENA_SLACK_BYTES
+    assert arena_margin_bytes(ops, "cmsis-nn", "cortex-m4") == 32 * 9 * 2 + ARENA_SLACK_BYTES
+    assert arena_margin_bytes(ops, "reference", "cortex-m55") == ARENA_SLACK_BYTES
+    m55 = load_target("mps3-an547")
+    assert (m55.cpu, m55.kernel_library) == ("cortex-m55", "cmsis-nn")
+
+
 def test_esp_nn_scratch_only_on_the_s3():
     ops = [("CONV_2D", (1, 8, 8, 16), (32, 3, 3, 16))]
     assert arena_margin_bytes(ops, "esp-nn", "esp32") == ARENA_SLACK_BYTES
@@ -44,7 +72,7 @@ def test_device_arena_is_aligned():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target_name", ["nucleo-l476rg", "esp32", "esp32-s3", "mps2-an386"])
+@pytest.mark.parametrize("target_name", ["nucleo-l476rg", "esp32", "esp32-s3", "mps2-an386", "mps3-an547"])
 def test_fit_and_firmware_size_the_same_device_arena(target_name):
     target = load_target(target_name)
     spec = scale("tiny-se", 0).spec

@@ -40,6 +40,9 @@ EXPECTED_BOARDS = {
     "nano33ble",
     "rpi-pico",
     "mps2-an386",
+    "mps2-an500",
+    "mps2-an505",
+    "mps3-an547",
 }
 ESP_IDF_TARGETS = {"esp32", "esp32s3", "esp32c3"}
 
@@ -137,6 +140,31 @@ def test_mps2_an386_matches_the_qemu_memory_map():
     (arena,) = target.arena_regions
     assert (arena.origin, arena.size_bytes) == (0x20000000, 4 * 1024 * 1024)
     assert target.console.kind == "semihosting"
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(("name", "cpu", "flash", "arenas", "clock_hz"), [
+    # QEMU 7.2's `info mtree` / `info qtree` (cited in each file): image at the reset vector table
+    # (init-svtor), arena in the SSRAM2/3 or the SSE-300's DTCM and ISRAM, Secure aliases on the M33.
+    ("mps2-an500", "cortex-m7", (0x0, 4 * MIB), [(0x20000000, 4 * MIB)], 25_000_000),
+    ("mps2-an505", "cortex-m33", (0x10000000, 4 * MIB), [(0x38000000, 4 * MIB)], 20_000_000),
+    ("mps3-an547", "cortex-m55", (0x0, 512 * 1024), [(0x20000000, 512 * 1024), (0x21000000, 4 * MIB)], 32_000_000),
+])
+def test_qemu_boards_match_the_qemu_memory_maps(name, cpu, flash, arenas, clock_hz):
+    target = load_target(name)
+    assert target.cpu == cpu and target.clock_hz == clock_hz
+    assert (target.flash.origin, target.flash.size_bytes) == flash
+    assert [(r.origin, r.size_bytes) for r in target.arena_regions] == arenas
+    assert target.console.kind == "semihosting" and target.kernel_library == "cmsis-nn"
+
+
+def test_the_m55_takes_its_fpu_and_rejects_a_single_precision_one():
+    table = bundled_table("mps3-an547")
+    table["fpu"] = "fpv5-sp-d16"
+    with pytest.raises(TargetError, match="fpu"):
+        parse_target(table, "mps3-an547.toml")
 
 
 # --- schema errors ------------------------------------------------------------

@@ -16,16 +16,19 @@ from dataclasses import dataclass
 # espressif/esp-tflite-micro builds for.
 ESP_IDF_CPUS = ("esp32", "esp32s2", "esp32s3", "esp32c3", "esp32c6")
 # gcc -mcpu names of the Cortex-M cores whose CMSIS-NN scratch sizes tinyscale.kernels
-# models (the DSP-extension formulas and the pure-C paths) and that TFLM's
-# cortex_m_generic target builds for. The M55/M85 (Helium kernels) are not modelled.
-CORTEX_M_CPUS = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33")
+# models (the DSP-extension formulas, the pure-C paths and, on the M55, the MVE/Helium
+# ones) and that TFLM's cortex_m_generic target builds for. The M85 is not listed:
+# no bundled board or emulator here runs one.
+CORTEX_M_CPUS = ("cortex-m0", "cortex-m0plus", "cortex-m3", "cortex-m4", "cortex-m7", "cortex-m33", "cortex-m55")
 # gcc -mfpu values each core's optional FPU takes (Arm's Cortex-M technical reference
-# manuals: M4 FPv4-SP, M7 FPv5 single or double precision, M33 FPv5-SP); the M0, M0+
-# and M3 have none.
+# manuals: M4 FPv4-SP, M7 FPv5 single or double precision, M33 FPv5-SP, M55 FPv5 with
+# double precision beside MVE; gcc 12 keeps -mcpu=cortex-m55's MVE with -mfpu=fpv5-d16,
+# __ARM_FEATURE_MVE 3); the M0, M0+ and M3 have none.
 CPU_FPUS: dict[str, tuple[str, ...]] = {
     "cortex-m4": ("fpv4-sp-d16",),
     "cortex-m7": ("fpv5-sp-d16", "fpv5-d16"),
     "cortex-m33": ("fpv5-sp-d16",),
+    "cortex-m55": ("fpv5-d16",),
 }
 # The cpus each build system's templates are written for.
 BUILD_SYSTEM_CPUS: dict[str, tuple[str, ...]] = {
@@ -49,6 +52,7 @@ class Chip:
     pattern: str  # regular expression, matched in full against the upper-cased `mcu`
     cpu: str
     fpus: tuple[str, ...] = ()  # the gcc -mfpu values its FPU takes; () for none
+    qemu_machine: str | None = None  # the `qemu-system-arm -M` board that emulates it, for FPGA images
 
     def matches(self, mcu: str) -> bool:
         return re.fullmatch(self.pattern, mcu.upper()) is not None
@@ -66,7 +70,11 @@ CHIPS: tuple[Chip, ...] = (
     Chip("STM32U5", r"STM32U5\d\d[0-9A-Z]*", "cortex-m33", ("fpv5-sp-d16",)),  # DS13086
     Chip("nRF52840", r"NRF52840(-[0-9A-Z]+)?", "cortex-m4", ("fpv4-sp-d16",)),  # nRF52840 PS
     Chip("RP2040", r"RP2040", "cortex-m0plus"),  # RP2040 datasheet
-    Chip("AN386", r"(MPS2\+? ?)?AN386", "cortex-m4", ("fpv4-sp-d16",)),  # Arm AN386 FPGA image (QEMU mps2-an386)
+    # Arm's MPS2/MPS3 FPGA images (application notes AN386, AN500, AN505, AN547), as QEMU emulates them.
+    Chip("AN386", r"(MPS2\+? ?)?AN386", "cortex-m4", ("fpv4-sp-d16",), "mps2-an386"),
+    Chip("AN500", r"(MPS2\+? ?)?AN500", "cortex-m7", ("fpv5-d16",), "mps2-an500"),  # M7 with DP FPU
+    Chip("AN505", r"(MPS2\+? ?)?AN505", "cortex-m33", ("fpv5-sp-d16",), "mps2-an505"),
+    Chip("AN547", r"(MPS3 ?)?AN547", "cortex-m55", ("fpv5-d16",), "mps3-an547"),
     Chip("ESP32", r"ESP32(-(D0W|D2W|S0W|U4W|PICO-)[0-9A-Z-]*)?", "esp32"),
     Chip("ESP32-S2", r"ESP32-?S2[0-9A-Z-]*", "esp32s2"),
     Chip("ESP32-S3", r"ESP32-?S3[0-9A-Z-]*", "esp32s3"),

@@ -35,7 +35,7 @@ from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program
                               uart_brr)
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
-from tinyscale.kernels import MARGIN_NOTE, align_up, arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
+from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
 from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_integer, input_quantization,
@@ -200,6 +200,17 @@ class CmakeArmContext:
     console: str  # semihosting or uart
     uart: UartGlue | None
     clock: ClockSetup | None  # STM32 parts with tabulated clock trees; None: stay on the reset clock
+    qemu_machine: str | None = None  # `qemu-system-arm -M` name for the FPGA images QEMU emulates
+
+    @property
+    def workaround_flags(self) -> tuple[str, ...]:
+        """Compiler flags a core needs beyond -mcpu/-mfpu.
+
+        On the MVE cores gcc 12 if-converts float conversions into IT blocks
+        (`ittt ne; vcvtne.f32.s32`) that binutils' MVE-aware assembler rejects as a
+        syntax error (TFLM's resize_nearest_neighbor.cc): no post-reload if-conversion there.
+        """
+        return ("-fno-if-conversion2",) if self.cpu in MVE_CPUS else ()
 
     @property
     def tflm_target_arch(self) -> str:
@@ -671,7 +682,14 @@ def cmake_arm_context(target: Target, arena: ArenaPlan) -> CmakeArmContext:
         console=console_kind,
         uart=uart,
         clock=clock,
+        qemu_machine=qemu_machine(target),
     )
+
+
+def qemu_machine(target: Target) -> str | None:
+    """The QEMU board that runs `target`'s image: its chip's (the MPS2/MPS3 FPGA images), else None."""
+    chip = find_chip(target.mcu) if target.mcu else None
+    return chip.qemu_machine if chip else None
 
 
 ESP_TFLITE_MICRO_VERSION = "~1.4.0"

@@ -26,9 +26,14 @@ ARENA_SLACK_BYTES = 256  # the planner's 16-byte tail alignment and rounding
 # ESP-NN has SIMD kernels (with scratch) only for the ESP32-S3; on the ESP32
 # and ESP32-C3 it runs its ANSI C kernels, whose get_*_scratch_size return 0.
 ESP_NN_SIMD_CPUS = ("esp32s3",)
+# Cores with the M-profile Vector Extension (Helium): CMSIS-NN compiles its MVE
+# kernels there (ARM_MATH_MVEI, from __ARM_FEATURE_MVE), whose buffers differ.
+MVE_CPUS = ("cortex-m55", "cortex-m85")
+# CMSIS-NN's arm_nnsupportfunctions.h: channels per block of the MVE depthwise kernel.
+CMSIS_NN_CH_IN_BLOCK_MVE = 124
 MARGIN_NOTE = (
     "arena = align16(host minimum + margin); margin = largest optimized-kernel scratch buffer of any "
-    "operator (CMSIS-NN: its DSP buffer-size formulas; ESP-NN on the S3: its esp32s3 get_*_scratch_size "
+    "operator (CMSIS-NN: its DSP buffer-size formulas, its MVE ones on the M55/M85; ESP-NN on the S3: its esp32s3 get_*_scratch_size "
     "formulas; ESP-NN's ANSI kernels on ESP32/C3: none) + 256 B slack; the 32-bit MCU needs less than the "
     "64-bit host for TFLM's structs, kept as slack"
 )
@@ -59,6 +64,38 @@ def cmsis_nn_scratch_bytes(op: OpShapes) -> int:
     return 0
 
 
+def cmsis_nn_mve_scratch_bytes(op: OpShapes) -> int:
+    """Scratch CMSIS-NN's MVE (Helium) kernels request for one operator, an upper bound.
+
+    From CMSIS-NN's *_get_buffer_size_mve (Source/*/arm_*_get_buffer_sizes_s8.c):
+    convolutions take four im2col columns of whole 16-lane Q registers (the
+    1-x-n and 1x1 paths need no more; 1x1 on gcc needs none, counted anyway),
+    the depthwise kernel 4 * CH_IN_BLOCK_MVE * kh * kw bytes, or, with one input
+    channel and several outputs, the regular convolution's buffer plus a
+    transposed copy of the filter; fully connected int32 kernel sums per output
+    channel (twice that when TFLM fakes per-channel quantization for the 1x1
+    path); average pooling none.
+    """
+    name, data, weights = op
+    if name == "CONV_2D" and len(weights) == 4:
+        _, kh, kw, cin = weights
+        return _mve_im2col_bytes(kh * kw * cin)
+    if name == "DEPTHWISE_CONV_2D" and len(weights) == 4:
+        _, kh, kw, cout = weights
+        opt = 4 * CMSIS_NN_CH_IN_BLOCK_MVE * kh * kw
+        if data and data[-1] == 1 and cout > 1:  # converted to a regular convolution
+            return max(opt, _mve_im2col_bytes(kh * kw) + kh * kw * cout)
+        return opt
+    if name == "FULLY_CONNECTED" and len(weights) == 2:
+        return 2 * weights[0] * 4
+    return 0
+
+
+def _mve_im2col_bytes(column_length: int) -> int:
+    """arm_convolve_s8_get_buffer_size_mve: 4 columns, each in whole 16-byte lanes."""
+    return 4 * align_up(column_length, 16)
+
+
 def esp_nn_s3_scratch_bytes(op: OpShapes) -> int:
     """Scratch ESP-NN's ESP32-S3 kernels request (its esp32s3 get_*_scratch_size):
     int16 copies of the filter and of the (padded) input, plus alignment."""
@@ -78,7 +115,9 @@ def esp_nn_s3_scratch_bytes(op: OpShapes) -> int:
 
 def arena_margin_bytes(ops: Iterable[OpShapes], kernel_library: str, cpu: str = "") -> int:
     """Bytes to add to the host-measured minimal arena for `kernel_library` on `cpu`."""
-    if kernel_library == "cmsis-nn":
+    if kernel_library == "cmsis-nn" and cpu in MVE_CPUS:
+        scratch = max((cmsis_nn_mve_scratch_bytes(op) for op in ops), default=0)
+    elif kernel_library == "cmsis-nn":
         scratch = max((cmsis_nn_scratch_bytes(op) for op in ops), default=0)
     elif kernel_library == "esp-nn" and cpu in ESP_NN_SIMD_CPUS:
         scratch = max((esp_nn_s3_scratch_bytes(op) for op in ops), default=0)
