@@ -32,7 +32,8 @@ from typing import NamedTuple
 
 from tinyscale.arch import BlockSpec, NetworkSpec
 from tinyscale.errors import NotModelledError
-from tinyscale.graph.model import Buffer, Graph, Metadata, Model, Operator, Options, Quantization, Tensor
+from tinyscale.graph.model import (Buffer, Graph, Metadata, Model, Operator, Options, Quantization, Tensor,
+                                   tensor_bytes)
 from tinyscale.kernels import align_up
 
 # ---------------------------------------------------------------------------
@@ -64,13 +65,6 @@ _OPCODE_VERSIONS = {"ADD": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 3, "FULLY_CONNE
 # Placeholder quantization values: a spec has no calibration, only the number
 # of (scale, zero point) pairs and their axis matter to the size and arena models.
 _SCALE, _ZERO_POINT = 1.0, 0
-
-
-def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count * (4 if dtype == "int32" else 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -363,7 +357,7 @@ def tflite_graph(spec: NetworkSpec) -> Model:
             buffers.append(Buffer())
         elif node.constant:
             stored[node.content] = own
-            buffers.append(Buffer(None, _nbytes(node.shape, node.dtype)))
+            buffers.append(Buffer(None, tensor_bytes(node.shape, node.dtype)))
         else:
             buffers.append(Buffer())
         quantization = _quantization(node.channels, 3 if id(node) in depthwise_weights else 0)

@@ -543,10 +543,11 @@ def _fit(request: FitRequest, *, verify: bool, prove_next: bool, estimator: Esti
             continue
         if not verify:
             break
-        progress(f"verifying phi={format_phi(_printed_phi(search, phi))} ({spec.resolution} px): int8 conversion and TFLM arena")
-        measured = _measure(search, spec, measurer, progress)
         # The printed phi, not the bisection's: the log and the table say the same number.
-        log.info("verified %s at phi=%s in %.1f s", request.base, format_phi(_printed_phi(search, phi)), measured.seconds)
+        printed = format_phi(_printed_phi(search, phi))
+        progress(f"verifying phi={printed} ({spec.resolution} px): int8 conversion and TFLM arena")
+        measured = _measure(search, spec, measurer, progress)
+        log.info("verified %s at phi=%s in %.1f s", request.base, printed, measured.seconds)
         if search.placement(spec, measured).fits:
             if prove_next and next_phi is not None:
                 next_spec = request.spec(next_phi)
@@ -560,7 +561,7 @@ def _fit(request: FitRequest, *, verify: bool, prove_next: bool, estimator: Esti
                     continue
             break
         # The estimate was optimistic: record the truth and step one network down.
-        log.warning("measurement exceeds the budget at phi=%s; stepping down", format_phi(_printed_phi(search, phi)))
+        log.warning("measurement exceeds the budget at phi=%s; stepping down", printed)
         search.record_measurement(spec, measured)
         low = search.boundary_below(phi)
         if low <= PHI_MIN:

@@ -34,7 +34,9 @@ from tinyscale.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, NotModelledError, UsageError
 from tinyscale.estimate import arena_plan
 from tinyscale.targets import Target
-from tinyscale.tflite_model import (IoQuantization, ModelInfo, OperatorInfo, TensorInfo, check_full_integer,
+from tinyscale.graph.analysis import operator_macs as graph_operator_macs
+from tinyscale.graph.model import element_count
+from tinyscale.tflite_model import (IoQuantization, ModelInfo, OperatorInfo, check_full_integer,
                                     input_quantization, output_quantization, read_model)
 
 log = logging.getLogger(__name__)
@@ -89,40 +91,9 @@ class OperatorRow:
                 "macs": self.macs, "live_bytes": self.live_bytes}
 
 
-def _elements(shape: tuple[int, ...]) -> int:
-    return int(np.prod([max(d, 1) for d in shape])) if shape else 1
-
-
-def _tensor(info: ModelInfo, op: OperatorInfo, position: int) -> TensorInfo | None:
-    if position >= len(op.inputs) or op.inputs[position] < 0:
-        return None
-    return info.tensors[op.inputs[position]]
-
-
 def operator_macs(info: ModelInfo, op: OperatorInfo) -> int:
-    """Multiply-accumulates of convolutions, fully-connected layers and LSTMs (0 for the rest)."""
-    if not op.outputs or op.outputs[0] < 0:
-        return 0
-    out = info.tensors[op.outputs[0]].shape
-    weights = _tensor(info, op, 1)
-    if op.name == "CONV_2D" and weights is not None and len(weights.shape) == 4:
-        _, kh, kw, cin = weights.shape
-        return _elements(out) * kh * kw * cin
-    if op.name == "DEPTHWISE_CONV_2D" and weights is not None and len(weights.shape) == 4:
-        return _elements(out) * weights.shape[1] * weights.shape[2]
-    if op.name == "FULLY_CONNECTED" and weights is not None and len(weights.shape) == 2:
-        return _elements(out) * weights.shape[1]
-    if op.name == "TRANSPOSE_CONV":
-        filters = _tensor(info, op, 1)
-        source = _tensor(info, op, 2)
-        if filters is not None and source is not None:
-            return _elements(source.shape) * _elements(filters.shape[:3])
-    if op.name == "UNIDIRECTIONAL_SEQUENCE_LSTM":
-        source = _tensor(info, op, 0)
-        steps = _elements(source.shape[:-1]) if source is not None else 1
-        gates = [_tensor(info, op, i) for i in range(1, 9)]
-        return steps * sum(_elements(t.shape) for t in gates if t is not None)
-    return 0
+    """Multiply-accumulates of `op` (the graph's one count: convolutions, fully-connected, LSTMs)."""
+    return graph_operator_macs(info.graph, info.graph.operators[op.index])
 
 
 # Operators TFLM runs in place: the output shares the input's buffer.
@@ -371,7 +342,7 @@ def _input_geometry(info: ModelInfo) -> tuple[tuple[int, int], int]:
 
 
 def output_classes(info: ModelInfo) -> int:
-    return _elements(info.output_tensors[0].shape[1:])
+    return element_count(info.output_tensors[0].shape[1:])
 
 
 def model_inputs(info: ModelInfo, dataset: Dataset) -> np.ndarray:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from tinyscale.errors import ModelError
 from tinyscale.graph.flatbuffer import read_flatbuffer
-from tinyscale.graph.model import Graph, Model, Tensor
+from tinyscale.graph.model import Graph, Model, Tensor, tensor_bytes
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        itemsize = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "uint32": 4,
-                    "float16": 2, "int16": 2, "uint16": 2}.get(self.dtype, 1)
-        count = 1
-        for dim in self.shape:
-            count *= max(dim, 1)
-        return count * itemsize
+        return tensor_bytes(self.shape, self.dtype)
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,10 @@ import numpy as np
 from tinyscale.arch import ScaledNetwork
 from tinyscale.data import Dataset, check_classes, split
 from tinyscale.errors import DataError, TinyscaleError, UsageError
-from tinyscale.scaling import format_phi
-from tinyscale.fsutil import atomic_write_text, file_mode, make_dirs, output_error, refuse_clobber, remove_generated, safe_relative
+from tinyscale.fsutil import (atomic_write_text, file_mode, make_dirs, output_error, refuse_clobber, remove_generated,
+                              safe_relative)
 from tinyscale.quiet import quiet_tensorflow
+from tinyscale.scaling import format_phi
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import typer
 from tinyscale import arch
 from tinyscale.arch import BASES, ScaledNetwork
 from tinyscale.budget import Placement
-from tinyscale.fit import DEFAULT_MAX_EXTRA_MACS, Memory, placement_for
+from tinyscale.fit import DEFAULT_MAX_EXTRA_MACS, PATCH_MODES, Memory, placement_for
 from tinyscale.cli import app, reports_errors
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
@@ -34,7 +34,7 @@ BetaOption = Annotated[float, typer.Option("--beta", help="Width growth per unit
 GammaOption = Annotated[float, typer.Option("--gamma", help="Resolution growth per unit of phi.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="Bundled target name or path to a board .toml.")]
-PatchMode = Enum("PatchMode", {"auto": "auto", "off": "off"}, type=str)  # type: ignore[misc]
+PatchMode = Enum("PatchMode", {mode: mode for mode in PATCH_MODES}, type=str)  # type: ignore[misc]
 PatchOption = Annotated[
     PatchMode,
     typer.Option("--patch", help="auto: run the first stages in patches when that fits a larger network; off: never."),

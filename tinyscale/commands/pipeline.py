@@ -127,7 +127,8 @@ def _network_from_fit_json(data: dict[str, Any], dataset: Dataset, source: Path)
 
 
 def _run_fit(target: Target, base: str, coefficients: Coefficients, classes: int, channels: int,
-             progress: Progress = no_progress, patch: str = "auto", max_extra_macs: float = 0.3) -> dict[str, Any]:
+             progress: Progress = no_progress, patch: str = "auto",
+             max_extra_macs: float = DEFAULT_MAX_EXTRA_MACS) -> dict[str, Any]:
     """The fit result as fit.json holds it; `patch` as `fit --patch` (the network may need its schedule)."""
     from tinyscale.fit import FitRequest, fit  # noqa: PLC0415 - the fitter pulls in the converter
 
@@ -820,7 +821,7 @@ def _patch_summary(patched) -> dict[str, Any]:
 
 def _build_summary(board: Target, network: ScaledNetwork, trained, report, evaluation, out: Path,
                    firmware_problem: str | None, patched=None) -> dict[str, Any]:
-    placement = report.placement
+    placement = report.placement  # built from report.model_bytes and report.arena_bytes
     files = [FIT_FILE, "model.keras", "history.json", TFLITE_FILE, SIMULATION_FILE, REPORT_FILE]
     if patched is not None:
         files.insert(4, UNPATCHED_MODEL_FILE)
@@ -833,19 +834,7 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
         "resolution": network.spec.resolution,
         "channels": network.spec.channels,
         "classes": network.spec.classes,
-        "model_bytes": report.model_bytes,
-        "arena_bytes": report.arena_bytes,
-        "kernel_scratch_bytes": placement.kernel_scratch_bytes,
-        "arena_slack_bytes": placement.arena_slack_bytes,
-        "device_arena_bytes": placement.device_arena_bytes,
-        "selftest_flash_bytes": placement.selftest_flash_bytes,
-        "flash_reserved_bytes": placement.flash_reserved_bytes,
-        "fits": placement.fits,
-        "flash_needed_bytes": placement.flash_needed_bytes,
-        "flash_budget_bytes": placement.flash_budget_bytes,
-        "sram_needed_bytes": placement.sram_needed_bytes,
-        "sram_budget_bytes": placement.sram_budget_bytes,
-        "arena_region": placement.arena_region,
+        **placement.to_dict(),  # the one JSON form of a placement (model and arena bytes included)
         "float_accuracy": evaluation.float_accuracy,
         "int8_accuracy": evaluation.int8_accuracy,
         "agreement": evaluation.agreement,

@@ -23,6 +23,19 @@ _ITEM_BYTES = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "uint32": 4,
 NO_TENSOR = -1  # an omitted optional operator input
 
 
+def element_count(shape: tuple[int, ...]) -> int:
+    """Elements of a tensor of this shape (a 0 or -1 dimension counts as 1)."""
+    count = 1
+    for dim in shape:
+        count *= max(dim, 1)
+    return count
+
+
+def tensor_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    """Bytes of a tensor of this shape and dtype."""
+    return element_count(shape) * _ITEM_BYTES.get(dtype, 1)
+
+
 @dataclass(frozen=True)
 class Quantization:
     scale: tuple[float, ...]
@@ -42,14 +55,11 @@ class Tensor:
 
     @property
     def elements(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= max(dim, 1)
-        return count
+        return element_count(self.shape)
 
     @property
     def nbytes(self) -> int:
-        return self.elements * _ITEM_BYTES.get(self.dtype, 1)
+        return tensor_bytes(self.shape, self.dtype)
 
     @property
     def zero_point(self) -> int:
