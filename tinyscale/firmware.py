@@ -35,6 +35,7 @@ from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program
                               uart_brr)
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
+from tinyscale.graph.model import element_count
 from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
@@ -515,7 +516,7 @@ def selftest_tensor(io: IoQuantization, values: np.ndarray, tolerance: float = 0
     """The embedded vector of `io`'s tensor: `values` in the tensor's own type, checked against its shape."""
     tensor = io.tensor
     flat = np.asarray(values, dtype=tensor.dtype).reshape(-1)
-    count = int(np.prod([max(d, 1) for d in tensor.shape]))
+    count = element_count(tensor.shape)
     if flat.size != count:
         raise ModelError(f"self-test data has {flat.size} values, tensor {tensor.name!r} {list(tensor.shape)} {count}")
     if tensor.dtype == "float32" and not np.all(np.isfinite(flat)):

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from tinyscale.errors import ModelError
+
 if TYPE_CHECKING:
     from tinyscale.graph.model import Graph
-
-from tinyscale.errors import ModelError
 
 ARENA_ALIGNMENT = 16
 ARENA_SLACK_BYTES = 256  # the planner's 16-byte tail alignment and rounding
@@ -168,7 +168,6 @@ def op_shapes(graph: "Graph") -> list[OpShapes]:
         return tuple(tensors[op.inputs[position]].shape)
 
     return [(op.kind, dims(op, 0), dims(op, 1)) for op in graph.operators]
-
 
 
 def _cmsis_nn_gap(op, tensors) -> str | None:
