@@ -362,6 +362,22 @@ def test_build_end_to_end(workdir, trained):
     one_line_error(invoke("build", "--target", target, "--data", data, "-o", out), 4, "--force")
 
 
+def test_build_force_keeps_firmware_files_the_user_edited_unless_told(workdir, trained):
+    out = workdir / "built-edited"
+    assert build_small(workdir, trained[0], out).exit_code == 0
+    main = next((out / "firmware").rglob("main.c*"))
+    main.write_text(main.read_text() + "\n// my change\n")
+    target = workdir / "small-board.toml"
+    again = ["build", "--target", target, "--data", trained[0], "--base", "tiny", "--epochs", "1",
+             "--calibration-samples", "16", "-o", out, "--force"]
+    result = invoke(*again)
+    one_line_error(result, 4, "was edited since tinyscale generated it.*--overwrite-edits")
+    assert "fitting" not in result.stderr  # refused before any work
+    assert main.read_text().endswith("// my change\n")
+    assert invoke(*again, "--overwrite-edits").exit_code == 0
+    assert "// my change" not in main.read_text()
+
+
 def test_build_says_what_each_split_got_in_words_and_paths_that_work(workdir):
     out = workdir / "built-fashion"
     target = small_target(workdir / "small-board.toml")

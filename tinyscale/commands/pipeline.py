@@ -711,16 +711,20 @@ def build(
     seed: SeedOption = 0,
     strict: StrictOption = False,
     force: ForceOption = False,
+    overwrite_edits: Annotated[bool, typer.Option("--overwrite-edits", help="With --force, also replace firmware files you have edited since the last build.")] = False,
     patch: PatchOption = PatchMode("auto"),
     max_extra_macs: MaxExtraMacsOption = DEFAULT_MAX_EXTRA_MACS,
     json_output: JsonOption = False,
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""
-    from tinyscale.firmware import check_board_glue  # noqa: PLC0415
+    from tinyscale.firmware import check_board_glue, check_edits  # noqa: PLC0415
     from tinyscale.train import MODEL_FILE, TrainConfig, run_outputs, save_training, set_run_outputs  # noqa: PLC0415
 
     started = time.perf_counter()
     check_output_dir(out, force)
+    # The earlier build's firmware/ is replaced with the rest of its outputs: refuse now, before
+    # the training, if the user edited a file of that project (the `firmware` command's rule).
+    check_edits(out / "firmware", overwrite_edits)
     previous = run_outputs(out)  # an earlier build's files: replaced or removed, the user's kept
     board = load_target(target)
     check_board_glue(board)  # a board the templates cannot serve fails now, not after training
