@@ -1,0 +1,158 @@
+"""Predicted vs QEMU-measured device arena (`arena_used_bytes()`) on every emulated Cortex-M core.
+
+The analytic model (tinyscale.estimate.device_arena_used_bytes) predicts what
+the firmware prints as `ARENA used`; this script compares it with the stored
+QEMU measurements (tests/data/device_arena_measurements.json) and prints one
+markdown row per (core, kernels, model):
+
+    python benchmarks/device_arena.py                      # table from the stored figures
+    python benchmarks/device_arena.py --measure \\
+        --tflm-dir /work/tflm --work /work/tflm/builds-arena   # re-measure, then the table
+
+--measure renders each model's mps2/mps3 project, builds it against the TFLM
+trees (TFLM_ROOT-style trees per core, found under --tflm-dir as tree-<core>-<kind>,
+or named by the variables tests/test_firmware_integration.py reads), runs it
+under QEMU and rewrites the data file. One build directory per (board, tree),
+so TFLM compiles once per tree. Models: the golden tiny network, tiny and
+tiny-se at a few phi (converted with seeded random weights), tiny patched 2x2,
+the network `tinyscale fit --target esp32 --patch off` picks, and TFLM's
+person_detect. Building the models needs TensorFlow; the table does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from tinyscale import estimate
+from tinyscale.errors import NotModelledError
+from tinyscale.graph.flatbuffer import read_flatbuffer
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_FILE = REPO / "tests" / "data" / "device_arena_measurements.json"
+TINY_MODEL = REPO / "tests" / "golden" / "tiny.tflite"
+PERSON_DETECT = "tensorflow/lite/micro/models/person_detect.tflite"
+# tflite-micro commit the trees were made from (/work/tflm/README.txt).
+TFLM_COMMIT = "90b983c2b3f1480642e040bbd2ddb37b998f3424"
+# (board, cpu, tree-directory core name) of every QEMU-emulated core.
+BOARDS = (("mps2-an386", "cortex-m4", "m4"), ("mps2-an500", "cortex-m7", "m7"),
+          ("mps2-an505", "cortex-m33", "m33"), ("mps3-an547", "cortex-m55", "m55"))
+KERNELS = ("cmsis-nn", "reference")
+SPECS = (("tiny", 0.5), ("tiny", 1.0), ("tiny-se", 0.0))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_models(model_dir: Path, tflm_source: Path | None) -> dict[str, bytes]:
+    """The measured models by id, written to (and reused from) `model_dir`."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    models = {"tiny": TINY_MODEL.read_bytes()}
+
+    def cached(name: str, make) -> None:
+        path = model_dir / f"{name}.tflite"
+        if not path.is_file():
+            path.write_bytes(make())
+        models[name] = path.read_bytes()
+
+    from tinyscale.arch import scale  # noqa: PLC0415
+    from tinyscale.convert import spec_to_tflite  # noqa: PLC0415 - TensorFlow
+
+    for base, phi in SPECS:
+        cached(f"{base}-phi{phi:g}", lambda: spec_to_tflite(scale(base, phi).spec))
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import patch_firmware  # noqa: PLC0415
+
+    cached("tiny-2x2", lambda: patch_firmware.patched(models["tiny"], (2, 2),
+                                                      patch_firmware.tiny_split(models["tiny"])).data)
+    cached("esp32-fit", lambda: _fitted("esp32", model_dir / "esp32-fit"))
+    if tflm_source is not None and (tflm_source / PERSON_DETECT).is_file():
+        models["person_detect"] = (tflm_source / PERSON_DETECT).read_bytes()
+    return models
+
+
+def _fitted(target: str, out: Path) -> bytes:
+    import subprocess  # noqa: PLC0415
+
+    subprocess.run([sys.executable, "-m", "tinyscale", "fit", "--target", target, "--patch", "off",
+                    "--out", str(out), "--force"], check=True, stdout=subprocess.DEVNULL)
+    return (out / "model.tflite").read_bytes()
+
+
+def find_tree(tflm_dir: Path, core: str, kernels: str) -> Path | None:
+    """The create_tflm_tree.py tree of `core` with `kernels` (tree-cmsis / tree-ref for the M4)."""
+    kind = "cmsis" if kernels == "cmsis-nn" else "ref"
+    name = f"tree-{kind}" if core == "m4" else f"tree-{core}-{kind}"
+    path = tflm_dir / name
+    return path if (path / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file() else None
+
+
+def measure_all(models: dict[str, bytes], tflm_dir: Path, work: Path) -> list[dict]:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import firmware_sizes  # noqa: PLC0415
+
+    rows = []
+    for board, cpu, core in BOARDS:
+        for kernels in KERNELS:
+            tree = find_tree(tflm_dir, core, kernels)
+            if tree is None:
+                print(f"no {kernels} tree for {cpu} under {tflm_dir}", file=sys.stderr)
+                continue
+            for model_id, data in models.items():
+                row = firmware_sizes.measure(data, model_id, tree, work, slot_label="tiny", target_name=board)
+                rows.append({
+                    "core": cpu, "machine": board, "kernels": kernels, "model": model_id,
+                    "model_sha256": sha256(data), "arena_used_bytes": row["device_arena_used_bytes"],
+                    "selftest": row["selftest"], "tflm_commit": TFLM_COMMIT,
+                })
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def predicted(model: bytes, cpu: str, kernels: str) -> int | None:
+    try:
+        return estimate.device_arena_used_bytes(read_flatbuffer(model), kernels, cpu)
+    except NotModelledError:
+        return None
+
+
+def table(rows: list[dict], models: dict[str, bytes]) -> str:
+    lines = ["| core | QEMU machine | kernels | model | predicted B | measured B | predicted - measured |",
+             "|---|---|---|---|---:|---:|---:|"]
+    for row in rows:
+        data = models.get(row["model"])
+        if data is None or sha256(data) != row["model_sha256"]:
+            guess, diff = "model missing", ""
+        else:
+            value = predicted(data, row["core"], row["kernels"])
+            guess = "not modelled" if value is None else f"{value:,}"
+            diff = "" if value is None else f"{value - row['arena_used_bytes']:+,}"
+        lines.append(f"| {row['core']} | {row['machine']} | {row['kernels']} | {row['model']} | {guess} "
+                     f"| {row['arena_used_bytes']:,} | {diff} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measure", action="store_true", help="re-measure under QEMU and rewrite the data file")
+    parser.add_argument("--tflm-dir", type=Path, default=Path("/work/tflm"), help="holds src/ and tree-*/")
+    parser.add_argument("--models", type=Path, default=Path("/tmp/tinyscale-device-arena-models"),
+                        help="where the converted models are kept")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/tinyscale-device-arena"), help="build directories")
+    args = parser.parse_args(argv)
+    models = build_models(args.models, args.tflm_dir / "src")
+    if args.measure:
+        rows = measure_all(models, args.tflm_dir, args.work)
+        DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
+        DATA_FILE.write_text(json.dumps({"tflm_commit": TFLM_COMMIT, "measurements": rows}, indent=1) + "\n")
+    rows = json.loads(DATA_FILE.read_text())["measurements"]
+    print(table(rows, models))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
