@@ -42,6 +42,7 @@ BOARDS = (("mps2-an386", "cortex-m4", "m4"), ("mps2-an500", "cortex-m7", "m7"),
           ("mps2-an505", "cortex-m33", "m33"), ("mps3-an547", "cortex-m55", "m55"))
 KERNELS = ("cmsis-nn", "reference")
 SPECS = (("tiny", 0.5), ("tiny", 1.0), ("tiny-se", 0.0))
+MODEL_ORDER = ("tiny", "tiny-phi0.5", "tiny-phi1", "tiny-se-phi0", "tiny-2x2", "esp32-fit", "person_detect")
 
 
 def sha256(data: bytes) -> str:
@@ -91,19 +92,26 @@ def find_tree(tflm_dir: Path, core: str, kernels: str) -> Path | None:
     return path if (path / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file() else None
 
 
-def measure_all(models: dict[str, bytes], tflm_dir: Path, work: Path) -> list[dict]:
+def measure_all(models: dict[str, bytes], tflm_dir: Path, work: Path, boards: list[str]) -> list[dict]:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import firmware_sizes  # noqa: PLC0415
 
     rows = []
     for board, cpu, core in BOARDS:
+        if boards and board not in boards:
+            continue
         for kernels in KERNELS:
             tree = find_tree(tflm_dir, core, kernels)
             if tree is None:
                 print(f"no {kernels} tree for {cpu} under {tflm_dir}", file=sys.stderr)
                 continue
             for model_id, data in models.items():
-                row = firmware_sizes.measure(data, model_id, tree, work, slot_label="tiny", target_name=board)
+                try:
+                    row = firmware_sizes.measure(data, model_id, tree, work, slot_label="tiny", target_name=board)
+                except RuntimeError as error:  # e.g. the image overflows the board's flash
+                    print(f"{board} {kernels} {model_id}: not measured, {str(error).splitlines()[-3:]}",
+                          file=sys.stderr)
+                    continue
                 rows.append({
                     "core": cpu, "machine": board, "kernels": kernels, "model": model_id,
                     "model_sha256": sha256(data), "arena_used_bytes": row["device_arena_used_bytes"],
@@ -143,15 +151,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=Path("/tmp/tinyscale-device-arena-models"),
                         help="where the converted models are kept")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tinyscale-device-arena"), help="build directories")
+    parser.add_argument("--board", action="append", default=[], help="measure only this QEMU board (repeatable)")
     args = parser.parse_args(argv)
     models = build_models(args.models, args.tflm_dir / "src")
     if args.measure:
-        rows = measure_all(models, args.tflm_dir, args.work)
-        DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
-        DATA_FILE.write_text(json.dumps({"tflm_commit": TFLM_COMMIT, "measurements": rows}, indent=1) + "\n")
-    rows = json.loads(DATA_FILE.read_text())["measurements"]
-    print(table(rows, models))
+        fresh = measure_all(models, args.tflm_dir, args.work, args.board)
+        write_rows(merge_rows(stored_rows(), fresh))
+    print(table(stored_rows(), models))
     return 0
+
+
+def _key(row: dict) -> tuple[str, str, str]:
+    return row["machine"], row["kernels"], row["model"]
+
+
+def stored_rows() -> list[dict]:
+    return json.loads(DATA_FILE.read_text())["measurements"] if DATA_FILE.is_file() else []
+
+
+def merge_rows(old: list[dict], fresh: list[dict]) -> list[dict]:
+    """The stored rows with the re-measured ones replaced, in board, kernels, model order."""
+    merged = {_key(row): row for row in old}
+    merged.update({_key(row): row for row in fresh})
+    order = {board: i for i, (board, _, _) in enumerate(BOARDS)}
+    return sorted(merged.values(), key=lambda r: (order.get(r["machine"], 99), KERNELS.index(r["kernels"]),
+                                                  MODEL_ORDER.index(r["model"]) if r["model"] in MODEL_ORDER else 99))
+
+
+def write_rows(rows: list[dict]) -> None:
+    DATA_FILE.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"tflm_commit": TFLM_COMMIT, "measurements": rows}, indent=1) + "\n"
+    tmp = DATA_FILE.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(DATA_FILE)
 
 
 if __name__ == "__main__":
