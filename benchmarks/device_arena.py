@@ -15,8 +15,10 @@ or named by the variables tests/test_firmware_integration.py reads), runs it
 under QEMU and rewrites the data file. One build directory per (board, tree),
 so TFLM compiles once per tree. Models: the golden tiny network, tiny and
 tiny-se at a few phi (converted with seeded random weights), tiny patched 2x2,
-the network `tinyscale fit --target esp32 --patch off` picks, and TFLM's
-person_detect. Building the models needs TensorFlow; the table does not.
+the networks `tinyscale fit --target esp32 --patch off` and `--target
+mps3-an547` pick (the first overflows the M55 board's flash: not measured
+there), and TFLM's person_detect. Each project is also rebuilt with an arena
+16 B below the modelled minimum, which AllocateTensors must refuse. Building the models needs TensorFlow; the table does not.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ BOARDS = (("mps2-an386", "cortex-m4", "m4"), ("mps2-an500", "cortex-m7", "m7"),
           ("mps2-an505", "cortex-m33", "m33"), ("mps3-an547", "cortex-m55", "m55"))
 KERNELS = ("cmsis-nn", "reference")
 SPECS = (("tiny", 0.5), ("tiny", 1.0), ("tiny-se", 0.0))
-MODEL_ORDER = ("tiny", "tiny-phi0.5", "tiny-phi1", "tiny-se-phi0", "tiny-2x2", "esp32-fit", "person_detect")
+MODEL_ORDER = ("tiny", "tiny-phi0.5", "tiny-phi1", "tiny-se-phi0", "tiny-2x2", "esp32-fit", "mps3-an547-fit",
+               "person_detect")
 
 
 def sha256(data: bytes) -> str:
@@ -71,6 +74,7 @@ def build_models(model_dir: Path, tflm_source: Path | None) -> dict[str, bytes]:
     cached("tiny-2x2", lambda: patch_firmware.patched(models["tiny"], (2, 2),
                                                       patch_firmware.tiny_split(models["tiny"])).data)
     cached("esp32-fit", lambda: _fitted("esp32", model_dir / "esp32-fit"))
+    cached("mps3-an547-fit", lambda: _fitted("mps3-an547", model_dir / "mps3-an547-fit"))  # fits the M55's flash
     if tflm_source is not None and (tflm_source / PERSON_DETECT).is_file():
         models["person_detect"] = (tflm_source / PERSON_DETECT).read_bytes()
     return models
@@ -115,10 +119,32 @@ def measure_all(models: dict[str, bytes], tflm_dir: Path, work: Path, boards: li
                 rows.append({
                     "core": cpu, "machine": board, "kernels": kernels, "model": model_id,
                     "model_sha256": sha256(data), "arena_used_bytes": row["device_arena_used_bytes"],
-                    "selftest": row["selftest"], "tflm_commit": TFLM_COMMIT,
+                    "arena_bytes": row["arena_bytes"], "selftest": row["selftest"],
+                    "arena_16_less_fails": smaller_arena_fails(work, board, kernels, tree, row["arena_bytes"]),
+                    "tflm_commit": TFLM_COMMIT,
                 })
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
+
+
+def smaller_arena_fails(work: Path, board: str, kernels: str, tree: Path, arena_bytes: int) -> bool:
+    """Rebuild the project just measured with an arena 16 B smaller: does AllocateTensors refuse it?
+
+    The firmware allocated the modelled minimum (16-aligned); failing 16 B
+    below shows the model is tight, not just sufficient.
+    """
+    import firmware_sizes  # noqa: PLC0415
+    from tinyscale import firmware as fw  # noqa: PLC0415
+    from tinyscale.targets import load_target  # noqa: PLC0415
+
+    slot = work / f"{'' if board == firmware_sizes.DEFAULT_TARGET else board + '-'}tiny-{kernels}"
+    header = slot / "project" / "src" / "selftest_data.h"
+    text = header.read_text()
+    header.write_text(text.replace(f"#define TS_ARENA_BYTES {arena_bytes}u", f"#define TS_ARENA_BYTES {arena_bytes - 16}u"))
+    elf = firmware_sizes.build(slot / "project", slot / "build", tree)
+    run = firmware_sizes.run_qemu(elf, machine=fw.qemu_machine(load_target(board)))
+    header.write_text(text)
+    return "AllocateTensors failed" in run.text
 
 
 def predicted(model: bytes, cpu: str, kernels: str) -> int | None:
