@@ -17,11 +17,16 @@ what the two real tools do with the network that tinyscale's converter emits:
    planner (a reimplementation of ``GreedyMemoryPlanner``) and the planner's
    own scratch, then finds the smallest arena for which every phase fits.
 
-Sizes of C structs are those of the x86-64 host build of the TFLM Python
-interpreter (the measurement reference), read from the TFLM sources and
-checked against its measured minimal arena (tests/test_arena_model.py: the
-converter's networks, patched ones, TFLM's person_detect). Operators the
-kernel table does not cover raise :class:`~tinyscale.errors.NotModelledError`.
+The replay is parametrised by the TFLM build (:class:`Runtime`): the sizes of
+TFLM's C structs (tinyscale.tflm_abi) and the kernel library. The x86-64
+host build of the TFLM Python interpreter (the measurement reference, reference
+kernels) is checked against its measured minimal arena
+(tests/test_arena_model.py: the converter's networks, patched ones, TFLM's
+person_detect); the 32-bit Cortex-M firmware build, with CMSIS-NN's op data
+and scratch requests or the reference kernels', against the `arena_used_bytes()`
+the firmware prints under QEMU on the M4, M7, M33 and M55
+(tests/test_device_arena.py). Operators the kernel table does not cover raise
+:class:`~tinyscale.errors.NotModelledError`.
 """
 
 from __future__ import annotations
@@ -1057,9 +1062,9 @@ def arena_plan(model: Model, runtime: Runtime = HOST) -> ArenaPlan:
     """The minimal arena, solved for every arena size modulo 16.
 
     The start allocations are replayed for each of the 16 residues of the
-    arena size. They are 8-aligned, so the rest (from the first op data on)
-    begins at one of two offsets from a 16-aligned address; it is replayed
-    once per offset (a 16-aligned allocation from an unaligned tail takes
+    arena size. They are 8-aligned (4-aligned in a 32-bit build), so the rest
+    (from the first op data on) begins at one of a few offsets from a
+    16-aligned address; it is replayed once per offset (a 16-aligned allocation from an unaligned tail takes
     fewer bytes than from the aligned-down one, so the offset matters).
 
     Any single-subgraph int8 model whose operators the kernel table covers

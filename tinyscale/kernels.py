@@ -1,15 +1,17 @@
 """What an optimized kernel library adds to the host-measured arena.
 
-The host figure comes from TFLM's Python interpreter (x86-64, reference
-kernels). On the device, optimized kernels request scratch buffers that the
-reference kernels never ask for; only one operator runs at a time, so the plan
-grows by at most the largest one. 32-bit pointers make TFLM's own structs
-smaller on the MCU (about 2.7 KB less for person detection on an M4); no credit
-is taken for that: it stays as slack.
+Cortex-M builds are replayed exactly (tinyscale.estimate with the 32-bit
+struct sizes, CMSIS-NN's scratch requests from :func:`cmsis_nn_scratch_requests`).
+For the others (ESP-NN, the ESP32s' toolchains) the device arena is the host
+figure from TFLM's Python interpreter (x86-64, reference kernels) plus a
+margin: optimized kernels request scratch buffers that the reference kernels
+never ask for; only one operator runs at a time, so the plan grows by at most
+the largest one; 32-bit pointers make TFLM's own structs smaller on the MCU,
+no credit is taken for that there: it stays as slack.
 
 One rule for everyone: the fitter, `simulate --target` and the firmware project
-all size the device arena with :func:`device_arena_bytes`, so a model that `fit`
-accepts is never refused by `firmware`.
+all size the device arena with tinyscale.budget.place_model, so a model that
+`fit` accepts is never refused by `firmware`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ MARGIN_NOTE = (
     "arena = align16(host minimum + margin); margin = largest optimized-kernel scratch buffer of any "
     "operator (CMSIS-NN: its DSP buffer-size formulas, its MVE ones on the M55/M85; ESP-NN on the S3: its esp32s3 get_*_scratch_size "
     "formulas; ESP-NN's ANSI kernels on ESP32/C3: none) + 256 B slack; the 32-bit MCU needs less than the "
-    "64-bit host for TFLM's structs, kept as slack"
+    "64-bit host for TFLM's structs, kept as slack (the rule where no 32-bit replay of the build exists)"
 )
 
 # (operator name, shape of input 0, shape of input 1 (weights))
