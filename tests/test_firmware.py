@@ -402,8 +402,12 @@ def test_force_replaces_only_generated_files_and_reports_them(workdir):
     model, out = str(workdir / "model.tflite"), workdir / "proj"
     first = run_cli(model, "--target", "mps2-an386", "-o", str(out), "--json")
     assert first.exit_code == 0, first.output
-    generated = json.loads(first.stdout)["written"]
+    report = json.loads(first.stdout)
+    generated = report["written"]
     assert generated == json.loads((out / "manifest.json").read_text())["files"]
+    # The predicted `ARENA used` of the 32-bit firmware, in the manifest and the placement.
+    used = report["arena"]["device_arena_used_bytes"]
+    assert used == report["placement"]["device_arena_used_bytes"] > 0 and report["arena"]["rule"] == "32-bit model"
     mine = _user_files(out)
     (out / "README.md").write_text("edited")  # a generated file the user edited: kept unless told otherwise
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

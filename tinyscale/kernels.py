@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from tinyscale.errors import ModelError
+from tinyscale.errors import ModelError, NotModelledError
 
 if TYPE_CHECKING:
     from tinyscale.graph.model import Graph
@@ -234,8 +234,6 @@ def _depthwise_buffer(path: str, g: dict, data: Sequence[int], kh: int, kw: int,
 
 def cmsis_nn_scratch_requests(graph: "Graph", op, cpu: str) -> list[int]:
     """Bytes of each RequestScratchBufferInArena call of CMSIS-NN's Prepare of `op` (int8) on `cpu`."""
-    from tinyscale.errors import NotModelledError  # noqa: PLC0415 - only on this path
-
     path = _cmsis_nn_path(cpu)
     tensors = graph.tensors
     data = tuple(tensors[op.inputs[0]].shape)
