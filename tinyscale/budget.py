@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tinyscale.errors import DoesNotFitError, NotModelledError
-from tinyscale.estimate import arena_plan, arena_used_bytes, device_runtime
+from tinyscale.estimate import arena_plan, device_runtime
 from tinyscale.kernels import (ARENA_ALIGNMENT, align_up, arena_margin_bytes, device_arena_bytes,
                                extra_kernel_flash_bytes, op_shapes, split_margin)
 from tinyscale.targets import MemoryRegion, Target
@@ -157,8 +157,8 @@ def choose_arena_region(target: Target, arena_bytes: int) -> MemoryRegion:
 def device_arena(model: "Model", kernel_library: str, cpu: str) -> DeviceArena | None:
     """The analytic 32-bit arena of `model` with `kernel_library` on `cpu` (None when the replay does not cover it)."""
     try:
-        runtime = device_runtime(kernel_library, cpu)
-        return DeviceArena(arena_plan(model, runtime).arena_bytes, arena_used_bytes(model, runtime))
+        plan = arena_plan(model, device_runtime(kernel_library, cpu))
+        return DeviceArena(plan.arena_bytes, plan.used_bytes)
     except NotModelledError:
         return None
 

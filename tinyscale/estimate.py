@@ -780,10 +780,6 @@ class _Requirement:
         free_start = align_up(self.temp, ARENA_ALIGNMENT)
         self._require(free_start + PLANNER_BYTES_PER_BUFFER * buffer_count - _align_down(self.tail, ARENA_ALIGNMENT))
 
-    def used_bytes(self) -> int:
-        """SingleArenaBufferAllocator::GetUsedBytes for an arena ending at the base (tail <= 0)."""
-        return -self.tail + max(self.head, self.temp)
-
 
 def _tensor_struct_allocations(channels: int, abi: TflmAbi = HOST_X86_64) -> list[tuple[int, int]]:
     """(size, alignment) of a TfLiteTensor and its quantization copy."""
@@ -952,6 +948,9 @@ class ArenaPlan:
     arena_bytes: int  # minimal arena
     head_bytes: int  # activation plan (GreedyMemoryPlanner's maximum)
     tail_bytes: int  # persistent allocations at the minimal arena
+    # arena_used_bytes() after AllocateTensors in a larger arena ending 16-aligned (the
+    # firmware's): head + tail, without Prepare's temporaries and the planner's arrays.
+    used_bytes: int = 0
 
 
 def _options_bytes(graph: Graph, runtime: Runtime = HOST) -> int:
@@ -985,28 +984,45 @@ def _start_allocations(graph: Graph, arena: _Requirement, options_bytes: int, ru
     arena.persistent(options_bytes, 1)
 
 
+class _Prepare(NamedTuple):
+    """What one operator's Init and Prepare allocate (the same for every arena size)."""
+
+    op_data: int  # Init's persistent buffer (0: none)
+    temporary_ends: tuple[int, ...]  # see _temporary_ends
+    temps_before_arrays: int
+    per_channel: int  # length of the per-channel multiplier and shift arrays (0: none)
+    scratch_requests: int  # RequestScratchBufferInArena calls
+
+
+def _prepares(graph: Graph, runtime: Runtime) -> list[_Prepare]:
+    prepares = []
+    for op in graph.operators:
+        ends = _temporary_ends(_prepare_channels(graph, op), runtime.abi)
+        split = kernel(op).temps_before_arrays
+        prepares.append(_Prepare(runtime.op_data(op), ends, len(ends) if split is None else split,
+                                 _per_channel_channels(graph, op), len(runtime.scratch_requests(graph, op))))
+    return prepares
+
+
 def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, buffer_count: int,
-                           runtime: Runtime = HOST) -> None:
+                           runtime: Runtime = HOST, prepares: list[_Prepare] | None = None) -> None:
     """Init, Prepare, memory planning and the interpreter's I/O tensors."""
     abi = runtime.abi
-    for op in graph.operators:  # InitSubgraphs
-        op_data = runtime.op_data(op)
-        if op_data:
-            arena.persistent(op_data)
+    prepares = _prepares(graph, runtime) if prepares is None else prepares
+    for prepare in prepares:  # InitSubgraphs
+        if prepare.op_data:
+            arena.persistent(prepare.op_data)
     requests = 0
-    for op in graph.operators:  # PrepareSubgraphs
-        ends = _temporary_ends(_prepare_channels(graph, op), abi)
-        split = kernel(op).temps_before_arrays
-        split = len(ends) if split is None else split
+    for prepare in prepares:  # PrepareSubgraphs
+        ends, split, channels = prepare.temporary_ends, prepare.temps_before_arrays, prepare.per_channel
         if split:
             arena.temporaries_until(ends[split - 1])
-        channels = _per_channel_channels(graph, op)
         if channels:
             arena.persistent(4 * channels)  # per-channel output multipliers
             arena.persistent(4 * channels)  # per-channel output shifts
         if split < len(ends):
             arena.temporaries_until(ends[-1])
-        requests += len(runtime.scratch_requests(graph, op))
+        requests += prepare.scratch_requests
         arena.reset_temporaries()  # FinishPrepareNodeAllocations
         arena.resize_head(abi.scratch_request[0] * (requests + MAX_SCRATCH_BUFFERS_PER_OP))
     if requests:
@@ -1025,21 +1041,16 @@ def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, b
                 arena.persistent(*allocation)
 
 
-def _replay(model: Model, tail: int, runtime: Runtime) -> _Requirement:
-    """AllocateTensors with the arena's end at `tail` from a 16-aligned base."""
+def fits_in_arena(model: Model, size: int, runtime: Runtime = HOST) -> bool:
+    """Whether MicroInterpreter::AllocateTensors succeeds with an arena of `size` (direct replay)."""
     check_modelled(model)
     graph = model.graph
     buffers = planned_buffers(model, runtime)
     head = plan_bytes(buffers, greedy_plan(buffers))
-    arena = _Requirement(tail=tail)
+    arena = _Requirement(tail=size)
     _start_allocations(graph, arena, _options_bytes(graph, runtime), runtime)
     _remaining_allocations(graph, arena, head, len(buffers), runtime)
-    return arena
-
-
-def fits_in_arena(model: Model, size: int, runtime: Runtime = HOST) -> bool:
-    """Whether MicroInterpreter::AllocateTensors succeeds with an arena of `size` (direct replay)."""
-    return _replay(model, size, runtime).need <= 0
+    return arena.need <= 0
 
 
 def arena_used_bytes(model: Model, runtime: Runtime = HOST) -> int:
@@ -1050,7 +1061,7 @@ def arena_used_bytes(model: Model, runtime: Runtime = HOST) -> int:
     16-aligned section of a 16-byte multiple). It is below the minimal arena:
     Prepare's temporaries and the planner's working arrays are gone by then.
     """
-    return _replay(model, 0, runtime).used_bytes()
+    return arena_plan(model, runtime).used_bytes
 
 
 def device_arena_used_bytes(model: Model, kernel_library: str, cpu: str) -> int:
@@ -1076,6 +1087,7 @@ def arena_plan(model: Model, runtime: Runtime = HOST) -> ArenaPlan:
     buffers = planned_buffers(model, runtime)
     head = plan_bytes(buffers, greedy_plan(buffers))
     options_bytes = _options_bytes(graph, runtime)
+    prepares = _prepares(graph, runtime)
     rests: dict[int, _Requirement] = {}
     best: tuple[int, int] | None = None
     for residue in range(ARENA_ALIGNMENT):
@@ -1086,15 +1098,17 @@ def arena_plan(model: Model, runtime: Runtime = HOST) -> ArenaPlan:
         if offset not in rests:
             rest = _Requirement(tail=offset)
             rest.head = rest.temp = start.head  # the scratch-request area the start left
-            _remaining_allocations(graph, rest, head, len(buffers), runtime)
+            _remaining_allocations(graph, rest, head, len(buffers), runtime, prepares)
             rests[offset] = rest
         rest = rests[offset]
+        if residue == 0:  # an arena ending 16-aligned: what arena_used_bytes() reports
+            used = -(aligned_tail + rest.tail) + max(rest.head, rest.temp)
         base = align_up(max(start.need, rest.need - aligned_tail, 0), ARENA_ALIGNMENT)
         size = base + residue
         tail = size - (base + aligned_tail + rest.tail)
         if best is None or size < best[0]:
             best = (size, tail)
-    return ArenaPlan(arena_bytes=best[0], head_bytes=head, tail_bytes=best[1])
+    return ArenaPlan(arena_bytes=best[0], head_bytes=head, tail_bytes=best[1], used_bytes=used)
 
 
 # ---------------------------------------------------------------------------
