@@ -170,8 +170,9 @@ def predicted(model: bytes, cpu: str, kernels: str) -> int | None:
 
 
 def table(rows: list[dict], models: dict[str, bytes]) -> str:
-    lines = ["| core | QEMU machine | kernels | model | predicted B | measured B | predicted - measured |",
-             "|---|---|---|---|---:|---:|---:|"]
+    lines = ["| core | QEMU machine | kernels | model | predicted used B | measured used B | predicted - measured "
+             "| firmware arena B | 16 B less |",
+             "|---|---|---|---|---:|---:|---:|---:|---|"]
     for row in rows:
         data = models.get(row["model"])
         if data is None or sha256(data) != row["model_sha256"]:
@@ -180,8 +181,9 @@ def table(rows: list[dict], models: dict[str, bytes]) -> str:
             value = predicted(data, row["core"], row["kernels"])
             guess = "not modelled" if value is None else f"{value:,}"
             diff = "" if value is None else f"{value - row['arena_used_bytes']:+,}"
+        smaller = {True: "refused", False: "accepted", None: "-"}[row.get("arena_16_less_fails")]
         lines.append(f"| {row['core']} | {row['machine']} | {row['kernels']} | {row['model']} | {guess} "
-                     f"| {row['arena_used_bytes']:,} | {diff} |")
+                     f"| {row['arena_used_bytes']:,} | {diff} | {row.get('arena_bytes', 0):,} | {smaller} |")
     return "\n".join(lines)
 
 
