@@ -8,7 +8,7 @@ come from this script:
 
     python benchmarks/tflm_struct_sizes.py --tflm /work/tflm/tree-cmsis            # arm-none-eabi, Cortex-M4
     python benchmarks/tflm_struct_sizes.py --tflm /work/tflm/tree-m55-cmsis --cpu cortex-m55
-    python benchmarks/tflm_struct_sizes.py --tflm /work/tflm/tree-ref --host        # x86-64 g++, compression on
+    python benchmarks/tflm_struct_sizes.py --tflm /work/tflm/src --host             # x86-64 g++, compression on
 
 Each probe prints (name, sizeof, alignof). A kernel's Init struct lives in an
 anonymous namespace of its .cc, so the probe includes the .cc itself.
@@ -106,8 +106,12 @@ ARM_FLAGS = {
 
 def compiler(tree: Path, cpu: str, host: bool) -> list[str]:
     defines = ["-DTF_LITE_STATIC_MEMORY", "-DTF_LITE_MCU_DEBUG_LOG", "-DPROJECT_GENERATION"]
-    includes = [tree, tree / "third_party/flatbuffers/include", tree / "third_party/gemmlowp",
-                tree / "third_party/ruy", tree / "third_party/kissfft"]
+    third_party = tree / "third_party"
+    downloads = tree / "tensorflow/lite/micro/tools/make/downloads"
+    if downloads.is_dir():  # a tflite-micro checkout (the host probe needs its compression headers)
+        third_party = downloads
+    includes = [tree, third_party / "flatbuffers/include", third_party / "gemmlowp",
+                third_party / "ruy", third_party / "kissfft"]
     if (tree / "third_party/cmsis_nn").is_dir():
         defines.append("-DCMSIS_NN")
         includes += [tree / "third_party/cmsis_nn", tree / "third_party/cmsis_nn/Include",
@@ -143,7 +147,8 @@ def probe(command: list[str], includes: list[str], types: dict[str, str]) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tflm", type=Path, required=True, help="a create_tflm_tree.py tree")
+    parser.add_argument("--tflm", type=Path, required=True,
+                        help="a create_tflm_tree.py tree (or, with --host, a tflite-micro checkout with its downloads)")
     parser.add_argument("--cpu", default="cortex-m4", choices=sorted(ARM_FLAGS))
     parser.add_argument("--host", action="store_true", help="x86-64 g++ instead of arm-none-eabi-g++")
     args = parser.parse_args(argv)

@@ -6,11 +6,15 @@ tflite_micro pip wheel, the measurement reference) and in 32-bit Cortex-M
 firmware. Every figure the arena model (tinyscale.estimate) uses for a struct
 lives here, once per build:
 
-- HOST_X86_64: the x86-64 wheel (built with USE_TFLM_COMPRESSION), read from
-  the TFLM sources and checked against the wheel's measured minimal arena
-  (tests/test_arena_model.py); the allocator objects' sum and the newer
-  TfLiteFullyConnectedParams were calibrated on print_allocations.
-- ARM32_EABI: sizeof/alignof from arm-none-eabi-g++ (AAPCS, Thumb-2, -O2) on
+- HOST_X86_64: the x86-64 wheel (built with USE_TFLM_COMPRESSION), checked
+  against the wheel's measured minimal arena (tests/test_arena_model.py); the
+  struct and op-data sizes are what `benchmarks/tflm_struct_sizes.py --host`
+  prints for the tflite-micro checkout, except two calibrated on
+  print_allocations: the Python interpreter's recording allocator objects
+  (488 B, where the plain ones are 256) and the wheel's newer
+  TfLiteFullyConnectedParams (32 B, 16 in the checkout).
+- ARM32_EABI: sizeof/alignof from arm-none-eabi-g++ (AAPCS with short enums:
+  TfLiteAddParams is 2 B, not 8; Thumb-2, -O2) on
   the TFLM trees the firmware builds (tflite-micro 90b983c2b3f1480642e040bbd2ddb37b998f3424),
   printed by benchmarks/tflm_struct_sizes.py; identical for Cortex-M4, M7,
   M33 and M55, and checked against QEMU's `arena_used_bytes()`
