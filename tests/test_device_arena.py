@@ -3,9 +3,9 @@
 tests/data/device_arena_measurements.json holds what the firmware printed as
 `ARENA used` under QEMU on every emulated core with CMSIS-NN and reference
 kernels (benchmarks/device_arena.py --measure wrote it). The models are rebuilt
-here without TensorFlow: the golden file, spec-built graphs (the converter's
-graph to the arena, tests/test_estimate.py), the golden file patched by the
-pure patch pass, and TFLM's person_detect when TFLM_SOURCE names a checkout.
+here without TensorFlow (device_arena.analytic_graph): the golden file,
+spec-built graphs, the golden file patched by the pure patch pass, and TFLM's
+person_detect when TFLM_SOURCE names a checkout.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,32 +24,23 @@ from tinyscale.arch import scale
 from tinyscale.budget import DEVICE_MODEL_RULE, HOST_MARGIN_RULE
 from tinyscale.errors import NotModelledError
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
-from tinyscale.graph.patch import find_candidate, patch_model, split_candidates
 from tinyscale.targets import load_target
 from tinyscale.tflite_model import read_model
 
-DATA = Path(__file__).parent / "data" / "device_arena_measurements.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import device_arena  # noqa: E402
+
 GOLDEN = Path(__file__).parent / "golden" / "tiny.tflite"
-PERSON_DETECT = "tensorflow/lite/micro/models/person_detect.tflite"
-MEASUREMENTS = json.loads(DATA.read_text())["measurements"]
+MEASUREMENTS = json.loads(device_arena.DATA_FILE.read_text())["measurements"]
 
 
 def _model(model_id: str):
-    if model_id == "tiny":
-        return read_flatbuffer(GOLDEN.read_bytes())
-    if model_id == "tiny-2x2":  # patch_firmware.py's schedule: 2x2 up to the second block's depthwise
-        model = read_flatbuffer(GOLDEN.read_bytes())
-        split = [c.name for c in split_candidates(model) if "b1_dw_act" in c.name]
-        return patch_model(model, find_candidate(model, split[0]), (2, 2))
-    if model_id == "person_detect":
-        source = os.environ.get("TFLM_SOURCE")
-        if not source or not (Path(source) / PERSON_DETECT).is_file():
-            pytest.skip("set TFLM_SOURCE to a tflite-micro checkout (person_detect.tflite)")
-        return read_flatbuffer((Path(source) / PERSON_DETECT).read_bytes())
-    # A network benchmarks/device_arena.py converted (seeded random weights) or fitted
-    # (`tinyscale fit --target T --patch off`): its rows name the base and phi.
     row = next(row for row in MEASUREMENTS if row["model"] == model_id)
-    return estimate.tflite_graph(scale(row["base"], row["phi"]).spec)
+    source = os.environ.get("TFLM_SOURCE")
+    graph = device_arena.analytic_graph(row, Path(source) if source else None)
+    if graph is None:
+        pytest.skip("set TFLM_SOURCE to a tflite-micro checkout (person_detect.tflite)")
+    return graph
 
 
 MODEL_IDS = sorted({row["model"] for row in MEASUREMENTS})
