@@ -25,10 +25,15 @@ HOST_MARGIN_RULE = "host + margin"
 # to the byte and the minimum was confirmed there (benchmarks/device_arena.py
 # --check-minimum), so none is needed.
 DEVICE_ARENA_SLACK_BYTES = 0
+# Firmware whose TFLM is the one tinyscale.tflm_abi was measured on: cmake-arm
+# projects compile a create_tflm_tree.py tree (tflite-micro 90b983c2 here). The
+# Pico's pico-tflmicro and the Arduino_TensorFlowLite library vendor their own
+# TFLM snapshots, whose structs and kernels were not measured: the host rule.
+MODELLED_BUILD_SYSTEMS = ("cmake-arm",)
 DEVICE_MODEL_NOTE = (
     "arena = align16(minimal arena of the 32-bit firmware build, replayed analytically: TFLM's struct sizes on "
-    "32-bit Arm, the kernel library's op data and scratch requests planned with the activations); "
-    "device_arena_used_bytes is the arena_used_bytes() the firmware prints"
+    "32-bit Arm, the kernel library's op data and scratch requests planned with the activations; measured on "
+    "TFLM 90b983c2 with CMSIS-NN 4ab83cc); device_arena_used_bytes is the arena_used_bytes() the firmware prints"
 )
 
 
@@ -154,10 +159,12 @@ def choose_arena_region(target: Target, arena_bytes: int) -> MemoryRegion:
     return max(regions, key=lambda region: region.arena_budget_bytes)
 
 
-def device_arena(model: "Model", kernel_library: str, cpu: str) -> DeviceArena | None:
-    """The analytic 32-bit arena of `model` with `kernel_library` on `cpu` (None when the replay does not cover it)."""
+def device_arena(model: "Model", target: Target) -> DeviceArena | None:
+    """The analytic 32-bit arena of `model` in `target`'s firmware (None when the replay does not cover it)."""
+    if target.build_system not in MODELLED_BUILD_SYSTEMS:
+        return None
     try:
-        plan = arena_plan(model, device_runtime(kernel_library, cpu))
+        plan = arena_plan(model, device_runtime(target.kernel_library, target.cpu))
         return DeviceArena(plan.arena_bytes, plan.used_bytes)
     except NotModelledError:
         return None
@@ -174,7 +181,7 @@ def place_model(target: Target, model: "Model", model_bytes: int, host_arena_byt
     """
     shapes = op_shapes(model.graph)
     kernel_flash = extra_kernel_flash_bytes(shapes)
-    device = device_arena(model, target.kernel_library, target.cpu)
+    device = device_arena(model, target)
     if device is None:
         margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
         return place(target, model_bytes, host_arena_bytes, margin, selftest_bytes, kernel_flash)

@@ -122,10 +122,10 @@ def _operator_shapes(spec: NetworkSpec) -> tuple[OpShapes, ...]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _device_arena(spec: NetworkSpec, kernel_library: str, cpu: str) -> DeviceArena | None:
+def _device_arena(spec: NetworkSpec, target: Target) -> DeviceArena | None:
     from tinyscale.estimate import tflite_graph
 
-    return device_arena(tflite_graph(spec), kernel_library, cpu)
+    return device_arena(tflite_graph(spec), target)
 
 
 def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placement:
@@ -143,8 +143,7 @@ def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placemen
     if schedule.patched and not patched:
         device = None  # a schedule without its graph: the host rule
     else:
-        device = (device_arena(schedule.model, target.kernel_library, target.cpu) if patched
-                  else _device_arena(spec, target.kernel_library, target.cpu))
+        device = device_arena(schedule.model, target) if patched else _device_arena(spec, target)
     if device is None:
         margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
         return place(target, memory.model_bytes, memory.arena_bytes, margin, selftest, kernel_flash)
