@@ -155,6 +155,7 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path, slot_label: s
         "host_arena_bytes": context.arena.measured_bytes,
         "arena_bytes": context.arena.arena_bytes,
         "device_arena_used_bytes": run.arena_used_bytes,
+        "predicted_device_arena_used_bytes": context.arena.device_arena_used_bytes,  # None: not modelled
         "selftest": "PASS" if run.passed else "FAIL",
         "max_diff_vs_host": host_diff,  # from the printed outputs: 9 significant digits for float32
         "device_max_diff": run.max_diff,  # the self-test's own comparison, at full precision

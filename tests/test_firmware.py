@@ -20,11 +20,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import repack_model
+from tinyscale import estimate, fsutil
 from tinyscale import firmware as fw
-from tinyscale import fsutil
+from tinyscale.budget import DEVICE_ARENA_SLACK_BYTES, DEVICE_MODEL_RULE, HOST_MARGIN_RULE
 from tinyscale.cli import app
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
-from tinyscale.kernels import ARENA_ALIGNMENT
+from tinyscale.kernels import ARENA_ALIGNMENT, align_up, arena_margin_bytes, op_shapes
 from tinyscale.targets import load_all_targets, load_target
 from tinyscale.tflite_model import input_quantization, read_model
 
@@ -163,15 +164,32 @@ def test_patched_model_project_registers_the_patch_operators(model, host_figures
 # Sizing rules
 
 
-def test_arena_is_measured_plus_margin_and_aligned(model, host_figures):
+def test_arena_is_measured_plus_margin_where_the_32_bit_model_does_not_reach(model, host_figures):
+    # ESP-NN on the ESP32's Xtensa toolchain: no modelled build, today's host rule.
     arena, _ = host_figures
-    for target_name in ("mps2-an386", "esp32"):
+    context = context_for(model, host_figures, "esp32")
+    plan = context.arena
+    assert plan.rule == HOST_MARGIN_RULE and plan.device_arena_used_bytes is None
+    assert plan.measured_bytes == arena
+    assert plan.arena_bytes % ARENA_ALIGNMENT == 0
+    assert plan.margin_bytes >= arena_margin_bytes(op_shapes(read_model(model).graph), context.target.kernel_library, context.target.cpu)
+    assert plan.arena_bytes == plan.measured_bytes + plan.margin_bytes
+
+
+def test_cortex_m_arena_is_the_modelled_32_bit_minimum(model, host_figures):
+    graph = read_model(model).model
+    for target_name in ("mps2-an386", "mps3-an547"):
         context = context_for(model, host_figures, target_name)
-        plan = context.arena
-        assert plan.measured_bytes == arena
-        assert plan.arena_bytes % ARENA_ALIGNMENT == 0
-        assert plan.margin_bytes >= fw.arena_margin_bytes(fw.op_shapes(read_model(model).graph), context.target.kernel_library, context.target.cpu)
+        plan, target = context.arena, context.target
+        runtime = estimate.device_runtime(target.kernel_library, target.cpu)
+        minimum = estimate.arena_plan(graph, runtime).arena_bytes
+        assert plan.rule == DEVICE_MODEL_RULE
+        assert plan.arena_bytes == align_up(minimum + DEVICE_ARENA_SLACK_BYTES, ARENA_ALIGNMENT)
+        assert plan.device_arena_used_bytes == estimate.device_arena_used_bytes(graph, target.kernel_library, target.cpu)
+        assert plan.device_arena_used_bytes <= minimum <= plan.arena_bytes
         assert plan.arena_bytes == plan.measured_bytes + plan.margin_bytes
+        manifest = fw.manifest_data(context, [], {})
+        assert manifest["arena"]["device_arena_used_bytes"] == plan.device_arena_used_bytes
 
 
 def test_esp32_s3_arena_moves_to_psram_when_internal_ram_is_short(model, host_figures, tmp_path):
@@ -384,8 +402,12 @@ def test_force_replaces_only_generated_files_and_reports_them(workdir):
     model, out = str(workdir / "model.tflite"), workdir / "proj"
     first = run_cli(model, "--target", "mps2-an386", "-o", str(out), "--json")
     assert first.exit_code == 0, first.output
-    generated = json.loads(first.stdout)["written"]
+    report = json.loads(first.stdout)
+    generated = report["written"]
     assert generated == json.loads((out / "manifest.json").read_text())["files"]
+    # The predicted `ARENA used` of the 32-bit firmware, in the manifest and the placement.
+    used = report["arena"]["device_arena_used_bytes"]
+    assert used == report["placement"]["device_arena_used_bytes"] > 0 and report["arena"]["rule"] == "32-bit model"
     mine = _user_files(out)
     (out / "README.md").write_text("edited")  # a generated file the user edited: kept unless told otherwise
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
@@ -539,7 +561,7 @@ def test_library_errors_are_typed(model, host_figures, tmp_path):
     with pytest.raises(ModelError):
         fw.build_context(b"garbage!", fw.FirmwareOptions(target=load_target("esp32"), out_dir=tmp_path))
     arena, expected = host_figures
-    tight = load_target("nucleo-l476rg")
+    tight = load_target("esp32")  # the host-measured arena sizes it (no 32-bit model for its build)
     with pytest.raises(DoesNotFitError):
         fw.build_context(model, fw.FirmwareOptions(target=tight, out_dir=tmp_path, name="x"),
                          measured_arena_bytes=10_000_000, expected=expected)

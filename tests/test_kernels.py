@@ -14,6 +14,7 @@ from tinyscale.kernels import (
     arena_margin_bytes,
     cmsis_nn_mve_scratch_bytes,
     cmsis_nn_scratch_bytes,
+    cmsis_nn_scratch_requests,
     device_arena_bytes,
     esp_nn_s3_scratch_bytes,
     op_shapes,
@@ -87,7 +88,7 @@ def test_fit_and_firmware_size_the_same_device_arena(target_name):
     assert firmware_placement == fit_placement
 
 
-@pytest.mark.parametrize("target_name", ["esp32", "esp32-s3", "nucleo-l476rg"])
+@pytest.mark.parametrize("target_name", ["esp32", "esp32-s3"])  # host rule: no 32-bit model of ESP-NN builds
 def test_placement_names_kernel_scratch_apart_from_slack(target_name):
     target = load_target(target_name)
     spec = scale("efficientnet-lite0", -8).spec
@@ -144,3 +145,25 @@ def test_patch_kernels_add_their_measured_code_to_the_flash_need(synthetic_targe
     with_kernels = place(target, 500_000, 10_000, 0, 100, extra_kernel_flash_bytes(patched))
     assert with_kernels.flash_needed_bytes - unpatched.flash_needed_bytes == PATCH_KERNELS_FLASH_BYTES
     assert with_kernels.to_dict()["extra_kernel_flash_bytes"] == PATCH_KERNELS_FLASH_BYTES
+
+
+def test_cmsis_nn_scratch_requests_follow_each_cores_buffer_size_path():
+    # CMSIS-NN 4ab83cc's *_get_buffer_size functions as TFLM's cmsis_nn kernels call them.
+    graph = tflite_graph(scale("tiny", 0.0).spec).graph
+    stem = graph.operators[0]  # 3x3 stride-2 CONV_2D on the 3-channel image: im2col
+    depthwise = next(op for op in graph.operators if op.kind == "DEPTHWISE_CONV_2D")  # 3x3, SAME (pad 1)
+    pointwise = next(op for op in graph.operators if op.kind == "CONV_2D" and graph.tensors[op.inputs[1]].shape[1] == 1)
+    dense = next(op for op in graph.operators if op.kind == "FULLY_CONNECTED")
+    classes = graph.tensors[dense.outputs[0]].shape[-1]
+    assert stem.kind == "CONV_2D" and graph.tensors[stem.inputs[1]].shape[1:] == (3, 3, 3)
+    expected = {
+        # DSP: two int16 columns of align4(3*3*3) = 28; depthwise 3x3 pad<=1 has its own kernel.
+        "cortex-m4": ([112], [], [], []),
+        # Helium: four 16-lane columns (32 B each); depthwise 4 * 124 * 3 * 3; int32 kernel sums per class.
+        "cortex-m55": ([128], [4 * 124 * 9], [], [4 * classes]),
+        # Plain C (M0+): the same im2col as DSP, nothing else.
+        "cortex-m0plus": ([112], [], [], []),
+    }
+    for cpu, (conv, dw, pw, fc) in expected.items():
+        got = tuple(cmsis_nn_scratch_requests(graph, op, cpu) for op in (stem, depthwise, pointwise, dense))
+        assert got == (conv, dw, pw, fc), cpu

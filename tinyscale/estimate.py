@@ -17,11 +17,16 @@ what the two real tools do with the network that tinyscale's converter emits:
    planner (a reimplementation of ``GreedyMemoryPlanner``) and the planner's
    own scratch, then finds the smallest arena for which every phase fits.
 
-Sizes of C structs are those of the x86-64 host build of the TFLM Python
-interpreter (the measurement reference), read from the TFLM sources and
-checked against its measured minimal arena (tests/test_arena_model.py: the
-converter's networks, patched ones, TFLM's person_detect). Operators the
-kernel table does not cover raise :class:`~tinyscale.errors.NotModelledError`.
+The replay is parametrised by the TFLM build (:class:`Runtime`): the sizes of
+TFLM's C structs (tinyscale.tflm_abi) and the kernel library. The x86-64
+host build of the TFLM Python interpreter (the measurement reference, reference
+kernels) is checked against its measured minimal arena
+(tests/test_arena_model.py: the converter's networks, patched ones, TFLM's
+person_detect); the 32-bit Cortex-M firmware build, with CMSIS-NN's op data
+and scratch requests or the reference kernels', against the `arena_used_bytes()`
+the firmware prints under QEMU on the M4, M7, M33 and M55
+(tests/test_device_arena.py). Operators the kernel table does not cover raise
+:class:`~tinyscale.errors.NotModelledError`.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from tinyscale.arch import BlockSpec, NetworkSpec
 from tinyscale.errors import NotModelledError
 from tinyscale.graph.model import (Buffer, Graph, Metadata, Model, Operator, Options, Quantization, Tensor,
                                    tensor_bytes)
-from tinyscale.kernels import align_up
+from tinyscale.kernels import CMSIS_NN_KERNELS, align_up, cmsis_nn_scratch_requests
+from tinyscale.tflm_abi import (ARM32_EABI, HOST_X86_64, MAX_SCRATCH_BUFFERS_PER_OP, PLANNER_BYTES_PER_BUFFER,
+                                TflmAbi)
 
 # ---------------------------------------------------------------------------
 # 1. The TFLite graph the converter emits
@@ -594,30 +601,58 @@ def flatbuffer_bytes(model: Model) -> int:
 # smallest size for which every one of those phases fits.
 
 ARENA_ALIGNMENT = 16  # MicroArenaBufferAlignment(): tensor buffers, op data
-# sizeof on x86-64 (TFLM built with USE_TFLM_COMPRESSION, as the pip wheel is).
-EVAL_TENSOR_BYTES = 24  # TfLiteEvalTensor
-NODE_AND_REGISTRATION_BYTES = 64
-TFLITE_TENSOR_BYTES = 64  # TfLiteTensor under TF_LITE_STATIC_MEMORY
-AFFINE_QUANTIZATION_BYTES = 24  # TfLiteAffineQuantization
-SCRATCH_REQUEST_BYTES = 16  # internal::ScratchBufferRequest
-SCRATCH_HANDLE_BYTES = 8  # ScratchBufferHandle
-ALLOCATION_INFO_BYTES = 32  # AllocationInfo
-MAX_SCRATCH_BUFFERS_PER_OP = 12  # kMaxScratchBuffersPerOp
-# GreedyMemoryPlanner::per_buffer_size(): requirements (16) + sorted size,
-# sorted id (4 + 4) + list entry (12) + offset (4).
-PLANNER_BYTES_PER_BUFFER = 40
-# RecordingSingleArenaBufferAllocator + GreedyMemoryPlanner +
-# RecordingMicroAllocator + MicroBuiltinDataAllocator + SubgraphAllocations:
-# created before anything model-dependent; calibrated against print_allocations
-# (models without a FULLY_CONNECTED tell it apart from the FC options).
-FIXED_TAIL_BYTES = 488
+# The host build's sizes under their historical names (the patch search's quick bound uses them).
+EVAL_TENSOR_BYTES = HOST_X86_64.eval_tensor[0]
+NODE_AND_REGISTRATION_BYTES = HOST_X86_64.node_and_registration[0]
 
-# What each kernel of the TFLM reference library allocates, read from its
-# sources (the x86-64 sizes of the structs) and checked against the
-# interpreter's measured minimal arena (tests/test_arena_model.py):
-# - `builtin`: the parsed builtin options in the tail (size, alignment), from
-#   the op's Parse* function in flatbuffer_conversions.cc (0: it allocates none);
-# - `op_data`: the kernel's Init AllocatePersistentBuffer (16-aligned; 0: no Init);
+
+@dataclass(frozen=True)
+class Runtime:
+    """Which TFLM build the arena is replayed for: struct sizes, kernel library, cpu.
+
+    The host interpreter runs the reference kernels; a device build runs its
+    target's kernel library, whose Init structs and scratch requests differ
+    (CMSIS-NN's depend on the core: DSP extension or Helium).
+    """
+
+    abi: TflmAbi = HOST_X86_64
+    kernel_library: str = "reference"
+    cpu: str = ""
+
+    def builtin(self, op: Operator) -> tuple[int, int]:
+        return self.abi.builtin_options.get(op.kind, (0, 0))
+
+    def op_data(self, op: Operator) -> int:
+        size = self.abi.op_data(op.kind, self.kernel_library)
+        if size is None:
+            raise NotModelledError(f"{op.kind}'s op data in the {self.abi.name} build is not modelled")
+        return size
+
+    def scratch_requests(self, graph: Graph, op: Operator) -> list[int]:
+        """Bytes of each RequestScratchBufferInArena call of the op's Prepare, in order."""
+        if self.kernel_library == "cmsis-nn" and op.kind in CMSIS_NN_KERNELS:
+            return cmsis_nn_scratch_requests(graph, op, self.cpu)
+        return _scratch_requests(graph, op)
+
+
+HOST = Runtime()
+
+
+def device_runtime(kernel_library: str, cpu: str) -> Runtime:
+    """The 32-bit Cortex-M firmware build for `kernel_library` on `cpu`.
+
+    NotModelledError for builds whose structs are not in tinyscale.tflm_abi
+    (ESP-NN, the Xtensa/RISC-V ESP32s' toolchains, other kernel libraries).
+    """
+    if kernel_library not in ARM32_EABI.op_data_bytes or not cpu.startswith("cortex-m"):
+        raise NotModelledError(f"the 32-bit arena of {kernel_library} kernels on {cpu or 'this cpu'} is not modelled")
+    return Runtime(ARM32_EABI, kernel_library, cpu)
+
+
+# What each kernel of the TFLM reference library does in Prepare, read from
+# its sources and checked against the interpreter's measured minimal arena
+# (tests/test_arena_model.py); the sizes of its parsed builtin options and of
+# its Init allocation are per build, in tinyscale.tflm_abi:
 # - `temps`: the tensors its Prepare fetches as temporary TfLiteTensors, in
 #   order ("I0" input 0, "O0" output 0, "I*" every input; a tensor fetched
 #   twice is allocated twice, an omitted optional input not at all);
@@ -629,8 +664,6 @@ FIXED_TAIL_BYTES = 488
 
 @dataclass(frozen=True)
 class _Kernel:
-    builtin: tuple[int, int]
-    op_data: int
     temps: tuple[str, ...]
     temps_before_arrays: int | None = None  # None: after all of them
     per_channel: str | None = None  # "filter_dim0", "filter_dim3", "filter_scales"
@@ -639,37 +672,34 @@ class _Kernel:
 _CONV_TEMPS = ("O0", "I0", "I1", "I0", "I1", "I2", "O0")  # ConvPrepare, then CalculateOpDataConv
 _UNARY = ("I0", "O0")
 _KERNELS = {
-    "CONV_2D": _Kernel((28, 4), 80, _CONV_TEMPS, 3, "filter_dim0"),  # TfLiteConvParams, OpDataConv
-    "DEPTHWISE_CONV_2D": _Kernel((28, 4), 80, _CONV_TEMPS, 3, "filter_dim3"),  # TfLiteDepthwiseConvParams
-    # TfLiteFullyConnectedParams: 16 bytes in the checked-out sources, but the wheel's
-    # is newer (the schema has FullyConnectedOptions.quant_spec): the options region
-    # measured from print_allocations on 13 models, with and without FC, fits only 32, 8-aligned.
-    "FULLY_CONNECTED": _Kernel((32, 8), 72, ("I0", "I1", "I2", "O0"), None, "filter_scales"),
-    "ADD": _Kernel((8, 4), 60, ("I0", "I1", "O0")),  # TfLiteAddParams, OpDataAdd
-    "MUL": _Kernel((4, 4), 36, ("I0", "I1", "O0")),  # TfLiteMulParams, OpDataMul
-    "MEAN": _Kernel((1, 1), 44, ("I0", "O0", "I1", "I0", "O0")),  # TfLiteReducerParams, OpDataReduce
-    "SOFTMAX": _Kernel((4, 4), 80, _UNARY),  # TfLiteSoftmaxParams, SoftmaxParams (int8: no LUTs)
-    "LOGISTIC": _Kernel((0, 0), 16, _UNARY),  # OpDataLogistic
-    "STRIDED_SLICE": _Kernel((24, 4), 84, ("I0", "I1", "I2", "I3", "O0")),  # StridedSliceParams
-    "PAD": _Kernel((0, 0), 56, ("I0", "I1", "O0")),  # pad.h OpData (PadParams, zero point)
-    "PADV2": _Kernel((0, 0), 56, ("I0", "I1", "I2", "O0")),
+    "CONV_2D": _Kernel(_CONV_TEMPS, 3, "filter_dim0"),  # TfLiteConvParams, OpDataConv
+    "DEPTHWISE_CONV_2D": _Kernel(_CONV_TEMPS, 3, "filter_dim3"),  # TfLiteDepthwiseConvParams
+    "FULLY_CONNECTED": _Kernel(("I0", "I1", "I2", "O0"), None, "filter_scales"),
+    "ADD": _Kernel(("I0", "I1", "O0")),  # TfLiteAddParams, OpDataAdd
+    "MUL": _Kernel(("I0", "I1", "O0")),  # TfLiteMulParams, OpDataMul
+    "MEAN": _Kernel(("I0", "O0", "I1", "I0", "O0")),  # TfLiteReducerParams, OpDataReduce
+    "SOFTMAX": _Kernel(_UNARY),  # TfLiteSoftmaxParams, SoftmaxParams (int8: no LUTs)
+    "LOGISTIC": _Kernel(_UNARY),  # OpDataLogistic
+    "STRIDED_SLICE": _Kernel(("I0", "I1", "I2", "I3", "O0")),  # StridedSliceParams
+    "PAD": _Kernel(("I0", "I1", "O0")),  # pad.h OpData (PadParams, zero point)
+    "PADV2": _Kernel(("I0", "I1", "I2", "O0")),
     # Type check on input 0 and the output, then every input in turn.
-    "CONCATENATION": _Kernel((8, 4), 80, ("I0", "O0", "I*")),  # ConcatenationParams + 10 scratch indices
-    "AVERAGE_POOL_2D": _Kernel((40, 4), 32, _UNARY),  # TfLitePoolParams, OpDataPooling
-    "MAX_POOL_2D": _Kernel((40, 4), 32, _UNARY),
-    "RELU": _Kernel((0, 0), 28, _UNARY),  # ReluOpData
-    "RELU6": _Kernel((0, 0), 8, _UNARY),  # Relu6OpData
-    "TANH": _Kernel((0, 0), 16, ("I0", "I0", "O0")),  # tanh.cc OpData; CalculateArithmeticOpData refetches
-    "LEAKY_RELU": _Kernel((4, 4), 24, _UNARY),  # TfLiteLeakyReluParams, LeakyReluOpData
-    "RESHAPE": _Kernel((36, 4), 0, _UNARY),  # TfLiteReshapeParams; no Init
-    "QUANTIZE": _Kernel((0, 0), 32, _UNARY),  # OpDataQuantizeReference
-    "HARD_SWISH": _Kernel((0, 0), 20, _UNARY),  # HardSwishParams
-    "ELU": _Kernel((0, 0), 256, _UNARY),  # elu.cc OpData: an int8 lookup table
-    "ABS": _Kernel((0, 0), 28, _UNARY),  # OpDataAbsRsqrt
-    "RSQRT": _Kernel((0, 0), 28, _UNARY),
-    "SUB": _Kernel((8, 4), 52, ("I0", "I1", "O0")),  # TfLiteSubParams, OpDataSub
-    "MAXIMUM": _Kernel((0, 0), 0, ()),  # no Init, no Prepare
-    "MINIMUM": _Kernel((0, 0), 0, ()),
+    "CONCATENATION": _Kernel(("I0", "O0", "I*")),  # ConcatenationParams + 10 scratch indices
+    "AVERAGE_POOL_2D": _Kernel(_UNARY),  # TfLitePoolParams, OpDataPooling
+    "MAX_POOL_2D": _Kernel(_UNARY),
+    "RELU": _Kernel(_UNARY),  # ReluOpData
+    "RELU6": _Kernel(_UNARY),  # Relu6OpData
+    "TANH": _Kernel(("I0", "I0", "O0")),  # tanh.cc OpData; CalculateArithmeticOpData refetches
+    "LEAKY_RELU": _Kernel(_UNARY),  # TfLiteLeakyReluParams, LeakyReluOpData
+    "RESHAPE": _Kernel(_UNARY),  # TfLiteReshapeParams; no Init
+    "QUANTIZE": _Kernel(_UNARY),  # OpDataQuantizeReference
+    "HARD_SWISH": _Kernel(_UNARY),  # HardSwishParams
+    "ELU": _Kernel(_UNARY),  # elu.cc OpData: an int8 lookup table
+    "ABS": _Kernel(_UNARY),  # OpDataAbsRsqrt
+    "RSQRT": _Kernel(_UNARY),
+    "SUB": _Kernel(("I0", "I1", "O0")),  # TfLiteSubParams, OpDataSub
+    "MAXIMUM": _Kernel(()),  # no Init, no Prepare
+    "MINIMUM": _Kernel(()),
 }
 # Kernels whose allocations depend on the activation type: modelled for int8 only
 # (int16 SOFTMAX allocates lookup tables, float kernels other op data).
@@ -751,12 +781,12 @@ class _Requirement:
         self._require(free_start + PLANNER_BYTES_PER_BUFFER * buffer_count - _align_down(self.tail, ARENA_ALIGNMENT))
 
 
-def _tensor_struct_allocations(channels: int) -> list[tuple[int, int]]:
+def _tensor_struct_allocations(channels: int, abi: TflmAbi = HOST_X86_64) -> list[tuple[int, int]]:
     """(size, alignment) of a TfLiteTensor and its quantization copy."""
-    allocations = [(TFLITE_TENSOR_BYTES, 8)]
+    allocations = [abi.tflite_tensor]
     if channels:
         # TfLiteAffineQuantization plus an int zero-point array (TfLiteIntArray).
-        allocations += [(AFFINE_QUANTIZATION_BYTES, 8), (4 + 4 * channels, 4)]
+        allocations += [abi.affine_quantization, (4 + 4 * channels, abi.int_array_alignment)]
     return allocations
 
 
@@ -781,7 +811,7 @@ def _prepare_channels(graph: Graph, op: Operator) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _temporary_ends(channels: tuple[int, ...]) -> tuple[int, ...]:
+def _temporary_ends(channels: tuple[int, ...], abi: TflmAbi = HOST_X86_64) -> tuple[int, ...]:
     """Where the temporary area ends after each tensor, relative to a 16-aligned head.
 
     Each temporary TfLiteTensor comes with a copy of its quantization. They
@@ -790,7 +820,7 @@ def _temporary_ends(channels: tuple[int, ...]) -> tuple[int, ...]:
     """
     end, ends = 0, []
     for count in channels:
-        for size, alignment in _tensor_struct_allocations(count):
+        for size, alignment in _tensor_struct_allocations(count, abi):
             end = align_up(end, alignment) + size
         ends.append(end)
     return tuple(ends)
@@ -815,7 +845,7 @@ def _per_channel_channels(graph: Graph, op: Operator) -> int:
 
 
 def _scratch_requests(graph: Graph, op: Operator) -> list[int]:
-    """Bytes of each RequestScratchBufferInArena call of the op's Prepare."""
+    """Bytes of each RequestScratchBufferInArena call of the reference kernel's Prepare."""
     if op.kind == "MEAN":
         # int8 MEAN: int32 accumulators per output element, then the input
         # iterator (one int per input dimension) and the resolved axes.
@@ -836,7 +866,7 @@ class _Buffer:
     last: int
 
 
-def planned_buffers(model: Model) -> list[_Buffer]:
+def planned_buffers(model: Model, runtime: Runtime = HOST) -> list[_Buffer]:
     """AllocationInfoBuilder: lifetimes in "allocation scopes", in planner order.
 
     Graph inputs are created at scope 0, operator i runs at scope i + 1, graph
@@ -856,7 +886,7 @@ def planned_buffers(model: Model) -> list[_Buffer]:
         for index in (*op.inputs, *op.outputs):
             if index >= 0:
                 last[index] = scope
-        for size in _scratch_requests(graph, op):
+        for size in runtime.scratch_requests(graph, op):
             scratch.append(_Buffer(align_up(size, ARENA_ALIGNMENT), scope, scope))
     end = len(graph.operators)
     for index in graph.outputs:
@@ -918,88 +948,134 @@ class ArenaPlan:
     arena_bytes: int  # minimal arena
     head_bytes: int  # activation plan (GreedyMemoryPlanner's maximum)
     tail_bytes: int  # persistent allocations at the minimal arena
+    # arena_used_bytes() after AllocateTensors in a larger arena ending 16-aligned (the
+    # firmware's): head + tail, without Prepare's temporaries and the planner's arrays.
+    used_bytes: int = 0
 
 
-def _options_bytes(graph: Graph) -> int:
-    """Tail bytes of the parsed builtin options (alignments <= 4, from an 8-aligned tail)."""
+def _options_bytes(graph: Graph, runtime: Runtime = HOST) -> int:
+    """Tail bytes of the parsed builtin options.
+
+    Replayed from a 16-aligned tail: they follow the node array, whose
+    alignment every option's alignment divides, so the bytes are the same.
+    """
     options = _Requirement()
     for op in graph.operators:  # PrepareNodeAndRegistrationDataFromFlatbuffer
-        size, alignment = kernel(op).builtin
+        size, alignment = runtime.builtin(op)
         if size:
             options.persistent(size, alignment)
     return -options.tail
 
 
-def _start_allocations(graph: Graph, arena: _Requirement, options_bytes: int) -> None:
+def _start_allocations(graph: Graph, arena: _Requirement, options_bytes: int, runtime: Runtime = HOST) -> None:
     """Interpreter and allocator structs, model arrays and parsed options.
 
     These come before the first 16-aligned allocation, so their padding
     depends on the arena size modulo 16.
     """
-    arena.persistent(FIXED_TAIL_BYTES, 8)
-    arena.resize_head(SCRATCH_REQUEST_BYTES * MAX_SCRATCH_BUFFERS_PER_OP)
-    arena.persistent(EVAL_TENSOR_BYTES * len(graph.tensors), 8)
-    arena.persistent(NODE_AND_REGISTRATION_BYTES * len(graph.operators), 8)
-    # The options' own alignments divide 8, so from here on they take the
-    # same bytes whatever the residue; the last one is the tightest check.
+    abi = runtime.abi
+    for allocation in abi.fixed_tail:
+        arena.persistent(*allocation)
+    arena.resize_head(abi.scratch_request[0] * MAX_SCRATCH_BUFFERS_PER_OP)
+    arena.persistent(abi.eval_tensor[0] * len(graph.tensors), abi.eval_tensor[1])
+    arena.persistent(abi.node_and_registration[0] * len(graph.operators), abi.node_and_registration[1])
+    # The options' own alignments divide the node array's, so from here on they
+    # take the same bytes whatever the residue; the last one is the tightest check.
     arena.persistent(options_bytes, 1)
 
 
-def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, buffer_count: int) -> None:
-    """Init, Prepare, memory planning and the interpreter's I/O tensors."""
-    for op in graph.operators:  # InitSubgraphs
-        if kernel(op).op_data:
-            arena.persistent(kernel(op).op_data)
-    requests = 0
-    for op in graph.operators:  # PrepareSubgraphs
-        ends = _temporary_ends(_prepare_channels(graph, op))
+class _Prepare(NamedTuple):
+    """What one operator's Init and Prepare allocate (the same for every arena size)."""
+
+    op_data: int  # Init's persistent buffer (0: none)
+    temporary_ends: tuple[int, ...]  # see _temporary_ends
+    temps_before_arrays: int
+    per_channel: int  # length of the per-channel multiplier and shift arrays (0: none)
+    scratch_requests: int  # RequestScratchBufferInArena calls
+
+
+def _prepares(graph: Graph, runtime: Runtime) -> list[_Prepare]:
+    prepares = []
+    for op in graph.operators:
+        ends = _temporary_ends(_prepare_channels(graph, op), runtime.abi)
         split = kernel(op).temps_before_arrays
-        split = len(ends) if split is None else split
+        prepares.append(_Prepare(runtime.op_data(op), ends, len(ends) if split is None else split,
+                                 _per_channel_channels(graph, op), len(runtime.scratch_requests(graph, op))))
+    return prepares
+
+
+def _remaining_allocations(graph: Graph, arena: _Requirement, head_bytes: int, buffer_count: int,
+                           runtime: Runtime = HOST, prepares: list[_Prepare] | None = None) -> None:
+    """Init, Prepare, memory planning and the interpreter's I/O tensors."""
+    abi = runtime.abi
+    prepares = _prepares(graph, runtime) if prepares is None else prepares
+    for prepare in prepares:  # InitSubgraphs
+        if prepare.op_data:
+            arena.persistent(prepare.op_data)
+    requests = 0
+    for prepare in prepares:  # PrepareSubgraphs
+        ends, split, channels = prepare.temporary_ends, prepare.temps_before_arrays, prepare.per_channel
         if split:
             arena.temporaries_until(ends[split - 1])
-        channels = _per_channel_channels(graph, op)
         if channels:
             arena.persistent(4 * channels)  # per-channel output multipliers
             arena.persistent(4 * channels)  # per-channel output shifts
         if split < len(ends):
             arena.temporaries_until(ends[-1])
-        requests += len(_scratch_requests(graph, op))
+        requests += prepare.scratch_requests
         arena.reset_temporaries()  # FinishPrepareNodeAllocations
-        arena.resize_head(SCRATCH_REQUEST_BYTES * (requests + MAX_SCRATCH_BUFFERS_PER_OP))
+        arena.resize_head(abi.scratch_request[0] * (requests + MAX_SCRATCH_BUFFERS_PER_OP))
     if requests:
-        arena.persistent(SCRATCH_HANDLE_BYTES * requests, 8)
+        arena.persistent(abi.scratch_handle[0] * requests, abi.scratch_handle[1])
     # CommitStaticMemoryPlan: allocation info, then all the rest for the planner.
-    arena.temporary(8, 8)  # subgraph offsets
-    arena.temporary(ALLOCATION_INFO_BYTES * (len(graph.tensors) + requests), 8)
+    arena.temporary(abi.size_t_bytes, abi.size_t_bytes)  # subgraph offsets
+    arena.temporary(abi.allocation_info[0] * (len(graph.tensors) + requests), abi.allocation_info[1])
     arena.planner_scratch(buffer_count)
     arena.reset_temporaries()
     arena.resize_head(0)
     arena.resize_head(head_bytes)  # the activation plan now occupies the head
-    for index in (*graph.inputs, *graph.outputs):  # interpreter input/output TfLiteTensors
-        arena.persistent(8)
-        for allocation in _tensor_struct_allocations(_channels(graph.tensors[index])):
-            arena.persistent(*allocation)
+    for indices in (graph.inputs, graph.outputs):  # the interpreter's input, then output TfLiteTensors
+        arena.persistent(abi.size_t_bytes * len(indices))  # the pointer array
+        for index in indices:
+            for allocation in _tensor_struct_allocations(_channels(graph.tensors[index]), abi):
+                arena.persistent(*allocation)
 
 
-def fits_in_arena(model: Model, size: int) -> bool:
+def fits_in_arena(model: Model, size: int, runtime: Runtime = HOST) -> bool:
     """Whether MicroInterpreter::AllocateTensors succeeds with an arena of `size` (direct replay)."""
     check_modelled(model)
     graph = model.graph
-    buffers = planned_buffers(model)
+    buffers = planned_buffers(model, runtime)
     head = plan_bytes(buffers, greedy_plan(buffers))
     arena = _Requirement(tail=size)
-    _start_allocations(graph, arena, _options_bytes(graph))
-    _remaining_allocations(graph, arena, head, len(buffers))
+    _start_allocations(graph, arena, _options_bytes(graph, runtime), runtime)
+    _remaining_allocations(graph, arena, head, len(buffers), runtime)
     return arena.need <= 0
 
 
-def arena_plan(model: Model) -> ArenaPlan:
+def arena_used_bytes(model: Model, runtime: Runtime = HOST) -> int:
+    """What MicroInterpreter::arena_used_bytes() reports after AllocateTensors.
+
+    The activation plan (head) plus every persistent allocation (tail), for an
+    arena large enough and ending 16-aligned (the firmware's arena is a
+    16-aligned section of a 16-byte multiple). It is below the minimal arena:
+    Prepare's temporaries and the planner's working arrays are gone by then.
+    """
+    return arena_plan(model, runtime).used_bytes
+
+
+def device_arena_used_bytes(model: Model, kernel_library: str, cpu: str) -> int:
+    """arena_used_bytes() of 32-bit Cortex-M firmware running `kernel_library` kernels on `cpu`."""
+    return arena_used_bytes(model, device_runtime(kernel_library, cpu))
+
+
+def arena_plan(model: Model, runtime: Runtime = HOST) -> ArenaPlan:
     """The minimal arena, solved for every arena size modulo 16.
 
     The start allocations are replayed for each of the 16 residues of the
-    arena size. They are 8-aligned, so the rest (from the first op data on)
-    begins at one of two offsets from a 16-aligned address; it is replayed
-    once per offset (a 16-aligned allocation from an unaligned tail takes
+    arena size. They are 8-aligned (4-aligned in a 32-bit build), so the rest
+    (from the first op data on) begins at one of a few offsets from a
+    16-aligned address; it is replayed once per offset (a 16-aligned allocation from an unaligned tail takes
     fewer bytes than from the aligned-down one, so the offset matters).
 
     Any single-subgraph int8 model whose operators the kernel table covers
@@ -1008,28 +1084,31 @@ def arena_plan(model: Model) -> ArenaPlan:
     """
     check_modelled(model)
     graph = model.graph
-    buffers = planned_buffers(model)
+    buffers = planned_buffers(model, runtime)
     head = plan_bytes(buffers, greedy_plan(buffers))
-    options_bytes = _options_bytes(graph)
+    options_bytes = _options_bytes(graph, runtime)
+    prepares = _prepares(graph, runtime)
     rests: dict[int, _Requirement] = {}
     best: tuple[int, int] | None = None
     for residue in range(ARENA_ALIGNMENT):
         start = _Requirement(tail=residue)
-        _start_allocations(graph, start, options_bytes)
+        _start_allocations(graph, start, options_bytes, runtime)
         offset = start.tail % ARENA_ALIGNMENT
         aligned_tail = start.tail - offset  # a 16-aligned point the rest is replayed from
         if offset not in rests:
             rest = _Requirement(tail=offset)
             rest.head = rest.temp = start.head  # the scratch-request area the start left
-            _remaining_allocations(graph, rest, head, len(buffers))
+            _remaining_allocations(graph, rest, head, len(buffers), runtime, prepares)
             rests[offset] = rest
         rest = rests[offset]
+        if residue == 0:  # an arena ending 16-aligned: what arena_used_bytes() reports
+            used = -(aligned_tail + rest.tail) + max(rest.head, rest.temp)
         base = align_up(max(start.need, rest.need - aligned_tail, 0), ARENA_ALIGNMENT)
         size = base + residue
         tail = size - (base + aligned_tail + rest.tail)
         if best is None or size < best[0]:
             best = (size, tail)
-    return ArenaPlan(arena_bytes=best[0], head_bytes=head, tail_bytes=best[1])
+    return ArenaPlan(arena_bytes=best[0], head_bytes=head, tail_bytes=best[1], used_bytes=used)
 
 
 # ---------------------------------------------------------------------------

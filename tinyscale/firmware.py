@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from tinyscale import __version__
-from tinyscale.budget import Placement, place
+from tinyscale.budget import DEVICE_MODEL_NOTE, DEVICE_MODEL_RULE, HOST_MARGIN_RULE, Placement, place_model
 from tinyscale.chips import find_chip
 from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program, clock_source, find_spec, plan_clock,
                               uart_brr)
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.graph.model import element_count
-from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
+from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, check_kernel_support
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
 from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_integer, input_quantization,
@@ -175,6 +175,9 @@ class ArenaPlan:
     arena_bytes: int  # what the firmware allocates
     region: str  # memory region the arena lives in
     region_kind: str  # sram or psram
+    # The modelled 32-bit arena_used_bytes() the firmware prints (None: not modelled, host rule).
+    device_arena_used_bytes: int | None = None
+    rule: str = HOST_MARGIN_RULE  # or budget.DEVICE_MODEL_RULE
 
 
 @dataclass(frozen=True)
@@ -453,13 +456,12 @@ def selftest_bytes(info: ModelInfo) -> int:
 
 
 def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[ArenaPlan, Placement]:
-    shapes = op_shapes(info.graph)
-    margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
-    placement = place(target, info.size_bytes, measured_bytes, margin, selftest_bytes(info),
-                      extra_kernel_flash_bytes(shapes))
+    """The firmware's arena: budget.place_model's rule (fit's), from the file's graph."""
+    placement = place_model(target, info.model, info.size_bytes, measured_bytes, selftest_bytes(info))
     arena = placement.device_arena_bytes
     region = next(r for r in target.memory if r.name == placement.arena_region)
-    plan = ArenaPlan(measured_bytes, arena - measured_bytes, arena, region.name, region.kind)
+    plan = ArenaPlan(measured_bytes, arena - measured_bytes, arena, region.name, region.kind,
+                     placement.device_arena_used_bytes, placement.arena_rule)
     return plan, placement
 
 
@@ -852,7 +854,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
     input_io, output_io = input_quantization(info), output_quantization(info)
     inputs = selftest_input(input_io)
     if expected is None:
-        expected = host_expected_output(model, inputs, arena.arena_bytes)
+        expected = host_expected_output(model, inputs, arena.measured_bytes)  # the host build needs its own minimum
     tolerance = options.tolerance if options.tolerance is not None else default_tolerance(target.kernel_library)
 
     return ProjectContext(
@@ -930,7 +932,8 @@ def manifest_data(context: ProjectContext, files: list[str], hashes: dict[str, s
         "model": {"file": context.model_file, "sha256": context.model_sha256, "size_bytes": context.model_size_bytes},
         "options": {"name": context.project_name, "tolerance": context.tolerance, "allow_overflow": context.overflow_allowed,
                     "selftest_seed": SELFTEST_SEED},
-        "arena": {**asdict(context.arena), "margin_rule": MARGIN_NOTE},
+        "arena": {**asdict(context.arena),
+                  "margin_rule": DEVICE_MODEL_NOTE if context.arena.rule == DEVICE_MODEL_RULE else MARGIN_NOTE},
         "predicted": {
             "flash_needed_bytes": context.predicted_flash_bytes,
             "selftest_flash_bytes": context.selftest_flash_bytes,

@@ -19,17 +19,20 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
-from tinyscale.budget import Placement, place, selftest_flash_bytes
+from tinyscale.budget import DeviceArena, Placement, device_arena, place, selftest_flash_bytes
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS
 from tinyscale.kernels import OpShapes, arena_margin_bytes, extra_kernel_flash_bytes, op_shapes
 from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target
+
+if TYPE_CHECKING:
+    from tinyscale.graph.model import Model
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class Schedule:
     # The patched graph's (operator, input, weights) shapes: the kernel scratch margin
     # follows the patched operators (smaller tiles), as firmware computes it from the file.
     operator_shapes: tuple[OpShapes, ...] | None = field(default=None, repr=False, compare=False)
+    # The patched graph itself, for the 32-bit arena replay (firmware replays the file's).
+    model: "Model | None" = field(default=None, repr=False, compare=False)
 
     @property
     def patched(self) -> bool:
@@ -116,12 +121,33 @@ def _operator_shapes(spec: NetworkSpec) -> tuple[OpShapes, ...]:
     return tuple(op_shapes(tflite_graph(spec).graph))
 
 
+@functools.lru_cache(maxsize=1024)
+def _device_arena(spec: NetworkSpec, target: Target) -> DeviceArena | None:
+    from tinyscale.estimate import tflite_graph
+
+    return device_arena(tflite_graph(spec), target)
+
+
 def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placement:
-    """Where `spec`'s model goes on `target`, with the kernel library's arena margin."""
-    shapes = (memory.schedule.operator_shapes if memory.schedule.patched else None) or _operator_shapes(spec)
-    margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
+    """Where `spec`'s model goes on `target`: budget.place_model's rule, memoised per spec.
+
+    The 32-bit arena replay of the converter's graph (or of the patched one)
+    when it covers the target's build, else the host arena plus the kernel
+    library's margin; firmware applies the same rule to the file.
+    """
+    schedule = memory.schedule
+    patched = schedule.patched and schedule.model is not None
+    shapes = (schedule.operator_shapes if schedule.patched else None) or _operator_shapes(spec)
     selftest = selftest_flash_bytes(spec.input_shape, spec.classes)
-    return place(target, memory.model_bytes, memory.arena_bytes, margin, selftest, extra_kernel_flash_bytes(shapes))
+    kernel_flash = extra_kernel_flash_bytes(shapes)
+    if schedule.patched and not patched:
+        device = None  # a schedule without its graph: the host rule
+    else:
+        device = device_arena(schedule.model, target) if patched else _device_arena(spec, target)
+    if device is None:
+        margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
+        return place(target, memory.model_bytes, memory.arena_bytes, margin, selftest, kernel_flash)
+    return place(target, memory.model_bytes, memory.arena_bytes, 0, selftest, kernel_flash, device=device)
 
 
 @dataclass(frozen=True)

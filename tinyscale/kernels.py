@@ -1,22 +1,24 @@
 """What an optimized kernel library adds to the host-measured arena.
 
-The host figure comes from TFLM's Python interpreter (x86-64, reference
-kernels). On the device, optimized kernels request scratch buffers that the
-reference kernels never ask for; only one operator runs at a time, so the plan
-grows by at most the largest one. 32-bit pointers make TFLM's own structs
-smaller on the MCU (about 2.7 KB less for person detection on an M4); no credit
-is taken for that: it stays as slack.
+Cortex-M builds are replayed exactly (tinyscale.estimate with the 32-bit
+struct sizes, CMSIS-NN's scratch requests from :func:`cmsis_nn_scratch_requests`).
+For the others (ESP-NN, the ESP32s' toolchains) the device arena is the host
+figure from TFLM's Python interpreter (x86-64, reference kernels) plus a
+margin: optimized kernels request scratch buffers that the reference kernels
+never ask for; only one operator runs at a time, so the plan grows by at most
+the largest one; 32-bit pointers make TFLM's own structs smaller on the MCU,
+no credit is taken for that there: it stays as slack.
 
 One rule for everyone: the fitter, `simulate --target` and the firmware project
-all size the device arena with :func:`device_arena_bytes`, so a model that `fit`
-accepts is never refused by `firmware`.
+all size the device arena with tinyscale.budget.place_model, so a model that
+`fit` accepts is never refused by `firmware`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from tinyscale.errors import ModelError
+from tinyscale.errors import ModelError, NotModelledError
 
 if TYPE_CHECKING:
     from tinyscale.graph.model import Graph
@@ -35,7 +37,7 @@ MARGIN_NOTE = (
     "arena = align16(host minimum + margin); margin = largest optimized-kernel scratch buffer of any "
     "operator (CMSIS-NN: its DSP buffer-size formulas, its MVE ones on the M55/M85; ESP-NN on the S3: its esp32s3 get_*_scratch_size "
     "formulas; ESP-NN's ANSI kernels on ESP32/C3: none) + 256 B slack; the 32-bit MCU needs less than the "
-    "64-bit host for TFLM's structs, kept as slack"
+    "64-bit host for TFLM's structs, kept as slack (the rule where no 32-bit replay of the build exists)"
 )
 
 # (operator name, shape of input 0, shape of input 1 (weights))
@@ -139,6 +141,126 @@ def split_margin(margin_bytes: int) -> tuple[int, int]:
 def device_arena_bytes(host_arena_bytes: int, margin_bytes: int) -> int:
     """The arena the firmware allocates: host minimum + margin, 16-byte aligned."""
     return align_up(host_arena_bytes + margin_bytes, ARENA_ALIGNMENT)
+
+
+# ---------------------------------------------------------------------------
+# CMSIS-NN's scratch requests, exactly as TFLM's kernels/cmsis_nn/*.cc Prepare
+# makes them with arm-none-eabi-gcc (the analytic device arena plans them like
+# any other buffer). The *_get_buffer_size functions of CMSIS-NN 4ab83cc
+# (Source/*/arm_*_get_buffer_sizes_s8.c) pick one of three paths at compile
+# time: Helium (ARM_MATH_MVEI), the DSP extension (ARM_MATH_DSP), or pure C.
+
+# The operators whose CMSIS-NN kernel requests scratch; the others request what the reference kernel does.
+CMSIS_NN_KERNELS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "AVERAGE_POOL_2D"})
+# Cores whose -mcpu enables the DSP extension (__ARM_FEATURE_DSP -> ARM_MATH_DSP).
+DSP_CPUS = ("cortex-m4", "cortex-m7", "cortex-m33", "cortex-m35p", "cortex-m55", "cortex-m85")
+# arm_nnsupportfunctions.h, non-Arm-Compiler branch: the MVE depthwise kernel
+# with one input channel runs as a convolution above this many output channels.
+CMSIS_NN_DW_ONE_IN_CH_THRESHOLD = 1
+_SAME_PADDING = 0  # tflite Padding.SAME
+
+
+def _cmsis_nn_path(cpu: str) -> str:
+    return "mve" if cpu in MVE_CPUS else "dsp" if cpu in DSP_CPUS else "c"
+
+
+def _padding(padding: int, stride: int, dilation: int, in_size: int, filter_size: int) -> tuple[int, int]:
+    """(output size, padding) as TFLM's ComputeOutSize / ComputePadding give them."""
+    effective = (filter_size - 1) * dilation + 1
+    if padding == _SAME_PADDING:
+        out = (in_size + stride - 1) // stride
+    else:
+        out = (in_size + stride - effective) // stride
+    return out, max(0, ((out - 1) * stride + effective - in_size) // 2)
+
+
+def _conv_geometry(options, data: Sequence[int], kh: int, kw: int) -> dict:
+    padding = options.get("padding", _SAME_PADDING) if options else _SAME_PADDING
+    stride_h, stride_w = (options.get("strideH", 1), options.get("strideW", 1)) if options else (1, 1)
+    dil_h = options.get("dilationHFactor", 1) if options else 1
+    dil_w = options.get("dilationWFactor", 1) if options else 1
+    out_h, pad_h = _padding(padding, stride_h, dil_h, data[1], kh)
+    out_w, pad_w = _padding(padding, stride_w, dil_w, data[2], kw)
+    return {"stride_h": stride_h, "stride_w": stride_w, "dil_h": dil_h, "dil_w": dil_w,
+            "pad_h": pad_h, "pad_w": pad_w, "out_h": out_h, "out_w": out_w}
+
+
+def _conv_s8_buffer(path: str, cin: int, kh: int, kw: int) -> int:
+    """arm_convolve_s8_get_buffer_size: im2col columns (four 16-lane ones on MVE, two int16 ones otherwise)."""
+    if path == "mve":
+        return _mve_im2col_bytes(cin * kh * kw)
+    return 2 * align_up(kh * kw * cin, 4) * 2
+
+
+def _conv_1_x_n_mve_buffer(g: dict, in_w: int, cin: int, kw: int) -> int:
+    """arm_convolve_1_x_n_s8_get_buffer_size_mve."""
+    total_pad = (g["out_w"] - 1) * g["stride_w"] + kw - in_w
+    asym_pad = total_pad % 2 if total_pad >= 0 else -((-total_pad) % 2)  # C's remainder
+    pad_x, stride_x, out_x = g["pad_w"], g["stride_w"], g["out_w"]
+    right = max(1, (pad_x + asym_pad + stride_x - 1) // stride_x) if pad_x + asym_pad != 0 else 0
+    left = max(1, (pad_x + stride_x - 1) // stride_x) if pad_x != 0 else 0
+    if right + max(out_x - (right + left), 0) + left != out_x:
+        return _mve_im2col_bytes(cin * kw)
+    pad_left = pad_x * cin
+    pad_right = right * cin if asym_pad else pad_left
+    return max(kw * cin + pad_left, kw * cin - cin + pad_right)
+
+
+def _conv_wrapper_buffer(path: str, g: dict, data: Sequence[int], kh: int, kw: int, filter_c: int) -> int:
+    """arm_convolve_wrapper_s8_get_buffer_size (int8)."""
+    cin = data[3]
+    if (g["pad_w"] == 0 and g["pad_h"] == 0 and kh == 1 and kw == 1 and g["dil_w"] == 1 and g["dil_h"] == 1
+            and cin == filter_c):
+        return 0  # 1x1: the fast path's buffer exists only with the Arm Compiler, the other needs none
+    if data[1] == 1 and g["dil_w"] == 1 and kh == 1 and (g["stride_w"] * cin) % 4 == 0 and cin == filter_c:
+        return _conv_1_x_n_mve_buffer(g, data[2], cin, kw) if path == "mve" else _conv_s8_buffer(path, cin, kh, kw)
+    return _conv_s8_buffer(path, cin, kh, kw)
+
+
+def _depthwise_buffer(path: str, g: dict, data: Sequence[int], kh: int, kw: int, out_c: int) -> int:
+    """arm_depthwise_conv_wrapper_s8_get_buffer_size (int8 filter)."""
+    in_c = data[3]
+    if path == "mve" and in_c == 1 and out_c > CMSIS_NN_DW_ONE_IN_CH_THRESHOLD:
+        # Run as a convolution over a transposed copy of the filter.
+        return _conv_wrapper_buffer(path, g, data, kh, kw, 1) + out_c * kh * kw
+    if in_c == out_c and data[0] == 1 and g["dil_w"] == 1 and g["dil_h"] == 1:
+        if path == "mve":
+            return 4 * CMSIS_NN_CH_IN_BLOCK_MVE * kw * kh
+        if kh == 3 and kw == 3 and g["pad_h"] <= 1 and g["pad_w"] <= 1:
+            return 0  # arm_depthwise_conv_3x3_s8 needs none
+        return in_c * kw * kh * 2 if path == "dsp" else 0
+    return 0
+
+
+def cmsis_nn_scratch_requests(graph: "Graph", op, cpu: str) -> list[int]:
+    """Bytes of each RequestScratchBufferInArena call of CMSIS-NN's Prepare of `op` (int8) on `cpu`."""
+    path = _cmsis_nn_path(cpu)
+    tensors = graph.tensors
+    data = tuple(tensors[op.inputs[0]].shape)
+    weights = tensors[op.inputs[1]] if len(op.inputs) > 1 and op.inputs[1] >= 0 else None
+    if weights is not None and weights.dtype != "int8" and op.kind != "AVERAGE_POOL_2D":
+        raise NotModelledError(f"CMSIS-NN's scratch for {op.kind} with {weights.dtype} weights is not modelled")
+    if op.kind == "CONV_2D":
+        _, kh, kw, filter_c = weights.shape
+        size = _conv_wrapper_buffer(path, _conv_geometry(op.options, data, kh, kw), data, kh, kw, filter_c)
+        return [size] if size > 0 else []
+    if op.kind == "DEPTHWISE_CONV_2D":
+        _, kh, kw, out_c = weights.shape
+        size = _depthwise_buffer(path, _conv_geometry(op.options, data, kh, kw), data, kh, kw, out_c)
+        return [size] if size > 0 else []
+    if op.kind == "FULLY_CONNECTED":
+        output = tensors[op.outputs[0]].shape
+        accum_depth, out_depth = weights.shape[-1], output[-1]
+        requests = []
+        if len(output) > 2 and accum_depth % 4 == 0:  # run as a 1x1 convolution
+            if weights.quantization is None or len(weights.quantization.scale) <= 1:
+                # per-tensor: TFLM fakes per-channel multipliers and shifts
+                requests.append(out_depth * 4 * 2)
+            return requests  # the 1x1 fast path's own buffer: Arm Compiler only
+        return [out_depth * 4] if path == "mve" else []  # arm_fully_connected_s8: kernel sums on MVE
+    if op.kind == "AVERAGE_POOL_2D":
+        return [data[3] * 4] if path == "dsp" else []  # int32 accumulators per channel
+    return []
 
 
 # Code the patch pass's operators add to an image. The bundled boards' reserved

@@ -27,9 +27,9 @@ from typing import Any, Callable
 import numpy as np
 
 from tinyscale import tflm
-from tinyscale.budget import Placement, place
+from tinyscale.budget import Placement, place_model
 from tinyscale.firmware import selftest_bytes
-from tinyscale.kernels import arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
+from tinyscale.kernels import check_kernel_support
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, NotModelledError, UsageError
 from tinyscale.estimate import arena_plan
@@ -243,11 +243,8 @@ def memory_report(data: bytes, target: Target | None = None, source: str = "the 
     arena = tflm.measure_arena(data)
     placement = None
     if target is not None:
-        # The same device-arena rule as fit and firmware: host minimum + kernel scratch.
-        shapes = op_shapes(info.graph)
-        margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
-        placement = place(target, info.size_bytes, arena.arena_bytes, margin, selftest_bytes(info),
-                          extra_kernel_flash_bytes(shapes))
+        # The same device-arena rule as fit and firmware.
+        placement = place_model(target, info.model, info.size_bytes, arena.arena_bytes, selftest_bytes(info))
     if target is not None:
         runtime_bytes = target.flash.reserved_bytes + placement.extra_kernel_flash_bytes
         runtime_source = f"{target.name} flash.reserved_bytes" + (" + patch kernels" if placement.extra_kernel_flash_bytes else "")

@@ -123,12 +123,15 @@ def _percent_of(need: int, budget: int) -> str:
 
 def _placement_rows(placement: Placement) -> list[tuple[str, str]]:
     """Device arena, flash and SRAM with every term of each sum, so the lines add up."""
+    if placement.device_arena_minimum_bytes is not None:  # the 32-bit replay sized it
+        arena = (f"{placement.device_arena_bytes:,} B = 32-bit minimum {placement.device_arena_minimum_bytes:,} "
+                 f"+ alignment {placement.arena_slack_bytes:,} B (uses {placement.device_arena_used_bytes:,} B; "
+                 f"host arena {placement.arena_bytes:,} B)")
+    else:
+        arena = (f"{placement.device_arena_bytes:,} B = arena {placement.arena_bytes:,} + kernel scratch "
+                 f"{placement.kernel_scratch_bytes:,} + slack {placement.arena_slack_bytes:,} B")
     return [
-        (
-            "device arena",
-            f"{placement.device_arena_bytes:,} B = arena {placement.arena_bytes:,} + kernel scratch "
-            f"{placement.kernel_scratch_bytes:,} + slack {placement.arena_slack_bytes:,} B",
-        ),
+        ("device arena", arena),
         (
             "flash",
             f"{placement.flash_needed_bytes:,} / {placement.flash_budget_bytes:,} B "

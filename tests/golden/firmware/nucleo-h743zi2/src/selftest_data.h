@@ -25,7 +25,7 @@ typedef struct {
 #define TS_OUTPUT_COUNT 1
 // Largest |device - host| accepted per output value, in quantization steps (cmsis-nn kernels).
 #define TS_SELFTEST_TOLERANCE 1
-#define TS_ARENA_BYTES 21040u
+#define TS_ARENA_BYTES 17792u
 
 extern const TsTensorData ts_selftest_inputs[TS_INPUT_COUNT];
 extern const TsTensorData ts_selftest_expected[TS_OUTPUT_COUNT];
