@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -41,6 +42,23 @@ RAM_SECTIONS = (".data", ".bss", ".tensor_arena", ".heap", ".stack")
 
 def kernels_of(tflm_root: Path) -> str:
     return "cmsis-nn" if (Path(tflm_root) / "third_party" / "cmsis_nn").is_dir() else "reference"
+
+
+def tree_variables(cpu: str, kernels: str) -> tuple[str, ...]:
+    """The environment variables naming a `kernels` tree for `cpu`, first match wins: TFLM_ROOT /
+    TFLM_REFERENCE_ROOT plus the cpu upper-cased with "-" as "_"; the Cortex-M4 also takes the plain names."""
+    base = "TFLM_ROOT" if kernels == "cmsis-nn" else "TFLM_REFERENCE_ROOT"
+    suffixed = f"{base}_{cpu.upper().replace('-', '_')}"
+    return (suffixed, base) if cpu == "cortex-m4" else (suffixed,)
+
+
+def tree_for(cpu: str, kernels: str) -> Path | None:
+    """The first tree the variables name that looks like a TFLM tree, or None."""
+    for variable in tree_variables(cpu, kernels):
+        root = os.environ.get(variable)
+        if root and (Path(root) / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file():
+            return Path(root)
+    return None
 
 
 def mps2_target(kernels: str, name: str = DEFAULT_TARGET):

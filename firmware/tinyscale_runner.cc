@@ -11,6 +11,11 @@
 #include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
 #include "tensorflow/lite/schema/schema_generated.h"
 #include "tinyscale_platform.h"
+#ifdef TINYSCALE_PROFILE
+#include "tensorflow/lite/micro/compatibility.h"
+#include "tensorflow/lite/micro/micro_profiler_interface.h"
+#include "tensorflow/lite/micro/micro_time.h"
+#endif
 
 namespace {
 
@@ -192,6 +197,76 @@ void ReportDifferences(const float* max_difference) {
   }
 }
 
+#ifdef TINYSCALE_PROFILE
+// Per-operator timer ticks of one Invoke (projects rendered with `tinyscale firmware --profile`):
+// the interpreter opens one event per operator it runs, in execution order. TFLM's own
+// MicroProfiler keeps fixed tables for 4096 events (~80 KB of RAM, more than a fitted
+// network leaves beside its arena); this keeps kProfileEvents and counts the rest as dropped.
+constexpr uint32_t kProfileEvents = 512;
+
+// Plain static tables (6 KB): off the stack, and with no destructor to register at exit.
+struct ProfileEvents {
+  const char* tags[kProfileEvents];
+  uint32_t start[kProfileEvents];
+  uint32_t end[kProfileEvents];
+  uint32_t count;
+};
+ProfileEvents ts_profile_events;
+
+class OperatorProfile : public tflite::MicroProfilerInterface {
+ public:
+  explicit OperatorProfile(ProfileEvents& events) : events_(events) { events_.count = 0; }
+
+  uint32_t BeginEvent(const char* tag) override {
+    const uint32_t handle = events_.count++;
+    if (handle < kProfileEvents) {
+      events_.tags[handle] = tag;
+      events_.start[handle] = tflite::GetCurrentTimeTicks();  // last, so the bookkeeping is not counted
+      events_.end[handle] = events_.start[handle];
+    }
+    return handle;
+  }
+
+  void EndEvent(uint32_t handle) override {
+    const uint32_t now = tflite::GetCurrentTimeTicks();  // first, for the same reason
+    if (handle < kProfileEvents) events_.end[handle] = now;
+  }
+
+  // "PROFILE <event> <tag> <ticks>" per operator, then
+  // "PROFILE TOTAL <sum> INVOKE <ticks> TICKS_PER_SECOND <hz> EVENTS <n> DROPPED <n>".
+  void Report(uint32_t invoke_ticks) const {
+    const uint32_t kept = events_.count < kProfileEvents ? events_.count : kProfileEvents;
+    unsigned long long total = 0;
+    for (uint32_t i = 0; i < kept; ++i) {
+      const uint32_t ticks = events_.end[i] - events_.start[i];  // unsigned: right across a counter wrap
+      total += ticks;
+      WriteLabelled("PROFILE ", static_cast<long>(i));
+      ts_console_write(" ");
+      ts_console_write(events_.tags[i] != nullptr ? events_.tags[i] : "?");
+      ts_console_write(" ");
+      WriteUnsigned(ticks, 1);
+      ts_console_write("\n");
+    }
+    ts_console_write("PROFILE TOTAL ");
+    WriteUnsigned(total, 1);
+    ts_console_write(" INVOKE ");
+    WriteUnsigned(invoke_ticks, 1);
+    ts_console_write(" TICKS_PER_SECOND ");
+    WriteUnsigned(tflite::ticks_per_second(), 1);
+    ts_console_write(" EVENTS ");
+    WriteUnsigned(kept, 1);
+    ts_console_write(" DROPPED ");
+    WriteUnsigned(events_.count - kept, 1);
+    ts_console_write("\n");
+  }
+
+ private:
+  ProfileEvents& events_;
+
+  TF_LITE_REMOVE_VIRTUAL_DELETE
+};
+#endif
+
 }  // namespace
 
 int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
@@ -206,7 +281,12 @@ int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
     ts_console_write("SELFTEST FAIL could not register the model's operators\n");
     return 2;
   }
+#ifdef TINYSCALE_PROFILE
+  OperatorProfile profile(ts_profile_events);
+  tflite::MicroInterpreter interpreter(model, resolver, arena, arena_bytes, nullptr, &profile);
+#else
   tflite::MicroInterpreter interpreter(model, resolver, arena, arena_bytes);
+#endif
   if (interpreter.AllocateTensors() != kTfLiteOk) {
     WriteLabelled("SELFTEST FAIL AllocateTensors failed with an arena of ", static_cast<long>(arena_bytes));
     ts_console_write(" B\n");
@@ -218,7 +298,13 @@ int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
   if (!CopyInputs(interpreter)) return 2;
 
   const uint32_t start_us = ts_time_us();
+#ifdef TINYSCALE_PROFILE
+  const uint32_t start_ticks = tflite::GetCurrentTimeTicks();
   const TfLiteStatus status = interpreter.Invoke();
+  const uint32_t invoke_ticks = tflite::GetCurrentTimeTicks() - start_ticks;
+#else
+  const TfLiteStatus status = interpreter.Invoke();
+#endif
   const uint32_t elapsed_us = ts_time_us() - start_us;
   if (status != kTfLiteOk) {
     ts_console_write("SELFTEST FAIL Invoke failed\n");
@@ -226,6 +312,9 @@ int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
   }
   WriteLabelled("INFERENCE us ", static_cast<long>(elapsed_us));
   ts_console_write("\n");
+#ifdef TINYSCALE_PROFILE
+  profile.Report(invoke_ticks);
+#endif
 
   float max_difference[TS_OUTPUT_COUNT];
   if (!CompareOutputs(interpreter, max_difference)) {

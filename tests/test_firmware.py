@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -690,11 +691,11 @@ def test_mps2_glue_boots_under_qemu(model, host_figures, tmp_path, target_name):
     assert result.stdout.splitlines() == ["hook registered", f"tinyscale tiny on {target_name}", "STUB OK"]
 
 
-def build_stub_elf(context: fw.ProjectContext, tmp_path: Path) -> Path:
+def build_stub_elf(context: fw.ProjectContext, tmp_path: Path, runner: str = STUB_RUNNER) -> Path:
     out = render(context, tmp_path / "p")
     src = out / "src"
     stubs = write_stubs(tmp_path / "stubs")
-    (src / "stub_runner.cc").write_text(STUB_RUNNER)
+    (src / "stub_runner.cc").write_text(runner)
     flags = arm_flags(context)
     objects = []
     for name in ("startup.c", "board.c", "model_data.c", "selftest_data.c"):
@@ -950,3 +951,114 @@ def test_cmake_projects_name_their_qemu_machine_and_the_m55_workaround(model, ho
     assert ("-fno-if-conversion2" in toolchain) == workaround
     if machine:
         assert f"qemu-system-arm -M {machine} -nographic" in (out / "README.md").read_text()
+
+
+# ---------------------------------------------------------------------------
+# The per-operator profile (`firmware --profile`, issue 10): rendered only when asked for,
+# and its SysTick ticks are exact instruction counts under QEMU's -icount shift=0.
+
+PROFILE_MARKERS = ("TINYSCALE_PROFILE", "micro_time.cc", "ts_time_ticks", "PROFILE")
+
+
+def test_profile_code_is_rendered_only_with_profile(model, host_figures, tmp_path):
+    plain = tree(render(context_for(model, host_figures, "mps2-an386"), tmp_path / "plain"))
+    profiled = tree(render(context_for(model, host_figures, "mps2-an386", profile=True), tmp_path / "profiled"))
+    # The shared runner holds the profiler behind #ifdef TINYSCALE_PROFILE; every other default file is free of it.
+    for name, data in plain.items():
+        if not name.endswith("tinyscale_runner.cc"):
+            assert not any(marker.encode() in data for marker in PROFILE_MARKERS), name
+    assert sorted(set(profiled) - set(plain)) == ["src/micro_time.cc"]
+    cmake = profiled["CMakeLists.txt"].decode()
+    assert "target_compile_definitions(tiny PRIVATE TINYSCALE_PROFILE)" in cmake
+    assert "src/micro_time.cc)" in cmake and 'EXCLUDE REGEX "/cortex_m_generic/micro_time\\\\.cc$"' in cmake
+    assert b"uint32_t ts_time_ticks(void)" in profiled["src/board.c"]
+    assert b"GetCurrentTimeTicks() { return ts_time_ticks(); }" in profiled["src/micro_time.cc"]
+    manifest = json.loads(profiled["manifest.json"])
+    assert manifest["options"]["profile"] is True and manifest["regenerate"].endswith("--profile")
+    assert json.loads(plain["manifest.json"])["options"]["profile"] is False
+    assert b"## Per-operator profile" in profiled["README.md"] and b"-icount shift=0" in profiled["README.md"]
+
+
+def test_profile_is_refused_for_build_systems_without_the_timer_hooks(workdir, model):
+    result = CliRunner().invoke(app, ["firmware", str(workdir / "model.tflite"), "-t", "esp32", "-o",
+                                      str(workdir / "out"), "--profile"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "--profile is for cmake-arm projects" in result.output
+    assert not (workdir / "out").exists()
+
+
+# The self-test stub times a loop of exactly two instructions per iteration (SUBS, BNE) for
+# two lengths: the difference is 2 * (LONG - SHORT) instructions whatever the call overhead.
+LOOP_SHORT, LOOP_LONG = 1_000_000, 3_000_000
+LOOP_RUNNER = r"""
+#include <stddef.h>
+#include <stdint.h>
+#include "tinyscale_platform.h"
+extern "C" uint32_t ts_time_ticks(void);
+extern "C" uint32_t ts_ticks_per_second(void);
+typedef void (*DebugLogCallback)(const char* s);
+extern "C" void RegisterDebugLogCallback(DebugLogCallback) {}
+static void write_number(uint32_t value) {
+  char text[12];
+  char* cursor = text + sizeof(text) - 1;
+  *cursor = '\0';
+  do { *--cursor = (char)('0' + value % 10u); value /= 10u; } while (value != 0u);
+  ts_console_write(cursor);
+}
+static uint32_t loop_ticks(uint32_t iterations) {
+  const uint32_t start = ts_time_ticks();
+  __asm__ volatile("1: subs %0, %0, #1\n bne 1b" : "+r"(iterations) : : "cc");
+  return ts_time_ticks() - start;
+}
+int ts_run_selftest(uint8_t*, size_t) {
+  const uint32_t iterations[2] = {LOOP_SHORT, LOOP_LONG};
+  for (unsigned i = 0; i < 2; ++i) {
+    ts_console_write("LOOP ");
+    write_number(iterations[i]);
+    ts_console_write(" ");
+    write_number(loop_ticks(iterations[i]));
+    ts_console_write("\n");
+  }
+  ts_console_write("HZ ");
+  write_number(ts_ticks_per_second());
+  ts_console_write("\n");
+  return 0;
+}
+""".replace("LOOP_SHORT", str(LOOP_SHORT)).replace("LOOP_LONG", str(LOOP_LONG))
+
+
+@needs_arm
+@pytest.mark.skipif(not QEMU, reason="qemu-system-arm not installed")
+@pytest.mark.parametrize("target_name", QEMU_TARGETS)
+def test_profile_ticks_convert_to_the_instructions_of_a_known_loop(model, host_figures, tmp_path, target_name):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from latency_measure import ticks_to_instructions  # noqa: PLC0415 - a benchmark module
+
+    context = context_for(model, host_figures, target_name, profile=True)
+    elf = build_stub_elf(context, tmp_path, LOOP_RUNNER)
+    result = subprocess.run(
+        [QEMU, "-M", context.cmake_arm.qemu_machine, "-nographic", "-semihosting-config", "enable=on,target=native",
+         "-icount", "shift=0", "-kernel", str(elf)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout
+    loops = dict(tuple(map(int, line.split()[1:])) for line in result.stdout.splitlines() if line.startswith("LOOP "))
+    hz = int(result.stdout.split("HZ ")[1].split()[0])
+    assert hz == load_target(target_name).clock_hz
+    measured = ticks_to_instructions(loops[LOOP_LONG] - loops[LOOP_SHORT], hz)
+    expected = 2 * (LOOP_LONG - LOOP_SHORT)
+    print(f"\n{target_name}: {hz} Hz, loop ticks {loops}, {measured} instructions for {expected}")
+    # Within one tick each way, plus the 1 kHz SysTick handler the longer loop runs a few more times.
+    assert abs(measured - expected) <= 2 * 10**9 // hz + 100, (measured, expected, loops)
+
+
+@needs_arm
+@pytest.mark.parametrize("target_name", ["nucleo-f411re", "nucleo-h743zi2"])
+def test_profiled_uart_board_glue_compiles(model, host_figures, tmp_path, target_name):
+    # The UART boards' SysTick follows the clock that runs (a variable, not a constant).
+    context = context_for(model, host_figures, target_name, profile=True)
+    src = render(context, tmp_path / "p") / "src"
+    compile_file(ARM_GCC, src / "board.c", [*arm_flags(context), "-std=c11", f"-I{src}"], tmp_path / "board.o")
+    symbols = subprocess.run([shutil.which("arm-none-eabi-nm"), str(tmp_path / "board.o")], capture_output=True,
+                             text=True, check=True).stdout
+    assert " T ts_time_ticks" in symbols and " T ts_ticks_per_second" in symbols

@@ -46,19 +46,7 @@ MISSING_TOOLS = [tool for tool in ("cmake", "arm-none-eabi-gcc", "arm-none-eabi-
                  if not shutil.which(tool)]
 
 
-def tree_variables(cpu: str, kernels: str) -> tuple[str, ...]:
-    """The environment variables naming a `kernels` tree for `cpu`, first match wins."""
-    base = "TFLM_ROOT" if kernels == "cmsis-nn" else "TFLM_REFERENCE_ROOT"
-    suffixed = f"{base}_{cpu.upper().replace('-', '_')}"
-    return (suffixed, base) if cpu == "cortex-m4" else (suffixed,)
-
-
-def tree_for(cpu: str, kernels: str) -> Path | None:
-    for variable in tree_variables(cpu, kernels):
-        root = os.environ.get(variable)
-        if root and (Path(root) / "tensorflow" / "lite" / "micro" / "micro_interpreter.h").is_file():
-            return Path(root)
-    return None
+tree_variables, tree_for = firmware_sizes.tree_variables, firmware_sizes.tree_for
 
 
 pytestmark = pytest.mark.skipif(bool(MISSING_TOOLS), reason=f"missing tools: {', '.join(MISSING_TOOLS)}")
@@ -181,3 +169,32 @@ def test_qemu_board_passes_its_selftest_bit_identical(target_name, kernels, work
     assert row["device_arena_used_bytes"] == row["predicted_device_arena_used_bytes"]
     assert row["linked_flash_bytes"] <= row["predicted_flash_bytes"]
     assert row["linked_ram_bytes"] <= row["predicted_ram_bytes"]
+
+
+# ---------------------------------------------------------------------------
+# The per-operator profile (issue 10 item 2): `firmware --profile` under -icount shift=0.
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_profiled_tiny_model_prints_one_line_per_operator_summing_to_the_invoke(kernels, work):
+    import latency_measure  # noqa: PLC0415 - a benchmark module
+    from tinyscale.graph.flatbuffer import read_flatbuffer  # noqa: PLC0415
+
+    tree = require_tree(kernels)
+    model = TINY_MODEL.read_bytes()
+    target = firmware_sizes.mps2_target(kernels)
+    # The tiny test's build directory: TFLM is compiled already, only the application rebuilds.
+    profile = latency_measure.profiled_run(model, "tiny", target, tree, work / f"tiny-{kernels}", timeout=600)
+    print("\n" + "\n".join(f"PROFILE {e.index} {e.tag} {e.ticks}" for e in profile.events))
+
+    assert profile.passed and profile.dropped == 0
+    assert [e.tag for e in profile.events] == [op.kind for op in read_flatbuffer(model).graph.operators]
+    assert all(e.ticks > 0 for e in profile.events)
+    # Between operators the interpreter does little: the operators are >= 99% of the Invoke.
+    assert profile.total_ticks <= profile.invoke_ticks <= profile.total_ticks * 1.01
+    # SysTick ticks and the self-test's microsecond timer agree (1 us = 1000 instructions).
+    invoke = latency_measure.ticks_to_instructions(profile.invoke_ticks, profile.ticks_per_second)
+    assert abs(profile.inference_us * 1000 - invoke) <= 2000
+    # -icount makes the counts deterministic: a second run prints the same ticks.
+    again = latency_measure.profiled_run(model, "tiny", target, tree, work / f"tiny-{kernels}", timeout=600)
+    assert again.events == profile.events

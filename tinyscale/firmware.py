@@ -33,7 +33,7 @@ from tinyscale.budget import DEVICE_MODEL_NOTE, DEVICE_MODEL_RULE, HOST_MARGIN_R
 from tinyscale.chips import find_chip
 from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program, clock_source, find_spec, plan_clock,
                               uart_brr)
-from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
+from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, UsageError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.graph.model import element_count
 from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, check_kernel_support
@@ -45,6 +45,8 @@ from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_intege
 log = logging.getLogger(__name__)
 
 TEMPLATE_BUILD_SYSTEMS = ("cmake-arm", "esp-idf", "arduino", "pico-sdk")
+# Build systems whose projects can print a per-operator profile (`firmware --profile`).
+PROFILE_BUILD_SYSTEMS = ("cmake-arm",)
 # Where each build system keeps its sources (firmware/ and templates/common/ go there);
 # {name} is the project name. An Arduino sketch folder is named like its .ino, and the
 # builder compiles a sketch's src/ subfolder recursively (Arduino sketch specification).
@@ -345,6 +347,7 @@ class ProjectContext:
     arduino: ArduinoContext | None = None
     pico_sdk: PicoSdkContext | None = None
     regenerate_command: str = ""
+    profile: bool = False  # the self-test prints each operator's timer ticks (cmake-arm)
 
     @property
     def predicted_flash_bytes(self) -> int:
@@ -371,6 +374,7 @@ class FirmwareOptions:
     phi: float | None = None  # recorded in the manifest when the model came from tinyscale
     tolerance: int | None = None  # self-test max |difference|; default per kernel library
     model_file: str = "model.tflite"
+    profile: bool = False  # per-operator profile in the self-test (cmake-arm projects)
 
 
 @dataclass(frozen=True)
@@ -421,6 +425,12 @@ def resolver_ops(info: ModelInfo) -> tuple[OpEntry, ...]:
     if not entries:
         raise ModelError("the model has no operators")
     return tuple(dict.fromkeys(entries))
+
+
+def check_profile(profile: bool, build_system: str) -> None:
+    """The per-operator profile needs the project's own TFLM timer hooks, which only cmake-arm renders."""
+    if profile and build_system not in PROFILE_BUILD_SYSTEMS:
+        raise UsageError(f"--profile is for {', '.join(PROFILE_BUILD_SYSTEMS)} projects; this target builds with {build_system}")
 
 
 def check_library_ops(operators: tuple[OpEntry, ...], build_system: str) -> None:
@@ -835,6 +845,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
     """Check everything and compute the context; measures on the host unless given the figures."""
     target = options.target
     check_build_system(target)
+    check_profile(options.profile, target.build_system)
     info = read_model(model)
     operators = resolver_ops(info)
     check_library_ops(operators, target.build_system)
@@ -881,6 +892,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         arduino=arduino,
         pico_sdk=pico_sdk,
         regenerate_command=_regenerate_command(options, name),
+        profile=options.profile,
     )
 
 
@@ -911,6 +923,8 @@ def _regenerate_command(options: FirmwareOptions, name: str) -> str:
         parts += ["--phi", repr(options.phi)]
     if options.allow_overflow:
         parts.append("--allow-overflow")
+    if options.profile:
+        parts.append("--profile")
     return " ".join(parts)
 
 
@@ -931,7 +945,7 @@ def manifest_data(context: ProjectContext, files: list[str], hashes: dict[str, s
         "phi": context.phi,
         "model": {"file": context.model_file, "sha256": context.model_sha256, "size_bytes": context.model_size_bytes},
         "options": {"name": context.project_name, "tolerance": context.tolerance, "allow_overflow": context.overflow_allowed,
-                    "selftest_seed": SELFTEST_SEED},
+                    "selftest_seed": SELFTEST_SEED, "profile": context.profile},
         "arena": {**asdict(context.arena),
                   "margin_rule": DEVICE_MODEL_NOTE if context.arena.rule == DEVICE_MODEL_RULE else MARGIN_NOTE},
         "predicted": {

@@ -59,6 +59,7 @@ def firmware(
     overwrite_edits: Annotated[bool, typer.Option("--overwrite-edits", help="With --force, also replace generated files you have edited since.")] = False,
     tolerance: Annotated[Optional[int], typer.Option(min=0, max=255, help="Self-test max |device - host| per value in quantization steps (default 0 for reference kernels, 1 for optimized).")] = None,
     phi: Annotated[Optional[float], typer.Option(help="Compound-scaling phi the model was made with (recorded in the manifest).")] = None,
+    profile: Annotated[bool, typer.Option("--profile", help="cmake-arm: the self-test also prints each operator's timer ticks (TFLM profiler).")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Render a firmware project (ESP-IDF, CMake arm-none-eabi, Arduino sketch or Pico SDK) that runs MODEL with a self-test."""
@@ -69,7 +70,7 @@ def firmware(
     options = FirmwareOptions(
         target=board, out_dir=output, name=name, force=force, allow_overflow=allow_overflow,
         overwrite_edits=overwrite_edits, phi=phi,
-        tolerance=tolerance, model_file=model.name,
+        tolerance=tolerance, model_file=model.name, profile=profile,
     )
     with status(enabled=not json_output) as report:
         report("measuring the arena and the self-test outputs in TFLM on the host")
