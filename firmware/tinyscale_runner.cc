@@ -216,6 +216,11 @@ int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
   WriteLabelled(" B of ", static_cast<long>(arena_bytes));
   ts_console_write(" B\n");
   if (!CopyInputs(interpreter)) return 2;
+#ifdef TS_PREDICTED_LATENCY_US
+  // tinyscale's cost-model figure at the board's clock, for comparison with INFERENCE us below.
+  WriteLabelled("PREDICTED us ", static_cast<long>(TS_PREDICTED_LATENCY_US));
+  ts_console_write("\n");
+#endif
 
   const uint32_t start_us = ts_time_us();
   const TfLiteStatus status = interpreter.Invoke();

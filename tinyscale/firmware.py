@@ -36,6 +36,7 @@ from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.graph.model import element_count
+from tinyscale.latency import LatencyEstimate, no_model_reason, predict_for_target
 from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
@@ -342,6 +343,25 @@ class ProjectContext:
     arduino: ArduinoContext | None = None
     pico_sdk: PicoSdkContext | None = None
     regenerate_command: str = ""
+    latency: LatencyEstimate | None = None  # predicted at the target's clock; None without a cost table
+
+    @property
+    def predicted_latency_us(self) -> int | None:
+        """Rendered into selftest_data.h, so the self-test prints it beside the measured time."""
+        return None if self.latency is None else round(1000 * self.latency.latency_ms)
+
+    @property
+    def latency_summary(self) -> str:
+        """The README's line: the prediction and its cost table, or why there is none."""
+        latency = self.latency
+        if latency is None:
+            return f"not predicted: {no_model_reason(self.target.cpu, self.target.kernel_library)}"
+        table = latency.table
+        text = (f"{latency.latency_ms:,.3f} ms = {latency.cycles:,.0f} cycles at {self.target.clock_hz:,} Hz "
+                f"({table.cpu} {table.kernel_library} cost table{', an estimate' if table.estimate else ''})")
+        if latency.unmodelled:
+            text += f"; not modelled, costed by the fallback: {', '.join(latency.unmodelled)}"
+        return text
 
     @property
     def predicted_flash_bytes(self) -> int:
@@ -879,6 +899,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         arduino=arduino,
         pico_sdk=pico_sdk,
         regenerate_command=_regenerate_command(options, name),
+        latency=predict_for_target(info.model, target),
     )
 
 
@@ -938,11 +959,26 @@ def manifest_data(context: ProjectContext, files: list[str], hashes: dict[str, s
             "sram_needed_bytes": context.placement.sram_needed_bytes,
             "sram_budget_bytes": context.placement.sram_budget_bytes,
             "fits": context.fits,
+            **latency_manifest(context.latency),
         },
         "operators": [op.name for op in context.operators],
         "regenerate": context.regenerate_command,
         "files": sorted(files),
         "file_sha256": dict(sorted(hashes.items())),
+    }
+
+
+def latency_manifest(latency: LatencyEstimate | None) -> dict:
+    """The manifest's predicted latency (null without a cost table for the core)."""
+    if latency is None:
+        return {"latency_ms": None}
+    return {
+        "latency_ms": round(latency.latency_ms, 4),
+        "latency_cycles": round(latency.cycles),
+        "latency_clock_hz": latency.clock_hz,
+        "latency_cost_table": f"{latency.table.cpu}-{latency.table.kernel_library}",
+        "latency_estimate": latency.table.estimate,
+        "latency_unmodelled_ops": list(latency.unmodelled),
     }
 
 

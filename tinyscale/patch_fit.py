@@ -40,7 +40,7 @@ class _Ranked:
 
     def __init__(self, model: Model, split: str, grid: tuple[int, int], arena: int, macs_overhead: float) -> None:
         self.model = model
-        self.schedule = Schedule(grid, split, macs_overhead, tuple(op_shapes(model.graph)))
+        self.schedule = Schedule(grid, split, macs_overhead, tuple(op_shapes(model.graph)), model)
         self.arena_bytes = arena
 
     @functools.cached_property
@@ -100,7 +100,7 @@ def measured_patched_memory(spec: NetworkSpec, schedule: Schedule, progress: Pro
     result = patch_flatbuffer(tflite, grid=schedule.grid, split=schedule.split_tensor)
     model = read_flatbuffer(result.data)
     measured_schedule = Schedule(result.grid, result.split_tensor, result.extra_macs,
-                                 tuple(op_shapes(model.graph)))
+                                 tuple(op_shapes(model.graph)), model)
     log.info("patched %dx%d: arena %d B (unpatched %d B), model %d B", rows, cols, result.after.arena_bytes,
              result.before.arena_bytes, len(result.data))
     return Measured(model_bytes=len(result.data), arena_bytes=result.after.arena_bytes, schedule=measured_schedule,

@@ -1,0 +1,265 @@
+"""Fit the Cortex-M latency cost tables to QEMU-measured instruction counts, and validate them.
+
+    python benchmarks/latency_fit.py --measurements benchmarks/data/latency_measurements.json [--write]
+
+The measurement file (benchmarks/latency_measure.py on the i10-measure branch)
+holds one record per operator invocation of a network run under
+``qemu-system-arm -icount shift=0`` (one instruction = one virtual ns), per
+core and kernel library: the operator's type, shapes, MACs and its
+instruction count, and per network the Invoke total.
+
+Per (core, kernel library, operator type[:variant]) the script fits
+``instructions = fixed + a * MACs + b * output elements + c * input elements``
+by weighted least squares (numpy; each record weighted by 1/measured, so a
+small operator counts as much as a large one in relative terms; a coefficient
+that comes out negative is dropped and the rest refitted). Variants (the
+filter size of a convolution) get their own row when they have enough
+records. Invoke's own cost beside the operators is the mean per network.
+
+Validation holds out whole networks: every network's total is predicted from
+tables fitted without any of that network's records (leave one network out),
+and the table printed compares it with the measured total. ``--write``
+then fits on every network and writes ``costs/latency/<cpu>-<kernel>.toml``
+with the documented cycles per instruction of each core (CPI below), the
+measurement file's sha256 (and ``--commit``), and the held-out error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tinyscale.latency import COEFFICIENTS, SCHEMA_VERSION, costs_dir  # noqa: E402
+
+FEATURES = [feature for feature in COEFFICIENTS.values()]  # None (constant), macs, output/input elements
+MIN_VARIANT_RECORDS = 4  # a filter-size variant gets its own coefficients from this many records on
+# Operators whose cost is not modelled per type get the fallback, fitted on every record without MACs.
+
+# Cycles per instruction of each emulated core: QEMU counts instructions, the real core takes
+# cycles. Each figure is a documented estimate for CMSIS-NN-style int8 inner loops (loads, SIMD
+# multiply-accumulates, a loop branch), from Arm's published pipeline timings and benchmark scores:
+CPI = {
+    "cortex-m4": (1.25, "Arm Cortex-M4 TRM (DDI 0439) 'Instruction set summary': data processing and "
+                  "SMLAD/SXTB16 1 cycle, LDR 2 (1 when pipelined), taken branch 1+P (P 1-3); the int8 "
+                  "inner loops mix ~1/3 loads with 1-cycle DSP ops and one loop branch: ~1.25 [est.]"),
+    "cortex-m7": (0.80, "Cortex-M7 dual-issue 6-stage pipeline (Arm Cortex-M7 TRM DDI 0489, 'Dual issue'); "
+                  "Arm's CoreMark/MHz 5.01 for the M7 against 3.40 for the M4 on the same code: "
+                  "1.25 x 3.40 / 5.01 = 0.85, rounded down for loops with single-cycle TCM loads [est.]"),
+    "cortex-m33": (1.10, "Cortex-M33 3-stage pipeline (Arm Cortex-M33 TRM 100230); Arm's CoreMark/MHz 4.02 "
+                   "against the M4's 3.40 on the same code: 1.25 x 3.40 / 4.02 = 1.06 [est.]"),
+    "cortex-m55": (1.50, "Cortex-M55 dual-beat MVE (Arm Cortex-M55 TRM 101051, 'Helium: beats per tick'): a "
+                   "128-bit vector instruction takes 2 beats, overlapping with the next (e.g. VLDRB with "
+                   "VMLADAVA); CMSIS-NN's MVE loops are mostly vector: ~1.5 cycles per instruction [est.]"),
+}
+
+
+def load_records(path: Path) -> list[dict]:
+    data = json.loads(path.read_text())
+    return data["records"] if isinstance(data, dict) else data
+
+
+def norm_core(name: str) -> str:
+    return name.strip().lower().replace(" ", "-")
+
+
+def variant(record: dict) -> str | None:
+    shape = record.get("filter_shape") or []
+    if record["op_type"] in ("CONV_2D", "DEPTHWISE_CONV_2D") and len(shape) == 4:
+        return f"{shape[1]}x{shape[2]}"
+    return None
+
+
+def features(record: dict) -> list[float]:
+    values = {"macs": record.get("macs") or 0, "output_elements": record.get("output_elements") or 0,
+              "input_elements": record.get("input_elements") or 0}
+    return [1.0 if name is None else float(values[name]) for name in FEATURES]
+
+
+def fit_linear(rows: list[dict]) -> tuple[list[float], float]:
+    """Non-negative weighted least squares (drop negative terms, refit): coefficients, RMS relative error %."""
+    x = np.array([features(r) for r in rows])
+    y = np.array([float(r["instructions"]) for r in rows])
+    weights = 1.0 / np.maximum(y, 1.0)
+    active = [i for i in range(x.shape[1]) if i == 0 or np.ptp(x[:, i]) > 0 or x[:, i].any()]
+    # With one shape (or fewer records than terms) keep the terms the records can tell apart.
+    while True:
+        a = x[:, active] * weights[:, None]
+        solution, *_ = np.linalg.lstsq(a, y * weights, rcond=None)
+        negative = [active[i] for i, value in enumerate(solution) if value < 0]
+        if not negative or len(active) == 1:
+            break
+        worst = min(range(len(solution)), key=lambda i: solution[i])
+        active.pop(worst)
+    coefficients = [0.0] * x.shape[1]
+    for index, value in zip(active, solution):
+        coefficients[index] = max(0.0, float(value))
+    predicted = x @ np.array(coefficients)
+    error = float(np.sqrt(np.mean(((predicted - y) / np.maximum(y, 1.0)) ** 2)) * 100)
+    return coefficients, error
+
+
+def fit_group(records: list[dict]) -> dict:
+    """The cost table (in instructions) of one core and kernel library."""
+    by_key: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_key[record["op_type"]].append(record)
+        if variant(record) is not None:
+            by_key[f"{record['op_type']}:{variant(record)}"].append(record)
+    ops = {}
+    for key, rows in sorted(by_key.items()):
+        if ":" in key and len(rows) < MIN_VARIANT_RECORDS:
+            continue
+        coefficients, error = fit_linear(rows)
+        ops[key] = {"coefficients": coefficients, "records": len(rows), "fit_error_percent": round(error, 2)}
+    elementwise = [r for r in records if not r.get("macs")]
+    fallback, _ = fit_linear(elementwise or records)
+    return {"ops": ops, "fallback": fallback, "invoke": invoke_overhead(records)}
+
+
+def network_key(record: dict) -> str:
+    return record["model"]
+
+
+def invoke_overhead(records: list[dict]) -> float:
+    """Mean per network of Invoke's total minus its operators' sum (0 when totals are absent)."""
+    totals = network_totals(records)
+    gaps = [total - sum(r["instructions"] for r in records if network_key(r) == name)
+            for name, total in totals.items() if total is not None]
+    return max(0.0, float(np.mean(gaps))) if gaps else 0.0
+
+
+def network_totals(records: list[dict]) -> dict[str, float | None]:
+    totals: dict[str, float | None] = {}
+    for record in records:
+        total = record.get("invoke_instructions", record.get("model_instructions"))
+        totals.setdefault(network_key(record), total)
+    return totals
+
+
+def predict_record(table: dict, record: dict) -> float:
+    key = f"{record['op_type']}:{variant(record)}"
+    entry = table["ops"].get(key) or table["ops"].get(record["op_type"])
+    coefficients = entry["coefficients"] if entry else table["fallback"]
+    return float(np.dot(coefficients, features(record)))
+
+
+def measured_total(records: list[dict], name: str) -> float:
+    total = network_totals(records)[name]
+    return total if total is not None else sum(r["instructions"] for r in records if network_key(r) == name)
+
+
+def held_out_rows(group: list[dict]) -> list[tuple[str, int, float, float]]:
+    """(network, operators, measured, predicted without that network's records) per network."""
+    rows = []
+    for name in sorted({network_key(r) for r in group}):
+        train = [r for r in group if network_key(r) != name]
+        test = [r for r in group if network_key(r) == name]
+        if not train:
+            continue
+        table = fit_group(train)
+        predicted = table["invoke"] + sum(predict_record(table, r) for r in test)
+        rows.append((name, len(test), measured_total(group, name), predicted))
+    return rows
+
+
+def _toml_number(value: float) -> str:
+    return f"{value:.6g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.6e}"
+
+
+def write_table(cpu: str, kernels: str, table: dict, held_out: list, source: str, sha256: str,
+                commit: str | None) -> Path:
+    cpi, cpi_source = CPI[cpu]
+    worst = max((abs(p - m) / m * 100 for _, _, m, p in held_out), default=None)
+    names = sorted({row[0] for row in held_out})
+    lines = [
+        "# Latency cost table: cycles of one operator invocation on this core with these kernels.",
+        "# Written by benchmarks/latency_fit.py from QEMU -icount instruction counts (instructions x",
+        "# cycles_per_instruction); do not edit by hand, re-run the script.",
+        f"schema_version = {SCHEMA_VERSION}",
+        f'cpu = "{cpu}"',
+        f'kernel_library = "{kernels}"',
+        "estimate = false",
+        f"cycles_per_instruction = {cpi}",
+        f"cycles_per_instruction_source = {json.dumps(cpi_source)}",
+        "",
+        "[provenance]",
+        'method = "qemu-icount"',
+        f"source = {json.dumps(source)}",
+        f'measurements_sha256 = "{sha256}"',
+    ]
+    if commit:
+        lines.append(f'measurements_commit = "{commit}"')
+    lines += [
+        'fitted_by = "python benchmarks/latency_fit.py --write"',
+        f"fit_networks = {json.dumps(names)}",
+        f"held_out_networks = {json.dumps(names)}  # each predicted from a fit without it (leave one out)",
+    ]
+    if worst is not None:
+        lines.append(f"held_out_error_percent = {worst:.2f}  # largest |error| of a held-out network's total")
+    lines += ["", "[invoke]", f"cycles_fixed = {_toml_number(table['invoke'] * cpi)}", "", "[fallback]"]
+    lines += _coefficient_lines(table["fallback"], cpi)
+    for key, entry in table["ops"].items():
+        lines += ["", f'[ops."{key}"]', *_coefficient_lines(entry["coefficients"], cpi),
+                  f"records = {entry['records']}", f"fit_error_percent = {entry['fit_error_percent']}"]
+    path = costs_dir() / f"{cpu}-{kernels}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _coefficient_lines(coefficients: list[float], cpi: float) -> list[str]:
+    keys = list(COEFFICIENTS)
+    lines = [f"{keys[i]} = {_toml_number(value * cpi)}" for i, value in enumerate(coefficients) if value > 0]
+    return lines or ["cycles_fixed = 0"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--measurements", type=Path, default=ROOT / "benchmarks/data/latency_measurements.json")
+    parser.add_argument("--commit", help="the commit the measurement file comes from (recorded as provenance)")
+    parser.add_argument("--write", action="store_true", help="write costs/latency/<cpu>-<kernels>.toml")
+    args = parser.parse_args()
+    raw = args.measurements.read_bytes()
+    records = [r for r in load_records(args.measurements) if r.get("instructions") is not None]
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for record in records:
+        groups[(norm_core(record["core"]), record["kernel_library"])].append(record)
+
+    print("| core | kernels | held-out network | ops | measured instructions | predicted | error |")
+    print("|---|---|---|---|---|---|---|")
+    summary = []
+    for (cpu, kernels), group in sorted(groups.items()):
+        rows = held_out_rows(group)
+        for name, ops, measured, predicted in rows:
+            error = (predicted - measured) / measured * 100
+            print(f"| {cpu} | {kernels} | {name} | {ops} | {measured:,.0f} | {predicted:,.0f} | {error:+.1f}% |")
+        errors = [abs(p - m) / m * 100 for _, _, m, p in rows]
+        summary.append((cpu, kernels, len(rows), max(errors, default=float("nan")),
+                        float(np.mean(errors)) if errors else float("nan")))
+        if args.write:
+            if cpu not in CPI:
+                print(f"skipping {cpu}: no documented cycles per instruction", file=sys.stderr)
+                continue
+            source = str(args.measurements.relative_to(ROOT) if args.measurements.is_relative_to(ROOT)
+                         else "benchmarks/data/latency_measurements.json")
+            path = write_table(cpu, kernels, fit_group(group), rows, source, hashlib.sha256(raw).hexdigest(),
+                               args.commit)
+            print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    print()
+    print("| core | kernels | networks | worst held-out error | mean |error| |")
+    print("|---|---|---|---|---|")
+    for cpu, kernels, count, worst, mean in summary:
+        print(f"| {cpu} | {kernels} | {count} | {worst:.1f}% | {mean:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""How long one inference takes on a board: cycles per operator from a cost table.
+
+A cost table (``costs/latency/<cpu>-<kernel library>.toml``, schema-checked,
+units in the key names) gives, per operator type, a linear model of the
+cycles one invocation takes on that core with that kernel library::
+
+    cycles = cycles_fixed + cycles_per_mac * MACs
+           + cycles_per_output_element * output elements
+           + cycles_per_input_element * input elements
+
+A type may have variants (``"CONV_2D:1x1"`` beside ``"CONV_2D"``): CMSIS-NN
+runs different kernels for 1x1 and larger filters, and the more specific key
+wins. ``[invoke] cycles_fixed`` is what TFLM's ``Invoke`` costs beside the
+operators. An operator type the table lacks gets the table's ``[fallback]``
+coefficients and is flagged as unmodelled in every report.
+
+The tables of the Cortex-M cores are fitted (``benchmarks/latency_fit.py``) to
+instruction counts measured under QEMU with ``-icount shift=0``; QEMU counts
+instructions, a real core takes cycles, so the fitted instruction counts are
+multiplied by the table's documented ``cycles_per_instruction`` (its source
+is in the file). The ESP32 family's tables are calibrated from Espressif's
+published figures and marked ``estimate = true``.
+
+Pure Python over :mod:`tinyscale.graph` (no TensorFlow): the fitter calls it
+for every probed network.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tinyscale.errors import CostTableError
+from tinyscale.graph.analysis import operator_macs
+from tinyscale.graph.model import Graph, Model, Operator, element_count
+from tinyscale.resources import data_dir
+
+SCHEMA_VERSION = 1
+# Coefficient key -> the operator feature it multiplies (None: a constant per invocation).
+COEFFICIENTS: dict[str, str | None] = {
+    "cycles_fixed": None,
+    "cycles_per_mac": "macs",
+    "cycles_per_output_element": "output_elements",
+    "cycles_per_input_element": "input_elements",
+}
+# Fit statistics an operator table may carry beside its coefficients (provenance, not used to predict).
+_OP_STATS = {"records": int, "fit_error_percent": (int, float)}
+_TOP_FIELDS = {
+    "schema_version": (int, True),
+    "cpu": (str, True),
+    "kernel_library": (str, True),
+    "estimate": (bool, True),  # calibrated from published figures, not from this project's measurements
+    "cycles_per_instruction": ((int, float), True),
+    "cycles_per_instruction_source": (str, True),
+    "notes": (str, False),
+    "provenance": (dict, True),
+    "invoke": (dict, True),
+    "fallback": (dict, True),
+    "ops": (dict, True),
+}
+_PROVENANCE_FIELDS = {
+    "method": (str, True),  # "qemu-icount" or "published"
+    "source": (str, True),  # the measurement file (and commit) or the publication
+    "fitted_by": (str, True),  # the command that wrote this file
+    "fit_networks": (list, False),
+    "held_out_networks": (list, False),
+    "held_out_error_percent": ((int, float), False),  # largest |error| of a held-out network's total
+    "measurements_sha256": (str, False),
+    "measurements_commit": (str, False),
+}
+
+COSTS_DIR = "costs"
+
+
+def costs_dir() -> Path:
+    return data_dir(COSTS_DIR) / "latency"
+
+
+# ---------------------------------------------------------------------------
+# Operator features
+
+
+@dataclass(frozen=True)
+class OpFeatures:
+    """What the cost of one operator depends on."""
+
+    kind: str
+    variant: str | None  # e.g. "1x1" for a CONV_2D with a 1x1 filter
+    macs: int
+    input_elements: int  # of input 0 (the activation)
+    output_elements: int
+
+    def value(self, feature: str | None) -> float:
+        return 1.0 if feature is None else float(getattr(self, feature))
+
+
+def op_variant(graph: Graph, op: Operator) -> str | None:
+    """The kernel variant CMSIS-NN and ESP-NN pick by shape: a 1x1 or a KxK filter."""
+    if op.kind not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op.inputs) < 2 or op.inputs[1] < 0:
+        return None
+    weights = graph.tensors[op.inputs[1]].shape
+    if len(weights) != 4:
+        return None
+    return f"{weights[1]}x{weights[2]}"
+
+
+def op_features(graph: Graph, op: Operator) -> OpFeatures:
+    def elements(index: int) -> int:
+        return element_count(graph.tensors[index].shape) if index >= 0 else 0
+
+    source = op.inputs[0] if op.inputs else -1
+    output = op.outputs[0] if op.outputs else -1
+    return OpFeatures(op.kind, op_variant(graph, op), operator_macs(graph, op), elements(source), elements(output))
+
+
+# ---------------------------------------------------------------------------
+# Cost tables
+
+
+@dataclass(frozen=True)
+class OpCost:
+    """The linear cycle model of one operator type (coefficient key -> cycles per unit)."""
+
+    coefficients: tuple[tuple[str, float], ...]
+    records: int | None = None  # measured invocations it was fitted to
+    fit_error_percent: float | None = None
+
+    def cycles(self, features: OpFeatures) -> float:
+        return sum(value * features.value(COEFFICIENTS[key]) for key, value in self.coefficients)
+
+
+@dataclass(frozen=True)
+class CostTable:
+    cpu: str
+    kernel_library: str
+    estimate: bool
+    cycles_per_instruction: float
+    cycles_per_instruction_source: str
+    provenance: dict[str, Any]
+    invoke_cycles: float
+    fallback: OpCost
+    ops: dict[str, OpCost] = field(hash=False)
+    path: Path | None = None
+    notes: str | None = None
+
+    def cost(self, features: OpFeatures) -> tuple[OpCost, bool]:
+        """(the model of this operator, whether the table models its type)."""
+        if features.variant is not None:
+            specific = self.ops.get(f"{features.kind}:{features.variant}")
+            if specific is not None:
+                return specific, True
+        general = self.ops.get(features.kind)
+        return (general, True) if general is not None else (self.fallback, False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.cpu} {self.kernel_library}" + (" (estimate)" if self.estimate else "")
+
+
+def _check_fields(where: str, table: dict[str, Any], fields: dict[str, tuple[Any, bool]]) -> None:
+    unknown = sorted(set(table) - set(fields))
+    if unknown:
+        raise CostTableError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")
+    for key, (kind, required) in fields.items():
+        if key not in table:
+            if required:
+                raise CostTableError(f"{where}: missing required key {key!r}")
+            continue
+        value = table[key]
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise CostTableError(f"{where}: {key!r} must be {names}, got {value!r}")
+
+
+def _op_cost(where: str, table: Any) -> OpCost:
+    if not isinstance(table, dict):
+        raise CostTableError(f"{where}: must be a table of coefficients ({', '.join(COEFFICIENTS)})")
+    fields = {key: ((int, float), False) for key in COEFFICIENTS} | {k: (t, False) for k, t in _OP_STATS.items()}
+    _check_fields(where, table, fields)
+    coefficients = tuple((key, float(table[key])) for key in COEFFICIENTS if key in table)
+    if not coefficients:
+        raise CostTableError(f"{where}: needs at least one of {', '.join(COEFFICIENTS)}")
+    for key, value in coefficients:
+        if value < 0 or not math.isfinite(value):
+            raise CostTableError(f"{where}: {key!r} must be a finite number >= 0, got {value!r}")
+    return OpCost(coefficients, table.get("records"), table.get("fit_error_percent"))
+
+
+def parse_cost_table(data: dict[str, Any], source: str = "<cost table>", path: Path | None = None) -> CostTable:
+    """Validate a decoded cost table; CostTableError (one line naming the file and key) when it is wrong."""
+    _check_fields(source, data, _TOP_FIELDS)
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise CostTableError(f"{source}: schema_version {data['schema_version']} unsupported (want {SCHEMA_VERSION})")
+    cpi = float(data["cycles_per_instruction"])
+    if not 0 < cpi < 100:
+        raise CostTableError(f"{source}: 'cycles_per_instruction' must be positive (and below 100), got {cpi}")
+    _check_fields(f"{source} [provenance]", data["provenance"], _PROVENANCE_FIELDS)
+    _check_fields(f"{source} [invoke]", data["invoke"], {"cycles_fixed": ((int, float), True)})
+    invoke = float(data["invoke"]["cycles_fixed"])
+    if invoke < 0:
+        raise CostTableError(f"{source} [invoke]: 'cycles_fixed' must be >= 0, got {invoke}")
+    ops = {}
+    for name, table in data["ops"].items():
+        kind, _, variant = name.partition(":")
+        if not kind or kind != kind.upper() or (variant == "" and ":" in name):
+            raise CostTableError(f"{source} [ops]: {name!r} is not an operator type (CONV_2D) or type:variant (CONV_2D:1x1)")
+        ops[name] = _op_cost(f"{source} [ops.{name}]", table)
+    return CostTable(
+        cpu=data["cpu"], kernel_library=data["kernel_library"], estimate=data["estimate"],
+        cycles_per_instruction=cpi, cycles_per_instruction_source=data["cycles_per_instruction_source"],
+        provenance=dict(data["provenance"]), invoke_cycles=invoke,
+        fallback=_op_cost(f"{source} [fallback]", data["fallback"]), ops=ops, path=path, notes=data.get("notes"),
+    )
+
+
+def load_cost_table_file(path: Path) -> CostTable:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CostTableError(f"cannot read cost table {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CostTableError(f"{path}: invalid TOML: {exc}") from None
+    table = parse_cost_table(data, str(path), path)
+    expected = f"{table.cpu}-{table.kernel_library}.toml"
+    if path.name != expected:
+        raise CostTableError(f"{path}: cpu {table.cpu!r} and kernel_library {table.kernel_library!r} belong in {expected}")
+    return table
+
+
+def cost_table_path(cpu: str, kernel_library: str) -> Path:
+    return costs_dir() / f"{cpu}-{kernel_library}.toml"
+
+
+@functools.lru_cache(maxsize=None)
+def cost_table(cpu: str, kernel_library: str) -> CostTable | None:
+    """The bundled table of this core and kernel library, None when there is none."""
+    path = cost_table_path(cpu, kernel_library)
+    return load_cost_table_file(path) if path.is_file() else None
+
+
+def bundled_cost_tables() -> list[CostTable]:
+    return [load_cost_table_file(path) for path in sorted(costs_dir().glob("*.toml"))]
+
+
+# ---------------------------------------------------------------------------
+# Predictions
+
+
+@dataclass(frozen=True)
+class OpLatency:
+    index: int
+    kind: str
+    cycles: float
+    modelled: bool  # False: the table has no coefficients for this type (fallback used)
+
+
+@dataclass(frozen=True)
+class LatencyEstimate:
+    """Predicted cycles of one inference of a model on one core at one clock."""
+
+    table: CostTable
+    clock_hz: int
+    ops: tuple[OpLatency, ...]
+
+    @property
+    def cycles(self) -> float:
+        return self.table.invoke_cycles + sum(op.cycles for op in self.ops)
+
+    @property
+    def instructions(self) -> float:
+        """What QEMU's -icount would count: cycles back through the table's cycles per instruction."""
+        return self.cycles / self.table.cycles_per_instruction
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000.0 * self.cycles / self.clock_hz
+
+    def op_ms(self, op: OpLatency) -> float:
+        return 1000.0 * op.cycles / self.clock_hz
+
+    def share(self, op: OpLatency) -> float:
+        return op.cycles / self.cycles if self.cycles else 0.0
+
+    @property
+    def unmodelled(self) -> tuple[str, ...]:
+        """Operator types predicted with the fallback coefficients (first-use order)."""
+        return tuple(dict.fromkeys(op.kind for op in self.ops if not op.modelled))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "latency_ms": round(self.latency_ms, 4),
+            "cycles": [round(op.cycles) for op in self.ops],
+            "latency": {
+                "total_cycles": round(self.cycles),
+                "invoke_cycles": round(self.table.invoke_cycles),
+                "clock_hz": self.clock_hz,
+                "cost_table": f"{self.table.cpu}-{self.table.kernel_library}",
+                "estimate": self.table.estimate,
+                "cycles_per_instruction": self.table.cycles_per_instruction,
+                "unmodelled_ops": list(self.unmodelled),
+            },
+        }
+
+
+def predict_graph(graph: Graph, table: CostTable, clock_hz: int) -> LatencyEstimate:
+    ops = []
+    for index, op in enumerate(graph.operators):
+        features = op_features(graph, op)
+        cost, modelled = table.cost(features)
+        ops.append(OpLatency(index, op.kind, cost.cycles(features), modelled))
+    return LatencyEstimate(table, clock_hz, tuple(ops))
+
+
+def predict(model: Model, table: CostTable, clock_hz: int) -> LatencyEstimate:
+    """Cycles and milliseconds of one inference of `model` (its main subgraph)."""
+    return predict_graph(model.graph, table, clock_hz)
+
+
+def no_model_reason(cpu: str, kernel_library: str) -> str:
+    known = ", ".join(path.stem for path in sorted(costs_dir().glob("*.toml"))) or "none"
+    return f"no latency cost table for {cpu} with {kernel_library} kernels (tables: {known})"
+
+
+def predict_for_target(model: Model, target) -> LatencyEstimate | None:
+    """The prediction at `target`'s clock with its core's table; None when the core has none."""
+    table = cost_table(target.cpu, target.kernel_library)
+    return None if table is None else predict(model, table, target.clock_hz)
