@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tinyscale.latency import COEFFICIENTS, SCHEMA_VERSION, costs_dir  # noqa: E402
+from tinyscale.latency import COEFFICIENTS, SCHEMA_VERSION, costs_dir, kernel_variant  # noqa: E402
 
 FEATURES = [feature for feature in COEFFICIENTS.values()]  # None (constant), macs, output/input elements
 MIN_VARIANT_RECORDS = 4  # a filter-size variant gets its own coefficients from this many records on
@@ -72,10 +72,8 @@ def norm_core(name: str) -> str:
 
 
 def variant(record: dict) -> str | None:
-    shape = record.get("filter_shape") or []
-    if record["op_type"] in ("CONV_2D", "DEPTHWISE_CONV_2D") and len(shape) == 4:
-        return f"{shape[1]}x{shape[2]}"
-    return None
+    """The same kernel variant tinyscale.latency derives from a graph, from a record's shapes."""
+    return kernel_variant(record["op_type"], record.get("filter_shape"), record.get("input_shapes") or [])
 
 
 def features(record: dict) -> list[float]:
@@ -89,8 +87,13 @@ def fit_linear(rows: list[dict]) -> tuple[list[float], float]:
     x = np.array([features(r) for r in rows])
     y = np.array([float(r["instructions"]) for r in rows])
     weights = 1.0 / np.maximum(y, 1.0)
-    active = [i for i in range(x.shape[1]) if i == 0 or np.ptp(x[:, i]) > 0 or x[:, i].any()]
-    # With one shape (or fewer records than terms) keep the terms the records can tell apart.
+    # Keep only the terms the records can tell apart (in COEFFICIENTS order): an element count
+    # equal or proportional to another (input = output of an activation) adds nothing.
+    active: list[int] = []
+    for column in range(x.shape[1]):
+        candidate = active + [column]
+        if np.linalg.matrix_rank(x[:, candidate] * weights[:, None]) == len(candidate):
+            active = candidate
     while True:
         a = x[:, active] * weights[:, None]
         solution, *_ = np.linalg.lstsq(a, y * weights, rcond=None)
@@ -140,7 +143,7 @@ def invoke_overhead(records: list[dict]) -> float:
 def network_totals(records: list[dict]) -> dict[str, float | None]:
     totals: dict[str, float | None] = {}
     for record in records:
-        total = record.get("invoke_instructions", record.get("model_instructions"))
+        total = record.get("model_invoke_instructions")
         totals.setdefault(network_key(record), total)
     return totals
 
@@ -171,8 +174,32 @@ def held_out_rows(group: list[dict]) -> list[tuple[str, int, float, float]]:
     return rows
 
 
-def _toml_number(value: float) -> str:
-    return f"{value:.6g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.6e}"
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.6e}"
+    return json.dumps(value)
+
+
+def render_cost_table(header: dict, provenance: dict, invoke_cycles: float, fallback: dict, ops: dict,
+                      comment: str) -> str:
+    """A cost table file (tinyscale.latency's schema): `fallback` and each of `ops` map keys to values."""
+    lines = [f"# {line}" for line in comment.splitlines()]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in {"schema_version": SCHEMA_VERSION, **header}.items()]
+    lines += ["", "[provenance]", *(f"{key} = {_toml_value(value)}" for key, value in provenance.items())]
+    lines += ["", "[invoke]", f"cycles_fixed = {_toml_value(float(invoke_cycles))}", "", "[fallback]"]
+    lines += [f"{key} = {_toml_value(value)}" for key, value in fallback.items()]
+    for name, entry in ops.items():
+        lines += ["", f'[ops."{name}"]', *(f"{key} = {_toml_value(value)}" for key, value in entry.items())]
+    return "\n".join(lines) + "\n"
+
+
+def cycle_coefficients(coefficients: list[float], cpi: float) -> dict[str, float]:
+    """Instruction coefficients (in COEFFICIENTS order) as cycle coefficients; zero terms left out."""
+    keys = list(COEFFICIENTS)
+    found = {keys[i]: value * cpi for i, value in enumerate(coefficients) if value > 0}
+    return found or {"cycles_fixed": 0.0}
 
 
 def write_table(cpu: str, kernels: str, table: dict, held_out: list, source: str, sha256: str,
@@ -180,46 +207,26 @@ def write_table(cpu: str, kernels: str, table: dict, held_out: list, source: str
     cpi, cpi_source = CPI[cpu]
     worst = max((abs(p - m) / m * 100 for _, _, m, p in held_out), default=None)
     names = sorted({row[0] for row in held_out})
-    lines = [
-        "# Latency cost table: cycles of one operator invocation on this core with these kernels.",
-        "# Written by benchmarks/latency_fit.py from QEMU -icount instruction counts (instructions x",
-        "# cycles_per_instruction); do not edit by hand, re-run the script.",
-        f"schema_version = {SCHEMA_VERSION}",
-        f'cpu = "{cpu}"',
-        f'kernel_library = "{kernels}"',
-        "estimate = false",
-        f"cycles_per_instruction = {cpi}",
-        f"cycles_per_instruction_source = {json.dumps(cpi_source)}",
-        "",
-        "[provenance]",
-        'method = "qemu-icount"',
-        f"source = {json.dumps(source)}",
-        f'measurements_sha256 = "{sha256}"',
-    ]
+    provenance = {"method": "qemu-icount", "source": source, "measurements_sha256": sha256}
     if commit:
-        lines.append(f'measurements_commit = "{commit}"')
-    lines += [
-        'fitted_by = "python benchmarks/latency_fit.py --write"',
-        f"fit_networks = {json.dumps(names)}",
-        f"held_out_networks = {json.dumps(names)}  # each predicted from a fit without it (leave one out)",
-    ]
+        provenance["measurements_commit"] = commit
+    provenance |= {"fitted_by": "python benchmarks/latency_fit.py --write", "fit_networks": names,
+                   "held_out_networks": names}
     if worst is not None:
-        lines.append(f"held_out_error_percent = {worst:.2f}  # largest |error| of a held-out network's total")
-    lines += ["", "[invoke]", f"cycles_fixed = {_toml_number(table['invoke'] * cpi)}", "", "[fallback]"]
-    lines += _coefficient_lines(table["fallback"], cpi)
-    for key, entry in table["ops"].items():
-        lines += ["", f'[ops."{key}"]', *_coefficient_lines(entry["coefficients"], cpi),
-                  f"records = {entry['records']}", f"fit_error_percent = {entry['fit_error_percent']}"]
+        provenance["held_out_error_percent"] = round(worst, 2)
+    ops = {key: {**cycle_coefficients(entry["coefficients"], cpi), "records": entry["records"],
+                 "fit_error_percent": entry["fit_error_percent"]} for key, entry in table["ops"].items()}
+    header = {"cpu": cpu, "kernel_library": kernels, "estimate": False, "cycles_per_instruction": cpi,
+              "cycles_per_instruction_source": cpi_source}
+    text = render_cost_table(header, provenance, table["invoke"] * cpi, cycle_coefficients(table["fallback"], cpi),
+                             ops, "Latency cost table: cycles of one operator invocation on this core with these kernels.\n"
+                             "Written by benchmarks/latency_fit.py --write from QEMU -icount instruction counts x\n"
+                             "cycles_per_instruction; held_out_error_percent: each network predicted from a fit\n"
+                             "without it (leave one network out). Re-run the script rather than editing.")
     path = costs_dir() / f"{cpu}-{kernels}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(text)
     return path
-
-
-def _coefficient_lines(coefficients: list[float], cpi: float) -> list[str]:
-    keys = list(COEFFICIENTS)
-    lines = [f"{keys[i]} = {_toml_number(value * cpi)}" for i, value in enumerate(coefficients) if value > 0]
-    return lines or ["cycles_fixed = 0"]
 
 
 def main() -> None:

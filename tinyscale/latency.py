@@ -36,7 +36,7 @@ from typing import Any
 
 from tinyscale.errors import CostTableError
 from tinyscale.graph.analysis import operator_macs
-from tinyscale.graph.model import Graph, Model, Operator, element_count
+from tinyscale.graph.model import Model, Operator, element_count
 from tinyscale.resources import data_dir
 
 SCHEMA_VERSION = 1
@@ -89,32 +89,42 @@ class OpFeatures:
     """What the cost of one operator depends on."""
 
     kind: str
-    variant: str | None  # e.g. "1x1" for a CONV_2D with a 1x1 filter
+    variant: str | None  # e.g. "1x1" for a CONV_2D with a 1x1 filter (kernel_variant)
     macs: int
-    input_elements: int  # of input 0 (the activation)
+    input_elements: int  # of all its activation (non-constant) inputs
     output_elements: int
 
     def value(self, feature: str | None) -> float:
         return 1.0 if feature is None else float(getattr(self, feature))
 
 
-def op_variant(graph: Graph, op: Operator) -> str | None:
-    """The kernel variant CMSIS-NN and ESP-NN pick by shape: a 1x1 or a KxK filter."""
-    if op.kind not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op.inputs) < 2 or op.inputs[1] < 0:
-        return None
-    weights = graph.tensors[op.inputs[1]].shape
-    if len(weights) != 4:
-        return None
-    return f"{weights[1]}x{weights[2]}"
+def kernel_variant(kind: str, filter_shape, activation_shapes) -> str | None:
+    """The kernel variant the optimized libraries pick by shape, as a cost-table key suffix.
+
+    Convolutions: the filter size ("1x1", "3x3"): CMSIS-NN and ESP-NN run separate kernels for
+    1x1 and larger filters. Element-wise ADD/MUL: "broadcast" when the activations' shapes
+    differ (the squeeze-excitation scale), a slower loop than the same-shape one.
+    """
+    if kind in ("CONV_2D", "DEPTHWISE_CONV_2D") and filter_shape is not None and len(filter_shape) == 4:
+        return f"{filter_shape[1]}x{filter_shape[2]}"
+    if kind in ("ADD", "MUL") and len({tuple(shape) for shape in activation_shapes}) > 1:
+        return "broadcast"
+    return None
 
 
-def op_features(graph: Graph, op: Operator) -> OpFeatures:
-    def elements(index: int) -> int:
-        return element_count(graph.tensors[index].shape) if index >= 0 else 0
-
-    source = op.inputs[0] if op.inputs else -1
+def op_features(model: Model, op: Operator) -> OpFeatures:
+    """An operator's cost features; input elements count its activations (non-constant inputs)."""
+    graph = model.graph
+    activations = [graph.tensors[i] for i in op.inputs if i >= 0 and not model.is_constant(graph.tensors[i])]
+    weights = graph.tensors[op.inputs[1]].shape if len(op.inputs) > 1 and op.inputs[1] >= 0 else None
     output = op.outputs[0] if op.outputs else -1
-    return OpFeatures(op.kind, op_variant(graph, op), operator_macs(graph, op), elements(source), elements(output))
+    return OpFeatures(
+        kind=op.kind,
+        variant=kernel_variant(op.kind, weights, [t.shape for t in activations]),
+        macs=operator_macs(graph, op),
+        input_elements=sum(element_count(t.shape) for t in activations),
+        output_elements=element_count(graph.tensors[output].shape) if output >= 0 else 0,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -308,18 +318,14 @@ class LatencyEstimate:
         }
 
 
-def predict_graph(graph: Graph, table: CostTable, clock_hz: int) -> LatencyEstimate:
+def predict(model: Model, table: CostTable, clock_hz: int) -> LatencyEstimate:
+    """Cycles and milliseconds of one inference of `model` (its main subgraph)."""
     ops = []
-    for index, op in enumerate(graph.operators):
-        features = op_features(graph, op)
+    for index, op in enumerate(model.graph.operators):
+        features = op_features(model, op)
         cost, modelled = table.cost(features)
         ops.append(OpLatency(index, op.kind, cost.cycles(features), modelled))
     return LatencyEstimate(table, clock_hz, tuple(ops))
-
-
-def predict(model: Model, table: CostTable, clock_hz: int) -> LatencyEstimate:
-    """Cycles and milliseconds of one inference of `model` (its main subgraph)."""
-    return predict_graph(model.graph, table, clock_hz)
 
 
 def no_model_reason(cpu: str, kernel_library: str) -> str:
