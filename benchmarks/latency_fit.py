@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from tinyscale.latency import COEFFICIENTS, SCHEMA_VERSION, costs_dir, kernel_variant  # noqa: E402
 
 FEATURES = [feature for feature in COEFFICIENTS.values()]  # None (constant), macs, output/input elements
-MIN_VARIANT_RECORDS = 4  # a filter-size variant gets its own coefficients from this many records on
+MIN_VARIANT_RECORDS = 3  # a filter-size variant gets its own coefficients from this many records on
 # Operators whose cost is not modelled per type get the fallback, fitted on every record without MACs.
 
 # Cycles per instruction of each emulated core: QEMU counts instructions, the real core takes
