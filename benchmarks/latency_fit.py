@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from tinyscale.latency import COEFFICIENTS, SCHEMA_VERSION, costs_dir, kernel_variant  # noqa: E402
 
 FEATURES = [feature for feature in COEFFICIENTS.values()]  # None (constant), macs, output/input elements
-MIN_VARIANT_RECORDS = 3  # a filter-size variant gets its own coefficients from this many records on
+MIN_VARIANT_RECORDS = 2  # a kernel variant gets its own coefficients from this many records on
 # Operators whose cost is not modelled per type get the fallback, fitted on every record without MACs.
 
 # Cycles per instruction of each emulated core: QEMU counts instructions, the real core takes
@@ -160,8 +160,9 @@ def measured_total(records: list[dict], name: str) -> float:
     return total if total is not None else sum(r["instructions"] for r in records if network_key(r) == name)
 
 
-def held_out_rows(group: list[dict]) -> list[tuple[str, int, float, float]]:
-    """(network, operators, measured, predicted without that network's records) per network."""
+def held_out_rows(group: list[dict]) -> list[tuple[str, int, float, float, tuple[str, ...]]]:
+    """(network, operators, measured, predicted without that network's records, its operator
+    types no other network has: predicted by the fallback) per network."""
     rows = []
     for name in sorted({network_key(r) for r in group}):
         train = [r for r in group if network_key(r) != name]
@@ -170,8 +171,13 @@ def held_out_rows(group: list[dict]) -> list[tuple[str, int, float, float]]:
             continue
         table = fit_group(train)
         predicted = table["invoke"] + sum(predict_record(table, r) for r in test)
-        rows.append((name, len(test), measured_total(group, name), predicted))
+        unseen = tuple(sorted({r["op_type"] for r in test} - {r["op_type"] for r in train}))
+        rows.append((name, len(test), measured_total(group, name), predicted, unseen))
     return rows
+
+
+def _error(row) -> float:
+    return abs(row[3] - row[2]) / row[2] * 100
 
 
 def _toml_value(value) -> str:
@@ -205,7 +211,7 @@ def cycle_coefficients(coefficients: list[float], cpi: float) -> dict[str, float
 def write_table(cpu: str, kernels: str, table: dict, held_out: list, source: str, sha256: str,
                 commit: str | None) -> Path:
     cpi, cpi_source = CPI[cpu]
-    worst = max((abs(p - m) / m * 100 for _, _, m, p in held_out), default=None)
+    worst = max(map(_error, held_out), default=None)
     names = sorted({row[0] for row in held_out})
     provenance = {"method": "qemu-icount", "source": source, "measurements_sha256": sha256}
     if commit:
@@ -241,17 +247,18 @@ def main() -> None:
     for record in records:
         groups[(norm_core(record["core"]), record["kernel_library"])].append(record)
 
-    print("| core | kernels | held-out network | ops | measured instructions | predicted | error |")
-    print("|---|---|---|---|---|---|---|")
+    print("| core | kernels | held-out network | ops | measured instructions | predicted | error | op types no other network has |")
+    print("|---|---|---|---|---|---|---|---|")
     summary = []
     for (cpu, kernels), group in sorted(groups.items()):
         rows = held_out_rows(group)
-        for name, ops, measured, predicted in rows:
+        for name, ops, measured, predicted, unseen in rows:
             error = (predicted - measured) / measured * 100
-            print(f"| {cpu} | {kernels} | {name} | {ops} | {measured:,.0f} | {predicted:,.0f} | {error:+.1f}% |")
-        errors = [abs(p - m) / m * 100 for _, _, m, p in rows]
-        summary.append((cpu, kernels, len(rows), max(errors, default=float("nan")),
-                        float(np.mean(errors)) if errors else float("nan")))
+            print(f"| {cpu} | {kernels} | {name} | {ops} | {measured:,.0f} | {predicted:,.0f} | {error:+.1f}% | "
+                  f"{', '.join(unseen)} |")
+        covered = [_error(row) for row in rows if not row[4]]
+        summary.append((cpu, kernels, len(rows), max(map(_error, rows), default=float("nan")), len(covered),
+                        max(covered, default=float("nan")), float(np.mean(covered)) if covered else float("nan")))
         if args.write:
             if cpu not in CPI:
                 print(f"skipping {cpu}: no documented cycles per instruction", file=sys.stderr)
@@ -262,10 +269,10 @@ def main() -> None:
                                args.commit)
             print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
     print()
-    print("| core | kernels | networks | worst held-out error | mean |error| |")
-    print("|---|---|---|---|---|")
-    for cpu, kernels, count, worst, mean in summary:
-        print(f"| {cpu} | {kernels} | {count} | {worst:.1f}% | {mean:.1f}% |")
+    print("| core | kernels | networks | worst held-out error | networks whose op types others have | their worst error | their mean abs. error |")
+    print("|---|---|---|---|---|---|---|")
+    for cpu, kernels, count, worst, covered, covered_worst, covered_mean in summary:
+        print(f"| {cpu} | {kernels} | {count} | {worst:.1f}% | {covered} | {covered_worst:.1f}% | {covered_mean:.1f}% |")
 
 
 if __name__ == "__main__":

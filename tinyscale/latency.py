@@ -102,10 +102,14 @@ def kernel_variant(kind: str, filter_shape, activation_shapes) -> str | None:
     """The kernel variant the optimized libraries pick by shape, as a cost-table key suffix.
 
     Convolutions: the filter size ("1x1", "3x3"): CMSIS-NN and ESP-NN run separate kernels for
-    1x1 and larger filters. Element-wise ADD/MUL: "broadcast" when the activations' shapes
-    differ (the squeeze-excitation scale), a slower loop than the same-shape one.
+    1x1 and larger filters. A depthwise convolution with a channel multiplier above 1 (more
+    output than input channels, e.g. from a one-channel image): "multiplier", the libraries'
+    generic loop. Element-wise ADD/MUL: "broadcast" when the activations' shapes differ (the
+    squeeze-excitation scale), a slower loop than the same-shape one.
     """
     if kind in ("CONV_2D", "DEPTHWISE_CONV_2D") and filter_shape is not None and len(filter_shape) == 4:
+        if kind == "DEPTHWISE_CONV_2D" and activation_shapes and filter_shape[3] != activation_shapes[0][-1]:
+            return "multiplier"
         return f"{filter_shape[1]}x{filter_shape[2]}"
     if kind in ("ADD", "MUL") and len({tuple(shape) for shape in activation_shapes}) > 1:
         return "broadcast"
