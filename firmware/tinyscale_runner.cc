@@ -219,6 +219,10 @@ int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
 #ifdef TS_PREDICTED_LATENCY_US
   // tinyscale's cost-model figure at the board's clock, for comparison with INFERENCE us below.
   WriteLabelled("PREDICTED us ", static_cast<long>(TS_PREDICTED_LATENCY_US));
+#ifdef TS_PREDICTED_INSTRUCTIONS
+  // Under QEMU's -icount shift=0 the measured INFERENCE us counts thousands of instructions.
+  WriteLabelled(" instructions ", static_cast<long>(TS_PREDICTED_INSTRUCTIONS));
+#endif
   ts_console_write("\n");
 #endif
 

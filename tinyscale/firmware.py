@@ -351,6 +351,13 @@ class ProjectContext:
         return None if self.latency is None else round(1000 * self.latency.latency_ms)
 
     @property
+    def predicted_instructions(self) -> int | None:
+        """Instructions QEMU's -icount would count, when the table was fitted to such counts."""
+        if self.latency is None or self.latency.table.estimate:
+            return None
+        return round(self.latency.instructions)
+
+    @property
     def latency_summary(self) -> str:
         """The README's line: the prediction and its cost table, or why there is none."""
         latency = self.latency
