@@ -854,6 +854,7 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
         "channels": network.spec.channels,
         "classes": network.spec.classes,
         **placement.to_dict(),  # the one JSON form of a placement (model and arena bytes included)
+        "latency_ms": None if report.latency is None else round(report.latency.latency_ms, 4),
         "float_accuracy": evaluation.float_accuracy,
         "int8_accuracy": evaluation.int8_accuracy,
         "agreement": evaluation.agreement,
@@ -890,6 +891,7 @@ def _build_text(summary: dict[str, Any], report, board: Target) -> str:
         *_patch_text(summary),
         *_placement_rows(report.placement),
         ("fits", fits),
+        ("latency", latency_text(report.latency, board)),
         ("accuracy", f"int8 {_percent(summary['int8_accuracy'])}, float {_percent(summary['float_accuracy'])}, "
                      f"agreement {_percent(summary['agreement'])} on {plural(summary['test_samples'], 'test image')}"),
         ("data", f"{summary['train_samples']:,} train / {summary['validation_samples']:,} validation / "
