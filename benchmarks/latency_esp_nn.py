@@ -93,7 +93,7 @@ def scaled(ops: dict[str, dict], factor: float) -> dict[str, dict]:
 def table_text(cpu: str, ops: dict, fallback: dict, provenance: dict, comment: str) -> str:
     header = {"cpu": cpu, "kernel_library": "esp-nn", "estimate": True, "cycles_per_instruction": 1.0,
               "cycles_per_instruction_source": CPI_SOURCE}
-    return render_cost_table(header, provenance, 0.0, fallback, ops, comment)
+    return render_cost_table(header, provenance, {"cycles_fixed": 0.0}, fallback, ops, comment)
 
 
 def parsed(text: str):

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from tinyscale.latency import COEFFICIENTS, SCHEMA_VERSION, costs_dir, kernel_variant  # noqa: E402
 
 FEATURES = [feature for feature in COEFFICIENTS.values()]  # None (constant), macs, output/input elements
-MIN_VARIANT_RECORDS = 2  # a kernel variant gets its own coefficients from this many records on
+MIN_VARIANT_RECORDS = 1  # a kernel variant gets its own coefficients from this many records on
 
 # Cycles per instruction of each emulated core (and kernel library, where the code differs in
 # kind): QEMU counts instructions, the real core takes cycles. Each figure is a documented
@@ -99,6 +99,9 @@ def fit_linear(rows: list[dict]) -> tuple[list[float], float]:
         candidate = active + [column]
         if np.linalg.matrix_rank(x[:, candidate] * weights[:, None]) == len(candidate):
             active = candidate
+    if len(rows) < len(active):
+        # Too few records for every term: keep the one that scales (per MAC, else per output element).
+        active = [next((i for i in (1, 2) if x[:, i].any()), 0)]
     while True:
         a = x[:, active] * weights[:, None]
         solution, *_ = np.linalg.lstsq(a, y * weights, rcond=None)
@@ -150,12 +153,19 @@ def network_key(record: dict) -> str:
     return record["model"]
 
 
-def invoke_overhead(records: list[dict]) -> float:
-    """Mean per network of Invoke's total minus its operators' sum (0 when totals are absent)."""
+def invoke_overhead(records: list[dict]) -> tuple[float, float]:
+    """(once, per operator): Invoke's total minus its operators' sum, fitted over the networks
+    (interpreter loop and dispatch; (0, 0) when totals are absent)."""
     totals = network_totals(records)
-    gaps = [total - sum(r["instructions"] for r in records if network_key(r) == name)
-            for name, total in totals.items() if total is not None]
-    return max(0.0, float(np.mean(gaps))) if gaps else 0.0
+    rows = []
+    for name, total in totals.items():
+        ops = [r for r in records if network_key(r) == name]
+        if total is not None:
+            rows.append({"instructions": total - sum(r["instructions"] for r in ops), "output_elements": len(ops)})
+    if not rows:
+        return 0.0, 0.0
+    fixed, _, per_operator, _ = fit_linear(rows)[0]
+    return fixed, per_operator
 
 
 def network_totals(records: list[dict]) -> dict[str, float | None]:
@@ -164,6 +174,11 @@ def network_totals(records: list[dict]) -> dict[str, float | None]:
         total = record.get("model_invoke_instructions")
         totals.setdefault(network_key(record), total)
     return totals
+
+
+def invoke_instructions(table: dict, operators: int) -> float:
+    fixed, per_operator = table["invoke"]
+    return fixed + per_operator * operators
 
 
 def predict_record(table: dict, record: dict) -> float:
@@ -188,7 +203,7 @@ def held_out_rows(group: list[dict]) -> list[tuple[str, int, float, float, tuple
         if not train:
             continue
         table = fit_group(train)
-        predicted = table["invoke"] + sum(predict_record(table, r) for r in test)
+        predicted = invoke_instructions(table, len(test)) + sum(predict_record(table, r) for r in test)
         unseen = tuple(sorted({r["op_type"] for r in test} - {r["op_type"] for r in train}))
         rows.append((name, len(test), measured_total(group, name), predicted, unseen))
     return rows
@@ -206,13 +221,14 @@ def _toml_value(value) -> str:
     return json.dumps(value)
 
 
-def render_cost_table(header: dict, provenance: dict, invoke_cycles: float, fallback: dict, ops: dict,
+def render_cost_table(header: dict, provenance: dict, invoke: dict, fallback: dict, ops: dict,
                       comment: str) -> str:
-    """A cost table file (tinyscale.latency's schema): `fallback` and each of `ops` map keys to values."""
+    """A cost table file (tinyscale.latency's schema): `invoke`, `fallback` and each of `ops` map keys to values."""
     lines = [f"# {line}" for line in comment.splitlines()]
     lines += [f"{key} = {_toml_value(value)}" for key, value in {"schema_version": SCHEMA_VERSION, **header}.items()]
     lines += ["", "[provenance]", *(f"{key} = {_toml_value(value)}" for key, value in provenance.items())]
-    lines += ["", "[invoke]", f"cycles_fixed = {_toml_value(float(invoke_cycles))}", "", "[fallback]"]
+    lines += ["", "[invoke]", *(f"{key} = {_toml_value(float(value))}" for key, value in invoke.items()), "",
+              "[fallback]"]
     lines += [f"{key} = {_toml_value(value)}" for key, value in fallback.items()]
     for name, entry in ops.items():
         lines += ["", f'[ops."{name}"]', *(f"{key} = {_toml_value(value)}" for key, value in entry.items())]
@@ -247,7 +263,9 @@ def write_table(cpu: str, kernels: str, table: dict, held_out: list, source: str
                  "fit_error_percent": entry["fit_error_percent"]} for key, entry in table["ops"].items()}
     header = {"cpu": cpu, "kernel_library": kernels, "estimate": False, "cycles_per_instruction": cpi,
               "cycles_per_instruction_source": cpi_source}
-    text = render_cost_table(header, provenance, table["invoke"] * cpi, cycle_coefficients(table["fallback"], cpi),
+    fixed, per_operator = table["invoke"]
+    invoke = {"cycles_fixed": fixed * cpi, "cycles_per_operator": per_operator * cpi}
+    text = render_cost_table(header, provenance, invoke, cycle_coefficients(table["fallback"], cpi),
                              ops, "Latency cost table: cycles of one operator invocation on this core with these kernels.\n"
                              "Written by benchmarks/latency_fit.py --write from QEMU -icount instruction counts x\n"
                              "cycles_per_instruction; held_out_error_percent: each network predicted from a fit\n"
@@ -291,6 +309,14 @@ def main() -> None:
             path = write_table(cpu, kernels, fit_group(group), rows, source, hashlib.sha256(raw).hexdigest(),
                                args.commit)
             print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    print()
+    print("Per operator type (fitted to every network): records and RMS relative error of the fit.\n")
+    print("| core | kernels | operator[:variant] | records | instructions per MAC | fit error |")
+    print("|---|---|---|---|---|---|")
+    for (cpu, kernels), group in sorted(groups.items()):
+        for key, entry in fit_group(group)["ops"].items():
+            print(f"| {cpu} | {kernels} | {key} | {entry['records']} | {entry['coefficients'][1]:.3g} | "
+                  f"{entry['fit_error_percent']:.1f}% |")
     print()
     print("| core | kernels | networks | worst held-out error | networks whose op types others have | their worst error | their mean abs. error |")
     print("|---|---|---|---|---|---|---|")

@@ -29,7 +29,7 @@ MINIMAL = {
     "schema_version": 1, "cpu": "cortex-m4", "kernel_library": "cmsis-nn", "estimate": True,
     "cycles_per_instruction": 1.25, "cycles_per_instruction_source": "test",
     "provenance": {"method": "test", "source": "test", "fitted_by": "test"},
-    "invoke": {"cycles_fixed": 1000}, "fallback": {"cycles_fixed": 500, "cycles_per_output_element": 2},
+    "invoke": {"cycles_fixed": 1000, "cycles_per_operator": 10}, "fallback": {"cycles_fixed": 500, "cycles_per_output_element": 2},
     "ops": {"CONV_2D": {"cycles_fixed": 100, "cycles_per_mac": 1.5},
             "CONV_2D:1x1": {"cycles_per_mac": 1.0}},
 }
@@ -75,6 +75,7 @@ def test_bundled_tables_load_and_name_their_provenance():
     (lambda d: d["ops"]["CONV_2D"].update(cycles_per_flop=1), "[ops.CONV_2D]: unknown key 'cycles_per_flop'"),
     (lambda d: d["ops"].update(conv={"cycles_fixed": 1}), "'conv' is not an operator type"),
     (lambda d: d["invoke"].update(cycles_fixed="many"), "'cycles_fixed' must be int/float"),
+    (lambda d: d["invoke"].update(cycles_per_operator=-5), "[invoke]: 'cycles_per_operator' must be a finite number >= 0"),
     (lambda d: d.update(schema_version=2), "schema_version 2 unsupported"),
     (lambda d: d.update(cycles_per_instruction=0), "'cycles_per_instruction' must be positive"),
 ])
@@ -114,7 +115,7 @@ def test_variant_wins_over_type_and_fallback_is_flagged():
             assert not by_index[index].modelled
             assert by_index[index].cycles == pytest.approx(500 + 2 * features.output_elements)
     assert estimate.unmodelled == ("DEPTHWISE_CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED", "SOFTMAX")
-    assert estimate.cycles == pytest.approx(1000 + sum(op.cycles for op in estimate.ops))
+    assert estimate.cycles == pytest.approx(1000 + 10 * len(estimate.ops) + sum(op.cycles for op in estimate.ops))
     assert estimate.latency_ms == pytest.approx(estimate.cycles / 25_000)
     assert estimate.instructions == pytest.approx(estimate.cycles / 1.25)
 

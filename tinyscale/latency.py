@@ -10,8 +10,8 @@ cycles one invocation takes on that core with that kernel library::
 
 A type may have variants (``"CONV_2D:1x1"`` beside ``"CONV_2D"``): CMSIS-NN
 runs different kernels for 1x1 and larger filters, and the more specific key
-wins. ``[invoke] cycles_fixed`` is what TFLM's ``Invoke`` costs beside the
-operators. An operator type the table lacks gets the table's ``[fallback]``
+wins. ``[invoke]`` is what TFLM's ``Invoke`` costs beside the operators:
+``cycles_fixed`` once and ``cycles_per_operator`` for each operator it dispatches. An operator type the table lacks gets the table's ``[fallback]``
 coefficients and is flagged as unmodelled in every report.
 
 The tables of the Cortex-M cores are fitted (``benchmarks/latency_fit.py``) to
@@ -155,7 +155,8 @@ class CostTable:
     cycles_per_instruction: float
     cycles_per_instruction_source: str
     provenance: dict[str, Any]
-    invoke_cycles: float
+    invoke_cycles: float  # TFLM's Invoke beside the operators: once per inference
+    invoke_cycles_per_operator: float  # and per operator it dispatches
     fallback: OpCost
     ops: dict[str, OpCost] = field(hash=False)
     path: Path | None = None
@@ -213,10 +214,13 @@ def parse_cost_table(data: dict[str, Any], source: str = "<cost table>", path: P
     if not 0 < cpi < 100:
         raise CostTableError(f"{source}: 'cycles_per_instruction' must be positive (and below 100), got {cpi}")
     _check_fields(f"{source} [provenance]", data["provenance"], _PROVENANCE_FIELDS)
-    _check_fields(f"{source} [invoke]", data["invoke"], {"cycles_fixed": ((int, float), True)})
+    _check_fields(f"{source} [invoke]", data["invoke"],
+                  {"cycles_fixed": ((int, float), True), "cycles_per_operator": ((int, float), False)})
     invoke = float(data["invoke"]["cycles_fixed"])
-    if invoke < 0:
-        raise CostTableError(f"{source} [invoke]: 'cycles_fixed' must be >= 0, got {invoke}")
+    per_operator = float(data["invoke"].get("cycles_per_operator", 0))
+    for key, value in (("cycles_fixed", invoke), ("cycles_per_operator", per_operator)):
+        if value < 0 or not math.isfinite(value):
+            raise CostTableError(f"{source} [invoke]: {key!r} must be a finite number >= 0, got {value}")
     ops = {}
     for name, table in data["ops"].items():
         kind, _, variant = name.partition(":")
@@ -226,7 +230,7 @@ def parse_cost_table(data: dict[str, Any], source: str = "<cost table>", path: P
     return CostTable(
         cpu=data["cpu"], kernel_library=data["kernel_library"], estimate=data["estimate"],
         cycles_per_instruction=cpi, cycles_per_instruction_source=data["cycles_per_instruction_source"],
-        provenance=dict(data["provenance"]), invoke_cycles=invoke,
+        provenance=dict(data["provenance"]), invoke_cycles=invoke, invoke_cycles_per_operator=per_operator,
         fallback=_op_cost(f"{source} [fallback]", data["fallback"]), ops=ops, path=path, notes=data.get("notes"),
     )
 
@@ -283,8 +287,13 @@ class LatencyEstimate:
     ops: tuple[OpLatency, ...]
 
     @property
+    def invoke_cycles(self) -> float:
+        """Invoke's own cycles beside the operators' (its loop, the dispatch of each operator)."""
+        return self.table.invoke_cycles + self.table.invoke_cycles_per_operator * len(self.ops)
+
+    @property
     def cycles(self) -> float:
-        return self.table.invoke_cycles + sum(op.cycles for op in self.ops)
+        return self.invoke_cycles + sum(op.cycles for op in self.ops)
 
     @property
     def instructions(self) -> float:
@@ -312,7 +321,7 @@ class LatencyEstimate:
             "cycles": [round(op.cycles) for op in self.ops],
             "latency": {
                 "total_cycles": round(self.cycles),
-                "invoke_cycles": round(self.table.invoke_cycles),
+                "invoke_cycles": round(self.invoke_cycles),
                 "clock_hz": self.clock_hz,
                 "cost_table": f"{self.table.cpu}-{self.table.kernel_library}",
                 "estimate": self.table.estimate,
