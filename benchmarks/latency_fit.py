@@ -315,7 +315,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for (cpu, kernels), group in sorted(groups.items()):
         for key, entry in fit_group(group)["ops"].items():
-            print(f"| {cpu} | {kernels} | {key} | {entry['records']} | {entry['coefficients'][1]:.3g} | "
+            per_mac = entry["coefficients"][1]
+            print(f"| {cpu} | {kernels} | {key} | {entry['records']} | {f'{per_mac:.3g}' if per_mac else '-'} | "
                   f"{entry['fit_error_percent']:.1f}% |")
     print()
     print("| core | kernels | networks | worst held-out error | networks whose op types others have | their worst error | their mean abs. error |")
