@@ -36,7 +36,8 @@ from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.graph.model import element_count
-from tinyscale.latency import LatencyEstimate, no_model_reason, predict_for_target
+from tinyscale.latency import LatencyEstimate, predict_for_target
+from tinyscale.latency import describe as describe_latency
 from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, arena_margin_bytes, check_kernel_support, extra_kernel_flash_bytes, op_shapes
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
@@ -360,15 +361,7 @@ class ProjectContext:
     @property
     def latency_summary(self) -> str:
         """The README's line: the prediction and its cost table, or why there is none."""
-        latency = self.latency
-        if latency is None:
-            return f"not predicted: {no_model_reason(self.target.cpu, self.target.kernel_library)}"
-        table = latency.table
-        text = (f"{latency.latency_ms:,.3f} ms = {latency.cycles:,.0f} cycles at {self.target.clock_hz:,} Hz "
-                f"({table.cpu} {table.kernel_library} cost table{', an estimate' if table.estimate else ''})")
-        if latency.unmodelled:
-            text += f"; not modelled, costed by the fallback: {', '.join(latency.unmodelled)}"
-        return text
+        return describe_latency(self.latency, self.target)
 
     @property
     def predicted_flash_bytes(self) -> int:

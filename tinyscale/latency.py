@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from tinyscale.errors import CostTableError
 from tinyscale.graph.analysis import operator_macs
 from tinyscale.graph.model import Model, Operator, element_count
 from tinyscale.resources import data_dir
+from tinyscale.targets import check_fields, read_toml_file
 
 SCHEMA_VERSION = 1
 # Coefficient key -> the operator feature it multiplies (None: a constant per invocation).
@@ -173,22 +173,11 @@ class CostTable:
 
     @property
     def label(self) -> str:
-        return f"{self.cpu} {self.kernel_library}" + (" (estimate)" if self.estimate else "")
+        return f"{self.cpu} {self.kernel_library}" + (", an estimate" if self.estimate else "")
 
 
 def _check_fields(where: str, table: dict[str, Any], fields: dict[str, tuple[Any, bool]]) -> None:
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise CostTableError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")
-    for key, (kind, required) in fields.items():
-        if key not in table:
-            if required:
-                raise CostTableError(f"{where}: missing required key {key!r}")
-            continue
-        value = table[key]
-        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-            names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise CostTableError(f"{where}: {key!r} must be {names}, got {value!r}")
+    check_fields(where, table, fields, CostTableError)  # the boards' schema rule, with this file's error
 
 
 def _op_cost(where: str, table: Any) -> OpCost:
@@ -236,15 +225,7 @@ def parse_cost_table(data: dict[str, Any], source: str = "<cost table>", path: P
 
 
 def load_cost_table_file(path: Path) -> CostTable:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CostTableError(f"cannot read cost table {path}: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CostTableError(f"{path}: invalid TOML: {exc}") from None
-    table = parse_cost_table(data, str(path), path)
+    table = parse_cost_table(read_toml_file(path, "cost table", CostTableError), str(path), path)
     expected = f"{table.cpu}-{table.kernel_library}.toml"
     if path.name != expected:
         raise CostTableError(f"{path}: cpu {table.cpu!r} and kernel_library {table.kernel_library!r} belong in {expected}")
@@ -344,6 +325,17 @@ def predict(model: Model, table: CostTable, clock_hz: int) -> LatencyEstimate:
 def no_model_reason(cpu: str, kernel_library: str) -> str:
     known = ", ".join(path.stem for path in sorted(costs_dir().glob("*.toml"))) or "none"
     return f"no latency cost table for {cpu} with {kernel_library} kernels (tables: {known})"
+
+
+def describe(latency: LatencyEstimate | None, target) -> str:
+    """One line for tables and READMEs: the prediction at the board's clock, or why there is none."""
+    if latency is None:
+        return f"not predicted: {no_model_reason(target.cpu, target.kernel_library)}"
+    text = (f"{latency.latency_ms:,.2f} ms = {latency.cycles:,.0f} cycles at {target.clock_hz / 1e6:g} MHz "
+            f"({latency.table.label} cost table)")
+    if latency.unmodelled:
+        text += f"; unmodelled ops (fallback cost): {', '.join(latency.unmodelled)}"
+    return text
 
 
 def predict_for_target(model: Model, target) -> LatencyEstimate | None:

@@ -389,17 +389,10 @@ def _next_rows(result) -> list[tuple[str, str]]:
 
 
 def latency_text(latency, target: Target, budget_ms: Optional[float] = None) -> str:
-    """'12.34 ms predicted at 80 MHz (cortex-m4 cmsis-nn), budget 20 ms: fits' or why there is none."""
-    from tinyscale.latency import no_model_reason
+    """The prediction (tinyscale.latency.describe) and, with a budget, whether it fits."""
+    from tinyscale.latency import describe
 
-    if latency is None:
-        return f"not predicted: {no_model_reason(target.cpu, target.kernel_library)}"
-    table = latency.table
-    text = (f"{latency.latency_ms:,.2f} ms predicted at {target.clock_hz / 1e6:g} MHz "
-            f"({table.cpu} {table.kernel_library} cost table{', an estimate' if table.estimate else ''})")
-    if latency.unmodelled:
-        text += f"; unmodelled ops (fallback cost): {', '.join(latency.unmodelled)}"
-    if budget_ms is not None:
-        over = latency.latency_ms > budget_ms
-        text += f"; budget {budget_ms:g} ms: " + ("over" if over else "fits")
+    text = describe(latency, target)
+    if latency is not None and budget_ms is not None:
+        text += f"; budget {budget_ms:g} ms: " + ("over" if latency.latency_ms > budget_ms else "fits")
     return text

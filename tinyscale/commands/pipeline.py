@@ -571,7 +571,7 @@ def _latency_summary(report, target: Target) -> str:
     """The predicted total, with what `*` marks in the operator table (ops costed by the fallback)."""
     text = latency_text(report.latency, target)
     if report.latency is not None:
-        text += f"; {report.latency.cycles:,.0f} cycles incl. {report.latency.invoke_cycles:,.0f} of Invoke"
+        text += f" (Invoke's own {report.latency.invoke_cycles:,.0f} included)"
         if report.latency.unmodelled:
             text += " (* in the table: fallback cost)"
     return text
