@@ -99,8 +99,9 @@ def fit_linear(rows: list[dict]) -> tuple[list[float], float]:
         candidate = active + [column]
         if np.linalg.matrix_rank(x[:, candidate] * weights[:, None]) == len(candidate):
             active = candidate
-    if len(rows) < len(active):
-        # Too few records for every term: keep the one that scales (per MAC, else per output element).
+    if len(rows) < len(active) or len(np.unique(x, axis=0)) < 2:
+        # Too few records (or one shape) for every term: keep the one that scales with the
+        # operator's size (per MAC, else per output element), not a constant.
         active = [next((i for i in (1, 2) if x[:, i].any()), 0)]
     while True:
         a = x[:, active] * weights[:, None]

@@ -4,7 +4,11 @@ measurements, and the latency budget of `fit` (--max-latency-ms), `simulate` and
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -219,3 +223,35 @@ def test_firmware_records_the_prediction(tmp_path):
 def test_cost_table_files_parse_as_toml_everywhere():
     for table in bundled_cost_tables():
         assert tomllib.loads(Path(table.path).read_text())["cpu"] == table.cpu
+
+
+# ---------------------------------------------------------------------------
+# Under QEMU (skips without the tools or a Cortex-M4 CMSIS-NN tree)
+
+QEMU_TOOLS = [tool for tool in ("cmake", "arm-none-eabi-gcc", "qemu-system-arm") if not shutil.which(tool)]
+# Virtual time advances one nanosecond per instruction, so INFERENCE us counts thousands of them.
+ICOUNT = ["-icount", "shift=0"]
+
+
+@pytest.mark.skipif(bool(QEMU_TOOLS), reason=f"missing tools: {', '.join(QEMU_TOOLS)}")
+def test_selftest_prints_the_prediction_beside_the_measured_count(tmp_path):
+    tree = os.environ.get("TFLM_ROOT_CORTEX_M4") or os.environ.get("TFLM_ROOT")
+    if not tree or not (Path(tree) / "tensorflow/lite/micro/micro_interpreter.h").is_file():
+        pytest.skip("set TFLM_ROOT to a cmsis-nn TFLite Micro tree made by create_tflm_tree.py for cortex-m4")
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    import firmware_sizes  # noqa: PLC0415
+
+    work = Path(os.environ.get("TINYSCALE_FIRMWARE_BUILD_DIR") or tmp_path) / "latency-mps2-an386"
+    project = work / "project"
+    result = runner().invoke(app, ["firmware", str(TINY), "--target", "mps2-an386", "-o", str(project), "--force"])
+    assert result.exit_code == 0, result.output
+    elf = firmware_sizes.build(project, work / "build", Path(tree))
+    run = subprocess.run([*firmware_sizes.qemu_command("mps2-an386"), *ICOUNT, "-kernel", str(elf)],
+                         capture_output=True, text=True, timeout=600)
+    predicted = re.search(r"PREDICTED us (\d+) instructions (\d+)", run.stdout)
+    measured = re.search(r"INFERENCE us (\d+)", run.stdout)
+    assert predicted and measured and "SELFTEST PASS" in run.stdout, run.stdout
+    manifest = json.loads((project / "manifest.json").read_text())
+    assert abs(int(predicted.group(1)) - 1000 * manifest["predicted"]["latency_ms"]) <= 1
+    instructions = 1000 * int(measured.group(1))
+    assert int(predicted.group(2)) == pytest.approx(instructions, rel=0.10)
