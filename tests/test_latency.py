@@ -183,6 +183,11 @@ def test_latency_budget_without_a_cost_table_is_refused():
     assert result.output.count("\n") == 1
 
 
+def test_latency_budget_must_be_positive():
+    result = runner().invoke(app, ["fit", "--target", "mps2-an386", "--no-verify", "--max-latency-ms", "0"])
+    assert result.exit_code == 2 and "--max-latency-ms must be a positive number" in result.output
+
+
 def test_fit_without_a_cost_table_reports_null_latency():
     result = runner().invoke(app, ["fit", "--target", "rpi-pico", "--no-verify", "--patch", "off", "--json"])
     assert result.exit_code == 0, result.output
