@@ -252,7 +252,8 @@ def test_selftest_prints_the_prediction_beside_the_measured_count(tmp_path):
     assert result.exit_code == 0, result.output
     elf = firmware_sizes.build(project, work / "build", Path(tree))
     run = subprocess.run([*firmware_sizes.qemu_command("mps2-an386"), *ICOUNT, "-kernel", str(elf)],
-                         capture_output=True, text=True, timeout=600)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                         timeout=600)
     predicted = re.search(r"PREDICTED us (\d+) instructions (\d+)", run.stdout)
     measured = re.search(r"INFERENCE us (\d+)", run.stdout)
     assert predicted and measured and "SELFTEST PASS" in run.stdout, run.stdout
