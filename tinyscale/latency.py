@@ -11,7 +11,8 @@ cycles one invocation takes on that core with that kernel library::
 A type may have variants (``"CONV_2D:1x1"`` beside ``"CONV_2D"``): CMSIS-NN
 runs different kernels for 1x1 and larger filters, and the more specific key
 wins. ``[invoke]`` is what TFLM's ``Invoke`` costs beside the operators:
-``cycles_fixed`` once and ``cycles_per_operator`` for each operator it dispatches. An operator type the table lacks gets the table's ``[fallback]``
+``cycles_fixed`` once and ``cycles_per_operator`` for each operator it
+dispatches. An operator type the table lacks gets the table's ``[fallback]``
 coefficients and is flagged as unmodelled in every report.
 
 The tables of the Cortex-M cores are fitted (``benchmarks/latency_fit.py``) to
