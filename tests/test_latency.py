@@ -169,6 +169,23 @@ def test_fit_with_a_large_budget_gives_the_unbounded_answer():
     assert (loose["phi"], loose["binding"], loose["latency_ms"]) == (free["phi"], free["binding"], free["latency_ms"])
 
 
+def test_a_patched_answer_is_costed_from_the_patched_graph():
+    from tinyscale.estimate import tflite_graph
+    from tinyscale.fit import FitRequest, fit
+    from tinyscale.targets import load_target
+
+    target = load_target("nucleo-l476rg")  # SRAM-bound: --patch auto patches its answer
+    result = fit(FitRequest(target), verify=False, patch="auto")
+    schedule = result.schedule
+    assert schedule.patched and schedule.model is not None
+    assert len(result.latency.ops) == len(schedule.model.graph.operators)
+    unpatched = predict(tflite_graph(result.network.spec), cost_table(target.cpu, target.kernel_library),
+                        target.clock_hz)
+    # The halos' extra MACs and the STRIDED_SLICE/PAD/CONCATENATION operators cost time.
+    assert result.latency.cycles > unpatched.cycles
+    assert result.to_dict()["latency_ms"] == pytest.approx(result.latency.latency_ms, abs=1e-3)
+
+
 def test_fit_table_prints_latency_rows():
     result = runner().invoke(app, ["fit", "--target", "mps2-an386", "--no-verify", "--patch", "off",
                                    "--max-latency-ms", "1000"])
