@@ -296,6 +296,15 @@ int ts_run_selftest(uint8_t* arena, size_t arena_bytes) {
   WriteLabelled(" B of ", static_cast<long>(arena_bytes));
   ts_console_write(" B\n");
   if (!CopyInputs(interpreter)) return 2;
+#ifdef TS_PREDICTED_LATENCY_US
+  // tinyscale's cost-model figure at the board's clock, for comparison with INFERENCE us below.
+  WriteLabelled("PREDICTED us ", static_cast<long>(TS_PREDICTED_LATENCY_US));
+#ifdef TS_PREDICTED_INSTRUCTIONS
+  // Under QEMU's -icount shift=0 the measured INFERENCE us counts thousands of instructions.
+  WriteLabelled(" instructions ", static_cast<long>(TS_PREDICTED_INSTRUCTIONS));
+#endif
+  ts_console_write("\n");
+#endif
 
   const uint32_t start_us = ts_time_us();
 #ifdef TINYSCALE_PROFILE

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import repack_model
-from tinyscale import estimate, fsutil
+from tinyscale import estimate, fsutil, latency
 from tinyscale import firmware as fw
 from tinyscale.budget import DEVICE_ARENA_SLACK_BYTES, DEVICE_MODEL_RULE, HOST_MARGIN_RULE
 from tinyscale.cli import app
@@ -96,8 +96,17 @@ def _golden_view(files: dict[str, bytes]) -> dict[str, bytes]:
     return view
 
 
+@pytest.fixture
+def frozen_cost_tables(monkeypatch):
+    """Frozen copies of the latency cost tables: a refit of the bundled ones must not change the goldens."""
+    monkeypatch.setattr(latency, "costs_dir", lambda: GOLDEN_FIRMWARE / "costs" / "latency")
+    latency.cost_table.cache_clear()
+    yield
+    latency.cost_table.cache_clear()
+
+
 @pytest.mark.parametrize("target_name", GOLDEN_TARGETS)
-def test_rendered_tree_matches_golden(target_name, tmp_path):
+def test_rendered_tree_matches_golden(target_name, tmp_path, frozen_cost_tables):
     # Frozen copies of the target files: a board file's edit must not change these goldens.
     target = load_target(str(GOLDEN_FIRMWARE / "targets" / f"{target_name}.toml"))
     options = fw.FirmwareOptions(target=target, out_dir=tmp_path / "out", name="tiny", model_file="tiny.tflite")

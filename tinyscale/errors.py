@@ -25,6 +25,10 @@ class TargetError(TinyscaleError):
     exit_code = 2
 
 
+class CostTableError(TargetError):
+    """A latency cost table (costs/latency/*.toml) that is unreadable or fails its schema."""
+
+
 class DoesNotFitError(TinyscaleError):
     """Even the smallest network (or the given model) exceeds the target's budgets."""
 

@@ -37,6 +37,8 @@ from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, Tem
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.graph.model import element_count
 from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, check_kernel_support
+from tinyscale.latency import LatencyEstimate, predict_for_target
+from tinyscale.latency import describe as describe_latency
 from tinyscale.resources import data_dir
 from tinyscale.targets import MemoryRegion, Target
 from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_integer, input_quantization,
@@ -348,6 +350,24 @@ class ProjectContext:
     pico_sdk: PicoSdkContext | None = None
     regenerate_command: str = ""
     profile: bool = False  # the self-test prints each operator's timer ticks (cmake-arm)
+    latency: LatencyEstimate | None = None  # predicted at the target's clock; None without a cost table
+
+    @property
+    def predicted_latency_us(self) -> int | None:
+        """Rendered into selftest_data.h, so the self-test prints it beside the measured time."""
+        return None if self.latency is None else round(1000 * self.latency.latency_ms)
+
+    @property
+    def predicted_instructions(self) -> int | None:
+        """Instructions QEMU's -icount would count, when the table was fitted to such counts."""
+        if self.latency is None or self.latency.table.estimate:
+            return None
+        return round(self.latency.instructions)
+
+    @property
+    def latency_summary(self) -> str:
+        """The README's line: the prediction and its cost table, or why there is none."""
+        return describe_latency(self.latency, self.target)
 
     @property
     def predicted_flash_bytes(self) -> int:
@@ -893,6 +913,7 @@ def build_context(model: bytes, options: FirmwareOptions, *, measured_arena_byte
         pico_sdk=pico_sdk,
         regenerate_command=_regenerate_command(options, name),
         profile=options.profile,
+        latency=predict_for_target(info.model, target),
     )
 
 
@@ -955,11 +976,26 @@ def manifest_data(context: ProjectContext, files: list[str], hashes: dict[str, s
             "sram_needed_bytes": context.placement.sram_needed_bytes,
             "sram_budget_bytes": context.placement.sram_budget_bytes,
             "fits": context.fits,
+            **latency_manifest(context.latency),
         },
         "operators": [op.name for op in context.operators],
         "regenerate": context.regenerate_command,
         "files": sorted(files),
         "file_sha256": dict(sorted(hashes.items())),
+    }
+
+
+def latency_manifest(latency: LatencyEstimate | None) -> dict:
+    """The manifest's predicted latency (null without a cost table for the core)."""
+    if latency is None:
+        return {"latency_ms": None}
+    return {
+        "latency_ms": round(latency.latency_ms, 4),
+        "latency_cycles": round(latency.cycles),
+        "latency_clock_hz": latency.clock_hz,
+        "latency_cost_table": f"{latency.table.cpu}-{latency.table.kernel_library}",
+        "latency_estimate": latency.table.estimate,
+        "latency_unmodelled_ops": list(latency.unmodelled),
     }
 
 

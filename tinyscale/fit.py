@@ -25,8 +25,10 @@ from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.budget import DeviceArena, Placement, device_arena, place, selftest_flash_bytes
 from tinyscale.errors import NothingFitsError, UsageError
+from tinyscale.graph.model import Model
 from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS
 from tinyscale.kernels import OpShapes, arena_margin_bytes, extra_kernel_flash_bytes, op_shapes
+from tinyscale.latency import LatencyEstimate, cost_table, no_model_reason, predict
 from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target
@@ -54,7 +56,8 @@ class Schedule:
     # The patched graph's (operator, input, weights) shapes: the kernel scratch margin
     # follows the patched operators (smaller tiles), as firmware computes it from the file.
     operator_shapes: tuple[OpShapes, ...] | None = field(default=None, repr=False, compare=False)
-    # The patched graph itself, for the 32-bit arena replay (firmware replays the file's).
+    # The patched graph itself: the 32-bit arena replay and the latency (halos' extra MACs,
+    # the patch operators) read it; firmware replays the file's.
     model: "Model | None" = field(default=None, repr=False, compare=False)
 
     @property
@@ -150,6 +153,17 @@ def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placemen
     return place(target, memory.model_bytes, memory.arena_bytes, 0, selftest, kernel_flash, device=device)
 
 
+def latency_for(target: Target, spec: NetworkSpec, memory: Memory) -> LatencyEstimate | None:
+    """Predicted latency of `spec` on `target` as it runs (patched graph when patched); None: no cost table."""
+    table = cost_table(target.cpu, target.kernel_library)
+    if table is None:
+        return None
+    from tinyscale.estimate import tflite_graph
+
+    patched = memory.schedule.model if memory.schedule.patched else None
+    return predict(patched or tflite_graph(spec), table, target.clock_hz)
+
+
 @dataclass(frozen=True)
 class FitRequest:
     target: Target
@@ -157,6 +171,7 @@ class FitRequest:
     classes: int = 10
     channels: int = 3
     coefficients: Coefficients = field(default_factory=Coefficients)
+    max_latency_ms: float | None = None  # a third budget beside flash and SRAM (None: latency is only reported)
 
     def network(self, phi: float) -> ScaledNetwork:
         return arch.scale(self.base, phi, self.coefficients, classes=self.classes, channels=self.channels)
@@ -182,6 +197,8 @@ class FitResult:
     search_seconds: float = 0.0
     probes: int = 0
     phi_unpatched: float | None = None  # the answer with --patch off (None: nothing fits unpatched)
+    latency: LatencyEstimate | None = None  # the answer's predicted latency (None: no cost table for the core)
+    next_latency: LatencyEstimate | None = None
 
     @property
     def schedule(self) -> Schedule:
@@ -197,7 +214,7 @@ class FitResult:
         """Which budget stops phi from growing: the one(s) the next network exceeds."""
         if self.capped or self.next_placement is None:
             return "none"
-        failing = self.next_placement.failing
+        failing = self.next_placement.failing + latency_failing(self.request, self.next_latency)
         return "+".join(failing) if failing else "none"
 
     def to_dict(self) -> dict:
@@ -235,6 +252,7 @@ class FitResult:
             "probes": self.probes,
             **self.schedule.to_dict(),
             "phi_unpatched": self.phi_unpatched,
+            **latency_dict(self.request, self.latency),
             "next": self.next_dict(),
         }
 
@@ -252,8 +270,30 @@ class FitResult:
             "blocks": len(spec.blocks),
             "measured": self.next_measured is not None,
             **self.next_placement.to_dict(),
+            "latency_ms": None if self.next_latency is None else round(self.next_latency.latency_ms, 4),
             "binding": self.binding,
         }
+
+
+def latency_failing(request: FitRequest, latency: LatencyEstimate | None) -> tuple[str, ...]:
+    """("latency",) when a latency budget is set and `latency` exceeds it, else ()."""
+    budget = request.max_latency_ms
+    return ("latency",) if budget is not None and latency is not None and latency.latency_ms > budget else ()
+
+
+def latency_dict(request: FitRequest, latency: LatencyEstimate | None) -> dict:
+    """The JSON keys fit reports about latency (always present; null without a cost table)."""
+    target = request.target
+    return {
+        "latency_ms": None if latency is None else round(latency.latency_ms, 4),
+        "max_latency_ms": request.max_latency_ms,
+        "latency_fits": not latency_failing(request, latency),
+        "latency_clock_hz": target.clock_hz,
+        "latency_cost_table": None if latency is None else f"{latency.table.cpu}-{latency.table.kernel_library}",
+        "latency_estimate": None if latency is None else latency.table.estimate,
+        "latency_unmodelled_ops": [] if latency is None else list(latency.unmodelled),
+        "latency_note": no_model_reason(target.cpu, target.kernel_library) if latency is None else None,
+    }
 
 
 class _Search:
@@ -265,6 +305,7 @@ class _Search:
         self._estimates: dict[NetworkSpec, Memory] = {}
         # Measurements replace estimates once taken: the truth wins.
         self._measured: dict[NetworkSpec, Memory] = {}
+        self._latencies: dict[tuple[NetworkSpec, Schedule], LatencyEstimate | None] = {}
 
     @property
     def probes(self) -> int:
@@ -284,8 +325,22 @@ class _Search:
     def placement(self, spec: NetworkSpec, memory: Memory | None = None) -> Placement:
         return placement_for(self.request.target, spec, memory or self.memory(spec))
 
+    def latency(self, spec: NetworkSpec, memory: Memory | None = None) -> LatencyEstimate | None:
+        memory = memory or self.memory(spec)
+        key = (spec, memory.schedule)
+        if key not in self._latencies:
+            self._latencies[key] = latency_for(self.request.target, spec, memory)
+        return self._latencies[key]
+
+    def accepts(self, spec: NetworkSpec, memory: Memory | None = None) -> bool:
+        """Fits flash and SRAM, and the latency budget when one is set."""
+        memory = memory or self.memory(spec)
+        if not self.placement(spec, memory).fits:
+            return False
+        return self.request.max_latency_ms is None or not latency_failing(self.request, self.latency(spec, memory))
+
     def fits(self, phi: float) -> bool:
-        return self.placement(self.request.spec(phi)).fits
+        return self.accepts(self.request.spec(phi))
 
     def bracket(self, lo: float = PHI_MIN, step: float = 1.0) -> tuple[float, float] | None:
         """(lo, hi) with fits(lo) and not fits(hi), growing from `lo` (which fits) in doubling steps.
@@ -422,6 +477,7 @@ def _smallest_report(search: _Search) -> dict:
     request = search.request
     spec = request.spec(PHI_MIN)
     placement = search.placement(spec)
+    latency = search.latency(spec)
     return {
         "fits": False,
         "target": request.target.name,
@@ -436,7 +492,8 @@ def _smallest_report(search: _Search) -> dict:
         "smallest_blocks": len(spec.blocks),
         "smallest_params": arch.count_params(spec),
         **placement.to_dict(),
-        "binding": "+".join(placement.failing),
+        **latency_dict(request, latency),
+        "binding": "+".join(placement.failing + latency_failing(request, latency)),
         "hint": _smaller_hint(search),
     }
 
@@ -448,9 +505,9 @@ def _smaller_hint(search: _Search) -> str:
     for name in arch.BASES:
         if name == request.base:
             continue
-        other = FitRequest(request.target, name, request.classes, request.channels, request.coefficients)
-        spec = other.spec(PHI_MIN)
-        if placement_for(request.target, spec, search.estimator(spec)).fits:
+        other = FitRequest(request.target, name, request.classes, request.channels, request.coefficients,
+                           request.max_latency_ms)
+        if _Search(other, search.estimator).fits(PHI_MIN):
             fitting.append(name)
     bases = (
         f"a base whose smallest network fits: {', '.join('--base ' + name for name in fitting)}"
@@ -462,16 +519,22 @@ def _smaller_hint(search: _Search) -> str:
         options.append("fewer --classes")
     if request.channels > 1:
         options.append("--channels 1")
-    options.append("or a board with more memory")
+    options.append("or a board with more memory" if request.max_latency_ms is None
+                   else "a larger --max-latency-ms, or a faster board with more memory")
     return "try " + "; ".join(options)
 
 
 def _smallest_need(search: _Search) -> str:
-    spec = search.request.spec(PHI_MIN)
+    request = search.request
+    spec = request.spec(PHI_MIN)
     placement = search.placement(spec)
+    shortfall = [] if placement.fits else [placement.describe_shortfall()]
+    latency = search.latency(spec)
+    if latency_failing(request, latency):
+        shortfall.append(f"latency {latency.latency_ms:,.2f} ms > {request.max_latency_ms:g} ms")
     return (
-        f"the smallest {search.request.base} network ({spec.resolution} px, {len(spec.blocks)} blocks) "
-        f"needs {placement.describe_shortfall()} on {search.request.target.name}"
+        f"the smallest {request.base} network ({spec.resolution} px, {len(spec.blocks)} blocks) "
+        f"needs {', '.join(shortfall)} on {request.target.name}"
     )
 
 
@@ -527,6 +590,18 @@ def _measure(search: _Search, spec: NetworkSpec, measurer: Measurer, progress: P
     return measured_patched_memory(spec, schedule, progress)
 
 
+def check_latency_budget(request: FitRequest) -> None:
+    """A latency budget needs a positive number and a cost table for the target's core (UsageError)."""
+    budget = request.max_latency_ms
+    if budget is None:
+        return
+    if not (budget > 0 and math.isfinite(budget)):
+        raise UsageError(f"--max-latency-ms must be a positive number of milliseconds, got {budget!r}")
+    target = request.target
+    if cost_table(target.cpu, target.kernel_library) is None:
+        raise UsageError(f"--max-latency-ms on {target.name}: {no_model_reason(target.cpu, target.kernel_library)}")
+
+
 def fit(
     request: FitRequest,
     *,
@@ -545,6 +620,7 @@ def fit(
     """
     if patch not in PATCH_MODES:
         raise UsageError(f"--patch is one of {', '.join(PATCH_MODES)} (got {patch!r})")
+    check_latency_budget(request)
     request.coefficients.warn_if_unbalanced()
     return _fit(request, verify=verify, prove_next=prove_next, estimator=estimator, measurer=measurer,
                 progress=progress, patch=patch, max_extra_macs=max_extra_macs)
@@ -563,7 +639,7 @@ def _fit(request: FitRequest, *, verify: bool, prove_next: bool, estimator: Esti
         spec = request.spec(phi)
         boundary = search.boundary_above(phi, PHI_MAX)
         next_phi = None if boundary is None or capped else _phi_past(request, boundary)
-        if next_phi is not None and search.placement(request.spec(next_phi)).fits:
+        if next_phi is not None and search.accepts(request.spec(next_phi)):
             # Two breakpoints closer than the search tolerance: keep climbing.
             phi = next_phi
             continue
@@ -574,13 +650,13 @@ def _fit(request: FitRequest, *, verify: bool, prove_next: bool, estimator: Esti
         progress(f"verifying phi={printed} ({spec.resolution} px): int8 conversion and TFLM arena")
         measured = _measure(search, spec, measurer, progress)
         log.info("verified %s at phi=%s in %.1f s", request.base, printed, measured.seconds)
-        if search.placement(spec, measured).fits:
+        if search.accepts(spec, measured):
             if prove_next and next_phi is not None:
                 next_spec = request.spec(next_phi)
                 progress(f"proving next phi={format_phi(next_phi)} ({next_spec.resolution} px) does not fit")
                 next_measured = _measure(search, next_spec, measurer, progress)
                 log.info("measured the next network at phi=%s in %.1f s", format_phi(next_phi), next_measured.seconds)
-                if search.placement(next_spec, next_measured).fits:
+                if search.accepts(next_spec, next_measured):
                     log.warning("the estimate under-sized the next network; stepping up")
                     search.record_measurement(next_spec, next_measured)
                     phi = next_phi
@@ -604,11 +680,12 @@ def _fit(request: FitRequest, *, verify: bool, prove_next: bool, estimator: Esti
     reported_phi = PHI_MAX if capped else _report_phi(request, spec, low, high)
     if not capped:
         low, high = _interval_ends(request, spec, low, high)
-    next_placement = None
+    next_placement = next_latency = None
     if next_phi is not None:
         next_spec = request.spec(next_phi)
         next_memory = next_measured or search.memory(next_spec)
         next_placement = search.placement(next_spec, next_memory)
+        next_latency = search.latency(next_spec, next_memory)
     return FitResult(
         request=request,
         phi=reported_phi,
@@ -625,4 +702,6 @@ def _fit(request: FitRequest, *, verify: bool, prove_next: bool, estimator: Esti
         search_seconds=search_seconds,
         probes=search.probes,
         phi_unpatched=reported_phi if patch == "off" else phi_unpatched,
+        latency=search.latency(spec, truth),
+        next_latency=next_latency,
     )

@@ -36,6 +36,7 @@ from tinyscale.estimate import arena_plan
 from tinyscale.targets import Target
 from tinyscale.graph.analysis import operator_macs as graph_operator_macs
 from tinyscale.graph.model import element_count
+from tinyscale.latency import LatencyEstimate, no_model_reason, predict_for_target
 from tinyscale.tflite_model import (IoQuantization, ModelInfo, OperatorInfo, check_full_integer,
                                     input_quantization, output_quantization, read_model)
 
@@ -167,6 +168,9 @@ class MemoryReport:
     # The analytic arena (tinyscale.estimate's TFLM replay); None when it does not model the model.
     analytic_arena_bytes: int | None = None
     analytic_note: str | None = None  # why it is None
+    # The predicted latency at the target's clock (tinyscale.latency); None without a target or cost table.
+    latency: LatencyEstimate | None = None
+    latency_note: str | None = None  # why it is None when a target was given
 
     @property
     def model_bytes(self) -> int:
@@ -208,6 +212,9 @@ class MemoryReport:
         }
         if self.placement is not None:
             data.update(self.placement.to_dict())
+            data.update(self.latency.to_dict() if self.latency is not None else
+                        {"latency_ms": None, "cycles": None, "latency": None})
+            data["latency_note"] = self.latency_note
         return data
 
 
@@ -253,7 +260,10 @@ def memory_report(data: bytes, target: Target | None = None, source: str = "the 
     analytic, note = analytic_arena(info)
     if analytic is not None and analytic != arena.arena_bytes:
         log.warning("the analytic arena (%d B) differs from the measured minimum (%d B)", analytic, arena.arena_bytes)
-    return MemoryReport(info, arena, operator_table(info), runtime_bytes, runtime_source, placement, analytic, note)
+    latency = predict_for_target(info.model, target) if target is not None else None
+    latency_note = no_model_reason(target.cpu, target.kernel_library) if target is not None and latency is None else None
+    return MemoryReport(info, arena, operator_table(info), runtime_bytes, runtime_source, placement, analytic, note,
+                        latency, latency_note)
 
 
 def analytic_arena(info: ModelInfo) -> tuple[int | None, str | None]:

@@ -136,24 +136,29 @@ class Target:
         return sum(region.size_bytes for region in self.memory)
 
 
-def _check_fields(
-    where: str, table: dict[str, Any], fields: dict[str, tuple[type | tuple[type, ...], bool]]
+def check_fields(
+    where: str, table: dict[str, Any], fields: dict[str, tuple[type | tuple[type, ...], bool]],
+    error: type[TargetError] = TargetError,
 ) -> None:
+    """Unknown keys, missing required ones and wrong types, as one `error` line naming the key.
+
+    Shared by every schema-checked data file (boards, latency cost tables).
+    """
     unknown = sorted(set(table) - set(fields))
     if unknown:
-        raise TargetError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")
+        raise error(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(fields)}")
     for key, (kind, required) in fields.items():
         if key not in table:
             if required:
-                raise TargetError(f"{where}: missing required key {key!r}")
+                raise error(f"{where}: missing required key {key!r}")
             continue
         value = table[key]
-        # bool is an int subclass: keep sizes from accepting true/false.
-        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
+        # bool is an int subclass: keep sizes and coefficients from accepting true/false.
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             expected = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise TargetError(f"{where}: {key!r} must be {expected}, got {value!r}")
+            raise error(f"{where}: {key!r} must be {expected}, got {value!r}")
         if kind is int and key != "schema_version" and value < 0:
-            raise TargetError(f"{where}: {key!r} must not be negative, got {value}")
+            raise error(f"{where}: {key!r} must not be negative, got {value}")
 
 
 def _choice(where: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -256,7 +261,7 @@ def _check_address_map(source: str, flash: FlashSpec, regions: list[MemoryRegion
 
 
 def _parse_flash(source: str, table: dict[str, Any]) -> FlashSpec:
-    _check_fields(f"{source} [flash]", table, _FLASH_FIELDS)
+    check_fields(f"{source} [flash]", table, _FLASH_FIELDS)
     flash = FlashSpec(**table)
     if flash.budget_bytes > flash.size_bytes:
         raise TargetError(f"{source} [flash]: budget_bytes exceeds size_bytes")
@@ -271,7 +276,7 @@ def _parse_regions(source: str, tables: list[Any]) -> list[MemoryRegion]:
         where = f"{source} [[memory]] #{index + 1}"
         if not isinstance(table, dict):
             raise TargetError(f"{where}: must be a table")
-        _check_fields(where, table, _MEMORY_FIELDS)
+        check_fields(where, table, _MEMORY_FIELDS)
         _choice(where, "kind", table["kind"], MEMORY_KINDS)
         region = MemoryRegion(**table)
         if region.size_bytes == 0:
@@ -289,7 +294,7 @@ def _parse_regions(source: str, tables: list[Any]) -> list[MemoryRegion]:
 
 def _parse_console(source: str, table: dict[str, Any]) -> ConsoleSpec:
     where = f"{source} [console]"
-    _check_fields(where, table, _CONSOLE_FIELDS)
+    check_fields(where, table, _CONSOLE_FIELDS)
     console = ConsoleSpec(**table)
     _choice(where, "kind", console.kind, CONSOLE_KINDS)
     if console.baud is not None and console.baud == 0:
@@ -301,7 +306,7 @@ def _parse_console(source: str, table: dict[str, Any]) -> ConsoleSpec:
 
 def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | None = None) -> Target:
     """Validate a decoded target table and build a :class:`Target`."""
-    _check_fields(source, data, _TOP_FIELDS)
+    check_fields(source, data, _TOP_FIELDS)
     _check_one_line(source, data)
     if data["schema_version"] != SCHEMA_VERSION:
         raise TargetError(f"{source}: schema_version {data['schema_version']} unsupported (want {SCHEMA_VERSION})")
@@ -342,16 +347,20 @@ def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | No
     )
 
 
-def load_target_file(path: Path) -> Target:
+def read_toml_file(path: Path, what: str = "target file", error: type[TargetError] = TargetError) -> dict[str, Any]:
+    """A data file's TOML table; `error` (one line naming the file) when unreadable or not TOML."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise TargetError(f"cannot read target file {path}: {exc.strerror or exc}") from None
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise TargetError(f"{path}: invalid TOML: {exc}") from None
-    return parse_target(data, source=str(path), path=path)
+        raise error(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_target_file(path: Path) -> Target:
+    return parse_target(read_toml_file(path), source=str(path), path=path)
 
 
 def targets_dir() -> Path:

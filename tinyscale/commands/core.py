@@ -13,7 +13,7 @@ import typer
 from tinyscale import arch
 from tinyscale.arch import BASES, ScaledNetwork
 from tinyscale.budget import Placement
-from tinyscale.fit import DEFAULT_MAX_EXTRA_MACS, PATCH_MODES, Memory, placement_for
+from tinyscale.fit import DEFAULT_MAX_EXTRA_MACS, PATCH_MODES, Memory, latency_for, placement_for
 from tinyscale.cli import app, reports_errors
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
@@ -254,8 +254,11 @@ def scale(
     result["model_bytes"], result["arena_bytes"] = model_bytes, arena_bytes
     if board is not None:
         placement = placement_for(board, spec, memory)
-        result.update(target=board.name, **placement.to_dict())
+        latency = latency_for(board, spec, memory)
+        result.update(target=board.name, **placement.to_dict(),
+                      latency_ms=None if latency is None else round(latency.latency_ms, 4))
         rows += [("target", board.name)] + _placement_rows(placement)
+        rows.append(("latency", latency_text(latency, board)))
         rows.append(("fits", "yes" if placement.fits else f"no: {placement.describe_shortfall()}"))
     typer.echo(json.dumps(result, indent=2) if json_output else _table(rows))
     if board is not None:
@@ -284,18 +287,24 @@ def fit(
     force: Annotated[bool, typer.Option("--force", help="Write into a non-empty --out directory.")] = False,
     patch: PatchOption = PatchMode("auto"),
     max_extra_macs: MaxExtraMacsOption = DEFAULT_MAX_EXTRA_MACS,
+    max_latency_ms: Annotated[
+        Optional[float],
+        typer.Option("--max-latency-ms", help="Also fit this predicted latency per inference (ms, at the board's clock)."),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Find the largest phi whose int8 TFLite Micro model fits the target's flash and SRAM."""
-    from tinyscale.fit import FitRequest, fit as run_fit
+    """Find the largest phi whose int8 TFLite Micro model fits the target's flash and SRAM (and --max-latency-ms)."""
+    from tinyscale.fit import FitRequest, check_latency_budget, fit as run_fit
 
     settings = _scaling(base, classes, channels, alpha, beta, gamma)
     board = load_target(target)
+    request = FitRequest(board, settings.base, settings.classes, settings.channels, settings.coefficients,
+                         max_latency_ms)
+    check_latency_budget(request)  # before --out is checked or anything runs
     if out is not None:
         check_output_dir(out, force)
     if out is not None and not verify:
         raise UsageError("--out writes the verified model; it cannot be combined with --no-verify")
-    request = FitRequest(board, settings.base, settings.classes, settings.channels, settings.coefficients)
     try:
         with status(enabled=not json_output) as report:
             result = run_fit(request, verify=verify, prove_next=prove, progress=report, patch=patch.value,
@@ -326,6 +335,7 @@ def _fit_table(result, data: dict, out: Optional[Path]) -> str:
         (f"arena ({source})", _bytes(data["arena_bytes"])),
     ]
     rows += _placement_rows(result.placement)
+    rows.append(("latency", latency_text(result.latency, result.request.target, result.request.max_latency_ms)))
     rows += _next_rows(result)
     rows.append(("binding", result.binding))
     rows += _patch_rows(result, data)
@@ -377,4 +387,15 @@ def _next_rows(result) -> list[tuple[str, str]]:
             f"next SRAM ({placement.arena_region})",
             verdict(placement.sram_needed_bytes, placement.sram_budget_bytes),
         ),
+        ("next latency", latency_text(result.next_latency, result.request.target, result.request.max_latency_ms)),
     ]
+
+
+def latency_text(latency, target: Target, budget_ms: Optional[float] = None) -> str:
+    """The prediction (tinyscale.latency.describe) and, with a budget, whether it fits."""
+    from tinyscale.latency import describe
+
+    text = describe(latency, target)
+    if latency is not None and budget_ms is not None:
+        text += f"; budget {budget_ms:g} ms: " + ("over" if latency.latency_ms > budget_ms else "fits")
+    return text

@@ -33,6 +33,7 @@ from tinyscale.commands.core import (
     _bytes,
     _network_rows,
     _placement_rows,
+    latency_text,
     _table,
 )
 from tinyscale.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
@@ -519,10 +520,17 @@ def _operator_table(report) -> str:
     from tinyscale.simulate import format_macs, format_shape  # noqa: PLC0415
 
     peak = report.peak
-    rows = [("#", "operator", "output", "MACs", "live activations")]
+    latency = report.latency
+    timing = ("cycles", "ms", "share") if latency is not None else ()
+    rows = [("#", "operator", "output", "MACs", *timing, "live activations")]
     for row in report.rows:
         mark = "  <- peak" if peak is not None and row.index == peak.index else ""
-        rows.append((str(row.index), row.name, format_shape(row.output_shape), format_macs(row.macs),
+        cells = ()
+        if latency is not None:
+            op = latency.ops[row.index]
+            flag = " *" if not op.modelled else ""
+            cells = (f"{op.cycles:,.0f}{flag}", f"{latency.op_ms(op):.3f}", f"{100 * latency.share(op):.1f}%")
+        rows.append((str(row.index), row.name, format_shape(row.output_shape), format_macs(row.macs), *cells,
                      f"{row.live_bytes:,} B{mark}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
@@ -555,7 +563,18 @@ def _memory_rows(report, target: Optional[Target]) -> list[tuple[str, str]]:
         rows.append(("target", target.name))
         rows += _placement_rows(placement)
         rows.append(("fits", "yes" if placement.fits else f"no: {placement.describe_shortfall()}"))
+        rows.append(("latency", _latency_summary(report, target)))
     return rows
+
+
+def _latency_summary(report, target: Target) -> str:
+    """The predicted total, with what `*` marks in the operator table (ops costed by the fallback)."""
+    text = latency_text(report.latency, target)
+    if report.latency is not None:
+        text += f" (Invoke's own {report.latency.invoke_cycles:,.0f} included)"
+        if report.latency.unmodelled:
+            text += " (* in the table: fallback cost)"
+    return text
 
 
 def _accuracy_text(evaluation) -> str:
@@ -839,6 +858,7 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
         "channels": network.spec.channels,
         "classes": network.spec.classes,
         **placement.to_dict(),  # the one JSON form of a placement (model and arena bytes included)
+        "latency_ms": None if report.latency is None else round(report.latency.latency_ms, 4),
         "float_accuracy": evaluation.float_accuracy,
         "int8_accuracy": evaluation.int8_accuracy,
         "agreement": evaluation.agreement,
@@ -875,6 +895,7 @@ def _build_text(summary: dict[str, Any], report, board: Target) -> str:
         *_patch_text(summary),
         *_placement_rows(report.placement),
         ("fits", fits),
+        ("latency", latency_text(report.latency, board)),
         ("accuracy", f"int8 {_percent(summary['int8_accuracy'])}, float {_percent(summary['float_accuracy'])}, "
                      f"agreement {_percent(summary['agreement'])} on {plural(summary['test_samples'], 'test image')}"),
         ("data", f"{summary['train_samples']:,} train / {summary['validation_samples']:,} validation / "
