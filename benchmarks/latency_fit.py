@@ -2,7 +2,7 @@
 
     python benchmarks/latency_fit.py --measurements benchmarks/data/latency_measurements.json [--write]
 
-The measurement file (benchmarks/latency_measure.py on the i10-measure branch)
+The measurement file (written by benchmarks/latency_measure.py)
 holds one record per operator invocation of a network run under
 ``qemu-system-arm -icount shift=0`` (one instruction = one virtual ns), per
 core and kernel library: the operator's type, shapes, MACs and its
