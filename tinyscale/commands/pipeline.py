@@ -24,6 +24,7 @@ from tinyscale.commands.core import (
     Base,
     BaseOption,
     BetaOption,
+    CoefficientsOption,
     GammaOption,
     JsonOption,
     MaxExtraMacsOption,
@@ -35,6 +36,7 @@ from tinyscale.commands.core import (
     _placement_rows,
     _table,
 )
+from tinyscale.coefficients import resolve_coefficients
 from tinyscale.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
 from tinyscale.errors import DataError, ModelError, TinyscaleError, UsageError
 from tinyscale.fsutil import (
@@ -50,7 +52,7 @@ from tinyscale.fsutil import (
     staging_directory,
 )
 from tinyscale.progress import Progress, before_output, no_progress, status
-from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
+from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target, load_target
 
 log = logging.getLogger(__name__)
@@ -274,9 +276,10 @@ def train(
     phi: Annotated[Optional[float], typer.Option("--phi", help="Train the network at this phi.")] = None,
     base: BaseOption = Base(DEFAULT_BASE),
     channels: DataChannelsOption = None,
-    alpha: AlphaOption = PAPER_ALPHA,
-    beta: BetaOption = PAPER_BETA,
-    gamma: GammaOption = PAPER_GAMMA,
+    alpha: AlphaOption = None,
+    beta: BetaOption = None,
+    gamma: GammaOption = None,
+    coefficients_file: CoefficientsOption = None,
     epochs: EpochsOption = 30,
     batch_size: BatchOption = 64,
     learning_rate: Annotated[float, typer.Option("--learning-rate", help="Adam's initial rate (cosine decay).")] = 2e-3,
@@ -300,7 +303,7 @@ def train(
     with status(enabled=not json_output) as progress:
         progress(f"loading {data}")
         dataset = _load_data(data, "train", limit, seed, strict)
-        coefficients = Coefficients(alpha, beta, gamma)
+        coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, target)
         network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels,
                                           progress)
     result = _train(network, dataset, config, quiet=json_output)
@@ -700,9 +703,10 @@ def build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (everything is written here).")],
     base: BaseOption = Base(DEFAULT_BASE),
     channels: DataChannelsOption = None,
-    alpha: AlphaOption = PAPER_ALPHA,
-    beta: BetaOption = PAPER_BETA,
-    gamma: GammaOption = PAPER_GAMMA,
+    alpha: AlphaOption = None,
+    beta: BetaOption = None,
+    gamma: GammaOption = None,
+    coefficients_file: CoefficientsOption = None,
     epochs: EpochsOption = 30,
     batch_size: BatchOption = 64,
     limit: LimitOption = None,
@@ -729,7 +733,7 @@ def build(
         progress(f"loading {data}")
         train_set, test_set = _build_datasets(data, limit, seed, strict)
     channels = channels or train_set.channels
-    coefficients = Coefficients(alpha, beta, gamma)
+    coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, board.name)
     quiet = json_output
     if not quiet:
         _err(_split_line(_split_counts(train_set, test_set, config.validation_fraction, config.seed), data, limit))
