@@ -63,10 +63,13 @@ class TuneSettings:
     max_extra_macs: float = 0.0
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     validation_fraction: float = VALIDATION_FRACTION
-    threads: int = 1  # TensorFlow's threads per trial: part of the float arithmetic's order
+    # TensorFlow's threads per trial (from --jobs). Not part of a run's identity: a rerun
+    # with other --jobs resumes; with op determinism the thread count should not change results.
+    threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings a rerun must match to resume."""
+        return {key: value for key, value in asdict(self).items() if key != "threads"}
 
     def training_dict(self) -> dict[str, Any]:
         """What a trial's training depends on (not the target: that only chooses the network)."""

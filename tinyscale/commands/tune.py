@@ -6,9 +6,8 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -34,34 +33,17 @@ from tinyscale.commands.pipeline import (
     _err,
     _load_data,
 )
+from tinyscale.commands.tune_options import (DEFAULT_TUNE_EPOCHS, Backend, BackendOption, GridOption, JobsOption,
+                                             RayAddressOption)
 from tinyscale.commands.wording import plural
+from tinyscale.data import Dataset
 from tinyscale.errors import TinyscaleError
 from tinyscale.progress import status
 from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target, load_target
-from tinyscale.tune_backends import BACKENDS, default_jobs, threads_per_trial
+from tinyscale.tune_backends import default_jobs, threads_per_trial
 
 log = logging.getLogger(__name__)
-
-Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
-GridOption = Annotated[
-    Optional[str],
-    typer.Option("--grid", help="Steps per side of the alpha*beta^2*gamma^2 = 2 lattice (N: (N+1)(N+2)/2 "
-                                "candidates), or candidates 'a,b[,g];a,b[,g]' (gamma solved when left out). "
-                                "The paper's 1.2,1.1,1.15 is always tried too. Default 2."),
-]
-TuneEpochsOption = Annotated[int, typer.Option("--epochs", min=1, help="Proxy training epochs per trial.")]
-JobsOption = Annotated[
-    Optional[int], typer.Option("--jobs", "-j", min=1, help="Trials run at once (default: the number of cores).")
-]
-BackendOption = Annotated[
-    Backend, typer.Option("--backend", help="local: a process pool; ray: Ray tasks (the `ray` extra).")
-]
-RayAddressOption = Annotated[
-    Optional[str], typer.Option("--ray-address", help="Join this Ray cluster (host:port of `ray start --head`); "
-                                                      "default: start Ray locally.")
-]
-
 
 @dataclass(frozen=True)
 class TuneOptions:
@@ -71,7 +53,7 @@ class TuneOptions:
     base: str = DEFAULT_BASE
     channels: int | None = None
     grid: str | None = None
-    epochs: int = 3
+    epochs: int = DEFAULT_TUNE_EPOCHS
     batch_size: int = 64
     limit: int | None = None
     seed: int = 0
@@ -106,8 +88,12 @@ def _fit_function(options: TuneOptions, classes: int, channels: int):
     return fit_candidate
 
 
-def run_tune(options: TuneOptions, quiet: bool = False) -> TuneOutcome:
-    """Plan, run (or resume) every trial, verify the winner, write DIR's files."""
+def run_tune(options: TuneOptions, quiet: bool = False, dataset: Dataset | None = None) -> TuneOutcome:
+    """Plan, run (or resume) every trial, verify the winner, write DIR's files.
+
+    `dataset`: the training data already loaded (build's training share), else
+    `options.data`'s train split is loaded with `options.limit`.
+    """
     from tinyscale.data import split  # noqa: PLC0415
     from tinyscale.tune import (TuneSettings, open_directory, plan, row, table, winner, write_reports,  # noqa: PLC0415
                                 write_winner)
@@ -120,12 +106,16 @@ def run_tune(options: TuneOptions, quiet: bool = False) -> TuneOutcome:
     if options.backend == "ray":
         import_ray()  # a missing extra fails now, not after the data and the fits
     jobs = options.jobs or default_jobs()
-    with status(enabled=not quiet) as progress:
-        progress(f"loading {options.data}")
-        dataset = _load_data(options.data, "train", options.limit, options.seed)
+    given = dataset
+    if dataset is None:
+        with status(enabled=not quiet) as progress:
+            progress(f"loading {options.data}")
+            dataset = _load_data(options.data, "train", options.limit, options.seed)
     channels = options.channels or dataset.channels
+    # A dataset handed in is build's training share: not the trials a plain `tune` of the same data would reuse.
+    data_name = options.data if given is None else f"{options.data} (build's training share)"
     settings = TuneSettings(
-        target=options.target.name, data=options.data, base=options.base, classes=dataset.classes, channels=channels,
+        target=options.target.name, data=data_name, base=options.base, classes=dataset.classes, channels=channels,
         epochs=options.epochs, limit=options.limit, seed=options.seed, batch_size=options.batch_size,
         patch=options.patch, max_extra_macs=options.max_extra_macs, threads=threads_per_trial(jobs))
     directory = open_directory(options.out, settings, options.force)
@@ -208,7 +198,7 @@ def tune(
     base: BaseOption = Base(DEFAULT_BASE),
     channels: DataChannelsOption = None,
     grid: GridOption = None,
-    epochs: TuneEpochsOption = 3,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Proxy training epochs per trial.")] = DEFAULT_TUNE_EPOCHS,
     batch_size: BatchOption = 64,
     limit: LimitOption = None,
     seed: SeedOption = 0,
