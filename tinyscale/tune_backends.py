@@ -8,15 +8,15 @@ through `on_result`, which stores each finished trial at once: a ^C keeps them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import socket
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tinyscale.errors import TinyscaleError, UsageError
 from tinyscale.tune import TrialJob, failed_trial
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("local", "ray")
 ResultHandler = Callable[[dict[str, Any]], None]
 # ray.init retries an unreachable cluster for ~20 s and offers no timeout option:
-# tune waits this long, then reports one line.
+# tune's probe of the cluster waits this long, then reports one line.
 RAY_CONNECT_TIMEOUT_SECONDS = 10.0
 RAY_EXTRA_HINT = "pip install 'tinyscale[ray]' (in a clone: pip install '.[ray]')"
 
@@ -129,36 +129,50 @@ def _check_reachable(address: str) -> None:
         raise TinyscaleError(f"cannot reach a Ray cluster at {address}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
+_PROBE = "import logging, sys, ray; ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)"
+
+
+def _probe_cluster(address: str) -> None:
+    """ray.init against `address` in a child process with a deadline: an unreachable cluster is one line, fast.
+
+    ray.init itself retries for ~20 s and must run on the main thread (from
+    another thread its GCS connection dies later), so the deadline is kept here.
+    """
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True, text=True,
+                               timeout=RAY_CONNECT_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired as timeout:
+        said = timeout.stderr.decode(errors="replace") if isinstance(timeout.stderr, bytes) else timeout.stderr or ""
+        if "InvalidAuthToken" in said or "Missing authorization" in said:
+            raise TinyscaleError(f"the Ray cluster at {address} wants token authentication: set RAY_AUTH_MODE=token "
+                                 "and give its token (~/.ray/auth_token or RAY_AUTH_TOKEN)") from None
+        raise TinyscaleError(f"cannot reach a Ray cluster at {address}: no answer within "
+                             f"{RAY_CONNECT_TIMEOUT_SECONDS:.0f} s (is `ray start --head` running there?)") from None
+    if probe.returncode != 0:
+        lines = [line for line in probe.stderr.splitlines() if "Error" in line] or probe.stderr.splitlines() or [""]
+        raise TinyscaleError(f"cannot reach a Ray cluster at {address}: {' '.join(lines[-1].split())[:200]}")
+
+
 def connect_ray(address: str | None, num_cpus: int | None = None):
     """ray.init: join `address`, else start Ray locally; a cluster that does not answer is one error line."""
     ray = import_ray()
     if ray.is_initialized():
         return ray
-    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False,
-                               "configure_logging": True}
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
     if address is None:
         options["num_cpus"] = num_cpus or default_jobs()
     else:
         _check_reachable(address)
+        _probe_cluster(address)
         options["address"] = address
-    outcome: dict[str, BaseException] = {}
-
-    def init() -> None:
-        try:
-            ray.init(**options)
-        except BaseException as exc:  # handed to the caller's thread
-            outcome["error"] = exc
-
-    # A thread, so that an address that never answers costs a bounded wait.
-    thread = threading.Thread(target=init, name="ray-init", daemon=True)
-    thread.start()
-    thread.join(RAY_CONNECT_TIMEOUT_SECONDS if address is not None else None)
     where = f"a Ray cluster at {address}" if address is not None else "a local Ray instance"
-    if thread.is_alive():
-        raise TinyscaleError(f"cannot reach {where}: no answer within {RAY_CONNECT_TIMEOUT_SECONDS:.0f} s "
-                             "(is `ray start --head` running there?)")
-    if "error" in outcome:
-        reason = " ".join(str(outcome["error"]).split())[:200]
+    try:
+        ray.init(**options)
+    except Exception as exc:  # ConnectionError, RuntimeError, ValueError: one line whatever Ray raises
+        reason = " ".join(str(exc).split())[:200]
         raise TinyscaleError(f"cannot start or join {where}: {reason}") from None
     return ray
 
@@ -169,16 +183,23 @@ def _ray_trial(job: TrialJob, data: Any) -> dict[str, Any]:
     return run_trial(job, data)
 
 
-def run_ray(jobs: list[TrialJob], data: Any, on_result: ResultHandler, address: str | None) -> None:
-    """Each trial a Ray task with num_cpus = its threads; the data goes into the object store once."""
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray connected for the block (joined, or started locally and stopped after it)."""
     ray = import_ray()
     started_here = not ray.is_initialized()
     connect_ray(address)
     try:
-        _run_ray_tasks(ray, jobs, data, on_result)
+        yield
     finally:
         if started_here:
             ray.shutdown()
+
+
+def run_ray(jobs: list[TrialJob], data: Any, on_result: ResultHandler, address: str | None) -> None:
+    """Each trial a Ray task with num_cpus = its threads; the data goes into the object store once."""
+    with ray_session(address):
+        _run_ray_tasks(import_ray(), jobs, data, on_result)
 
 
 def _run_ray_tasks(ray, jobs: list[TrialJob], data: Any, on_result: ResultHandler) -> None:

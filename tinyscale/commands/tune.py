@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -37,7 +38,7 @@ from tinyscale.commands.tune_options import (DEFAULT_TUNE_EPOCHS, Backend, Backe
                                              RayAddressOption)
 from tinyscale.commands.wording import plural
 from tinyscale.data import Dataset
-from tinyscale.errors import TinyscaleError
+from tinyscale.errors import TinyscaleError, UsageError
 from tinyscale.progress import status
 from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target, load_target
@@ -94,17 +95,27 @@ def run_tune(options: TuneOptions, quiet: bool = False, dataset: Dataset | None 
     `dataset`: the training data already loaded (build's training share), else
     `options.data`'s train split is loaded with `options.limit`.
     """
+    from tinyscale.tune_backends import ray_session  # noqa: PLC0415
+    from tinyscale.tune_grid import candidates  # noqa: PLC0415
+
+    if options.ray_address is not None and options.backend != "ray":
+        raise UsageError("--ray-address needs --backend ray")
+    started = time.perf_counter()
+    grid = candidates(options.grid)  # a bad --grid fails before the data loads
+    # Ray joined or started first: a missing extra or an unreachable cluster fails before the long work.
+    session = ray_session(options.ray_address) if options.backend == "ray" else contextlib.nullcontext()
+    with session:
+        return _run_tune(options, grid, quiet, dataset, started)
+
+
+def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, dataset: Dataset | None,
+              started: float) -> TuneOutcome:
     from tinyscale.data import split  # noqa: PLC0415
     from tinyscale.tune import (TuneSettings, open_directory, plan, row, table, winner, write_reports,  # noqa: PLC0415
                                 write_winner)
-    from tinyscale.tune_backends import import_ray, run  # noqa: PLC0415
-    from tinyscale.tune_grid import candidates  # noqa: PLC0415
+    from tinyscale.tune_backends import run  # noqa: PLC0415
     from tinyscale.tune_trial import TrialData  # noqa: PLC0415
 
-    started = time.perf_counter()
-    grid = candidates(options.grid)  # a bad --grid fails before the data loads
-    if options.backend == "ray":
-        import_ray()  # a missing extra fails now, not after the data and the fits
     jobs = options.jobs or default_jobs()
     given = dataset
     if dataset is None:
