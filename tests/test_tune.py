@@ -241,6 +241,7 @@ def test_bad_input_is_one_line(problem, tmp_path, monkeypatch):
     tiny_board = small_board(tmp_path / "tiny-board.toml", flash=140_000, sram=30_000)
     one_line_error(invoke("tune", "--target", tiny_board, "--data", data, "--base", "tiny", "--grid", GRID,
                           "-o", tmp_path / "none"), 3, "no candidate of the grid yields a network that fits")
+    assert not (tmp_path / "none").exists()  # nothing half-written
     one_line_error(invoke(*tune_args(problem, tmp_path / "g", "--grid", "3,3")), 2, "no gamma")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     one_line_error(invoke(*tune_args(problem, tmp_path / "noray", "--backend", "ray")), 2,

@@ -324,12 +324,12 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 
 def plot_png(rows: list[dict[str, Any]]) -> bytes | None:
     """A bar chart of float and int8 accuracy per candidate; None without matplotlib (the `plot` extra)."""
-    try:
-        import matplotlib  # noqa: PLC0415 - optional dependency
+    from tinyscale.errors import UsageError  # noqa: PLC0415
+    from tinyscale.simulate import figure_png, pyplot  # noqa: PLC0415
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
+    try:
+        plt = pyplot()
+    except UsageError:  # matplotlib (the plot extra) is optional here: the PNG is skipped
         return None
     scored = [r for r in rows if r["status"] == "ok"]
     if not scored:
@@ -346,11 +346,7 @@ def plot_png(rows: list[dict[str, Any]]) -> bytes | None:
     axes.set_ylabel("validation accuracy %")
     axes.set_title("tinyscale tune: proxy accuracy per candidate (alpha/beta/gamma)")
     axes.legend(loc="lower right")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
-    return buffer.getvalue()
+    return figure_png(plt, figure)
 
 
 def write_reports(directory: TuneDirectory, rows: list[dict[str, Any]]) -> list[str]:

@@ -28,7 +28,6 @@ from tinyscale.commands.pipeline import (
     BatchOption,
     DataChannelsOption,
     DataOption,
-    ForceOption,
     LimitOption,
     SeedOption,
     _err,
@@ -129,10 +128,10 @@ def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, datas
         target=options.target.name, data=data_name, base=options.base, classes=dataset.classes, channels=channels,
         epochs=options.epochs, limit=options.limit, seed=options.seed, batch_size=options.batch_size,
         patch=options.patch, max_extra_macs=options.max_extra_macs, threads=threads_per_trial(jobs))
-    directory = open_directory(options.out, settings, options.force)
     with status(enabled=not quiet) as progress:
         progress(f"fitting {plural(len(grid), 'candidate')} to {options.target.name} (analytic)")
         planned, trial_jobs = plan(grid, settings, _fit_function(options, dataset.classes, channels))
+    directory = open_directory(options.out, settings, options.force)  # after the fits: nothing fits, nothing written
     results = {job.key: directory.finished(job.key) for job in trial_jobs}
     results = {key: value for key, value in results.items() if value is not None}
     to_run = [job for job in trial_jobs if job.key not in results]
@@ -218,7 +217,8 @@ def tune(
     ray_address: RayAddressOption = None,
     patch: PatchOption = PatchMode("auto"),
     max_extra_macs: MaxExtraMacsOption = DEFAULT_MAX_EXTRA_MACS,
-    force: ForceOption = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over: remove an earlier tune's files from DIR "
+                                                        "(yours stay), or write into a non-empty DIR.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Search alpha, beta, gamma for a target and a dataset: one short training per candidate.
