@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator
@@ -87,6 +88,7 @@ def run_local(jobs: list[TrialJob], data: Any, workers: int, on_result: ResultHa
     if workers < 1:
         raise UsageError(f"--jobs must be at least 1, got {workers}")
     workers = min(workers, len(jobs))
+    previous = _sigterm_interrupts()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(data,))
     try:
@@ -103,7 +105,24 @@ def run_local(jobs: list[TrialJob], data: Any, workers: int, on_result: ResultHa
     except BaseException:
         _terminate(pool)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     pool.shutdown(wait=True)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_interrupts():
+    """SIGTERM (a scheduler's stop, `kill`) ends the run like ^C: running workers are terminated too.
+
+    Returns the previous handler (None off the main thread, where Python cannot set one).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +182,8 @@ def connect_ray(address: str | None, num_cpus: int | None = None):
         return ray
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
     if address is None:
-        options["num_cpus"] = num_cpus or default_jobs()
+        # "local": a new instance, even when /tmp/ray names a cluster started (and maybe gone) earlier.
+        options.update(address="local", num_cpus=num_cpus or default_jobs())
     else:
         _check_reachable(address)
         _probe_cluster(address)
