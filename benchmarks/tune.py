@@ -81,14 +81,19 @@ def speed(args: argparse.Namespace, root: Path) -> None:
             continue
         rows = summary["trials"]
         results[(backend, int(jobs))] = (wall, rows)
+        first = next(iter(results.values()))[1]
         trial_seconds = sum({r["trial"]: r["seconds"] or 0 for r in rows if r.get("trial")}.values())
         single = results.get((backend, 1))
         local = results.get(("local", int(jobs)))
-        first_rows = next(iter(results.values()))[1]
+        # Same seeds and threads per trial: the same table. Another --jobs gives each trial other
+        # thread counts, which may change the last digits; compare with the local run of the same --jobs.
+        reference = (local or (wall, rows))[1]
         print(f"{backend:8} {jobs:>4} {summary['trained']:>6} {wall:>8.1f} {trial_seconds:>8.1f} "
               f"{(single[0] / wall if single else float('nan')):>7.2f}x "
               f"{(wall / local[0] if local and backend != 'local' else float('nan')):>7.2f}x  "
-              f"{'same' if comparable(rows) == comparable(first_rows) else 'DIFFERS'}", flush=True)
+              f"{'same as local' if comparable(rows) == comparable(reference) else 'DIFFERS from local'}"
+              f" (same jobs), {'same' if comparable(rows) == comparable(first) else 'differs'} vs the first",
+              flush=True)
         (root / f"{backend}-{jobs}.json").write_text(json.dumps(summary, indent=2))
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
