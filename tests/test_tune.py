@@ -227,7 +227,7 @@ def test_a_rerun_skips_finished_trials_and_other_settings_are_refused(tuned_loca
 
 def test_ray_backend_gives_the_local_table(tuned_local, problem):
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install '.[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a stale /tmp/ray cluster
     try:
         result = invoke(*tune_args(problem, problem[0] / "ray", "--backend", "ray"))
     finally:
