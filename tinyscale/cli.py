@@ -125,6 +125,7 @@ def _register_commands() -> None:
     from tinyscale.commands import firmware  # noqa: F401
     from tinyscale.commands import pipeline  # noqa: F401
     from tinyscale.commands import patch  # noqa: F401
+    from tinyscale.commands import tune  # noqa: F401
     _full_short_help()
 
 

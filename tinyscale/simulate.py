@@ -471,8 +471,6 @@ def pyplot():
 def plot_memory(report: MemoryReport, path, budget_bytes: int | None = None) -> None:
     """PNG of live activation bytes per operator, the measured arena and the budget as lines."""
     plt = pyplot()
-    import io  # noqa: PLC0415
-
     from tinyscale.fsutil import atomic_write_bytes  # noqa: PLC0415
 
     rows = report.rows
@@ -487,11 +485,18 @@ def plot_memory(report: MemoryReport, path, budget_bytes: int | None = None) -> 
     axes.set_ylabel("KiB")
     axes.set_title("Activation memory per operator")
     axes.legend(loc="best")
+    atomic_write_bytes(path, figure_png(plt, figure))
+
+
+def figure_png(plt, figure) -> bytes:
+    """A finished matplotlib figure as PNG bytes (closed afterwards)."""
+    import io  # noqa: PLC0415
+
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def format_shape(shape: tuple[int, ...]) -> str:

@@ -15,6 +15,7 @@ from tinyscale.arch import BASES, ScaledNetwork
 from tinyscale.budget import Placement
 from tinyscale.fit import DEFAULT_MAX_EXTRA_MACS, PATCH_MODES, Memory, latency_for, placement_for
 from tinyscale.cli import app, reports_errors
+from tinyscale.coefficients import resolve_coefficients
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
 from tinyscale.progress import status
@@ -29,9 +30,20 @@ BaseOption = Annotated[
 ]
 ClassesOption = Annotated[int, typer.Option("--classes", min=2, help="Number of output classes.")]
 ChannelsOption = Annotated[int, typer.Option("--channels", min=1, max=3, help="Input channels: 1 (grey) or 3 (RGB).")]
-AlphaOption = Annotated[float, typer.Option("--alpha", help="Depth growth per unit of phi.")]
-BetaOption = Annotated[float, typer.Option("--beta", help="Width growth per unit of phi.")]
-GammaOption = Annotated[float, typer.Option("--gamma", help="Resolution growth per unit of phi.")]
+# None: the paper's value (or the --coefficients file's); a given value with --coefficients is refused.
+AlphaOption = Annotated[
+    Optional[float], typer.Option("--alpha", help=f"Depth growth per unit of phi (default {PAPER_ALPHA}).")
+]
+BetaOption = Annotated[
+    Optional[float], typer.Option("--beta", help=f"Width growth per unit of phi (default {PAPER_BETA}).")
+]
+GammaOption = Annotated[
+    Optional[float], typer.Option("--gamma", help=f"Resolution growth per unit of phi (default {PAPER_GAMMA}).")
+]
+CoefficientsOption = Annotated[
+    Optional[Path],
+    typer.Option("--coefficients", help="alpha, beta, gamma from a coefficients.toml (`tinyscale tune` writes one)."),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
 TargetOption = Annotated[str, typer.Option("--target", "-t", help="Bundled target name or path to a board .toml.")]
 PatchMode = Enum("PatchMode", {mode: mode for mode in PATCH_MODES}, type=str)  # type: ignore[misc]
@@ -158,9 +170,9 @@ class _Scaling:
     coefficients: Coefficients
 
 
-def _scaling(base: Base, classes: int, channels: int, alpha: float, beta: float, gamma: float) -> _Scaling:
+def _scaling(base: Base, classes: int, channels: int, coefficients: Coefficients) -> _Scaling:
     arch.check_classes_channels(classes, channels)
-    return _Scaling(base.value, classes, channels, Coefficients(alpha, beta, gamma))
+    return _Scaling(base.value, classes, channels, coefficients)
 
 
 @app.command()
@@ -170,9 +182,10 @@ def scale(
     base: BaseOption = Base(DEFAULT_BASE),
     classes: ClassesOption = 10,
     channels: ChannelsOption = 3,
-    alpha: AlphaOption = PAPER_ALPHA,
-    beta: BetaOption = PAPER_BETA,
-    gamma: GammaOption = PAPER_GAMMA,
+    alpha: AlphaOption = None,
+    beta: BetaOption = None,
+    gamma: GammaOption = None,
+    coefficients_file: CoefficientsOption = None,
     measure: Annotated[bool, typer.Option("--measure", help="Convert to int8 and measure in TFLM too.")] = False,
     tflite: Annotated[Optional[Path], typer.Option("--tflite", help="Write the int8 model here.")] = None,
     target: Annotated[Optional[str], typer.Option("--target", "-t", help="Also check against this target.")] = None,
@@ -190,7 +203,8 @@ def scale(
     from tinyscale.estimate import estimate_memory
     from tinyscale.fsutil import check_writable_file, refuse_clobber
 
-    settings = _scaling(base, classes, channels, alpha, beta, gamma)
+    coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, target)
+    settings = _scaling(base, classes, channels, coefficients)
     settings.coefficients.warn_if_unbalanced()
     board = load_target(target) if target else None
     if tflite is not None:
@@ -272,9 +286,10 @@ def fit(
     base: BaseOption = Base(DEFAULT_BASE),
     classes: ClassesOption = 10,
     channels: ChannelsOption = 3,
-    alpha: AlphaOption = PAPER_ALPHA,
-    beta: BetaOption = PAPER_BETA,
-    gamma: GammaOption = PAPER_GAMMA,
+    alpha: AlphaOption = None,
+    beta: BetaOption = None,
+    gamma: GammaOption = None,
+    coefficients_file: CoefficientsOption = None,
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Confirm the answer by a real int8 conversion in TFLM.")
     ] = True,
@@ -296,7 +311,8 @@ def fit(
     """Find the largest phi whose int8 TFLite Micro model fits the target's flash and SRAM (and --max-latency-ms)."""
     from tinyscale.fit import FitRequest, check_latency_budget, fit as run_fit
 
-    settings = _scaling(base, classes, channels, alpha, beta, gamma)
+    coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, target)
+    settings = _scaling(base, classes, channels, coefficients)
     board = load_target(target)
     request = FitRequest(board, settings.base, settings.classes, settings.channels, settings.coefficients,
                          max_latency_ms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,8 @@ import typer
 from tinyscale import arch
 from tinyscale.arch import ScaledNetwork
 from tinyscale.cli import app, reports_errors
+from tinyscale.commands.tune_options import (DEFAULT_TUNE_EPOCHS, Backend, BackendOption, JobsOption,
+                                             RayAddressOption)
 from tinyscale.commands.wording import plural
 from tinyscale.commands.core import (
     DEFAULT_MAX_EXTRA_MACS,
@@ -24,6 +27,7 @@ from tinyscale.commands.core import (
     Base,
     BaseOption,
     BetaOption,
+    CoefficientsOption,
     GammaOption,
     JsonOption,
     MaxExtraMacsOption,
@@ -36,6 +40,7 @@ from tinyscale.commands.core import (
     latency_text,
     _table,
 )
+from tinyscale.coefficients import resolve_coefficients
 from tinyscale.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
 from tinyscale.errors import DataError, ModelError, TinyscaleError, UsageError
 from tinyscale.fsutil import (
@@ -51,12 +56,13 @@ from tinyscale.fsutil import (
     staging_directory,
 )
 from tinyscale.progress import Progress, before_output, no_progress, status
-from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
+from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target, load_target
 
 log = logging.getLogger(__name__)
 
 FIT_FILE = "fit.json"
+TUNE_DIR = "tune"  # build --tune's trials and coefficients.toml, inside OUT
 TFLITE_FILE = "model.tflite"
 SIMULATION_FILE = "simulation.json"
 REPORT_FILE = "report.json"
@@ -275,9 +281,10 @@ def train(
     phi: Annotated[Optional[float], typer.Option("--phi", help="Train the network at this phi.")] = None,
     base: BaseOption = Base(DEFAULT_BASE),
     channels: DataChannelsOption = None,
-    alpha: AlphaOption = PAPER_ALPHA,
-    beta: BetaOption = PAPER_BETA,
-    gamma: GammaOption = PAPER_GAMMA,
+    alpha: AlphaOption = None,
+    beta: BetaOption = None,
+    gamma: GammaOption = None,
+    coefficients_file: CoefficientsOption = None,
     epochs: EpochsOption = 30,
     batch_size: BatchOption = 64,
     learning_rate: Annotated[float, typer.Option("--learning-rate", help="Adam's initial rate (cosine decay).")] = 2e-3,
@@ -301,7 +308,7 @@ def train(
     with status(enabled=not json_output) as progress:
         progress(f"loading {data}")
         dataset = _load_data(data, "train", limit, seed, strict)
-        coefficients = Coefficients(alpha, beta, gamma)
+        coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, target)
         network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels,
                                           progress)
     result = _train(network, dataset, config, quiet=json_output)
@@ -719,9 +726,10 @@ def build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (everything is written here).")],
     base: BaseOption = Base(DEFAULT_BASE),
     channels: DataChannelsOption = None,
-    alpha: AlphaOption = PAPER_ALPHA,
-    beta: BetaOption = PAPER_BETA,
-    gamma: GammaOption = PAPER_GAMMA,
+    alpha: AlphaOption = None,
+    beta: BetaOption = None,
+    gamma: GammaOption = None,
+    coefficients_file: CoefficientsOption = None,
     epochs: EpochsOption = 30,
     batch_size: BatchOption = 64,
     limit: LimitOption = None,
@@ -733,6 +741,16 @@ def build(
     overwrite_edits: Annotated[bool, typer.Option("--overwrite-edits", help="With --force, also replace firmware files you have edited since the last build.")] = False,
     patch: PatchOption = PatchMode("auto"),
     max_extra_macs: MaxExtraMacsOption = DEFAULT_MAX_EXTRA_MACS,
+    tune: Annotated[bool, typer.Option("--tune", help=f"Run `tune` first (into OUT/{TUNE_DIR}) and build with "
+                                                      "its winning coefficients.")] = False,
+    tune_grid: Annotated[Optional[str], typer.Option("--tune-grid", help="tune's --grid.")] = None,
+    tune_epochs: Annotated[int, typer.Option("--tune-epochs", min=1, help="tune's --epochs (per trial).")]
+    = DEFAULT_TUNE_EPOCHS,
+    tune_limit: Annotated[Optional[int], typer.Option("--tune-limit", min=1, help="tune's --limit: training "
+                                                      "samples per trial (default: all of build's).")] = None,
+    jobs: JobsOption = None,
+    backend: BackendOption = Backend("local"),
+    ray_address: RayAddressOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""
@@ -740,7 +758,11 @@ def build(
     from tinyscale.train import MODEL_FILE, TrainConfig, run_outputs, save_training, set_run_outputs  # noqa: PLC0415
 
     started = time.perf_counter()
-    check_output_dir(out, force)
+    if tune and (coefficients_file is not None or any(v is not None for v in (alpha, beta, gamma))):
+        raise UsageError("--tune finds the coefficients; it excludes --coefficients, --alpha, --beta and --gamma")
+    if not tune and (tune_grid is not None or tune_limit is not None or ray_address is not None):
+        raise UsageError("--tune-grid, --tune-limit and --ray-address need --tune")
+    _check_build_output(out, force, tune)
     # The earlier build's firmware/ is replaced with the rest of its outputs: refuse now, before
     # the training, if the user edited a file of that project (the `firmware` command's rule).
     check_edits(out / "firmware", overwrite_edits)
@@ -752,8 +774,13 @@ def build(
         progress(f"loading {data}")
         train_set, test_set = _build_datasets(data, limit, seed, strict)
     channels = channels or train_set.channels
-    coefficients = Coefficients(alpha, beta, gamma)
     quiet = json_output
+    if tune:
+        coefficients = _tune_first(board, data, out, base.value, channels, tune_grid, tune_epochs, batch_size,
+                                   tune_limit, seed, jobs, backend.value, ray_address, patch.value, max_extra_macs,
+                                   force, train_set, quiet)
+    else:
+        coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, board.name)
     if not quiet:
         _err(_split_line(_split_counts(train_set, test_set, config.validation_fraction, config.seed), data, limit))
     if not quiet:
@@ -786,8 +813,11 @@ def build(
         summary["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(stage / REPORT_FILE, json.dumps(summary, indent=2) + "\n")
         set_run_outputs(stage, relative_files(stage))
-        _refuse_new_files(out, stage, force)  # something may have appeared there while we trained
+        _refuse_new_files(out, stage, force, TUNE_DIR if tune else None)  # appeared while we trained?
         changes = publish_tree(stage, out, previous)
+        if tune:  # tune's folder is ours too, not a file of the user's that build kept
+            changes = dataclasses.replace(changes, kept=tuple(name for name in changes.kept
+                                                              if not name.startswith(f"{TUNE_DIR}/")))
     except BaseException as failure:
         if not (stage / MODEL_FILE).exists():  # nothing costly to keep yet
             shutil.rmtree(stage, ignore_errors=True)
@@ -808,10 +838,37 @@ def build(
         raise firmware_problem
 
 
-def _refuse_new_files(out: Path, stage: Path, force: bool) -> None:
-    """refuse_clobber for `out`, not counting the staging folder that may live inside it."""
-    if not force and out.is_dir() and any(entry.name != stage.name for entry in out.iterdir()):
+def _refuse_new_files(out: Path, stage: Path, force: bool, tune_dir: str | None = None) -> None:
+    """refuse_clobber for `out`, not counting the staging folder that may live inside it (nor tune's)."""
+    if not force and out.is_dir() and any(entry.name not in (stage.name, tune_dir) for entry in out.iterdir()):
         refuse_clobber(out, force)
+
+
+def _check_build_output(out: Path, force: bool, tune: bool) -> None:
+    """check_output_dir; with --tune, an OUT holding only an interrupted tune folder resumes it."""
+    if tune and out.is_dir() and [entry.name for entry in out.iterdir()] == [TUNE_DIR]:
+        check_writable_dir(out)
+        return
+    check_output_dir(out, force)
+
+
+def _tune_first(board: Target, data: str, out: Path, base: str, channels: int, grid: Optional[str], epochs: int,
+                batch_size: int, limit: Optional[int], seed: int, jobs: Optional[int], backend: str,
+                ray_address: Optional[str], patch: str, max_extra_macs: float, force: bool, train_set: Dataset,
+                quiet: bool) -> Coefficients:
+    """`tune` on build's training share only (its test split stays unseen), into OUT/tune: the winner."""
+    from tinyscale.commands.tune import TuneOptions, run_tune  # noqa: PLC0415 - tune imports this module
+
+    if not quiet:
+        _err(f"tuning alpha, beta, gamma for {board.name} into {out / TUNE_DIR}")
+    options = TuneOptions(board, data, out / TUNE_DIR, base, channels, grid, epochs, batch_size, limit, seed, jobs,
+                          backend, ray_address, patch, max_extra_macs, force)
+    outcome = run_tune(options, quiet=quiet, dataset=train_set.limit(limit, seed))
+    c = outcome.coefficients
+    if not quiet:
+        _err(f"tuned: alpha {c.alpha:.4f}, beta {c.beta:.4f}, gamma {c.gamma:.4f} (int8 "
+             f"{100 * outcome.best['int8_accuracy']:.2f}% on tune's validation share); building with them")
+    return c
 
 
 def _patch_conversion(flatbuffer: bytes, fitted: dict[str, Any], max_extra_macs: float, stage: Path,
