@@ -167,3 +167,23 @@ def test_cmsis_nn_scratch_requests_follow_each_cores_buffer_size_path():
     for cpu, (conv, dw, pw, fc) in expected.items():
         got = tuple(cmsis_nn_scratch_requests(graph, op, cpu) for op in (stem, depthwise, pointwise, dense))
         assert got == (conv, dw, pw, fc), cpu
+
+
+def _lstm_graph(activation: str, state_dimension: int, input_dimension: int = 257):
+    from tinyscale.graph.model import Graph, Operator, Tensor
+
+    tensors = (Tensor("input", (1, 49, input_dimension), activation),
+               Tensor("input_to_input_weights", (state_dimension, input_dimension), "int8", buffer=1),
+               Tensor("output", (1, 49, state_dimension), activation))
+    return Graph(tensors, (Operator("UNIDIRECTIONAL_SEQUENCE_LSTM", (0, 1), (2,)),), (0,), (2,))
+
+
+def test_cmsis_nn_lstm_keeps_eight_kernel_sum_vectors_the_reference_kernel_does_not():
+    from tinyscale.kernels import cmsis_nn_persistent_bytes
+
+    # TFLM's micro_speech_lstm example (state 80): 8 x 80 int32 sums. It ran out of arena on
+    # the Cortex-M55 under QEMU by 1,248 B with the scratch margin alone; dtln (two LSTMs of
+    # state 128: 8,192 B) on every core. Both run with this term added.
+    assert cmsis_nn_persistent_bytes(_lstm_graph("int8", 80)) == 8 * 320
+    assert cmsis_nn_persistent_bytes(_lstm_graph("int8", 81)) == 8 * 336  # each vector 16-aligned
+    assert cmsis_nn_persistent_bytes(_lstm_graph("int16", 80)) == 8 * 640  # int64 sums for int16 activations

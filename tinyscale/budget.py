@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from tinyscale.errors import DoesNotFitError, NotModelledError
 from tinyscale.estimate import arena_plan, device_runtime
-from tinyscale.kernels import (ARENA_ALIGNMENT, align_up, arena_margin_bytes, device_arena_bytes,
+from tinyscale.kernels import (ARENA_ALIGNMENT, align_up, arena_margin_bytes, cmsis_nn_persistent_bytes, device_arena_bytes,
                                extra_kernel_flash_bytes, op_shapes, split_margin)
 from tinyscale.targets import MemoryRegion, Target
 
@@ -184,6 +184,8 @@ def place_model(target: Target, model: "Model", model_bytes: int, host_arena_byt
     device = device_arena(model, target)
     if device is None:
         margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
+        if target.kernel_library == "cmsis-nn":
+            margin += cmsis_nn_persistent_bytes(model.graph)
         return place(target, model_bytes, host_arena_bytes, margin, selftest_bytes, kernel_flash)
     return place(target, model_bytes, host_arena_bytes, 0, selftest_bytes, kernel_flash, device=device)
 

@@ -36,7 +36,8 @@ CMSIS_NN_CH_IN_BLOCK_MVE = 124
 MARGIN_NOTE = (
     "arena = align16(host minimum + margin); margin = largest optimized-kernel scratch buffer of any "
     "operator (CMSIS-NN: its DSP buffer-size formulas, its MVE ones on the M55/M85; ESP-NN on the S3: its esp32s3 get_*_scratch_size "
-    "formulas; ESP-NN's ANSI kernels on ESP32/C3: none) + 256 B slack; the 32-bit MCU needs less than the "
+    "formulas; ESP-NN's ANSI kernels on ESP32/C3: none) + what CMSIS-NN's kernels keep beyond the reference "
+    "kernels' persistent data (its LSTM's eight kernel-sum vectors) + 256 B slack; the 32-bit MCU needs less than the "
     "64-bit host for TFLM's structs, kept as slack (the rule where no 32-bit replay of the build exists)"
 )
 
@@ -126,6 +127,26 @@ def arena_margin_bytes(ops: Iterable[OpShapes], kernel_library: str, cpu: str = 
     else:
         scratch = 0
     return scratch + ARENA_SLACK_BYTES
+
+
+# CMSIS-NN's UNIDIRECTIONAL_SEQUENCE_LSTM Prepare (TFLM kernels/cmsis_nn/unidirectional_sequence_lstm.cc,
+# CMSIS_NN_PortOpData) allocates eight persistent kernel-sum vectors of state_dimension
+# biases (int32 for int8 activations, int64 for int16), each 16-aligned, that the reference
+# kernel never allocates; its scratch buffers are the reference kernel's. Found under QEMU:
+# TFLM's micro_speech_lstm and dtln examples ran out of arena with the scratch margin alone.
+CMSIS_NN_LSTM_KERNEL_SUMS = 8
+
+
+def cmsis_nn_persistent_bytes(graph: "Graph") -> int:
+    """Persistent arena CMSIS-NN's kernels take beyond the reference kernels', over every operator."""
+    total = 0
+    for op in graph.operators:
+        if op.kind != "UNIDIRECTIONAL_SEQUENCE_LSTM" or len(op.inputs) < 2 or min(op.inputs[:2]) < 0:
+            continue
+        state_dimension = graph.tensors[op.inputs[1]].shape[0]  # input-to-input weights: [state, input]
+        bias_bytes = 8 if graph.tensors[op.inputs[0]].dtype == "int16" else 4
+        total += CMSIS_NN_LSTM_KERNEL_SUMS * align_up(state_dimension * bias_bytes, ARENA_ALIGNMENT)
+    return total
 
 
 def split_margin(margin_bytes: int) -> tuple[int, int]:
