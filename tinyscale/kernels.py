@@ -141,9 +141,12 @@ def cmsis_nn_persistent_bytes(graph: "Graph") -> int:
     """Persistent arena CMSIS-NN's kernels take beyond the reference kernels', over every operator."""
     total = 0
     for op in graph.operators:
-        if op.kind != "UNIDIRECTIONAL_SEQUENCE_LSTM" or len(op.inputs) < 2 or min(op.inputs[:2]) < 0:
+        # Inputs 1-4 are the input-to-{input, forget, cell, output} weights, [state, input];
+        # a CIFG LSTM has no input gate (input 1 is -1).
+        weights = [t for t in op.inputs[1:5] if t >= 0] if op.kind == "UNIDIRECTIONAL_SEQUENCE_LSTM" else []
+        if not weights or op.inputs[0] < 0:
             continue
-        state_dimension = graph.tensors[op.inputs[1]].shape[0]  # input-to-input weights: [state, input]
+        state_dimension = graph.tensors[weights[0]].shape[0]
         bias_bytes = 8 if graph.tensors[op.inputs[0]].dtype == "int16" else 4
         total += CMSIS_NN_LSTM_KERNEL_SUMS * align_up(state_dimension * bias_bytes, ARENA_ALIGNMENT)
     return total
