@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tinyscale import firmware
@@ -187,3 +189,6 @@ def test_cmsis_nn_lstm_keeps_eight_kernel_sum_vectors_the_reference_kernel_does_
     assert cmsis_nn_persistent_bytes(_lstm_graph("int8", 80)) == 8 * 320
     assert cmsis_nn_persistent_bytes(_lstm_graph("int8", 81)) == 8 * 336  # each vector 16-aligned
     assert cmsis_nn_persistent_bytes(_lstm_graph("int16", 80)) == 8 * 640  # int64 sums for int16 activations
+    graph = _lstm_graph("int8", 80)
+    cifg = replace(graph, operators=(replace(graph.operators[0], inputs=(0, -1, 1)),))  # no input gate
+    assert cmsis_nn_persistent_bytes(cifg) == 8 * 320
