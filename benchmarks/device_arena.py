@@ -7,7 +7,7 @@ markdown row per (core, kernels, model):
 
     python benchmarks/device_arena.py                      # table from the stored figures
     python benchmarks/device_arena.py --measure \\
-        --tflm-dir /work/tflm --work /work/tflm/builds-arena   # re-measure, then the table
+        --tflm-dir TFLM_DIR --work BUILD_DIR   # re-measure, then the table
 
 --measure renders each model's mps2/mps3 project, builds it against the TFLM
 trees (TFLM_ROOT-style trees per core, found under --tflm-dir as tree-<core>-<kind>,
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA_FILE = REPO / "tests" / "data" / "device_arena_measurements.json"
 TINY_MODEL = REPO / "tests" / "golden" / "tiny.tflite"
 PERSON_DETECT = "tensorflow/lite/micro/models/person_detect.tflite"
-# tflite-micro commit the trees were made from (/work/tflm/README.txt).
+# tflite-micro commit the measured trees were made from (create_tflm_tree.py at this commit).
 TFLM_COMMIT = "90b983c2b3f1480642e040bbd2ddb37b998f3424"
 # (board, cpu, tree-directory core name) of every QEMU-emulated core.
 BOARDS = (("mps2-an386", "cortex-m4", "m4"), ("mps2-an500", "cortex-m7", "m7"),
@@ -215,17 +216,24 @@ def table(rows: list[dict], tflm_source: Path | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--measure", action="store_true", help="re-measure under QEMU and rewrite the data file")
-    parser.add_argument("--tflm-dir", type=Path, default=Path("/work/tflm"), help="holds src/ and tree-*/")
+    parser.add_argument("--tflm-dir", type=Path, default=None,
+                        help="holds src/ (a tflite-micro checkout) and tree-*/ (create_tflm_tree.py trees); "
+                             "needed by --measure")
     parser.add_argument("--models", type=Path, default=Path("/tmp/tinyscale-device-arena-models"),
                         help="where the converted models are kept")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tinyscale-device-arena"), help="build directories")
     parser.add_argument("--board", action="append", default=[], help="measure only this QEMU board (repeatable)")
     args = parser.parse_args(argv)
+    if args.measure and args.tflm_dir is None:
+        parser.error("--measure needs --tflm-dir")
+    # person_detect comes from a tflite-micro checkout: --tflm-dir's src/, else $TFLM_SOURCE (as the tests).
+    source = args.tflm_dir / "src" if args.tflm_dir else (Path(os.environ["TFLM_SOURCE"])
+                                                          if os.environ.get("TFLM_SOURCE") else None)
     if args.measure:
-        models = build_models(args.models, args.tflm_dir / "src")
+        models = build_models(args.models, source)
         fresh = measure_all(models, args.tflm_dir, args.work, args.board)
         write_rows(annotate(merge_rows(stored_rows(), fresh), recipes(args.models)))
-    print(table(stored_rows(), args.tflm_dir / "src"))
+    print(table(stored_rows(), source))
     return 0
 
 

@@ -6,9 +6,9 @@ CMake project) and reads the constants back from the assembly, so the sizes
 are the compiler's, not read off by eye. The figures in tinyscale/tflm_abi.py
 come from this script:
 
-    python benchmarks/tflm_struct_sizes.py --tflm /work/tflm/tree-cmsis            # arm-none-eabi, Cortex-M4
-    python benchmarks/tflm_struct_sizes.py --tflm /work/tflm/tree-m55-cmsis --cpu cortex-m55
-    python benchmarks/tflm_struct_sizes.py --tflm /work/tflm/src --host             # x86-64 g++, compression on
+    python benchmarks/tflm_struct_sizes.py --tflm TREE_M4_CMSIS        # arm-none-eabi, Cortex-M4
+    python benchmarks/tflm_struct_sizes.py --tflm TREE_M55_CMSIS --cpu cortex-m55
+    python benchmarks/tflm_struct_sizes.py --tflm TFLM_SOURCE --host  # x86-64 g++, compression on
 
 Each probe prints (name, sizeof, alignof). A kernel's Init struct lives in an
 anonymous namespace of its .cc, so the probe includes the .cc itself.
