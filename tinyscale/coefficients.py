@@ -31,6 +31,7 @@ from typing import Any
 from tinyscale.errors import UsageError
 from tinyscale.fsutil import atomic_write_text
 from tinyscale.scaling import Coefficients
+from tinyscale.targets import read_toml_file
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +103,7 @@ def parse_coefficients(data: dict[str, Any], source: str) -> CoefficientsFile:
 
 def load_coefficients(path: Path) -> CoefficientsFile:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read coefficients file {path}: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path} is not valid TOML: {exc}") from None
-    return parse_coefficients(data, str(path))
+    return parse_coefficients(read_toml_file(path, "coefficients file", UsageError), str(path))
 
 
 def _toml_value(value: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 from tinyscale.chips import BUILD_SYSTEM_CPUS, CPU_FPUS, KERNEL_LIBRARY_CPUS, chip_families, find_chip
 from tinyscale.clocks import check_target_clock
-from tinyscale.errors import TargetError
+from tinyscale.errors import TargetError, TinyscaleError
 from tinyscale.resources import data_dir
 
 KERNEL_LIBRARIES = ("cmsis-nn", "esp-nn", "reference")
@@ -347,7 +347,7 @@ def parse_target(data: dict[str, Any], source: str = "<target>", path: Path | No
     )
 
 
-def read_toml_file(path: Path, what: str = "target file", error: type[TargetError] = TargetError) -> dict[str, Any]:
+def read_toml_file(path: Path, what: str = "target file", error: type[TinyscaleError] = TargetError) -> dict[str, Any]:
     """A data file's TOML table; `error` (one line naming the file) when unreadable or not TOML."""
     try:
         text = path.read_text(encoding="utf-8")
