@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -401,8 +401,7 @@ class FirmwareOptions:
 class FirmwareResult:
     out_dir: Path
     context: ProjectContext
-    files: tuple[str, ...] = field(default_factory=tuple)
-    changes: TreeChanges | None = None
+    changes: TreeChanges
 
 
 # ---------------------------------------------------------------------------
@@ -1179,4 +1178,4 @@ def generate_firmware(model: bytes, options: FirmwareOptions) -> FirmwareResult:
     context = build_context(model, options)
     changes = write_project(context, Path(options.out_dir), options.force, options.overwrite_edits)
     log.info("wrote %d files to %s", len(changes.written), options.out_dir)
-    return FirmwareResult(Path(options.out_dir), context, changes.written, changes)
+    return FirmwareResult(Path(options.out_dir), context, changes)

@@ -38,7 +38,7 @@ def _result_dict(result) -> dict:
 def _result_line(result) -> str:
     context = result.context
     summary = (
-        f"wrote {plural(len(result.files), 'file')} to {result.out_dir} ({context.build_system}, "
+        f"wrote {plural(len(result.changes.written), 'file')} to {result.out_dir} ({context.build_system}, "
         f"{plural(len(context.operators), 'op')}, "
         f"arena {context.arena.arena_bytes:,} B in {context.arena.region}, "
         f"flash {context.predicted_flash_bytes:,} of {context.placement.flash_budget_bytes:,} B); "
