@@ -274,3 +274,18 @@ def test_scale_checks_the_phi_fit_prints_the_way_fit_does():
     assert scaled["sram_needed_bytes"] == fitted["sram_needed_bytes"]
     unpatched = runner.invoke(app, ["scale", "--phi", phi, "--target", "esp32", "--patch", "off"])
     assert unpatched.exit_code == 3
+
+
+@pytest.mark.parametrize("base, phi, channels", [("tiny", -2.0, 1), ("efficientnet-lite0", -8.0, 3),
+                                                 ("efficientnet-b0", -6.5, 1)])
+def test_unpatched_size_is_a_lower_bound_of_every_patched_file(base, phi, channels):
+    """fit --patch auto drops a schedule without writing it when even the unpatched size breaks flash."""
+    from tinyscale.arch import scale
+    from tinyscale.estimate import flatbuffer_bytes
+    from tinyscale.patch_fit import ranked_schedules
+
+    spec = scale(base, phi, channels=channels).spec
+    unpatched = flatbuffer_bytes(tflite_graph(spec))
+    ranked = ranked_schedules(spec, 0.3)
+    assert ranked
+    assert all(schedule.memory.model_bytes > unpatched for schedule in ranked)

@@ -545,7 +545,7 @@ def flatbuffer_bytes(model: Model) -> int:
 
     This is the converter's C++ layout (4-aligned weights, deduplicated
     vtables); tinyscale's own writer lays out differently (16-aligned
-    buffers): :func:`written_bytes` sizes that.
+    buffers): size that by writing it (:func:`tinyscale.graph.flatbuffer.write_flatbuffer`).
     """
     graph = model.graph
     fb = _SizeBuilder()

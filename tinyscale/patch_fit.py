@@ -76,10 +76,12 @@ def patched_estimator(target: Target, unpatched: Estimator, max_extra_macs: floa
         for ranked in ranked_schedules(spec, max_extra_macs):
             if ranked.arena_bytes >= plain.arena_bytes:
                 break
-            # SRAM first, with the unpatched size standing in for flash: writing the
-            # patched file to size it is the slow part, and most probes fail on SRAM.
-            sram_only = Memory(plain.model_bytes, ranked.arena_bytes, ranked.schedule)
-            if placement_for(target, spec, sram_only).sram_fits and placement_for(target, spec, ranked.memory).fits:
+            # The unpatched size stands in for flash first: writing the patched file to
+            # size it is the slow part. It is a lower bound (the patched file adds
+            # operators and tensors, shares every weight), so a schedule that breaks
+            # SRAM, or flash even at that size, is dropped without writing it.
+            bound = placement_for(target, spec, Memory(plain.model_bytes, ranked.arena_bytes, ranked.schedule))
+            if bound.fits and placement_for(target, spec, ranked.memory).fits:
                 return ranked.memory
             best = best or ranked
         return best.memory if best else plain
