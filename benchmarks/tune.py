@@ -7,8 +7,10 @@
 
 speed: the same tune run (Fashion-MNIST, fresh output folder each time) with
 each backend:jobs pair; prints wall seconds, the sum of the trials' own seconds,
-the speed-up over the same backend with one worker and Ray's time relative to
-the local pool's, and checks that every configuration printed the same table
+the speed-up over the same backend with one worker, its bound (N workers x one
+worker's trial seconds / these trial seconds: each trial runs with fewer threads
+when N share the cores, so this is what N workers gain with nothing serial and
+perfect packing), Ray's time relative to the local pool's, and checks that every configuration printed the same table
 (seconds aside). Goal (issue 11): >= 1.8x with 2 workers; Ray within 10% of local.
 
 accuracy: per target, `tune` on Fashion-MNIST's training split, then `build`
@@ -69,8 +71,10 @@ def speed(args: argparse.Namespace, root: Path) -> None:
     print(f"tune wall time: {args.target}, base {args.base}, grid {args.grid}, Fashion-MNIST limit {args.limit}, "
           f"{args.epochs} epoch(s), {os.cpu_count()} cores; load average before: "
           f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"{'backend':8} {'jobs':>4} {'trials':>6} {'wall s':>8} {'trial s':>8} {'speed-up':>8} {'vs local':>8}  table")
+    print(f"{'backend':8} {'jobs':>4} {'trials':>6} {'wall s':>8} {'trial s':>8} {'speed-up':>8} {'bound':>8} "
+          f"{'vs local':>8}  table")
     results: dict[tuple[str, int], tuple[float, list[dict]]] = {}
+    trial_sums: dict[tuple[str, int], float] = {}
     for config in args.configs:
         backend, jobs = config.split(":")
         out = root / f"{backend}-{jobs}"
@@ -83,13 +87,18 @@ def speed(args: argparse.Namespace, root: Path) -> None:
         results[(backend, int(jobs))] = (wall, rows)
         first = next(iter(results.values()))[1]
         trial_seconds = sum({r["trial"]: r["seconds"] or 0 for r in rows if r.get("trial")}.values())
+        trial_sums[(backend, int(jobs))] = trial_seconds
         single = results.get((backend, 1))
         local = results.get(("local", int(jobs)))
+        # What N workers could gain at best: N trials at a time, each as slow as it ran here
+        # (fewer threads each), against one worker's trials with all the cores, nothing serial.
+        lone = trial_sums.get((backend, 1))
+        bound = int(jobs) * lone / trial_seconds if lone and trial_seconds else float("nan")
         # Same seeds and threads per trial: the same table. Another --jobs gives each trial other
         # thread counts, which may change the last digits; compare with the local run of the same --jobs.
         reference = (local or (wall, rows))[1]
         print(f"{backend:8} {jobs:>4} {summary['trained']:>6} {wall:>8.1f} {trial_seconds:>8.1f} "
-              f"{(single[0] / wall if single else float('nan')):>7.2f}x "
+              f"{(single[0] / wall if single else float('nan')):>7.2f}x {bound:>7.2f}x "
               f"{(wall / local[0] if local and backend != 'local' else float('nan')):>7.2f}x  "
               f"{'same as local' if comparable(rows) == comparable(reference) else 'DIFFERS from local'}"
               f" (same jobs), {'same' if comparable(rows) == comparable(first) else 'differs'} vs the first",
