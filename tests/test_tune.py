@@ -147,6 +147,24 @@ def test_identical_networks_are_planned_once_and_nothing_fitting_is_one_error(sy
         plan(candidates(GRID), settings, fit_candidate(synthetic_target(2_000, 1_000)))
 
 
+def test_a_candidate_whose_smallest_network_does_not_fit_is_a_row_with_the_fitters_reason(tmp_path):
+    from tinyscale.errors import NothingFitsError
+    from tinyscale.targets import load_target
+
+    board = load_target(str(small_board(tmp_path / "b.toml")))
+    settings = TuneSettings(board.name, "data.npz", "tiny", classes=3, channels=1)
+    grid = candidates(GRID)
+
+    def fit_candidate(c):
+        if c == grid[-1]:
+            raise NothingFitsError("nothing fits: the smallest tiny network needs flash 9 B > 1 B", {})
+        return fit(FitRequest(board, "tiny", 3, 1, c), verify=False, patch="off")
+
+    planned, _ = plan(grid, settings, fit_candidate)
+    assert planned[-1].error == "nothing fits: the smallest tiny network needs flash 9 B > 1 B"  # said once
+    assert planned[-1].key is None and planned[0].error is None
+
+
 def test_a_failed_trial_is_a_row_and_the_winner_is_the_best_of_the_others():
     fitted = {"phi": 0.5, "resolution": 32, "blocks": 4, "params": 10, "macs": 100, "model_bytes": 1000,
               "arena_bytes": 500, "flash_utilisation": 0.5, "sram_utilisation": 0.9, "binding": "sram"}

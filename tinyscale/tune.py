@@ -122,7 +122,7 @@ def plan(coefficients: Iterable[Coefficients], settings: TuneSettings, fit_candi
         try:
             result = fit_candidate(value)
         except NothingFitsError as exc:
-            candidate.error = f"nothing fits: {exc}"
+            candidate.error = str(exc)  # NothingFitsError's message starts "nothing fits: "
             continue
         candidate.fit = result.to_dict()
         network = result.network
