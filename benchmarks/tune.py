@@ -10,8 +10,8 @@ each backend:jobs pair; prints wall seconds, the sum of the trials' own seconds,
 the speed-up over the same backend with one worker, its bound (N workers x one
 worker's trial seconds / these trial seconds: each trial runs with fewer threads
 when N share the cores, so this is what N workers gain with nothing serial and
-perfect packing), Ray's time relative to the local pool's, and checks that every configuration printed the same table
-(seconds aside). Goal (issue 11): >= 1.8x with 2 workers; Ray within 10% of local.
+perfect packing), Ray's time relative to the local pool's, and checks that
+every configuration printed the same table (seconds aside). Goal (issue 11): >= 1.8x with 2 workers; Ray within 10% of local.
 
 accuracy: per target, `tune` on Fashion-MNIST's training split, then `build`
 with the full schedule of benchmarks/fashion_mnist_accuracy.py (up to 30
