@@ -23,6 +23,8 @@ builds the paper's and the winner only (the rank agreement is then whether the
 proxy's order of those two holds). Goal (issue 11): tuned beats the paper's by
 >= 1.0 point on at least one board, and is not worse on the other beyond seed noise.
 Hours on a 2-core machine; `--limit`, `--epochs` and `--seeds` make a reduced run.
+Rerun with the same `--out` to resume: the tune skips its finished trials, and
+a final build whose folder holds the report of the same command is reused.
 """
 
 from __future__ import annotations
@@ -130,6 +132,21 @@ def build_command(args: argparse.Namespace, target: str, out: Path, row: dict, s
     return command
 
 
+FINISHED = "benchmark_command.json"  # beside a final build's report.json: the command that made it
+
+
+def final_build(command: list[str], out: Path, log: Path) -> dict | None:
+    """A final build's report: reused when `out` holds one made by this very command (a rerun with
+    the same --out resumes: each build is hours), else built now."""
+    finished, report = out / FINISHED, out / "report.json"
+    if finished.is_file() and report.is_file() and json.loads(finished.read_text()) == command:
+        return json.loads(report.read_text())  # what `build --json` printed for it
+    built, _, _ = run_json(command, log)
+    if built is not None:
+        finished.write_text(json.dumps(command))
+    return built
+
+
 def accuracy(args: argparse.Namespace, root: Path) -> None:
     print(f"tuned vs paper coefficients: base {args.base}, tune grid {args.grid} ({args.tune_epochs} epoch(s), "
           f"limit {args.tune_limit}), final builds {args.epochs} epochs"
@@ -153,7 +170,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
             scores = []
             for seed in args.seeds:
                 out = root / f"{target}-c{r['candidate']}-s{seed}"
-                built, _, last = run_json(build_command(args, target, out, r, seed), root / f"{out.name}.log")
+                built = final_build(build_command(args, target, out, r, seed), out, root / f"{out.name}.log")
                 scores.append(None if built is None else built["int8_accuracy"])
             valid = [s for s in scores if s is not None]
             mean = statistics.mean(valid) if valid else None
