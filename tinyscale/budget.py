@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from tinyscale.errors import DoesNotFitError, NotModelledError
 from tinyscale.estimate import arena_plan, device_runtime
-from tinyscale.kernels import (ARENA_ALIGNMENT, align_up, arena_margin_bytes, cmsis_nn_persistent_bytes, device_arena_bytes,
-                               extra_kernel_flash_bytes, op_shapes, split_margin)
+from tinyscale.kernels import (ARENA_ALIGNMENT, OpShapes, align_up, arena_margin_bytes, cmsis_nn_persistent_bytes,
+                               device_arena_bytes, extra_kernel_flash_bytes, op_shapes, split_margin)
 from tinyscale.targets import MemoryRegion, Target
 
 if TYPE_CHECKING:
@@ -179,13 +179,19 @@ def place_model(target: Target, model: "Model", model_bytes: int, host_arena_byt
     target: align16(its minimum + DEVICE_ARENA_SLACK_BYTES). Otherwise the host
     figure plus the kernel library's margin (largest scratch buffer + slack).
     """
-    shapes = op_shapes(model.graph)
+    persistent = cmsis_nn_persistent_bytes(model.graph) if target.kernel_library == "cmsis-nn" else 0
+    return place_by_rule(target, model_bytes, host_arena_bytes, tuple(op_shapes(model.graph)),
+                         device_arena(model, target), selftest_bytes, persistent)
+
+
+def place_by_rule(target: Target, model_bytes: int, host_arena_bytes: int, shapes: tuple[OpShapes, ...],
+                  device: DeviceArena | None, selftest_bytes: int = 0, persistent_bytes: int = 0) -> Placement:
+    """:func:`place_model`'s rule once the model's operator shapes and 32-bit arena are known
+    (fit passes them memoised per spec): the device arena when there is one, else the host
+    figure plus the kernel library's margin and `persistent_bytes` (CMSIS-NN's LSTM sums)."""
     kernel_flash = extra_kernel_flash_bytes(shapes)
-    device = device_arena(model, target)
     if device is None:
-        margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
-        if target.kernel_library == "cmsis-nn":
-            margin += cmsis_nn_persistent_bytes(model.graph)
+        margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu) + persistent_bytes
         return place(target, model_bytes, host_arena_bytes, margin, selftest_bytes, kernel_flash)
     return place(target, model_bytes, host_arena_bytes, 0, selftest_bytes, kernel_flash, device=device)
 

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Callable
 
 from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
-from tinyscale.budget import DeviceArena, Placement, device_arena, place, selftest_flash_bytes
+from tinyscale.budget import DeviceArena, Placement, device_arena, place_by_rule, selftest_flash_bytes
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.graph.model import Model
 from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS
-from tinyscale.kernels import OpShapes, arena_margin_bytes, extra_kernel_flash_bytes, op_shapes
+from tinyscale.kernels import OpShapes, op_shapes
 from tinyscale.latency import LatencyEstimate, cost_table, no_model_reason, predict
 from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients, format_phi
@@ -142,15 +142,12 @@ def placement_for(target: Target, spec: NetworkSpec, memory: Memory) -> Placemen
     patched = schedule.patched and schedule.model is not None
     shapes = (schedule.operator_shapes if schedule.patched else None) or _operator_shapes(spec)
     selftest = selftest_flash_bytes(spec.input_shape, spec.classes)
-    kernel_flash = extra_kernel_flash_bytes(shapes)
     if schedule.patched and not patched:
         device = None  # a schedule without its graph: the host rule
     else:
         device = device_arena(schedule.model, target) if patched else _device_arena(spec, target)
-    if device is None:
-        margin = arena_margin_bytes(shapes, target.kernel_library, target.cpu)
-        return place(target, memory.model_bytes, memory.arena_bytes, margin, selftest, kernel_flash)
-    return place(target, memory.model_bytes, memory.arena_bytes, 0, selftest, kernel_flash, device=device)
+    # No CMSIS-NN LSTM sums: tinyscale's networks have no LSTM.
+    return place_by_rule(target, memory.model_bytes, memory.arena_bytes, tuple(shapes), device, selftest)
 
 
 def latency_for(target: Target, spec: NetworkSpec, memory: Memory) -> LatencyEstimate | None:
