@@ -100,3 +100,19 @@ def quantized_model(kind: str, per_channel_dense: bool | None = None) -> bytes:
         if io != "float":
             converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
         return bytes(converter.convert())
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _checkpoints_in_a_temporary_folder(tmp_path_factory):
+    """Training checkpoints (train, build) go under the test session's temp folder, not ~/.cache."""
+    import os
+
+    from tinyscale.train_checkpoint import CHECKPOINT_DIR_VARIABLE
+
+    previous = os.environ.get(CHECKPOINT_DIR_VARIABLE)
+    os.environ[CHECKPOINT_DIR_VARIABLE] = str(tmp_path_factory.mktemp("checkpoints"))
+    yield
+    if previous is None:
+        os.environ.pop(CHECKPOINT_DIR_VARIABLE, None)
+    else:
+        os.environ[CHECKPOINT_DIR_VARIABLE] = previous

@@ -119,6 +119,62 @@ def test_train_refuses_to_clobber(trained):
     assert (out / "model.keras").read_bytes() == before
 
 
+def _interrupt_after_epoch(monkeypatch, epoch: int) -> None:
+    """Ctrl-C right after `epoch` (1-based) ends, as a user would press it."""
+    from tinyscale.commands import pipeline
+
+    real = pipeline._epoch_status
+
+    def status_then_interrupt(report):
+        if not report.partial and report.epoch == epoch:
+            raise KeyboardInterrupt
+        return real(report)
+
+    monkeypatch.setattr(pipeline, "_epoch_status", status_then_interrupt)
+
+
+def interrupted_line(result) -> str:
+    """The error line an interrupted run ends with (the epoch lines before it are progress)."""
+    assert result.exit_code == 130 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+    return errors[0]
+
+
+def test_an_interrupted_train_resumes_when_the_same_command_runs_again(workdir, trained, monkeypatch):
+    data, out = trained[0], workdir / "resumed"
+    command = ("train", "--data", data, "--base", "tiny", "--phi", "0", "--epochs", "3", "--batch-size", "16",
+               "--seed", "3", "-o", out)
+    with monkeypatch.context() as patched:
+        _interrupt_after_epoch(patched, 2)
+        interrupted = invoke(*command)
+    line = interrupted_line(interrupted)
+    assert line.startswith("error: interrupted; training is saved after epoch 2/3 in "), line
+    assert not (out / "model.keras").exists()
+    saved = Path(line.split(" in ", 1)[1].split(": the same command")[0])
+    assert (saved / "state.json").is_file()
+    resumed = invoke(*command)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming the interrupted training after epoch 2/3" in resumed.stderr
+    assert "epoch 1/3" not in resumed.stderr and "epoch 3/3" in resumed.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert history["epochs_run"] == 3 and history["resumed_at_epochs"] == [3]
+    assert not saved.exists()  # a finished run leaves no checkpoint behind
+
+
+def test_train_no_resume_starts_over(workdir, trained, monkeypatch):
+    data, out = trained[0], workdir / "restarted"
+    command = ("train", "--data", data, "--base", "tiny", "--phi", "0", "--epochs", "2", "--batch-size", "16",
+               "-o", out)
+    with monkeypatch.context() as patched:
+        _interrupt_after_epoch(patched, 1)
+        assert "training is saved after epoch 1/2" in interrupted_line(invoke(*command))
+    restarted = invoke(*command, "--no-resume")
+    assert restarted.exit_code == 0, restarted.output
+    assert "resuming" not in restarted.stderr and "epoch 1/2" in restarted.stderr
+    assert json.loads((out / "history.json").read_text())["resumed_at_epochs"] == []
+
+
 def test_train_needs_exactly_one_network_source(workdir, trained):
     data = trained[0]
     one_line_error(invoke("train", "--data", data, "-o", workdir / "x"), 2, "exactly one of")
@@ -409,6 +465,41 @@ def test_build_failing_after_training_keeps_the_trained_model(workdir, trained, 
     assert not out.exists()  # the output itself is never half-written
     assert {p.name for p in kept.iterdir()} >= {"fit.json", "model.keras", "history.json"}
     assert not [p for p in workdir.iterdir() if p.name.startswith(".aborted.")]
+
+
+def test_an_interrupted_build_resumes_its_training(workdir, trained, monkeypatch):
+    out = workdir / "build-resumed"
+    command = ("build", "--target", small_target(workdir / "small-board.toml"), "--data", trained[0], "--base",
+               "tiny", "--epochs", "2", "--calibration-samples", "16", "-o", out)
+    with monkeypatch.context() as patched:
+        _interrupt_after_epoch(patched, 1)
+        assert "training is saved after epoch 1/2" in interrupted_line(invoke(*command))
+    assert not out.exists() and not [p for p in workdir.iterdir() if p.name.startswith(".build-resumed.")]
+    resumed = invoke(*command)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming the interrupted training after epoch 1/2" in resumed.stderr
+    assert json.loads((out / "report.json").read_text())["resumed_at_epochs"] == [2]
+
+
+def test_a_build_that_failed_after_training_reruns_without_training_again(workdir, trained, monkeypatch):
+    from tinyscale.commands import pipeline
+    from tinyscale.errors import MeasurementError
+
+    with monkeypatch.context() as patched:
+        out, failed = build_failing(patched, pipeline, "_simulation", MeasurementError("worker died"), workdir,
+                                    trained, "rebuilt")
+    assert failed.exit_code == 1
+    def no_epoch_may_run(report):
+        raise AssertionError(f"epoch {report.epoch} ran again")
+
+    monkeypatch.setattr(pipeline, "_epoch_status", no_epoch_may_run)
+    target = small_target(workdir / "small-board.toml")
+    rebuilt = invoke("build", "--target", target, "--data", trained[0], "--base", "tiny", "--epochs", "1",
+                     "--calibration-samples", "16", "-o", out)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "resuming the interrupted training after epoch 1/1" in rebuilt.stderr
+    kept = json.loads((workdir / "rebuilt.failed" / "history.json").read_text())
+    assert json.loads((out / "history.json").read_text())["history"] == kept["history"]
 
 
 def test_build_for_a_board_the_templates_cannot_serve_fails_before_training(workdir, trained):

@@ -11,8 +11,8 @@ import pytest
 from tinyscale import arch
 from tinyscale.data import Dataset
 from tinyscale.errors import DataError, OutputExistsError, UsageError
-from tinyscale.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, early_stopping_start, load_keras_model,
-                             save_training, train_network, training_device)
+from tinyscale.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, checkpoint_for, early_stopping_start,
+                             load_keras_model, save_training, train_network, training_device)
 
 
 def stripes(count: int = 96, size: int = 20, seed: int = 0) -> Dataset:
@@ -127,3 +127,79 @@ def test_save_writes_both_files_and_refuses_to_clobber(trained, tmp_path):
         save_training(result, tmp_path, {"data": "other"})
     assert model_path.read_bytes() == before
     assert json.loads(history_path.read_text())["data"] == "stripes"
+
+
+# ---------------------------------------------------------------------------
+# Resuming an interrupted training
+
+RESUMABLE = TrainConfig(epochs=4, batch_size=32, augment=False, patience=1, seed=7)
+
+
+def _interrupt_at(epoch: int):
+    def progress(report) -> None:
+        if not report.partial and report.epoch == epoch:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def _interrupted(checkpoint, epoch: int = 2) -> None:
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        train_network(NETWORK, stripes(), RESUMABLE, progress=_interrupt_at(epoch), checkpoint=checkpoint)
+    assert interrupted.value.__notes__ == [
+        f"training is saved after epoch {epoch}/4 in {checkpoint.directory}: the same command resumes it"]
+
+
+def test_an_interrupted_training_resumes_after_its_last_saved_epoch(tmp_path):
+    checkpoint = checkpoint_for(tmp_path / "run", NETWORK, stripes(), RESUMABLE)
+    _interrupted(checkpoint, epoch=2)
+    assert checkpoint.completed_epochs() == 2
+    # One epoch's weights on disk, not one file per epoch.
+    assert sorted(p.name for p in checkpoint.directory.iterdir()) == ["epoch-2.weights.h5", "run.json", "state.json"]
+    resumed = train_network(NETWORK, stripes(), RESUMABLE, checkpoint=checkpoint)
+    uninterrupted = train_network(NETWORK, stripes(), RESUMABLE)
+    assert resumed.epochs_run == uninterrupted.epochs_run == 4
+    assert resumed.resumed_at == (3,) and uninterrupted.resumed_at == ()
+    # The saved epochs are kept as they ran; the optimizer's step count (the cosine schedule's
+    # position) came back with the weights.
+    assert resumed.history["loss"][:2] == uninterrupted.history["loss"][:2]
+    steps = int(resumed.model.optimizer.iterations.numpy())
+    assert steps == int(uninterrupted.model.optimizer.iterations.numpy()) == 4 * 3
+    assert resumed.val_accuracy == resumed.history["val_accuracy"][resumed.best_epoch - 1]
+    assert resumed.summary()["resumed_at_epochs"] == [3]
+
+
+def test_a_training_interrupted_after_its_last_epoch_restores_its_best_weights_without_training(tmp_path):
+    checkpoint = checkpoint_for(tmp_path / "run", NETWORK, stripes(), RESUMABLE)
+    first = train_network(NETWORK, stripes(), RESUMABLE, checkpoint=checkpoint)  # not discarded: as if killed
+    again = train_network(NETWORK, stripes(), RESUMABLE, checkpoint=checkpoint)
+    assert again.history == first.history and again.best_epoch == first.best_epoch
+    assert again.resumed_at == ()
+    assert all(np.array_equal(a, b) for a, b in zip(again.model.get_weights(), first.model.get_weights()))
+    checkpoint.discard()
+    assert not checkpoint.directory.parent.exists()
+
+
+def test_only_the_same_training_for_the_same_output_shares_a_checkpoint(tmp_path):
+    data = stripes()
+    here = checkpoint_for(tmp_path / "run", NETWORK, data, RESUMABLE).directory
+    assert checkpoint_for(tmp_path / "run", NETWORK, stripes(), RESUMABLE).directory == here
+    others = [
+        checkpoint_for(tmp_path / "other", NETWORK, data, RESUMABLE),
+        checkpoint_for(tmp_path / "run", arch.scale("tiny", 0, classes=3, channels=1),
+                       Dataset(data.x, data.y, ("a", "b", "c"), "stripes"), RESUMABLE),
+        checkpoint_for(tmp_path / "run", NETWORK, stripes(seed=1), RESUMABLE),
+        checkpoint_for(tmp_path / "run", NETWORK, data, TrainConfig(epochs=4, batch_size=32, augment=False,
+                                                                    patience=1, seed=8)),
+    ]
+    assert len({here, *(other.directory for other in others)}) == 5
+    # Runs into one output share its folder: a finished one clears what earlier ones left.
+    assert others[1].directory.parent == here.parent and others[0].directory.parent != here.parent
+
+
+def test_an_unreadable_checkpoint_starts_over(tmp_path):
+    checkpoint = checkpoint_for(tmp_path / "run", NETWORK, stripes(), RESUMABLE)
+    _interrupted(checkpoint, epoch=1)
+    (checkpoint.directory / "epoch-1.weights.h5").unlink()  # the state names a file that is gone
+    assert checkpoint.completed_epochs() == 0
+    assert train_network(NETWORK, stripes(), RESUMABLE, checkpoint=checkpoint).resumed_at == ()

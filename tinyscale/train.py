@@ -26,6 +26,7 @@ from tinyscale.fsutil import (atomic_write_text, file_mode, make_dirs, output_er
                               safe_relative)
 from tinyscale.quiet import quiet_tensorflow
 from tinyscale.scaling import format_phi
+from tinyscale.train_checkpoint import ResumePoint, TrainingCheckpoint, training_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,9 @@ class TrainResult:
     val_accuracy: float
     train_samples: int
     val_samples: int
-    seconds: float
+    seconds: float  # training time, summed over the runs a resumed training took
     config: TrainConfig = field(default_factory=TrainConfig)
+    resumed_at: tuple[int, ...] = ()  # 1-based epochs at which an interrupted training resumed
 
     @property
     def epochs_run(self) -> int:
@@ -131,6 +133,7 @@ class TrainResult:
             "train_samples": self.train_samples,
             "val_samples": self.val_samples,
             "train_seconds": round(self.seconds, 2),
+            "resumed_at_epochs": list(self.resumed_at),
             "config": asdict(self.config),
             "history": self.history,
         }
@@ -239,6 +242,37 @@ class _ProgressCallback:
         self.callback = Callback()
 
 
+class _CheckpointCallback:
+    """Saves the training state after every epoch; hands early stopping its saved state back."""
+
+    def __init__(self, keras, checkpoint: TrainingCheckpoint, stopper: Any, resumed: ResumePoint,
+                 epochs: int) -> None:
+        point = ResumePoint(resumed.epochs_done, {k: list(v) for k, v in resumed.history.items()},
+                            resumed.seconds, list(resumed.resumed_at))
+        started = time.perf_counter()
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                checkpoint.restore_stopper(stopper)  # after EarlyStopping's own reset: it comes first
+
+            def on_epoch_end(self, epoch, logs=None):
+                for key, value in (logs or {}).items():
+                    point.history.setdefault(key, []).append(float(value))
+                point.epochs_done = epoch + 1
+                point.seconds = resumed.seconds + time.perf_counter() - started
+                point.finished = bool(self.model.stop_training) or epoch + 1 >= epochs
+                checkpoint.save(self.model, stopper, epoch + 1, point)
+
+        self.callback = Callback()
+
+
+def checkpoint_for(out: Path, network: ScaledNetwork, dataset: Dataset, config: TrainConfig) -> TrainingCheckpoint:
+    """Where training `network` on `dataset` for output `out` keeps its resumable state."""
+    tf, keras = _import_tensorflow()
+    return training_checkpoint(out, network.spec, dataset, config, f"tensorflow {tf.__version__}, keras "
+                                                                   f"{keras.__version__}")
+
+
 def early_stopping_start(config: TrainConfig) -> int:
     """The first epoch (0-based) early stopping may keep or stop at."""
     return int(config.epochs * EARLY_STOP_START_FRACTION)
@@ -263,8 +297,13 @@ def train_network(
     dataset: Dataset,
     config: TrainConfig | None = None,
     progress: Callable[[EpochReport], None] | None = None,
+    checkpoint: TrainingCheckpoint | None = None,
 ) -> TrainResult:
-    """Train `network` on `dataset` (a validation split is held out); best weights kept."""
+    """Train `network` on `dataset` (a validation split is held out); best weights kept.
+
+    With `checkpoint`, the state is saved after every epoch and a saved state is
+    resumed: the epochs it holds are not run again.
+    """
     config = config or TrainConfig()
     spec = network.spec
     check_classes(dataset, spec.classes, f"the network ({spec.base}, phi={format_phi(network.phi)})")
@@ -291,21 +330,35 @@ def train_network(
     stopper = keras.callbacks.EarlyStopping(monitor=EARLY_STOP_MONITOR, mode="max", patience=config.patience,
                                             start_from_epoch=early_stopping_start(config),
                                             restore_best_weights=True)
+    resumed = (checkpoint.restore(model, stopper) if checkpoint else None) or ResumePoint(0, {}, 0.0)
     callbacks = [stopper]
+    if checkpoint is not None:
+        callbacks.append(_CheckpointCallback(keras, checkpoint, stopper, resumed, config.epochs).callback)
     if progress is not None:
         callbacks.append(_ProgressCallback(keras, config.epochs, steps, progress).callback)
     resolution, channels = spec.resolution, spec.channels
     started = time.perf_counter()
-    fitted = model.fit(
-        _dataset_pipeline(tf, keras, train_set, resolution, channels, config, training=True),
-        validation_data=_dataset_pipeline(tf, keras, val_set, resolution, channels, config, training=False),
-        epochs=config.epochs,
-        callbacks=callbacks,
-        shuffle=False,  # the pipeline shuffles, seeded
-        verbose=0,
-    )
-    seconds = time.perf_counter() - started
-    history = {key: [float(v) for v in values] for key, values in fitted.history.items()}
+    if resumed.finished:  # interrupted after its last epoch: only the best weights are left to restore
+        new_history: dict[str, list] = {}
+        if stopper.best_weights is not None:
+            model.set_weights(stopper.best_weights)
+    else:
+        try:
+            new_history = model.fit(
+                _dataset_pipeline(tf, keras, train_set, resolution, channels, config, training=True),
+                validation_data=_dataset_pipeline(tf, keras, val_set, resolution, channels, config, training=False),
+                epochs=config.epochs,
+                initial_epoch=resumed.epochs_done,
+                callbacks=callbacks,
+                shuffle=False,  # the pipeline shuffles, seeded
+                verbose=0,
+            ).history
+        except BaseException as failure:
+            _note_checkpoint(failure, checkpoint, config.epochs)
+            raise
+    seconds = resumed.seconds + time.perf_counter() - started
+    history = {key: [float(v) for v in [*resumed.history.get(key, []), *new_history.get(key, [])]]
+               for key in {**resumed.history, **new_history}}
     if not history.get("val_loss") or not all(math.isfinite(v) for v in history["loss"]):
         raise TinyscaleError("training diverged (loss is not finite); try a lower --learning-rate")
     best = stopper.best_epoch  # the epoch whose weights were restored (0-based)
@@ -318,7 +371,15 @@ def train_network(
         val_samples=len(val_set),
         seconds=seconds,
         config=config,
+        resumed_at=tuple(resumed.resumed_at),
     )
+
+
+def _note_checkpoint(failure: BaseException, checkpoint: TrainingCheckpoint | None, epochs: int) -> None:
+    done = checkpoint.completed_epochs() if checkpoint else 0
+    if done:
+        failure.add_note(f"training is saved after epoch {done}/{epochs} in {checkpoint.directory}: "
+                         "the same command resumes it")
 
 
 # ---------------------------------------------------------------------------

@@ -88,6 +88,10 @@ DataChannelsOption = Annotated[
 StrictOption = Annotated[
     bool, typer.Option("--strict", help="Refuse an image folder with an unreadable image (default: skip it, warn).")
 ]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume/--no-resume", help="Continue a training this same command left unfinished "
+                       "(interrupted, killed) from its last saved epoch; --no-resume starts it over.")
+]
 CalibrationOption = Annotated[
     int, typer.Option("--calibration-samples", min=1, help="Real training images used to calibrate the int8 ranges.")
 ]
@@ -231,10 +235,24 @@ def _load_data(source: str, split_name: str, limit: Optional[int], seed: int, st
 # train
 
 
-def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
+def _checkpoint(out: Path, network: ScaledNetwork, dataset: Dataset, config, resume: bool):
+    """The training's per-epoch checkpoint for output `out`; --no-resume drops a saved one."""
+    from tinyscale.train import checkpoint_for  # noqa: PLC0415 - imports TensorFlow
+
+    checkpoint = checkpoint_for(out, network, dataset, config)
+    if not resume:
+        checkpoint.forget()
+    return checkpoint
+
+
+def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool, checkpoint=None):
     from tinyscale.train import train_network, training_device  # noqa: PLC0415 - imports TensorFlow
 
     spec = network.spec
+    done = checkpoint.completed_epochs() if checkpoint is not None else 0
+    if done and not quiet:
+        _err(f"resuming the interrupted training after epoch {done}/{config.epochs} (saved in "
+             f"{checkpoint.directory}; --no-resume starts over)")
     if not quiet:
         with status() as progress:
             progress("starting TensorFlow")
@@ -245,7 +263,7 @@ def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
             f"device {device}"
         )
     if quiet:
-        return train_network(network, dataset, config)
+        return train_network(network, dataset, config, checkpoint=checkpoint)
     # Epoch lines scroll by (and go to pipes too); on a terminal a status line below
     # them says which epoch is running, and covers the silent graph tracing first.
     with status() as running:
@@ -255,7 +273,7 @@ def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool):
             _err(report.line())
             running(_epoch_status(report))
 
-        return train_network(network, dataset, config, progress=epoch_line)
+        return train_network(network, dataset, config, progress=epoch_line, checkpoint=checkpoint)
 
 
 def _epoch_status(report) -> str:
@@ -295,6 +313,7 @@ def train(
     limit: LimitOption = None,
     seed: SeedOption = 0,
     strict: StrictOption = False,
+    resume: ResumeOption = True,
     force: ForceOption = False,
     json_output: JsonOption = False,
 ) -> None:
@@ -311,10 +330,12 @@ def train(
         coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, target)
         network, fitted = _choose_network(dataset, fit_file, target, phi, base.value, coefficients, channels,
                                           progress)
-    result = _train(network, dataset, config, quiet=json_output)
+    checkpoint = _checkpoint(out, network, dataset, config, resume)
+    result = _train(network, dataset, config, quiet=json_output, checkpoint=checkpoint)
     metadata = _training_metadata(data, limit, seed, dataset, network, fitted.get("target") if fitted else None)
     inputs = [path for path in (fit_file, Path(data)) if path is not None]
     model_path, history_path, removed = save_training(result, out, metadata, force=force, inputs=inputs)
+    checkpoint.discard()
     summary = {**metadata, **{k: v for k, v in result.summary().items() if k != "history"},
                "model": str(model_path), "history": str(history_path), "removed": list(removed)}
     if json_output:
@@ -737,6 +758,7 @@ def build(
     workers: WorkersOption = None,
     seed: SeedOption = 0,
     strict: StrictOption = False,
+    resume: ResumeOption = True,
     force: ForceOption = False,
     overwrite_edits: Annotated[bool, typer.Option("--overwrite-edits", help="With --force, also replace firmware files you have edited since the last build.")] = False,
     patch: PatchOption = PatchMode("auto"),
@@ -789,10 +811,11 @@ def build(
         fitted = _run_fit(board, base.value, coefficients, train_set.classes, channels, progress, patch.value,
                           max_extra_macs)
     network = _network_from_fit_json(fitted, train_set, Path(f"fit for {board.name}"))
+    checkpoint = _checkpoint(out, network, train_set, config, resume)
     stage = staging_directory(out)
     try:
         atomic_write_text(stage / FIT_FILE, json.dumps(fitted, indent=2) + "\n")
-        trained = _train(network, train_set, config, quiet)
+        trained = _train(network, train_set, config, quiet, checkpoint)
         metadata = _training_metadata(data, limit, seed, train_set, network, board.name)
         save_training(trained, stage, metadata)
         size, model_channels, _ = _model_geometry(trained.model)
@@ -827,6 +850,8 @@ def build(
         kept = keep_failed_directory(stage, out)
         failure.add_note(f"the trained model is kept in {kept / MODEL_FILE}")
         raise
+    # Only now: a build that failed after training resumes at its finished training, in seconds.
+    checkpoint.discard()
     if json_output:
         typer.echo(json.dumps({**summary, **changes.to_dict()}, indent=2))
     else:
@@ -923,6 +948,7 @@ def _build_summary(board: Target, network: ScaledNetwork, trained, report, evalu
         "images_per_second": round(evaluation.images_per_second, 2),
         "epochs_run": trained.epochs_run,
         "train_seconds": round(trained.seconds, 1),
+        "resumed_at_epochs": list(trained.resumed_at),
         **_patch_summary(patched),
         "firmware": firmware_problem is None,
         "firmware_problem": firmware_problem,

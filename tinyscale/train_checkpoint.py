@@ -1,0 +1,201 @@
+"""Resumable training: a run's state after every epoch, so that an interrupted
+`train` or `build` (Ctrl-C, a killed job, a closed laptop lid) continues where
+it stopped when the same command runs again, instead of losing hours.
+
+One folder per run, under the checkpoint root (``$TINYSCALE_CHECKPOINT_DIR``,
+else ``checkpoints/`` in tinyscale's cache folder): ``<output key>/<run key>``.
+The run key hashes everything that decides the training (network, data,
+settings, versions), so a run never resumes another run's weights; the output
+key groups the runs that write to one folder, so a finished run clears the
+checkpoints its folder's earlier runs left.
+
+Each epoch writes ``epoch-N.weights.h5`` (model and optimizer, so the cosine
+schedule continues at its step), early stopping's best weights as
+``best-N.npz``, then ``state.json`` atomically, naming both: a kill at any
+moment leaves the previous epoch's state whole. A resumed run is not
+bit-identical to an uninterrupted one (tf.data's shuffle and the augmentation
+start their random sequences again); the history records where it resumed.
+
+Keras comes in as an argument: this module imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tinyscale import __version__
+from tinyscale.data import Dataset
+from tinyscale.fsutil import atomic_write_text, make_dirs
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR_VARIABLE = "TINYSCALE_CHECKPOINT_DIR"
+CACHE_DIR_VARIABLE = "TINYSCALE_CACHE_DIR"  # the conversion cache's root (tinyscale.convert)
+STATE_FILE = "state.json"
+RUN_FILE = "run.json"  # what the run is, for a person looking into the folder
+# Early stopping's fields that carry from one epoch to the next (keras.callbacks.EarlyStopping).
+STOPPER_FIELDS = ("best", "best_epoch", "wait", "stopped_epoch")
+KEY_CHARS = 16
+
+
+def checkpoint_root() -> Path:
+    configured = os.environ.get(CHECKPOINT_DIR_VARIABLE)
+    if configured:
+        return Path(configured)
+    cache = os.environ.get(CACHE_DIR_VARIABLE)
+    return (Path(cache) if cache else Path.home() / ".cache" / "tinyscale") / "checkpoints"
+
+
+def _digest(*parts: str | bytes | memoryview) -> str:
+    hashed = hashlib.sha256()
+    for part in parts:
+        hashed.update(part.encode() if isinstance(part, str) else part)
+        hashed.update(b"\0")
+    return hashed.hexdigest()
+
+
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """The samples' bytes, labels and class names: another data set (or --limit) is another run."""
+    x, y = np.ascontiguousarray(dataset.x), np.ascontiguousarray(dataset.y)
+    return _digest(repr((x.shape, str(x.dtype), y.shape, str(y.dtype), tuple(dataset.class_names))),
+                   memoryview(x).cast("B"), memoryview(y).cast("B"))
+
+
+@dataclass
+class ResumePoint:
+    """What a checkpoint restores: the epochs done and the history and time they took."""
+
+    epochs_done: int
+    history: dict[str, list[float]]
+    seconds: float
+    resumed_at: list[int] = field(default_factory=list)  # 1-based epochs at which earlier runs resumed
+    finished: bool = False  # early stopping had stopped, or every epoch ran
+
+
+@dataclass
+class TrainingCheckpoint:
+    directory: Path
+    description: dict[str, Any]  # written to run.json
+    # Early stopping's saved fields and best weights, held from restore() until training begins.
+    _stopper_state: tuple[dict[str, Any], list[np.ndarray] | None] | None = field(default=None, repr=False)
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    def _state(self) -> dict[str, Any] | None:
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(state, dict):
+            return None
+        files = [state.get("weights"), state.get("best_weights")]
+        if not all(name is None or (self.directory / name).is_file()
+                                                  for name in files):
+            return None
+        return state
+
+    def completed_epochs(self) -> int:
+        """Epochs a resumed run skips (0: none saved, or the state is unreadable)."""
+        state = self._state()
+        return int(state["epochs_done"]) if state else 0
+
+    def restore(self, model: Any, stopper: Any) -> ResumePoint | None:
+        """Load the saved weights and optimizer into the compiled `model`; the early-stopping
+        state goes to `stopper` when training begins (Keras resets it then)."""
+        state = self._state()
+        if state is None or state["epochs_done"] < 1:
+            return None
+        model.optimizer.build(model.trainable_variables)  # load_weights fills its slots too
+        model.load_weights(self.directory / state["weights"])
+        best = state.get("best_weights")
+        self._stopper_state = (state["stopper"], None if best is None else _load_arrays(self.directory / best))
+        if state["finished"]:
+            self.restore_stopper(stopper)
+        log.info("resuming training after epoch %d from %s", state["epochs_done"], self.directory)
+        resumed_at = state.get("resumed_at", []) + ([] if state["finished"] else [state["epochs_done"] + 1])
+        return ResumePoint(state["epochs_done"], state["history"], state["seconds"], resumed_at, state["finished"])
+
+    def restore_stopper(self, stopper: Any) -> None:
+        if self._stopper_state is None:
+            return
+        fields, best_weights = self._stopper_state
+        for name in STOPPER_FIELDS:
+            setattr(stopper, name, fields[name])
+        stopper.best_weights = best_weights
+
+    def save(self, model: Any, stopper: Any, epoch: int, point: ResumePoint) -> None:
+        """The state after `epoch` (1-based): weights first, then state.json naming them."""
+        make_dirs(self.directory)
+        if not (self.directory / RUN_FILE).exists():
+            atomic_write_text(self.directory / RUN_FILE, json.dumps(self.description, indent=2) + "\n")
+        weights = f"epoch-{epoch}.weights.h5"
+        model.save_weights(self.directory / weights)
+        best = None
+        if stopper.best_weights is not None:
+            best = f"best-{stopper.best_epoch + 1}.npz"
+            if not (self.directory / best).exists():  # the same epoch's best weights never change
+                _save_arrays(self.directory / best, stopper.best_weights)
+        state = {
+            "epochs_done": epoch,
+            "weights": weights,
+            "best_weights": best,
+            "stopper": {name: _plain(getattr(stopper, name)) for name in STOPPER_FIELDS},
+            "history": point.history,
+            "seconds": point.seconds,
+            "resumed_at": point.resumed_at,
+            "finished": point.finished,
+        }
+        atomic_write_text(self.state_path, json.dumps(state) + "\n")
+        for stale in self.directory.iterdir():  # the previous epoch's files, now unreferenced
+            if stale.name not in (STATE_FILE, RUN_FILE, weights, best) and not stale.name.startswith("."):
+                stale.unlink(missing_ok=True)
+
+    def forget(self) -> None:
+        """Start this run over (--no-resume): its saved state goes."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def discard(self) -> None:
+        """After the run's outputs are saved: remove its checkpoint and those of earlier runs into
+        the same output (superseded: the folder now holds this run)."""
+        shutil.rmtree(self.directory.parent, ignore_errors=True)
+
+
+def _plain(value: Any) -> Any:
+    """Early stopping keeps numpy scalars; JSON wants Python numbers."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
+    temp = path.with_name(f".{path.name}.tmp")  # np.savez would add .npz to a name without it
+    with temp.open("wb") as handle:
+        np.savez(handle, *arrays)
+    os.replace(temp, path)
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path) as arrays:
+        return [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+
+
+def training_checkpoint(out: Path, spec: Any, dataset: Dataset, config: Any, framework_version: str
+                        ) -> TrainingCheckpoint:
+    """The checkpoint folder of training `spec` on `dataset` with `config`, for output `out`."""
+    out = Path(os.path.abspath(out))
+    settings = asdict(config)
+    run = _digest(repr(spec), dataset_fingerprint(dataset), json.dumps(settings, sort_keys=True), __version__,
+                  framework_version)
+    directory = checkpoint_root() / _digest(str(out))[:KEY_CHARS] / run[:KEY_CHARS]
+    description = {"output": str(out), "network": repr(spec), "data": dataset.source, "samples": len(dataset),
+                   "settings": settings, "tinyscale": __version__, "tensorflow": framework_version}
+    return TrainingCheckpoint(directory, description)
