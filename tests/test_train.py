@@ -203,3 +203,15 @@ def test_an_unreadable_checkpoint_starts_over(tmp_path):
     (checkpoint.directory / "epoch-1.weights.h5").unlink()  # the state names a file that is gone
     assert checkpoint.completed_epochs() == 0
     assert train_network(NETWORK, stripes(), RESUMABLE, checkpoint=checkpoint).resumed_at == ()
+
+
+def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_training(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the checkpoint folder would go")
+    monkeypatch.setenv("TINYSCALE_CHECKPOINT_DIR", str(blocker))
+    checkpoint = checkpoint_for(tmp_path / "run", NETWORK, stripes(), QUICK)
+    with caplog.at_level(logging.WARNING, logger="tinyscale.train"):
+        result = train_network(NETWORK, stripes(), QUICK, checkpoint=checkpoint)
+    assert result.epochs_run == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith(f"cannot save the training state in {checkpoint.directory}")

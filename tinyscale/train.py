@@ -139,7 +139,8 @@ class TrainResult:
         }
 
 
-def _import_tensorflow():
+def import_tensorflow():
+    """(tensorflow, keras), imported silenced: the one way tinyscale's training code loads them."""
     with quiet_tensorflow():
         import keras  # noqa: PLC0415 - TF/Keras stay out of the core import path
         import tensorflow as tf  # noqa: PLC0415
@@ -149,7 +150,7 @@ def _import_tensorflow():
 
 def training_device() -> str:
     """Where Keras will train: the first GPU TensorFlow sees (it places ops there), else the CPU."""
-    tf, _ = _import_tensorflow()
+    tf, _ = import_tensorflow()
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return "CPU (TensorFlow sees no GPU)"
@@ -261,14 +262,26 @@ class _CheckpointCallback:
                 point.epochs_done = epoch + 1
                 point.seconds = resumed.seconds + time.perf_counter() - started
                 point.finished = bool(self.model.stop_training) or epoch + 1 >= epochs
-                checkpoint.save(self.model, stopper, epoch + 1, point)
+                if outer.saving:
+                    outer.save(self.model, epoch + 1)
 
+        outer = self
+        self.saving = True
+        self.checkpoint, self.stopper, self.point = checkpoint, stopper, point
         self.callback = Callback()
+
+    def save(self, model: Any, epoch: int) -> None:
+        try:
+            self.checkpoint.save(model, self.stopper, epoch, self.point)
+        except Exception as error:  # noqa: BLE001 - a checkpoint is insurance: never the reason a training fails
+            self.saving = False
+            log.warning("cannot save the training state in %s (%s); it goes on without: an interruption "
+                        "now loses it", self.checkpoint.directory, " ".join(str(error).split()) or type(error).__name__)
 
 
 def checkpoint_for(out: Path, network: ScaledNetwork, dataset: Dataset, config: TrainConfig) -> TrainingCheckpoint:
     """Where training `network` on `dataset` for output `out` keeps its resumable state."""
-    tf, keras = _import_tensorflow()
+    tf, keras = import_tensorflow()
     return training_checkpoint(out, network.spec, dataset, config, f"tensorflow {tf.__version__}, keras "
                                                                    f"{keras.__version__}")
 
@@ -310,7 +323,7 @@ def train_network(
     train_set, val_set = split(dataset, config.validation_fraction, seed=config.seed)
     if len(train_set) < 1 or len(val_set) < 1:
         raise DataError(f"{dataset.source}: too few samples to train ({len(dataset)})")
-    tf, keras = _import_tensorflow()
+    tf, keras = import_tensorflow()
     log.info("training on %s", training_device())
     _make_deterministic(tf, keras, config.seed)
     from tinyscale.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
@@ -508,7 +521,7 @@ def load_keras_model(path: Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise ModelError(f"no model at {path}")
-    _, keras = _import_tensorflow()
+    _, keras = import_tensorflow()
     return _load_or_fail("Keras model", path, lambda: keras.models.load_model(path, compile=False))
 
 
@@ -525,7 +538,7 @@ def load_saved_model(path: Path) -> Any:
     """A SavedModel directory wrapped as a Keras model (its serving signature, one image input)."""
     from tinyscale.errors import ModelError  # noqa: PLC0415
 
-    tf, keras = _import_tensorflow()
+    tf, keras = import_tensorflow()
 
     def input_specs():
         signature = tf.saved_model.load(str(path)).signatures["serving_default"]

@@ -32,9 +32,9 @@ class TrialData:
 def limit_threads(threads: int) -> None:
     """Size TensorFlow's thread pools (once per process, before TensorFlow runs anything)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    from tinyscale.train import _import_tensorflow  # noqa: PLC0415
+    from tinyscale.train import import_tensorflow  # noqa: PLC0415
 
-    tf, _ = _import_tensorflow()
+    tf, _ = import_tensorflow()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
