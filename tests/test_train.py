@@ -215,3 +215,14 @@ def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_training(tmp_path
     assert result.epochs_run == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and warnings[0].startswith(f"cannot save the training state in {checkpoint.directory}")
+
+
+def test_a_checkpoint_that_does_not_load_starts_the_same_training_over(tmp_path, caplog):
+    checkpoint = checkpoint_for(tmp_path / "run", NETWORK, stripes(), RESUMABLE)
+    _interrupted(checkpoint, epoch=1)
+    (checkpoint.directory / "epoch-1.weights.h5").write_bytes(b"not an HDF5 file")
+    with caplog.at_level(logging.WARNING, logger="tinyscale.train"):
+        again = train_network(NETWORK, stripes(), RESUMABLE, checkpoint=checkpoint)
+    assert any(r.getMessage().startswith(f"cannot resume from {checkpoint.directory}") for r in caplog.records)
+    # Started over from the seeded weights: the very run an uninterrupted training makes.
+    assert again.resumed_at == () and again.history == train_network(NETWORK, stripes(), RESUMABLE).history

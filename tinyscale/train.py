@@ -305,6 +305,28 @@ def _adapt_batchnorm_momentum(model: Any, total_steps: int) -> None:
             layer.momentum = SHORT_RUN_BN_MOMENTUM
 
 
+def _compiled_model(tf, keras, spec, config: TrainConfig, steps: int) -> tuple[Any, Any]:
+    """The network with fresh seeded weights, compiled, and its early stopping: (model, stopper)."""
+    _make_deterministic(tf, keras, config.seed)  # first, so a rebuilt model has the same weights
+    from tinyscale.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
+
+    model = build_keras_model(spec, dropout=config.dropout, seed=config.seed)
+    _adapt_batchnorm_momentum(model, steps * config.epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps * config.epochs,
+                                                      alpha=0.01)
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=False,  # XLA compilation costs more than it saves on these small CPU runs
+        run_eagerly=steps * config.epochs <= EAGER_MAX_STEPS,
+    )
+    stopper = keras.callbacks.EarlyStopping(monitor=EARLY_STOP_MONITOR, mode="max", patience=config.patience,
+                                            start_from_epoch=early_stopping_start(config),
+                                            restore_best_weights=True)
+    return model, stopper
+
+
 def train_network(
     network: ScaledNetwork,
     dataset: Dataset,
@@ -325,25 +347,18 @@ def train_network(
         raise DataError(f"{dataset.source}: too few samples to train ({len(dataset)})")
     tf, keras = import_tensorflow()
     log.info("training on %s", training_device())
-    _make_deterministic(tf, keras, config.seed)
-    from tinyscale.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
-
-    model = build_keras_model(spec, dropout=config.dropout, seed=config.seed)
     steps = math.ceil(len(train_set) / config.batch_size)
-    _adapt_batchnorm_momentum(model, steps * config.epochs)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps * config.epochs,
-                                                      alpha=0.01)
-    model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=False,  # XLA compilation costs more than it saves on these small CPU runs
-        run_eagerly=steps * config.epochs <= EAGER_MAX_STEPS,
-    )
-    stopper = keras.callbacks.EarlyStopping(monitor=EARLY_STOP_MONITOR, mode="max", patience=config.patience,
-                                            start_from_epoch=early_stopping_start(config),
-                                            restore_best_weights=True)
-    resumed = (checkpoint.restore(model, stopper) if checkpoint else None) or ResumePoint(0, {}, 0.0)
+    model, stopper = _compiled_model(tf, keras, spec, config, steps)
+    resumed = None
+    if checkpoint is not None:
+        try:
+            resumed = checkpoint.restore(model, stopper)
+        except Exception as error:  # noqa: BLE001 - h5py, Keras: a state that does not load is no state
+            log.warning("cannot resume from %s (%s); the training starts over", checkpoint.directory,
+                        " ".join(str(error).split())[:200] or type(error).__name__)
+            checkpoint.forget()
+            model, stopper = _compiled_model(tf, keras, spec, config, steps)  # the failed load filled part of it
+    resumed = resumed or ResumePoint(0, {}, 0.0)
     callbacks = [stopper]
     if checkpoint is not None:
         callbacks.append(_CheckpointCallback(keras, checkpoint, stopper, resumed, config.epochs).callback)
