@@ -88,6 +88,26 @@ def test_grid_lies_on_the_constraint_and_includes_the_papers_point(steps):
     assert len(set(lattice_points)) == len(lattice_points)
 
 
+def _planned(grid: str | None, fits) -> list[Candidate]:
+    return [Candidate(index, value, error=None if fits(value) else "nothing fits: ...")
+            for index, value in enumerate(candidates(grid), start=1)]
+
+
+def test_a_grid_of_which_few_candidates_fit_says_so_and_how_to_get_more():
+    from tinyscale.commands.tune import few_fit_note
+
+    def inside(value):  # what nucleo-l476rg measured: no point with beta or gamma 1 fits
+        return min(value.beta, value.gamma) > 1
+
+    assert few_fit_note(None, _planned(None, inside), "nucleo-l476rg") == (
+        "only 2 of 7 candidates fit nucleo-l476rg (with beta or gamma 1, width or resolution stays the base's "
+        "whatever phi); --grid 4 tries 16")
+    assert few_fit_note("4", _planned("4", inside), "nucleo-l476rg") is None  # 7 of 16 fit
+    assert few_fit_note("1.3,1.1", _planned("1.3,1.1", lambda value: value == PAPER), "b") == \
+        "only 1 of 2 candidates fit b"  # a list the user chose: no --grid to suggest, no edge to blame
+    assert few_fit_note("1", _planned("1", lambda value: True), "b") is None  # all 4 fit
+
+
 def test_explicit_candidates_solve_a_missing_gamma_and_keep_a_given_one():
     given = parse_candidates("1.3,1.1; 1.2,1.1,1.15")
     assert math.isclose(given[0].flops_base, 2.0) and given[1] == PAPER

@@ -107,6 +107,26 @@ def run_tune(options: TuneOptions, quiet: bool = False, dataset: Dataset | None 
         return _run_tune(options, grid, quiet, dataset, started)
 
 
+# A tune that compares this few networks has hardly searched: say so, and how to get more.
+FEW_FITTING = 2
+
+
+def few_fit_note(grid: str | None, planned: list, target: str) -> str | None:
+    """One stderr line when at most FEW_FITTING of the grid's candidates fit `target`, else None."""
+    from tinyscale.tune_grid import DEFAULT_GRID_STEPS, MAX_GRID_STEPS, candidates  # noqa: PLC0415
+
+    fitting = sum(candidate.error is None for candidate in planned)
+    if fitting > FEW_FITTING or fitting == len(planned):
+        return None
+    note = f"only {fitting} of {plural(len(planned), 'candidate')} fit {target}"
+    if any(c.error is not None and min(c.coefficients.beta, c.coefficients.gamma) <= 1 + 1e-9 for c in planned):
+        note += " (with beta or gamma 1, width or resolution stays the base's whatever phi)"
+    steps = DEFAULT_GRID_STEPS if grid is None else int(grid) if grid.strip().isdigit() else None
+    if steps is not None and 2 * steps <= MAX_GRID_STEPS:
+        note += f"; --grid {2 * steps} tries {len(candidates(str(2 * steps)))}"
+    return note
+
+
 def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, dataset: Dataset | None,
               started: float) -> TuneOutcome:
     from tinyscale.data import split  # noqa: PLC0415
@@ -136,6 +156,9 @@ def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, datas
     results = {key: value for key, value in results.items() if value is not None}
     to_run = [job for job in trial_jobs if job.key not in results]
     native = max(dataset.x.shape[1:3])
+    few = few_fit_note(options.grid, planned, options.target.name)
+    if few is not None and not quiet:
+        _err(few)
     if not quiet:
         _err(f"{plural(len(grid), 'candidate')}, {plural(len(trial_jobs), 'distinct network')}; "
              f"{len(results)} finished earlier, {len(to_run)} to train on {options.backend} "
