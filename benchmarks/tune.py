@@ -3,7 +3,8 @@
     python benchmarks/tune.py speed [--target nucleo-l476rg] [--base tiny] [--grid 1] [--limit 1000]
         [--epochs 1] [--configs local:1 local:2 ray:1 ray:2] [--out DIR]
     python benchmarks/tune.py accuracy [--targets nucleo-l476rg esp32] [--seeds 0 1] [--base efficientnet-lite0]
-        [--grid 2] [--tune-epochs 3] [--tune-limit 10000] [--epochs 30] [--limit N] [--final all|best] [--out DIR]
+        [--grid 2] [--tune-epochs 3] [--tune-limit 10000] [--epochs 30] [--limit N] [--final all|best]
+        [--jobs N] [--out DIR]
 
 speed: the same tune run (Fashion-MNIST, fresh output folder each time) with
 each backend:jobs pair; prints wall seconds, the sum of the trials' own seconds,
@@ -23,15 +24,19 @@ builds the paper's and the winner only (the rank agreement is then whether the
 proxy's order of those two holds). Goal (issue 11): tuned beats the paper's by
 >= 1.0 point on at least one board, and is not worse on the other beyond seed noise.
 Hours on a 2-core machine; `--limit`, `--epochs` and `--seeds` make a reduced run.
-Rerun with the same `--out` to resume: the tune skips its finished trials, and
-a final build whose folder holds the report of the same command is reused.
+`--jobs N` runs N final builds at a time, each pinned to its share of the cores.
+Rerun with the same `--out` to resume: the tune skips its finished trials, a
+final build whose folder holds the report of the same command is reused, and
+an interrupted one continues its training after its last finished epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
+import queue
 import statistics
 import subprocess
 import sys
@@ -40,11 +45,12 @@ import time
 from pathlib import Path
 
 
-def run_json(command: list[str], log: Path) -> tuple[dict | None, float, str]:
-    """(the command's --json output or None, wall seconds, last stderr line)."""
+def run_json(command: list[str], log: Path, cores: list[int] | None = None) -> tuple[dict | None, float, str]:
+    """(the command's --json output or None, wall seconds, last stderr line); `cores` pins it (Linux)."""
     started = time.perf_counter()
+    pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
     with log.open("w") as stderr:
-        finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        finished = subprocess.run(command, stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=pin)
     seconds = time.perf_counter() - started
     last = (log.read_text().strip().splitlines() or [""])[-1]
     if finished.returncode != 0:
@@ -135,25 +141,54 @@ def build_command(args: argparse.Namespace, target: str, out: Path, row: dict, s
 FINISHED = "benchmark_command.json"  # beside a final build's report.json: the command that made it
 
 
-def final_build(command: list[str], out: Path, log: Path) -> dict | None:
+def final_build(command: list[str], out: Path, log: Path, cores: list[int] | None = None) -> dict | None:
     """A final build's report: reused when `out` holds one made by this very command (a rerun with
-    the same --out resumes: each build is hours), else built now."""
+    the same --out resumes: each build is hours, and an interrupted one continues its training
+    from its last epoch, `build`'s own resume), else built now."""
     finished, report = out / FINISHED, out / "report.json"
     if finished.is_file() and report.is_file() and json.loads(finished.read_text()) == command:
         return json.loads(report.read_text())  # what `build --json` printed for it
-    built, _, _ = run_json(command, log)
+    built, _, _ = run_json(command, log, cores)
     if built is not None:
         finished.write_text(json.dumps(command))
     return built
 
 
+def core_sets(jobs: int) -> list[list[int] | None]:
+    """The cores each of `jobs` concurrent builds is pinned to: a build's TensorFlow sizes its thread
+    pools to the cores it may use, so N builds on N cores do not oversubscribe them."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if jobs <= 1 or len(cores) < jobs:
+        return [None] * max(1, jobs)
+    share = len(cores) // jobs
+    return [cores[i * share:(i + 1) * share] for i in range(jobs)]
+
+
+def run_finals(args: argparse.Namespace, root: Path, builds: list[tuple[str, dict, int]]) -> dict:
+    """Every (target, candidate row, seed) final build, `--jobs` at a time: {(target, candidate, seed): int8}."""
+    free = queue.Queue()
+    for cores in core_sets(args.jobs):
+        free.put(cores)
+
+    def one(build: tuple[str, dict, int]) -> tuple[tuple[str, int, int], float | None]:
+        target, r, seed = build
+        out = root / f"{target}-c{r['candidate']}-s{seed}"
+        cores = free.get()
+        try:
+            built = final_build(build_command(args, target, out, r, seed), out, root / f"{out.name}.log", cores)
+        finally:
+            free.put(cores)
+        score = None if built is None else built["int8_accuracy"]
+        print(f"  {out.name}: " + ("failed" if score is None else f"int8 {100 * score:.2f}%"), file=sys.stderr,
+              flush=True)
+        return (target, r["candidate"], seed), score
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        return dict(pool.map(one, builds))
+
+
 def accuracy(args: argparse.Namespace, root: Path) -> None:
-    print(f"tuned vs paper coefficients: base {args.base}, tune grid {args.grid} ({args.tune_epochs} epoch(s), "
-          f"limit {args.tune_limit}), final builds {args.epochs} epochs"
-          + (f" on {args.limit} training images" if args.limit else " on the full training set")
-          + f", seeds {args.seeds}; folders in {root}")
-    print(f"{'target':16} {'candidate':>9} {'alpha':>6} {'beta':>6} {'gamma':>6} {'phi':>6} {'px':>4} "
-          f"{'proxy %':>7} " + " ".join(f"{'seed ' + str(s) + ' %':>9}" for s in args.seeds) + f" {'mean %':>7}")
+    plans = []  # (target, the candidates built, the winner's number, tune seconds)
     for target in args.targets:
         tune_args = argparse.Namespace(**{**vars(args), "epochs": args.tune_epochs, "limit": args.tune_limit,
                                           "seed": args.seeds[0]})
@@ -163,28 +198,34 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
             print(f"{target:16} tune failed: {last}", flush=True)
             continue
         rows = [r for r in summary["trials"] if r["status"] == "ok" and not r.get("same_as")]
-        best = summary["best"]
-        chosen = rows if args.final == "all" else [r for r in rows if r["candidate"] in (1, best["candidate"])]
+        best = summary["best"]["candidate"]
+        chosen = rows if args.final == "all" else [r for r in rows if r["candidate"] in (1, best)]
+        plans.append((target, chosen, best, wall))
+    scores = run_finals(args, root, [(target, r, seed) for target, chosen, _, _ in plans for r in chosen
+                                     for seed in args.seeds])
+    print(f"tuned vs paper coefficients: base {args.base}, tune grid {args.grid} ({args.tune_epochs} epoch(s), "
+          f"limit {args.tune_limit}), final builds {args.epochs} epochs"
+          + (f" on {args.limit} training images" if args.limit else " on the full training set")
+          + f", seeds {args.seeds}; folders in {root}")
+    print(f"{'target':16} {'candidate':>9} {'alpha':>6} {'beta':>6} {'gamma':>6} {'phi':>6} {'px':>4} "
+          f"{'proxy %':>7} " + " ".join(f"{'seed ' + str(s) + ' %':>9}" for s in args.seeds) + f" {'mean %':>7}")
+    for target, chosen, best, wall in plans:
         finals: dict[int, float] = {}
         for r in chosen:
-            scores = []
-            for seed in args.seeds:
-                out = root / f"{target}-c{r['candidate']}-s{seed}"
-                built = final_build(build_command(args, target, out, r, seed), out, root / f"{out.name}.log")
-                scores.append(None if built is None else built["int8_accuracy"])
-            valid = [s for s in scores if s is not None]
-            mean = statistics.mean(valid) if valid else None
-            if mean is not None:
-                finals[r["candidate"]] = mean
+            row_scores = [scores[(target, r["candidate"], seed)] for seed in args.seeds]
+            valid = [s for s in row_scores if s is not None]
+            if valid:
+                finals[r["candidate"]] = statistics.mean(valid)
+            mean = f"{100 * finals[r['candidate']]:.2f}" if valid else "-"
             label = f"#{r['candidate']}" + (" paper" if r["candidate"] == 1 else "") + \
-                (" tuned" if r["candidate"] == best["candidate"] else "")
+                (" tuned" if r["candidate"] == best else "")
             print(f"{target:16} {label:>9} {r['alpha']:>6.3f} {r['beta']:>6.3f} {r['gamma']:>6.3f} "
                   f"{r['phi']:>6.2f} {r['resolution']:>4} {100 * r['int8_accuracy']:>7.2f} "
-                  + " ".join(f"{'fail' if s is None else f'{100 * s:.2f}':>9}" for s in scores)
-                  + f" {'-' if mean is None else f'{100 * mean:.2f}':>7}", flush=True)
+                  + " ".join(f"{'fail' if s is None else f'{100 * s:.2f}':>9}" for s in row_scores)
+                  + f" {mean:>7}", flush=True)
         ranked = [r for r in chosen if r["candidate"] in finals]
         tau = kendall_tau([r["int8_accuracy"] for r in ranked], [finals[r["candidate"]] for r in ranked])
-        gain = (finals.get(best["candidate"], float("nan")) - finals.get(1, float("nan"))) * 100
+        gain = (finals.get(best, float("nan")) - finals.get(1, float("nan"))) * 100
         print(f"{target:16} tuned - paper: {gain:+.2f} points; proxy-vs-final Kendall tau over "
               f"{len(ranked)} networks: {'-' if tau is None else f'{tau:+.2f}'}; tune took {wall:.0f} s", flush=True)
 
@@ -211,6 +252,8 @@ def main() -> None:
     slow.add_argument("--epochs", type=int, default=30)
     slow.add_argument("--limit", type=int, default=None, help="final builds' training subset (default: all)")
     slow.add_argument("--final", choices=("all", "best"), default="all")
+    slow.add_argument("--jobs", type=int, default=1, help="final builds at a time, each pinned to its share "
+                      "of the cores")
     slow.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix=f"tune-bench-{args.mode}-"))

@@ -502,6 +502,32 @@ def test_a_build_that_failed_after_training_reruns_without_training_again(workdi
     assert json.loads((out / "history.json").read_text())["history"] == kept["history"]
 
 
+def test_a_terminated_build_cleans_up_and_names_its_saved_training(workdir, trained, tmp_path):
+    """SIGTERM (a scheduler, a closing session) unwinds like Ctrl-C: no staging folder is left."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out, checkpoints = workdir / "terminated", tmp_path / "checkpoints"
+    command = [sys.executable, "-m", "tinyscale", "build", "--target", str(small_target(workdir / "small-board.toml")),
+               "--data", str(trained[0]), "--base", "tiny", "--epochs", "200", "--calibration-samples", "16",
+               "-o", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TINYSCALE_CHECKPOINT_DIR": str(checkpoints)})
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("*/*/state.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert re.match(r"error: terminated; training is saved after epoch \d+/200 in .*: the same command resumes it$",
+                    last), stderr
+    assert "Traceback" not in stderr
+    assert not out.exists() and not [p for p in workdir.iterdir() if p.name.startswith(".terminated.")]
+
+
 def test_build_for_a_board_the_templates_cannot_serve_fails_before_training(workdir, trained):
     target = small_target(workdir / "bad-pin-board.toml")
     target.write_text(target.read_text().replace('tx_pin = "PA2"', 'tx_pin = "PZ2"'))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from typing import Callable, TypeVar
 
@@ -31,6 +32,18 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., object])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`, a closing session), raised where Python runs next so that
+    it unwinds like Ctrl-C: staging folders are removed, a training's checkpoint is named."""
+
+
+TERMINATED_EXIT = 128 + signal.SIGTERM  # 143, the shell's code for a process SIGTERM ended
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def _notes(exc: BaseException) -> str:
     """What the code added on the way up (exc.add_note), kept on the same line."""
     return "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
@@ -46,6 +59,9 @@ def reports_errors(func: F) -> F:
         except TinyscaleError as exc:
             typer.echo(f"error: {exc}{_notes(exc)}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except Terminated as exc:
+            typer.echo(f"error: terminated{_notes(exc)}", err=True)
+            raise typer.Exit(TERMINATED_EXIT) from None
         except KeyboardInterrupt as exc:
             typer.echo(f"error: interrupted{_notes(exc)}", err=True)
             raise typer.Exit(130) from None
@@ -160,6 +176,8 @@ def _click_exception_types() -> tuple[type[BaseException], ...]:
 
 def main() -> None:
     """Console entry point: click's usage errors also become one line on stderr."""
+    # Not inherited by tinyscale's worker processes: they are spawned or exec'd, never forked.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         result = app(standalone_mode=False)
     except typer.Abort:
