@@ -159,6 +159,7 @@ def test_an_interrupted_train_resumes_when_the_same_command_runs_again(workdir, 
     assert "epoch 1/3" not in resumed.stderr and "epoch 3/3" in resumed.stderr
     history = json.loads((out / "history.json").read_text())
     assert history["epochs_run"] == 3 and history["resumed_at_epochs"] == [3]
+    assert "3 run, best" in resumed.stdout and "resumed at epoch 3" in resumed.stdout
     assert not saved.exists()  # a finished run leaves no checkpoint behind
 
 
@@ -479,6 +480,7 @@ def test_an_interrupted_build_resumes_its_training(workdir, trained, monkeypatch
     assert resumed.exit_code == 0, resumed.output
     assert "resuming the interrupted training after epoch 1/2" in resumed.stderr
     assert json.loads((out / "report.json").read_text())["resumed_at_epochs"] == [2]
+    assert re.search(r"training +2 epochs, \d+ s, resumed at epoch 2", resumed.stdout), resumed.stdout
 
 
 def test_a_build_that_failed_after_training_reruns_without_training_again(workdir, trained, monkeypatch):

@@ -276,6 +276,11 @@ def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool, checkp
         return train_network(network, dataset, config, progress=epoch_line, checkpoint=checkpoint)
 
 
+def _resumed_text(epochs) -> str:
+    """', resumed at epoch 13' for a training that continued from a checkpoint, else ''."""
+    return f", resumed at epoch {', '.join(map(str, epochs))}" if epochs else ""
+
+
 def _epoch_status(report) -> str:
     """The epoch running after `report` (an in-epoch report: still the same one)."""
     epoch = report.epoch if report.partial else report.epoch + 1
@@ -343,7 +348,7 @@ def train(
         return
     typer.echo(_table(_network_rows(network) + [
         ("data", f"{dataset.source}: {result.train_samples:,} train / {result.val_samples:,} validation"),
-        ("epochs", f"{result.epochs_run} run, best {result.best_epoch}"),
+        ("epochs", f"{result.epochs_run} run, best {result.best_epoch}" + _resumed_text(result.resumed_at)),
         ("val accuracy", _percent(result.val_accuracy)),
         ("train time", f"{result.seconds:.1f} s"),
         ("wrote", f"{model_path}, {history_path}"),
@@ -983,7 +988,8 @@ def _build_text(summary: dict[str, Any], report, board: Target) -> str:
                      f"agreement {_percent(summary['agreement'])} on {plural(summary['test_samples'], 'test image')}"),
         ("data", f"{summary['train_samples']:,} train / {summary['validation_samples']:,} validation / "
                  f"{summary['test_samples']:,} test samples"),
-        ("training", f"{plural(summary['epochs_run'], 'epoch')}, {summary['train_seconds']:.0f} s"),
+        ("training", f"{plural(summary['epochs_run'], 'epoch')}, {summary['train_seconds']:.0f} s"
+                     + _resumed_text(summary["resumed_at_epochs"])),
         ("firmware", f"{out / 'firmware'} (see {out / 'firmware' / 'README.md'})" if summary["firmware"]
          else f"not generated: {summary['firmware_problem']}"),
         # Paths as given, usable as they are (not names relative to an output folder).
