@@ -62,10 +62,12 @@ def run_json(command: list[str], log: Path, cores: list[int] | None = None) -> t
 # speed
 
 
-def tune_command(args: argparse.Namespace, target: str, out: Path, *extra: str) -> list[str]:
+def tune_command(args: argparse.Namespace, target: str, out: Path, *extra: str, fresh: bool = True) -> list[str]:
+    """`fresh`: --force, a new run in `out` (speed: every configuration from nothing); without it a
+    rerun resumes the tune run already in `out` (accuracy: the tune is the first hour)."""
     command = ["tinyscale", "tune", "--target", target, "--data", "fashion-mnist", "--base", args.base,
                "--channels", "1", "--grid", args.grid, "--epochs", str(args.epochs), "--seed", str(args.seed),
-               "-o", str(out), "--force", "--json", *extra]
+               "-o", str(out), "--json", *(["--force"] if fresh else []), *extra]
     if args.limit:
         command += ["--limit", str(args.limit)]
     return command
@@ -192,7 +194,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
     for target in args.targets:
         tune_args = argparse.Namespace(**{**vars(args), "epochs": args.tune_epochs, "limit": args.tune_limit,
                                           "seed": args.seeds[0]})
-        summary, wall, last = run_json(tune_command(tune_args, target, root / f"{target}-tune"),
+        summary, wall, last = run_json(tune_command(tune_args, target, root / f"{target}-tune", fresh=False),
                                        root / f"{target}-tune.log")
         if summary is None:
             print(f"{target:16} tune failed: {last}", flush=True)
