@@ -6,7 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from tinyscale.convert import _tensorflow_version
+from tinyscale.convert import tensorflow_version
 
 PROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
 
@@ -23,7 +23,7 @@ def test_tensorflow_is_the_gpu_capable_wheel_pinned_exactly():
     pin = _requirement(dependencies, "tensorflow")
     assert re.fullmatch(r"tensorflow==\d+\.\d+\.\d+", pin), pin
     # The estimator reproduces this converter byte for byte: the pin is the version tests run with.
-    assert pin.split("==")[1] == _tensorflow_version()
+    assert pin.split("==")[1] == tensorflow_version()
 
 
 def test_gpu_extra_adds_cuda_to_the_same_tensorflow_version():

@@ -11,8 +11,9 @@ import pytest
 from tinyscale import arch
 from tinyscale.data import Dataset
 from tinyscale.errors import DataError, OutputExistsError, UsageError
-from tinyscale.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, checkpoint_for, early_stopping_start,
-                             load_keras_model, save_training, train_network, training_device)
+from tinyscale.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, early_stopping_start, load_keras_model,
+                             save_training, train_network, training_device)
+from tinyscale.train_checkpoint import checkpoint_for
 
 
 def stripes(count: int = 96, size: int = 20, seed: int = 0) -> Dataset:

@@ -163,7 +163,8 @@ def spread_logits(model: Any) -> None:
 # spec -> flatbuffer, cached
 
 
-def _tensorflow_version() -> str:
+def tensorflow_version() -> str:
+    """The installed TensorFlow's version, read from its package metadata (no import of TensorFlow)."""
     from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
     for name in ("tensorflow-cpu", "tensorflow"):
@@ -175,16 +176,21 @@ def _tensorflow_version() -> str:
 
 
 def cache_key(spec: NetworkSpec, seed: int) -> str:
-    text = "\n".join((repr(spec), str(seed), __version__, RECIPE_VERSION, _tensorflow_version()))
+    text = "\n".join((repr(spec), str(seed), __version__, RECIPE_VERSION, tensorflow_version()))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def cache_dir() -> Path | None:
-    """The cache directory, or None when caching is disabled by TINYSCALE_NO_CACHE=1."""
-    if os.environ.get(NO_CACHE_VARIABLE, "") not in ("", "0"):
-        return None
+def cache_root() -> Path:
+    """tinyscale's cache folder: $TINYSCALE_CACHE_DIR, else ~/.cache/tinyscale (conversions, checkpoints)."""
     configured = os.environ.get(CACHE_DIR_VARIABLE)
     return Path(configured) if configured else Path.home() / ".cache" / "tinyscale"
+
+
+def cache_dir() -> Path | None:
+    """The conversion cache, or None when caching is disabled by TINYSCALE_NO_CACHE=1."""
+    if os.environ.get(NO_CACHE_VARIABLE, "") not in ("", "0"):
+        return None
+    return cache_root()
 
 
 def _read_cached(path: Path) -> bytes | None:

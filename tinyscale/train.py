@@ -7,6 +7,7 @@ grow with the resolution. TensorFlow is imported inside the functions only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from tinyscale.fsutil import (atomic_write_text, file_mode, make_dirs, output_er
                               safe_relative)
 from tinyscale.quiet import quiet_tensorflow
 from tinyscale.scaling import format_phi
-from tinyscale.train_checkpoint import ResumePoint, TrainingCheckpoint, training_checkpoint
+from tinyscale.train_checkpoint import ResumePoint, TrainingCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +249,13 @@ class _CheckpointCallback:
 
     def __init__(self, keras, checkpoint: TrainingCheckpoint, stopper: Any, resumed: ResumePoint,
                  epochs: int) -> None:
-        point = ResumePoint(resumed.epochs_done, {k: list(v) for k, v in resumed.history.items()},
-                            resumed.seconds, list(resumed.resumed_at))
+        point = dataclasses.replace(resumed, history={k: list(v) for k, v in resumed.history.items()},
+                                    resumed_at=list(resumed.resumed_at))
         started = time.perf_counter()
 
         class Callback(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
-                checkpoint.restore_stopper(stopper)  # after EarlyStopping's own reset: it comes first
+                resumed.restore_stopper(stopper)  # after EarlyStopping's own reset: it comes first
 
             def on_epoch_end(self, epoch, logs=None):
                 for key, value in (logs or {}).items():
@@ -276,14 +277,12 @@ class _CheckpointCallback:
         except Exception as error:  # noqa: BLE001 - a checkpoint is insurance: never the reason a training fails
             self.saving = False
             log.warning("cannot save the training state in %s (%s); it goes on without: an interruption "
-                        "now loses it", self.checkpoint.directory, " ".join(str(error).split()) or type(error).__name__)
+                        "now loses it", self.checkpoint.directory, _reason(error))
 
 
-def checkpoint_for(out: Path, network: ScaledNetwork, dataset: Dataset, config: TrainConfig) -> TrainingCheckpoint:
-    """Where training `network` on `dataset` for output `out` keeps its resumable state."""
-    tf, keras = import_tensorflow()
-    return training_checkpoint(out, network.spec, dataset, config, f"tensorflow {tf.__version__}, keras "
-                                                                   f"{keras.__version__}")
+def _reason(error: BaseException) -> str:
+    """An exception as one short line for a log or error message."""
+    return " ".join(str(error).split())[:200] or type(error).__name__
 
 
 def early_stopping_start(config: TrainConfig) -> int:
@@ -352,10 +351,10 @@ def train_network(
     resumed = None
     if checkpoint is not None:
         try:
-            resumed = checkpoint.restore(model, stopper)
+            resumed = checkpoint.restore(model)
         except Exception as error:  # noqa: BLE001 - h5py, Keras: a state that does not load is no state
             log.warning("cannot resume from %s (%s); the training starts over", checkpoint.directory,
-                        " ".join(str(error).split())[:200] or type(error).__name__)
+                        _reason(error))
             checkpoint.forget()
             model, stopper = _compiled_model(tf, keras, spec, config, steps)  # the failed load filled part of it
     resumed = resumed or ResumePoint(0, {}, 0.0)
@@ -368,6 +367,7 @@ def train_network(
     started = time.perf_counter()
     if resumed.finished:  # interrupted after its last epoch: only the best weights are left to restore
         new_history: dict[str, list] = {}
+        resumed.restore_stopper(stopper)
         if stopper.best_weights is not None:
             model.set_weights(stopper.best_weights)
     else:

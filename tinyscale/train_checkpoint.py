@@ -16,7 +16,7 @@ moment leaves the previous epoch's state whole. A resumed run is not
 bit-identical to an uninterrupted one (tf.data's shuffle and the augmentation
 start their random sequences again); the history records where it resumed.
 
-Keras comes in as an argument: this module imports no TensorFlow.
+Keras objects come in as arguments: this module imports no TensorFlow.
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ from typing import Any
 import numpy as np
 
 from tinyscale import __version__
+from tinyscale.arch import ScaledNetwork
+from tinyscale.convert import cache_root, tensorflow_version
 from tinyscale.data import Dataset
 from tinyscale.fsutil import atomic_write_text, make_dirs
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR_VARIABLE = "TINYSCALE_CHECKPOINT_DIR"
-CACHE_DIR_VARIABLE = "TINYSCALE_CACHE_DIR"  # the conversion cache's root (tinyscale.convert)
 STATE_FILE = "state.json"
 RUN_FILE = "run.json"  # what the run is, for a person looking into the folder
 # Early stopping's fields that carry from one epoch to the next (keras.callbacks.EarlyStopping).
@@ -49,10 +50,7 @@ KEY_CHARS = 16
 
 def checkpoint_root() -> Path:
     configured = os.environ.get(CHECKPOINT_DIR_VARIABLE)
-    if configured:
-        return Path(configured)
-    cache = os.environ.get(CACHE_DIR_VARIABLE)
-    return (Path(cache) if cache else Path.home() / ".cache" / "tinyscale") / "checkpoints"
+    return Path(configured) if configured else cache_root() / "checkpoints"
 
 
 def _digest(*parts: str | bytes | memoryview) -> str:
@@ -72,21 +70,30 @@ def dataset_fingerprint(dataset: Dataset) -> str:
 
 @dataclass
 class ResumePoint:
-    """What a checkpoint restores: the epochs done and the history and time they took."""
+    """What a checkpoint restores: the epochs done, the history and time they took, and early
+    stopping's state (Keras resets its callback when training begins: it is handed back then)."""
 
     epochs_done: int
     history: dict[str, list[float]]
     seconds: float
     resumed_at: list[int] = field(default_factory=list)  # 1-based epochs at which earlier runs resumed
     finished: bool = False  # early stopping had stopped, or every epoch ran
+    stopper: dict[str, Any] = field(default_factory=dict)  # STOPPER_FIELDS
+    best_weights: list[np.ndarray] | None = None
+
+    def restore_stopper(self, stopper: Any) -> None:
+        """Early stopping as it was after the saved epoch (nothing for a fresh run)."""
+        if not self.stopper:
+            return
+        for name in STOPPER_FIELDS:
+            setattr(stopper, name, self.stopper[name])
+        stopper.best_weights = self.best_weights
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingCheckpoint:
     directory: Path
     description: dict[str, Any]  # written to run.json
-    # Early stopping's saved fields and best weights, held from restore() until training begins.
-    _stopper_state: tuple[dict[str, Any], list[np.ndarray] | None] | None = field(default=None, repr=False)
 
     @property
     def state_path(self) -> Path:
@@ -100,8 +107,7 @@ class TrainingCheckpoint:
         if not isinstance(state, dict):
             return None
         files = [state.get("weights"), state.get("best_weights")]
-        if not all(name is None or (self.directory / name).is_file()
-                                                  for name in files):
+        if not all(name is None or (self.directory / name).is_file() for name in files):
             return None
         return state
 
@@ -110,29 +116,18 @@ class TrainingCheckpoint:
         state = self._state()
         return int(state["epochs_done"]) if state else 0
 
-    def restore(self, model: Any, stopper: Any) -> ResumePoint | None:
-        """Load the saved weights and optimizer into the compiled `model`; the early-stopping
-        state goes to `stopper` when training begins (Keras resets it then)."""
+    def restore(self, model: Any) -> ResumePoint | None:
+        """Load the saved weights and optimizer into the compiled `model`: the point it resumes at."""
         state = self._state()
         if state is None or state["epochs_done"] < 1:
             return None
         model.optimizer.build(model.trainable_variables)  # load_weights fills its slots too
         model.load_weights(self.directory / state["weights"])
         best = state.get("best_weights")
-        self._stopper_state = (state["stopper"], None if best is None else _load_arrays(self.directory / best))
-        if state["finished"]:
-            self.restore_stopper(stopper)
         log.info("resuming training after epoch %d from %s", state["epochs_done"], self.directory)
         resumed_at = state.get("resumed_at", []) + ([] if state["finished"] else [state["epochs_done"] + 1])
-        return ResumePoint(state["epochs_done"], state["history"], state["seconds"], resumed_at, state["finished"])
-
-    def restore_stopper(self, stopper: Any) -> None:
-        if self._stopper_state is None:
-            return
-        fields, best_weights = self._stopper_state
-        for name in STOPPER_FIELDS:
-            setattr(stopper, name, fields[name])
-        stopper.best_weights = best_weights
+        return ResumePoint(state["epochs_done"], state["history"], state["seconds"], resumed_at, state["finished"],
+                           state["stopper"], None if best is None else _load_arrays(self.directory / best))
 
     def save(self, model: Any, stopper: Any, epoch: int, point: ResumePoint) -> None:
         """The state after `epoch` (1-based): weights first, then state.json naming them."""
@@ -188,10 +183,22 @@ def _load_arrays(path: Path) -> list[np.ndarray]:
         return [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
 
 
-def training_checkpoint(out: Path, spec: Any, dataset: Dataset, config: Any, framework_version: str
-                        ) -> TrainingCheckpoint:
-    """The checkpoint folder of training `spec` on `dataset` with `config`, for output `out`."""
-    out = Path(os.path.abspath(out))
+def _framework_version() -> str:
+    """TensorFlow's and Keras' versions from their package metadata: part of the run key, read
+    without importing TensorFlow (the commands name the checkpoint before training starts)."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        keras = version("keras")
+    except PackageNotFoundError:
+        keras = "unknown"
+    return f"tensorflow {tensorflow_version()}, keras {keras}"
+
+
+def checkpoint_for(out: Path, network: ScaledNetwork, dataset: Dataset, config: Any) -> TrainingCheckpoint:
+    """Where training `network` on `dataset` with `config` (a TrainConfig) for output `out` keeps
+    its resumable state."""
+    out, spec, framework_version = Path(os.path.abspath(out)), network.spec, _framework_version()
     settings = asdict(config)
     run = _digest(repr(spec), dataset_fingerprint(dataset), json.dumps(settings, sort_keys=True), __version__,
                   framework_version)

@@ -237,7 +237,7 @@ def _load_data(source: str, split_name: str, limit: Optional[int], seed: int, st
 
 def _checkpoint(out: Path, network: ScaledNetwork, dataset: Dataset, config, resume: bool):
     """The training's per-epoch checkpoint for output `out`; --no-resume drops a saved one."""
-    from tinyscale.train import checkpoint_for  # noqa: PLC0415 - imports TensorFlow
+    from tinyscale.train_checkpoint import checkpoint_for  # noqa: PLC0415 - hashes the data; no TensorFlow
 
     checkpoint = checkpoint_for(out, network, dataset, config)
     if not resume:
