@@ -81,9 +81,13 @@ def parse_candidates(text: str) -> list[Coefficients]:
     return candidates
 
 
+def grid_steps(grid: str | None) -> int | None:
+    """The lattice's steps per side that --grid asks for, or None for an explicit list."""
+    text = (grid or str(DEFAULT_GRID_STEPS)).strip()
+    return int(text) if text.isdigit() else None
+
+
 def candidates(grid: str | None) -> list[Coefficients]:
     """What --grid asks for: a step count N (the lattice), or an explicit list; the paper's point always first."""
-    text = (grid or str(DEFAULT_GRID_STEPS)).strip()
-    if text.isdigit():
-        return with_paper(lattice(int(text)))
-    return with_paper(parse_candidates(text))
+    steps = grid_steps(grid)
+    return with_paper(lattice(steps) if steps is not None else parse_candidates(grid.strip()))

@@ -113,7 +113,7 @@ FEW_FITTING = 2
 
 def few_fit_note(grid: str | None, planned: list, target: str) -> str | None:
     """One stderr line when at most FEW_FITTING of the grid's candidates fit `target`, else None."""
-    from tinyscale.tune_grid import DEFAULT_GRID_STEPS, MAX_GRID_STEPS, candidates  # noqa: PLC0415
+    from tinyscale.tune_grid import MAX_GRID_STEPS, candidates, grid_steps  # noqa: PLC0415
 
     fitting = sum(candidate.error is None for candidate in planned)
     if fitting > FEW_FITTING or fitting == len(planned):
@@ -121,7 +121,7 @@ def few_fit_note(grid: str | None, planned: list, target: str) -> str | None:
     note = f"only {fitting} of {plural(len(planned), 'candidate')} fit {target}"
     if any(c.error is not None and min(c.coefficients.beta, c.coefficients.gamma) <= 1 + 1e-9 for c in planned):
         note += " (with beta or gamma 1, width or resolution stays the base's whatever phi)"
-    steps = DEFAULT_GRID_STEPS if grid is None else int(grid) if grid.strip().isdigit() else None
+    steps = grid_steps(grid)
     if steps is not None and 2 * steps <= MAX_GRID_STEPS:
         note += f"; --grid {2 * steps} tries {len(candidates(str(2 * steps)))}"
     return note
