@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import select
 import signal
 import sys
 from typing import Callable, TypeVar
@@ -44,6 +45,27 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated()
 
 
+BROKEN_PIPE_EXIT = 128 + signal.SIGPIPE  # 141, what `cmd | head` gives a tool that SIGPIPE ended
+
+
+def _stdout_is_closed() -> bool:
+    """Whether a BrokenPipeError was stdout's reader going away (`tinyscale targets | head`), not a
+    pipe of our own (a worker process). A pipe whose reader is gone polls as an error; a file, a
+    terminal or a live pipe does not. (Flushing does not tell: the failed write dropped the buffer.)"""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows) or no real stdout
+        return False
+
+
+def _quiet_closed_stdout() -> None:
+    # Python flushes stdout again at exit and would print "Exception ignored ... BrokenPipeError".
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def _notes(exc: BaseException) -> str:
     """What the code added on the way up (exc.add_note), kept on the same line."""
     return "".join(f"; {note}" for note in getattr(exc, "__notes__", ()))
@@ -68,6 +90,10 @@ def reports_errors(func: F) -> F:
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as exc:  # a bug: still one line, details on request
+            if isinstance(exc, BrokenPipeError) and _stdout_is_closed():
+                # The reader has what it wanted: no message, and the exit status a Unix tool gets.
+                _quiet_closed_stdout()
+                raise typer.Exit(BROKEN_PIPE_EXIT) from None
             if os.environ.get("TINYSCALE_DEBUG"):
                 raise
             typer.echo(
