@@ -134,12 +134,16 @@ def test_coefficients_file_round_trips_and_refuses_missing_or_bad_keys(tmp_path)
     source = "c.toml"
     good = {"schema_version": 1, "coefficients": {"alpha": 1.2, "beta": 1.1, "gamma": 1.15}}
     for data, message in [
-        ({"schema_version": 1, "coefficients": {"alpha": 1.2, "beta": 1.1}}, "missing key coefficients.gamma"),
-        ({"schema_version": 1}, r"missing table \[coefficients\]"),
-        ({**good, "coefficients": {"alpha": 1.2, "beta": 1.1, "gamma": 0.5}}, "coefficients.gamma must be"),
-        ({**good, "coefficients": {**good["coefficients"], "delta": 1}}, "unknown key coefficients.delta"),
-        ({**good, "provenance": {"trials": "five"}}, "provenance.trials must be an integer"),
+        ({"schema_version": 1, "coefficients": {"alpha": 1.2, "beta": 1.1}},
+         r"\[coefficients\]: missing required key 'gamma'"),
+        ({"schema_version": 1}, "missing required key 'coefficients'"),
+        ({**good, "coefficients": {"alpha": 1.2, "beta": 1.1, "gamma": 0.5}},
+         r"\[coefficients\]: 'gamma' must be a finite number >= 1"),
+        ({**good, "coefficients": {**good["coefficients"], "delta": 1}}, r"\[coefficients\]: unknown key 'delta'"),
+        ({**good, "provenance": {"trials": "five"}}, r"\[provenance\]: 'trials' must be int"),
         ({**good, "schema_version": 2}, "schema_version must be 1"),
+        ({**good, "coefficients": {"alpha": True, "beta": 1.1, "gamma": 1.15}}, "'alpha' must be int/float"),
+        ({**good, "provenance": {"seeds": [0, "1"]}}, "'seeds' must be a list of integers"),
     ]:
         with pytest.raises(UsageError, match=message):
             parse_coefficients(data, source)
@@ -314,7 +318,7 @@ def test_coefficients_file_round_trips_into_fit_and_build(tuned_local, problem, 
     broken = tmp_path / "broken.toml"
     broken.write_text("schema_version = 1\n[coefficients]\nalpha = 1.2\nbeta = 1.1\n")
     one_line_error(invoke("build", "--target", board, "--data", data, "--coefficients", broken, "-o", tmp_path / "c"),
-                   2, "missing key coefficients.gamma")
+                   2, r"\[coefficients\]: missing required key 'gamma'")
 
 
 def test_build_tune_builds_with_the_winning_coefficients(problem, tmp_path):

@@ -31,25 +31,26 @@ from typing import Any
 from tinyscale.errors import UsageError
 from tinyscale.fsutil import atomic_write_text
 from tinyscale.scaling import Coefficients
-from tinyscale.targets import read_toml_file
+from tinyscale.targets import check_fields, read_toml_file
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 COEFFICIENT_KEYS = ("alpha", "beta", "gamma")
-# provenance key -> (accepted types, description for the error line)
-_PROVENANCE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
-    "target": ((str,), "a string"),
-    "data": ((str,), "a string"),
-    "base": ((str,), "a string"),
-    "trials": ((int,), "an integer"),
-    "seeds": ((list,), "a list of integers"),
-    "tinyscale_version": ((str,), "a string"),
-    "epochs": ((int,), "an integer"),
-    "limit": ((int,), "an integer"),
-    "int8_accuracy": ((float, int), "a number"),
-    "phi": ((float, int), "a number"),
-    "method": ((str,), "a string"),
+_TOP_FIELDS = {"schema_version": (int, True), "coefficients": (dict, True), "provenance": (dict, False)}
+_COEFFICIENT_FIELDS = {key: ((int, float), True) for key in COEFFICIENT_KEYS}
+_PROVENANCE_FIELDS = {
+    "target": (str, False),
+    "data": (str, False),
+    "base": (str, False),
+    "trials": (int, False),
+    "seeds": (list, False),  # of integers, checked below
+    "tinyscale_version": (str, False),
+    "epochs": (int, False),
+    "limit": (int, False),
+    "int8_accuracy": ((float, int), False),
+    "phi": ((float, int), False),
+    "method": (str, False),
 }
 
 
@@ -59,46 +60,21 @@ class CoefficientsFile:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def _fail(source: str, message: str) -> UsageError:
-    return UsageError(f"{source}: {message}")
-
-
-def _check_table(source: str, data: Any, name: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise _fail(source, f"[{name}] must be a table")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise _fail(source, f"unknown key {name}.{unknown[0]} (known: {', '.join(sorted(allowed))})")
-    return data
-
-
 def parse_coefficients(data: dict[str, Any], source: str) -> CoefficientsFile:
     """A parsed TOML document as coefficients and provenance, or one UsageError line."""
-    _check_table(source, data, "top level", {"schema_version", "coefficients", "provenance"})
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise _fail(source, f"schema_version must be {SCHEMA_VERSION}, got {version!r}")
-    if "coefficients" not in data:
-        raise _fail(source, "missing table [coefficients] (alpha, beta, gamma)")
-    table = _check_table(source, data["coefficients"], "coefficients", set(COEFFICIENT_KEYS))
-    missing = [key for key in COEFFICIENT_KEYS if key not in table]
-    if missing:
-        raise _fail(source, f"missing key{'s' if len(missing) > 1 else ''} "
-                            f"{', '.join('coefficients.' + key for key in missing)}")
-    values = []
+    check_fields(source, data, _TOP_FIELDS, UsageError)  # the boards' schema rule
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise UsageError(f"{source}: schema_version must be {SCHEMA_VERSION}, got {data['schema_version']!r}")
+    table = data["coefficients"]
+    check_fields(f"{source} [coefficients]", table, _COEFFICIENT_FIELDS, UsageError)
     for key in COEFFICIENT_KEYS:
-        value = table[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 1:
-            raise _fail(source, f"coefficients.{key} must be a finite number >= 1, got {value!r}")
-        values.append(float(value))
-    provenance = _check_table(source, data.get("provenance", {}), "provenance", set(_PROVENANCE_FIELDS))
-    for key, value in provenance.items():
-        types, description = _PROVENANCE_FIELDS[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise _fail(source, f"provenance.{key} must be {description}, got {value!r}")
+        if not math.isfinite(table[key]) or table[key] < 1:
+            raise UsageError(f"{source} [coefficients]: {key!r} must be a finite number >= 1, got {table[key]!r}")
+    provenance = data.get("provenance", {})
+    check_fields(f"{source} [provenance]", provenance, _PROVENANCE_FIELDS, UsageError)
     if not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in provenance.get("seeds", [])):
-        raise _fail(source, f"provenance.seeds must be a list of integers, got {provenance['seeds']!r}")
-    return CoefficientsFile(Coefficients(*values), dict(provenance))
+        raise UsageError(f"{source} [provenance]: 'seeds' must be a list of integers, got {provenance['seeds']!r}")
+    return CoefficientsFile(Coefficients(*(float(table[key]) for key in COEFFICIENT_KEYS)), dict(provenance))
 
 
 def load_coefficients(path: Path) -> CoefficientsFile:

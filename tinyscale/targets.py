@@ -138,11 +138,11 @@ class Target:
 
 def check_fields(
     where: str, table: dict[str, Any], fields: dict[str, tuple[type | tuple[type, ...], bool]],
-    error: type[TargetError] = TargetError,
+    error: type[TinyscaleError] = TargetError,
 ) -> None:
     """Unknown keys, missing required ones and wrong types, as one `error` line naming the key.
 
-    Shared by every schema-checked data file (boards, latency cost tables).
+    Shared by every schema-checked data file (boards, latency cost tables, coefficients files).
     """
     unknown = sorted(set(table) - set(fields))
     if unknown:
