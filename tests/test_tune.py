@@ -21,7 +21,7 @@ from tinyscale.coefficients import CoefficientsFile, load_coefficients, parse_co
 from tinyscale.errors import DoesNotFitError, UsageError
 from tinyscale.fit import FitRequest, fit
 from tinyscale.scaling import Coefficients
-from tinyscale.tune import TuneSettings, failed_trial, plan, row, table, winner, Candidate
+from tinyscale.tune import TuneSettings, failed_trial, lead_over_paper, plan, row, table, winner, Candidate
 from tinyscale.tune_grid import PAPER, candidates, lattice, parse_candidates, solve_gamma
 
 runner = CliRunner()
@@ -202,6 +202,27 @@ def test_a_failed_trial_is_a_row_and_the_winner_is_the_best_of_the_others():
     assert "native 16 px" in text
 
 
+def test_the_winners_lead_over_the_papers_point_is_weighed_against_the_proxys_noise():
+    fitted = {"phi": 0.5, "resolution": 32, "blocks": 4, "params": 10, "macs": 100, "model_bytes": 1000,
+              "arena_bytes": 500, "flash_utilisation": 0.5, "sram_utilisation": 0.9, "binding": "sram"}
+    paper, other = (Candidate(i, c, fitted, key=f"k{i}") for i, c in ((1, PAPER), (2, Coefficients(1.4, 1.1, 1.1))))
+
+    def scored(paper_accuracy, other_accuracy, samples=2000):
+        rows = [row(candidate, {"key": candidate.key, "int8_accuracy": accuracy, "float_accuracy": accuracy,
+                                "seconds": 1.0, "validation_samples": samples}, 28)
+                for candidate, accuracy in ((paper, paper_accuracy), (other, other_accuracy))]
+        return lead_over_paper(rows, winner(rows))
+
+    assert scored(0.85, 0.80) is None  # the paper's point won: nothing to weigh
+    # The L476 tune's proxy numbers: 83.50% against 83.15% on 2,000 images.
+    close = scored(0.8315, 0.8350)
+    assert close.points == 0.35 and close.standard_error_points == pytest.approx(1.18, abs=0.01)
+    assert close.within_noise and "within the proxy's noise" in close.sentence()
+    clear = scored(0.80, 0.90)
+    assert not clear.within_noise and "beyond the proxy's noise" in clear.sentence()
+    assert scored(0.8315, 0.8350, samples=200_000).within_noise is False  # the same lead, 100x the images
+
+
 # ---------------------------------------------------------------------------
 # Through the CLI: local and Ray backends, resumption, build
 
@@ -248,6 +269,9 @@ def test_tune_writes_the_table_files_and_the_winner(tuned_local):
     assert document.coefficients == Coefficients(best["alpha"], best["beta"], best["gamma"])
     assert document.provenance["target"] == "small-board" and document.provenance["trials"] == 2
     assert document.provenance["seeds"] == [3]
+    lead = summary["lead_over_paper"]  # None when the paper's point itself won
+    assert lead is None or set(lead) == {"paper_candidate", "points", "standard_error_points", "validation_samples",
+                                         "within_noise"}
     pytest.importorskip("matplotlib")
     assert (out / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -264,6 +288,10 @@ def test_a_rerun_skips_finished_trials_and_other_settings_are_refused(tuned_loca
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())  # untouched, not retrained
     assert trial.is_file()
     assert without_seconds(again["trials"]) == without_seconds(summary["trials"])  # seeded: the same again
+    human = invoke(*[arg for arg in tune_args(problem, out) if arg != "--json"])  # the same run, for people
+    assert human.exit_code == 0, human.output
+    assert "<- best" in human.stdout and "trained 0 trials, 2 from an earlier run" in human.stdout
+    assert ("lead over the paper's point" in human.stdout) == (again["lead_over_paper"] is not None)
     one_line_error(invoke(*tune_args(problem, out, "--epochs", "2")), 4, "other settings .*epochs 1 there, 2 now")
 
 

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -266,6 +267,56 @@ def winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not scored:
         return None
     return max(scored, key=lambda r: (r["int8_accuracy"], r["float_accuracy"] or 0.0, -r["candidate"]))
+
+
+NOISE_STANDARD_ERRORS = 2.0  # a lead smaller than this many standard errors may be the proxy's noise
+
+
+@dataclass(frozen=True)
+class Lead:
+    """The winner's proxy int8 accuracy over the paper's point, in percentage points, and how sure it is.
+
+    The standard error treats the two scores as independent binomial estimates on
+    the validation images. Both networks are scored on the same images, and networks
+    tend to miss the same ones, so the true error of the difference is usually smaller:
+    a lead called noise here may be real, one called real is real.
+    """
+
+    paper_candidate: int
+    points: float
+    standard_error_points: float
+    validation_samples: int
+
+    @property
+    def within_noise(self) -> bool:
+        return self.points < NOISE_STANDARD_ERRORS * self.standard_error_points
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "within_noise": self.within_noise}
+
+    def sentence(self) -> str:
+        """One line for `tune`'s output: what the lead is worth."""
+        verdict = (f"within the proxy's noise (under {NOISE_STANDARD_ERRORS:g} standard errors): compare both "
+                   "with a full training before trusting it, or tune with a larger --limit or more --epochs"
+                   if self.within_noise else
+                   f"{self.points / self.standard_error_points:.1f} standard errors, beyond the proxy's noise")
+        return (f"lead over the paper's point (#{self.paper_candidate}): {self.points:+.2f} points of int8 "
+                f"accuracy, one standard error {self.standard_error_points:.2f} on {self.validation_samples:,} "
+                "validation images; " + verdict)
+
+
+
+def lead_over_paper(rows: list[dict[str, Any]], best: dict[str, Any]) -> Lead | None:
+    """None when the paper's point won, was not scored, or the sample count is unknown."""
+    published = Coefficients()
+    paper = next((r for r in rows if r["status"] == "ok"
+                  and (r["alpha"], r["beta"], r["gamma"]) == (published.alpha, published.beta, published.gamma)), None)
+    samples = best.get("validation_samples")
+    if paper is None or paper["candidate"] == best["candidate"] or not samples:
+        return None
+    a, b = best["int8_accuracy"], paper["int8_accuracy"]
+    variance = (a * (1 - a) + b * (1 - b)) / samples
+    return Lead(paper["candidate"], round(100 * (a - b), 2), round(100 * math.sqrt(variance), 2), samples)
 
 
 def _percent(value: float | None) -> str:

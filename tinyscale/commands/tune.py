@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -43,6 +43,9 @@ from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target, load_target
 from tinyscale.tune_backends import default_jobs, threads_per_trial
 
+if TYPE_CHECKING:
+    from tinyscale.tune import Lead
+
 log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class TuneOutcome:
     trained: int  # trials run now (the others were finished by an earlier run)
     resumed: int
     seconds: float
+    lead: Lead | None  # the winner's over the paper's point, and whether the proxy can tell
 
 
 def _fit_function(options: TuneOptions, classes: int, channels: int):
@@ -130,8 +134,8 @@ def few_fit_note(grid: str | None, planned: list, target: str) -> str | None:
 def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, dataset: Dataset | None,
               started: float) -> TuneOutcome:
     from tinyscale.data import split  # noqa: PLC0415
-    from tinyscale.tune import (TuneSettings, open_directory, plan, row, table, winner, write_reports,  # noqa: PLC0415
-                                write_winner)
+    from tinyscale.tune import (TuneSettings, lead_over_paper, open_directory, plan, row, table,  # noqa: PLC0415
+                                winner, write_reports, write_winner)
     from tinyscale.tune_backends import run  # noqa: PLC0415
     from tinyscale.tune_trial import TrialData  # noqa: PLC0415
 
@@ -197,7 +201,7 @@ def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, datas
     if not quiet:
         typer.echo(table(rows, best))
     return TuneOutcome(rows, best, coefficients, verified_phi, path, [*written, path.name], len(to_run),
-                       len(trial_jobs) - len(to_run), time.perf_counter() - started)
+                       len(trial_jobs) - len(to_run), time.perf_counter() - started, lead_over_paper(rows, best))
 
 
 def _verify_winner(options: TuneOptions, classes: int, channels: int, coefficients: Coefficients,
@@ -217,7 +221,8 @@ def _verify_winner(options: TuneOptions, classes: int, channels: int, coefficien
 
 def _summary(outcome: TuneOutcome, out: Path) -> dict[str, Any]:
     return {"best": outcome.best, "alpha": outcome.coefficients.alpha, "beta": outcome.coefficients.beta,
-            "gamma": outcome.coefficients.gamma, "verified_phi": outcome.verified_phi, "trials": outcome.rows,
+            "gamma": outcome.coefficients.gamma, "verified_phi": outcome.verified_phi,
+            "lead_over_paper": None if outcome.lead is None else outcome.lead.to_dict(), "trials": outcome.rows,
             "trained": outcome.trained, "resumed": outcome.resumed, "seconds": round(outcome.seconds, 1),
             "files": [str(out / name) for name in outcome.written]}
 
@@ -261,6 +266,8 @@ def tune(
                f"#{outcome.best['candidate']}), int8 {100 * outcome.best['int8_accuracy']:.2f}% on "
                f"{plural(outcome.best.get('validation_samples') or 0, 'validation image')}; phi "
                f"{format_phi(outcome.verified_phi)} verified in TFLM")
+    if outcome.lead is not None:
+        typer.echo(outcome.lead.sentence())
     typer.echo(f"trained {plural(outcome.trained, 'trial')}, {outcome.resumed} from an earlier run, "
                f"{outcome.seconds:.1f} s")
     typer.echo("wrote " + ", ".join(str(out / name) for name in outcome.written))
