@@ -57,3 +57,12 @@ def test_a_broken_pipe_that_is_not_stdout_is_still_reported(tmp_path):
                               timeout=120)
     assert done.returncode == 70
     assert done.stderr.startswith("error: internal error (BrokenPipeError")
+
+
+def test_a_bad_choice_names_the_option_and_the_choices_in_plain_words():
+    done = subprocess.run([sys.executable, "-m", "tinyscale", "fit", "--target", "esp32", "--patch", "sideways"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    # `python -m tinyscale` is the program's name here, so the hint reads "(see 'python -m tinyscale fit --help')".
+    assert done.stderr.startswith("error: Invalid value for '--patch': 'sideways' is not one of 'auto', 'off'. (see ")
+    assert done.stderr.endswith("tinyscale fit --help')\n") and done.stderr.count("\n") == 1

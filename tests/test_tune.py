@@ -21,7 +21,7 @@ from tinyscale.coefficients import CoefficientsFile, load_coefficients, parse_co
 from tinyscale.errors import DoesNotFitError, UsageError
 from tinyscale.fit import FitRequest, fit
 from tinyscale.scaling import Coefficients
-from tinyscale.tune import TuneSettings, failed_trial, lead_over_paper, plan, row, table, winner, Candidate
+from tinyscale.tune import TuneSettings, correct_bits, failed_trial, lead_over_paper, plan, row, table, winner, Candidate
 from tinyscale.tune_grid import PAPER, candidates, lattice, parse_candidates, solve_gamma
 
 runner = CliRunner()
@@ -207,11 +207,11 @@ def test_the_winners_lead_over_the_papers_point_is_weighed_against_the_proxys_no
               "arena_bytes": 500, "flash_utilisation": 0.5, "sram_utilisation": 0.9, "binding": "sram"}
     paper, other = (Candidate(i, c, fitted, key=f"k{i}") for i, c in ((1, PAPER), (2, Coefficients(1.4, 1.1, 1.1))))
 
-    def scored(paper_accuracy, other_accuracy, samples=2000):
+    def scored(paper_accuracy, other_accuracy, samples=2000, trials=None):
         rows = [row(candidate, {"key": candidate.key, "int8_accuracy": accuracy, "float_accuracy": accuracy,
                                 "seconds": 1.0, "validation_samples": samples}, 28)
                 for candidate, accuracy in ((paper, paper_accuracy), (other, other_accuracy))]
-        return lead_over_paper(rows, winner(rows))
+        return lead_over_paper(rows, winner(rows), trials)
 
     assert scored(0.85, 0.80) is None  # the paper's point won: nothing to weigh
     # The L476 tune's proxy numbers: 83.50% against 83.15% on 2,000 images.
@@ -221,6 +221,23 @@ def test_the_winners_lead_over_the_papers_point_is_weighed_against_the_proxys_no
     clear = scored(0.80, 0.90)
     assert not clear.within_noise and "beyond the proxy's noise" in clear.sentence()
     assert scored(0.8315, 0.8350, samples=200_000).within_noise is False  # the same lead, 100x the images
+    # Paired: the same 83.15% and 83.50%, but the winner gets right every image the paper's point does and
+    # 7 more. Only those 7 images differ, so the lead is sure; unpaired, the same totals look like noise.
+    paper_correct = [True] * 1663 + [False] * 337
+    winner_correct = [True] * 1670 + [False] * 330
+    assert (sum(paper_correct), sum(winner_correct)) == (1663, 1670)
+    trials = {"k1": {"int8_correct": correct_bits(paper_correct)}, "k2": {"int8_correct": correct_bits(winner_correct)}}
+    sure = scored(0.8315, 0.8350, trials=trials)
+    assert sure.paired and sure.standard_error_points == pytest.approx(0.13, abs=0.01) and not sure.within_noise
+    assert "(paired)" in sure.sentence() and "(unpaired)" in close.sentence()
+    assert not scored(0.8315, 0.8350, trials={"k1": {"int8_correct": "zz"}, "k2": {}}).paired  # unreadable: unpaired
+
+
+def test_correct_bits_keep_every_image_in_order():
+    for correct in ([True], [False], [False, False, True], [True, False] * 1000 + [False] * 3):
+        text = correct_bits(correct)
+        assert len(text) == (len(correct) + 3) // 4
+        assert bin(int(text, 16))[2:].zfill(len(correct)) == "".join("1" if c else "0" for c in correct)
 
 
 # ---------------------------------------------------------------------------

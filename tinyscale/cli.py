@@ -215,7 +215,9 @@ def main() -> None:
             sys.exit(0)
         context = getattr(exc, "ctx", None)
         command = f"{context.command_path} --help" if context else "tinyscale --help"
-        typer.echo(f"error: {exc.format_message()} (see '{command}')", err=True)
+        # Typer's validation words a bad choice "Invalid value for '--base': Value error, 'x' is not one of ...".
+        message = exc.format_message().replace(": Value error, ", ": ")
+        typer.echo(f"error: {message} (see '{command}')", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
     sys.exit(result if isinstance(result, int) else 0)
 

@@ -272,20 +272,38 @@ def winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 NOISE_STANDARD_ERRORS = 2.0  # a lead smaller than this many standard errors may be the proxy's noise
 
 
+def correct_bits(correct: Iterable[bool]) -> str:
+    """Which validation images a trial's int8 model got right, as hex (one bit per image, first
+    image highest): what lets two trials be compared image by image, not only by their totals."""
+    bits = "".join("1" if c else "0" for c in correct)
+    return f"{int(bits, 2):0{(len(bits) + 3) // 4}x}" if bits else ""
+
+
+def _read_bits(text: str, samples: int) -> list[bool] | None:
+    try:
+        value = int(text, 16)
+    except (TypeError, ValueError):
+        return None
+    bits = f"{value:0{samples}b}"
+    return None if len(bits) != samples else [bit == "1" for bit in bits]
+
+
 @dataclass(frozen=True)
 class Lead:
     """The winner's proxy int8 accuracy over the paper's point, in percentage points, and how sure it is.
 
-    The standard error treats the two scores as independent binomial estimates on
-    the validation images. Both networks are scored on the same images, and networks
-    tend to miss the same ones, so the true error of the difference is usually smaller:
-    a lead called noise here may be real, one called real is real.
+    Both networks are scored on the same validation images. Paired (both trials
+    kept which images they got right), the standard error comes from the images
+    on which they disagree; otherwise the two scores are taken as independent
+    binomial estimates, which overstates it when the networks miss the same
+    images (they tend to): such a lead called noise may be real.
     """
 
     paper_candidate: int
     points: float
     standard_error_points: float
     validation_samples: int
+    paired: bool
 
     @property
     def within_noise(self) -> bool:
@@ -302,21 +320,38 @@ class Lead:
                    f"{self.points / self.standard_error_points:.1f} standard errors, beyond the proxy's noise")
         return (f"lead over the paper's point (#{self.paper_candidate}): {self.points:+.2f} points of int8 "
                 f"accuracy, one standard error {self.standard_error_points:.2f} on {self.validation_samples:,} "
-                "validation images; " + verdict)
+                f"validation images ({'paired' if self.paired else 'unpaired'}); " + verdict)
 
 
+def _standard_error(a: float, b: float, samples: int, a_correct: list[bool] | None,
+                    b_correct: list[bool] | None) -> tuple[float, bool]:
+    """Of accuracy a - b, as a fraction, and whether it was paired image by image."""
+    if a_correct is None or b_correct is None:
+        return math.sqrt((a * (1 - a) + b * (1 - b)) / samples), False
+    only_a = sum(1 for x, y in zip(a_correct, b_correct) if x and not y)
+    only_b = sum(1 for x, y in zip(a_correct, b_correct) if y and not x)
+    mean = (only_a - only_b) / samples  # per image: +1, -1 or 0
+    return math.sqrt(max(0.0, (only_a + only_b) / samples - mean * mean) / samples), True
 
-def lead_over_paper(rows: list[dict[str, Any]], best: dict[str, Any]) -> Lead | None:
-    """None when the paper's point won, was not scored, or the sample count is unknown."""
+
+def lead_over_paper(rows: list[dict[str, Any]], best: dict[str, Any],
+                    trials: dict[str, dict[str, Any]] | None = None) -> Lead | None:
+    """None when the paper's point won, was not scored, or the sample count is unknown. `trials`
+    (trial key -> result) pairs the comparison when both results kept `int8_correct`."""
     published = Coefficients()
     paper = next((r for r in rows if r["status"] == "ok"
                   and (r["alpha"], r["beta"], r["gamma"]) == (published.alpha, published.beta, published.gamma)), None)
     samples = best.get("validation_samples")
     if paper is None or paper["candidate"] == best["candidate"] or not samples:
         return None
+
+    def correct(r: dict[str, Any]) -> list[bool] | None:
+        text = (trials or {}).get(r.get("trial"), {}).get("int8_correct")
+        return None if text is None else _read_bits(text, samples)
+
     a, b = best["int8_accuracy"], paper["int8_accuracy"]
-    variance = (a * (1 - a) + b * (1 - b)) / samples
-    return Lead(paper["candidate"], round(100 * (a - b), 2), round(100 * math.sqrt(variance), 2), samples)
+    error, paired = _standard_error(a, b, samples, correct(best), correct(paper))
+    return Lead(paper["candidate"], round(100 * (a - b), 2), round(100 * error, 2), samples, paired)
 
 
 def _percent(value: float | None) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinyscale.data import Dataset, network_inputs
-from tinyscale.tune import TrialJob, failed_trial
+from tinyscale.tune import TrialJob, correct_bits, failed_trial
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def _run(job: TrialJob, data: TrialData, started: float) -> dict[str, Any]:
         "float_accuracy": evaluation.float_accuracy,
         "int8_accuracy": evaluation.int8_accuracy,
         "validation_samples": evaluation.samples,
+        "int8_correct": correct_bits(evaluation.predictions == evaluation.labels),
         "train_samples": trained.train_samples,
         "epochs_run": trained.epochs_run,
         "model_bytes": len(flatbuffer),

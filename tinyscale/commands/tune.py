@@ -201,7 +201,8 @@ def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, datas
     if not quiet:
         typer.echo(table(rows, best))
     return TuneOutcome(rows, best, coefficients, verified_phi, path, [*written, path.name], len(to_run),
-                       len(trial_jobs) - len(to_run), time.perf_counter() - started, lead_over_paper(rows, best))
+                       len(trial_jobs) - len(to_run), time.perf_counter() - started,
+                       lead_over_paper(rows, best, results))
 
 
 def _verify_winner(options: TuneOptions, classes: int, channels: int, coefficients: Coefficients,
