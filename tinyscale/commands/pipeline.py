@@ -898,6 +898,8 @@ def _tune_first(board: Target, data: str, out: Path, base: str, channels: int, g
     if not quiet:
         _err(f"tuned: alpha {c.alpha:.4f}, beta {c.beta:.4f}, gamma {c.gamma:.4f} (int8 "
              f"{100 * outcome.best['int8_accuracy']:.2f}% on tune's validation share); building with them")
+        if outcome.lead is not None:
+            _err(outcome.lead.sentence())
     return c
 
 
