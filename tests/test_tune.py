@@ -21,7 +21,7 @@ from tinyscale.coefficients import CoefficientsFile, load_coefficients, parse_co
 from tinyscale.errors import DoesNotFitError, UsageError
 from tinyscale.fit import FitRequest, fit
 from tinyscale.scaling import Coefficients
-from tinyscale.tune import TuneSettings, correct_bits, failed_trial, lead_over_paper, plan, row, table, winner, Candidate
+from tinyscale.tune import Lead, TuneSettings, correct_bits, failed_trial, lead_over_paper, plan, row, table, winner, Candidate
 from tinyscale.tune_grid import PAPER, candidates, lattice, parse_candidates, solve_gamma
 
 runner = CliRunner()
@@ -231,6 +231,9 @@ def test_the_winners_lead_over_the_papers_point_is_weighed_against_the_proxys_no
     assert sure.paired and sure.standard_error_points == pytest.approx(0.13, abs=0.01) and not sure.within_noise
     assert "(paired)" in sure.sentence() and "(unpaired)" in close.sentence()
     assert not scored(0.8315, 0.8350, trials={"k1": {"int8_correct": "zz"}, "k2": {}}).paired  # unreadable: unpaired
+    # A tie broken by float accuracy, both networks perfect: no lead, and no division by a zero error.
+    tie = Lead(paper_candidate=1, points=0.0, standard_error_points=0.0, validation_samples=100, paired=True)
+    assert tie.within_noise and "within the proxy's noise" in tie.sentence()
 
 
 def test_correct_bits_keep_every_image_in_order():

@@ -307,7 +307,8 @@ class Lead:
 
     @property
     def within_noise(self) -> bool:
-        return self.points < NOISE_STANDARD_ERRORS * self.standard_error_points
+        # No lead (a tie broken by float accuracy) is never "beyond noise", even with no error at all.
+        return self.points <= 0 or self.points < NOISE_STANDARD_ERRORS * self.standard_error_points
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "within_noise": self.within_noise}
@@ -317,7 +318,8 @@ class Lead:
         verdict = (f"within the proxy's noise (under {NOISE_STANDARD_ERRORS:g} standard errors): compare both "
                    "with a full training before trusting it, or tune with a larger --limit or more --epochs"
                    if self.within_noise else
-                   f"{self.points / self.standard_error_points:.1f} standard errors, beyond the proxy's noise")
+                   (f"{self.points / self.standard_error_points:.1f} standard errors" if self.standard_error_points
+                    else "no image scored otherwise") + ", beyond the proxy's noise")
         return (f"lead over the paper's point (#{self.paper_candidate}): {self.points:+.2f} points of int8 "
                 f"accuracy, one standard error {self.standard_error_points:.2f} on {self.validation_samples:,} "
                 f"validation images ({'paired' if self.paired else 'unpaired'}); " + verdict)
