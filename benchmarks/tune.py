@@ -4,7 +4,7 @@
         [--epochs 1] [--configs local:1 local:2 ray:1 ray:2] [--out DIR]
     python benchmarks/tune.py accuracy [--targets nucleo-l476rg esp32] [--seeds 0 1] [--base efficientnet-lite0]
         [--grid 2] [--tune-epochs 3] [--tune-limit 10000] [--epochs 30] [--limit N] [--final all|best]
-        [--jobs N] [--out DIR]
+        [--jobs N] [--out DIR] [--finished-only]
 
 speed: the same tune run (Fashion-MNIST, fresh output folder each time) with
 each backend:jobs pair; prints wall seconds, the sum of the trials' own seconds,
@@ -12,7 +12,8 @@ the speed-up over the same backend with one worker, its bound (N workers x one
 worker's trial seconds / these trial seconds: each trial runs with fewer threads
 when N share the cores, so this is what N workers gain with nothing serial and
 perfect packing), Ray's time relative to the local pool's, and checks that
-every configuration printed the same table (seconds aside). Goal (issue 11): >= 1.8x with 2 workers; Ray within 10% of local.
+every configuration printed the same table (seconds aside). Goal (issue 11):
+>= 1.8x with 2 workers; Ray within 10% of local.
 
 accuracy: per target, `tune` on Fashion-MNIST's training split, then `build`
 with the full schedule of benchmarks/fashion_mnist_accuracy.py (up to 30
@@ -28,6 +29,7 @@ Hours on a 2-core machine; `--limit`, `--epochs` and `--seeds` make a reduced ru
 Rerun with the same `--out` to resume: the tune skips its finished trials, a
 final build whose folder holds the report of the same command is reused, and
 an interrupted one continues its training after its last finished epoch.
+`--finished-only` prints the table of what `--out` holds so far and trains nothing.
 """
 
 from __future__ import annotations
@@ -143,13 +145,19 @@ def build_command(args: argparse.Namespace, target: str, out: Path, row: dict, s
 FINISHED = "benchmark_command.json"  # beside a final build's report.json: the command that made it
 
 
-def final_build(command: list[str], out: Path, log: Path, cores: list[int] | None = None) -> dict | None:
+NOT_BUILT = "not built"  # --finished-only: a final build that has not finished yet
+
+
+def final_build(command: list[str], out: Path, log: Path, cores: list[int] | None = None,
+                start: bool = True) -> dict | str | None:
     """A final build's report: reused when `out` holds one made by this very command (a rerun with
     the same --out resumes: each build is hours, and an interrupted one continues its training
-    from its last epoch, `build`'s own resume), else built now."""
+    from its last epoch, `build`'s own resume), else built now (or NOT_BUILT when not `start`)."""
     finished, report = out / FINISHED, out / "report.json"
     if finished.is_file() and report.is_file() and json.loads(finished.read_text()) == command:
         return json.loads(report.read_text())  # what `build --json` printed for it
+    if not start:
+        return NOT_BUILT
     built, _, _ = run_json(command, log, cores)
     if built is not None:
         finished.write_text(json.dumps(command))
@@ -177,9 +185,12 @@ def run_finals(args: argparse.Namespace, root: Path, builds: list[tuple[str, dic
         out = root / f"{target}-c{r['candidate']}-s{seed}"
         cores = free.get()
         try:
-            built = final_build(build_command(args, target, out, r, seed), out, root / f"{out.name}.log", cores)
+            built = final_build(build_command(args, target, out, r, seed), out, root / f"{out.name}.log", cores,
+                                start=not args.finished_only)
         finally:
             free.put(cores)
+        if built == NOT_BUILT:
+            return (target, r["candidate"], seed), NOT_BUILT
         score = None if built is None else built["int8_accuracy"]
         print(f"  {out.name}: " + ("failed" if score is None else f"int8 {100 * score:.2f}%"), file=sys.stderr,
               flush=True)
@@ -189,21 +200,51 @@ def run_finals(args: argparse.Namespace, root: Path, builds: list[tuple[str, dic
         return dict(pool.map(one, builds))
 
 
+def finished_tune(folder: Path) -> dict | None:
+    """--finished-only: the tune's rows as its last run wrote them (trials.json), winner included."""
+    from tinyscale.tune import lead_over_paper, winner  # noqa: PLC0415 - the same rules `tune` applies
+
+    rows_file = folder / "trials.json"
+    if not rows_file.is_file():
+        return None
+    rows = json.loads(rows_file.read_text())
+    best = winner(rows)
+    if best is None:
+        return None
+    trials = {t["key"]: t for t in (json.loads(f.read_text()) for f in (folder / "trials").glob("*.json"))}
+    lead = lead_over_paper(rows, best, trials)
+    return {"trials": rows, "best": best, "lead_over_paper": None if lead is None else lead.to_dict()}
+
+
+def _lead_text(lead: dict | None) -> str:
+    if lead is None:
+        return "-"
+    return (f"{lead['points']:+.2f} +- {lead['standard_error_points']:.2f} points "
+            f"({'paired' if lead['paired'] else 'unpaired'}{', within noise' if lead['within_noise'] else ''})")
+
+
+def _score_cell(score: float | str | None) -> str:
+    return "fail" if score is None else "-" if score == NOT_BUILT else f"{100 * score:.2f}"
+
+
 def accuracy(args: argparse.Namespace, root: Path) -> None:
-    plans = []  # (target, the candidates built, the winner's number, tune seconds)
+    plans = []  # (target, the candidates built, the winner's number, tune seconds, the proxy's lead)
     for target in args.targets:
         tune_args = argparse.Namespace(**{**vars(args), "epochs": args.tune_epochs, "limit": args.tune_limit,
                                           "seed": args.seeds[0]})
-        summary, wall, last = run_json(tune_command(tune_args, target, root / f"{target}-tune", fresh=False),
-                                       root / f"{target}-tune.log")
+        if args.finished_only:
+            summary, wall, last = finished_tune(root / f"{target}-tune"), float("nan"), "not tuned yet"
+        else:
+            summary, wall, last = run_json(tune_command(tune_args, target, root / f"{target}-tune", fresh=False),
+                                           root / f"{target}-tune.log")
         if summary is None:
             print(f"{target:16} tune failed: {last}", flush=True)
             continue
         rows = [r for r in summary["trials"] if r["status"] == "ok" and not r.get("same_as")]
         best = summary["best"]["candidate"]
         chosen = rows if args.final == "all" else [r for r in rows if r["candidate"] in (1, best)]
-        plans.append((target, chosen, best, wall))
-    scores = run_finals(args, root, [(target, r, seed) for target, chosen, _, _ in plans for r in chosen
+        plans.append((target, chosen, best, wall, summary.get("lead_over_paper")))
+    scores = run_finals(args, root, [(target, r, seed) for target, chosen, *_ in plans for r in chosen
                                      for seed in args.seeds])
     print(f"tuned vs paper coefficients: base {args.base}, tune grid {args.grid} ({args.tune_epochs} epoch(s), "
           f"limit {args.tune_limit}), final builds {args.epochs} epochs"
@@ -211,11 +252,11 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
           + f", seeds {args.seeds}; folders in {root}")
     print(f"{'target':16} {'candidate':>9} {'alpha':>6} {'beta':>6} {'gamma':>6} {'phi':>6} {'px':>4} "
           f"{'proxy %':>7} " + " ".join(f"{'seed ' + str(s) + ' %':>9}" for s in args.seeds) + f" {'mean %':>7}")
-    for target, chosen, best, wall in plans:
+    for target, chosen, best, wall, lead in plans:
         finals: dict[int, float] = {}
         for r in chosen:
             row_scores = [scores[(target, r["candidate"], seed)] for seed in args.seeds]
-            valid = [s for s in row_scores if s is not None]
+            valid = [s for s in row_scores if isinstance(s, float)]
             if valid:
                 finals[r["candidate"]] = statistics.mean(valid)
             mean = f"{100 * finals[r['candidate']]:.2f}" if valid else "-"
@@ -223,13 +264,18 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
                 (" tuned" if r["candidate"] == best else "")
             print(f"{target:16} {label:>9} {r['alpha']:>6.3f} {r['beta']:>6.3f} {r['gamma']:>6.3f} "
                   f"{r['phi']:>6.2f} {r['resolution']:>4} {100 * r['int8_accuracy']:>7.2f} "
-                  + " ".join(f"{'fail' if s is None else f'{100 * s:.2f}':>9}" for s in row_scores)
+                  + " ".join(f"{_score_cell(s):>9}" for s in row_scores)
                   + f" {mean:>7}", flush=True)
         ranked = [r for r in chosen if r["candidate"] in finals]
         tau = kendall_tau([r["int8_accuracy"] for r in ranked], [finals[r["candidate"]] for r in ranked])
-        gain = (finals.get(best, float("nan")) - finals.get(1, float("nan"))) * 100
-        print(f"{target:16} tuned - paper: {gain:+.2f} points; proxy-vs-final Kendall tau over "
-              f"{len(ranked)} networks: {'-' if tau is None else f'{tau:+.2f}'}; tune took {wall:.0f} s", flush=True)
+        # Over the seeds both builds finished, so a partial table (--finished-only) compares like with like.
+        both = [seed for seed in args.seeds
+                if all(isinstance(scores.get((target, c, seed)), float) for c in (1, best))]
+        gain = (f"{100 * statistics.mean(scores[(target, best, s)] - scores[(target, 1, s)] for s in both):+.2f} "
+                f"points over seeds {both}" if both and best != 1 else "-")
+        print(f"{target:16} tuned - paper: {gain}; proxy's lead {_lead_text(lead)}; proxy-vs-final Kendall tau over "
+              f"{len(ranked)} networks: {'-' if tau is None else f'{tau:+.2f}'}; tune took "
+              f"{'-' if wall != wall else f'{wall:.0f} s'}", flush=True)
 
 
 def main() -> None:
@@ -257,6 +303,8 @@ def main() -> None:
     slow.add_argument("--jobs", type=int, default=1, help="final builds at a time, each pinned to its share "
                       "of the cores")
     slow.add_argument("--out", type=Path, default=None)
+    slow.add_argument("--finished-only", action="store_true", help="print what --out holds so far; train nothing "
+                      "('-': a build not finished yet)")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix=f"tune-bench-{args.mode}-"))
     root.mkdir(parents=True, exist_ok=True)
