@@ -12,7 +12,7 @@ import argparse
 import time
 
 from tinyscale.errors import DoesNotFitError
-from tinyscale.fit import FitRequest, fit
+from tinyscale.search.fit import FitRequest, fit
 from tinyscale.scaling import format_phi
 from tinyscale.targets import load_all_targets
 

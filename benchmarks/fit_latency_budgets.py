@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from tinyscale import arch  # noqa: E402
 from tinyscale.errors import NothingFitsError  # noqa: E402
-from tinyscale.fit import FitRequest, fit  # noqa: E402
+from tinyscale.search.fit import FitRequest, fit  # noqa: E402
 from tinyscale.scaling import format_phi  # noqa: E402
 from tinyscale.targets import load_target  # noqa: E402
 

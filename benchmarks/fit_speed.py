@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from tinyscale.fit import FitRequest, Measured, fit, measured_memory
+from tinyscale.search.fit import FitRequest, Measured, fit, measured_memory
 from tinyscale.scaling import format_phi
 from tinyscale.targets import load_target
 

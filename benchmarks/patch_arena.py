@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tinyscale.patching import DEFAULT_MAX_EXTRA_MACS, patch_flatbuffer
+from tinyscale.search.patching import DEFAULT_MAX_EXTRA_MACS, patch_flatbuffer
 
 DEFAULT_TARGETS = ("esp32", "nucleo-l476rg", "nucleo-f411re", "nano33ble", "rpi-pico")
 

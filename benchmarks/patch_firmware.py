@@ -1,6 +1,6 @@
 """Patched models on the device: mps2-an386 firmware under QEMU, patched against unpatched.
 
-Patches each model (`tinyscale.patching.patch_flatbuffer`, what `tinyscale
+Patches each model (`tinyscale.search.patching.patch_flatbuffer`, what `tinyscale
 patch` runs), renders the unpatched and patched mps2-an386 projects, builds them
 against TFLite Micro trees made by create_tflm_tree.py, runs them under QEMU and
 prints one markdown row per (model, schedule):
@@ -27,7 +27,7 @@ import firmware_sizes
 
 from tinyscale.graph.flatbuffer import read_flatbuffer
 from tinyscale.graph.patch import split_candidates
-from tinyscale.patching import patch_flatbuffer
+from tinyscale.search.patching import patch_flatbuffer
 
 TINY_MODEL = Path(__file__).resolve().parents[1] / "tests" / "golden" / "tiny.tflite"
 TINY_GRIDS = ((2, 2), (3, 3))

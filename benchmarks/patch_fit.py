@@ -17,7 +17,7 @@ import time
 
 from tinyscale import arch
 from tinyscale.errors import DoesNotFitError
-from tinyscale.fit import FitRequest, fit
+from tinyscale.search.fit import FitRequest, fit
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer
 from tinyscale.scaling import format_phi

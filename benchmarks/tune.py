@@ -202,7 +202,7 @@ def run_finals(args: argparse.Namespace, root: Path, builds: list[tuple[str, dic
 
 def finished_tune(folder: Path) -> dict | None:
     """--finished-only: the tune's rows as its last run wrote them (trials.json), winner included."""
-    from tinyscale.tune import lead_over_paper, winner  # noqa: PLC0415 - the same rules `tune` applies
+    from tinyscale.search.tune import lead_over_paper, winner  # noqa: PLC0415 - the same rules `tune` applies
 
     rows_file = folder / "trials.json"
     if not rows_file.is_file():

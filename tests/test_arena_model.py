@@ -141,7 +141,7 @@ def test_fitted_networks_patched_by_the_search_are_exact(phi):
     pytest.importorskip("tensorflow")
     from tinyscale.arch import scale
     from tinyscale.convert import spec_to_tflite
-    from tinyscale.patching import patch_flatbuffer
+    from tinyscale.search.patching import patch_flatbuffer
 
     data = spec_to_tflite(scale("efficientnet-lite0", phi).spec)
     model = read_flatbuffer(data)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tinyscale import estimate, fit
+from tinyscale import estimate
+from tinyscale.search import fit
 from tinyscale import firmware as fw
 from tinyscale.arch import scale
 from tinyscale.budget import DEVICE_MODEL_RULE, HOST_MARGIN_RULE

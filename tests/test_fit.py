@@ -10,9 +10,9 @@ import pytest
 
 from tinyscale import arch
 from tinyscale.budget import place
-from tinyscale.fit import placement_for
+from tinyscale.search.fit import placement_for
 from tinyscale.errors import DoesNotFitError
-from tinyscale.fit import PHI_MAX, FitRequest, Measured, Memory, fit
+from tinyscale.search.fit import PHI_MAX, FitRequest, Measured, Memory, fit
 
 
 def proxy_memory(spec: arch.NetworkSpec) -> Memory:

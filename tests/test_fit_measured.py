@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinyscale.fit import FitRequest, fit, measured_memory, placement_for
+from tinyscale.search.fit import FitRequest, fit, measured_memory, placement_for
 
 pytestmark = pytest.mark.slow
 

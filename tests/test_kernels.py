@@ -10,7 +10,7 @@ from tinyscale import firmware
 from tinyscale.arch import scale
 from tinyscale.convert import spec_to_tflite
 from tinyscale.estimate import tflite_graph
-from tinyscale.fit import Memory, placement_for
+from tinyscale.search.fit import Memory, placement_for
 from tinyscale.kernels import (
     ARENA_SLACK_BYTES,
     arena_margin_bytes,

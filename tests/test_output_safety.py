@@ -132,7 +132,7 @@ def _blocked(tmp_path: Path) -> Path:
 
 
 def test_unwritable_outputs_fail_before_the_long_work(tmp_path, stripes, monkeypatch):
-    from tinyscale import fit as fit_module
+    from tinyscale.search import fit as fit_module
     from tinyscale.commands import pipeline
 
     blocked = _blocked(tmp_path)

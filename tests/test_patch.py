@@ -194,7 +194,7 @@ def test_reading_patching_and_writing_import_no_tensorflow():
         "import sys\n"
         "from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer\n"
         "from tinyscale.graph.patch import patch_model, split_candidates\n"
-        "import tinyscale.patching\n"
+        "import tinyscale.search.patching\n"
         f"model = read_flatbuffer(open({str(golden)!r}, 'rb').read())\n"
         "write_flatbuffer(patch_model(model, split_candidates(model)[-1], (2, 2)))\n"
         "print(','.join(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tinyscale.cli import app
-from tinyscale.patching import parse_grid
+from tinyscale.search.patching import parse_grid
 from tinyscale.errors import UsageError
 
 pytest.importorskip("tflite_micro")
@@ -77,7 +77,7 @@ def test_search_never_returns_a_larger_arena(tmp_path):
 
 
 def test_search_measures_finalists_when_the_analytic_arena_disagrees(monkeypatch, caplog):
-    from tinyscale import patching
+    from tinyscale.search import patching
 
     data = _network_file_bytes("mbconv")
     honest = patching.ranking_bytes
@@ -98,7 +98,8 @@ def _assert_measurement_decided(result, finalists: int) -> None:
 
 
 def test_search_measures_finalists_for_operators_the_arena_model_lacks(monkeypatch, caplog):
-    from tinyscale import estimate, patching
+    from tinyscale import estimate
+    from tinyscale.search import patching
     from tinyscale.errors import NotModelledError
 
     def refuse(model):

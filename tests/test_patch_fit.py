@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tinyscale.cli import app
-from tinyscale.fit import FitRequest, analytic_memory, fit, placement_for
+from tinyscale.search.fit import FitRequest, analytic_memory, fit, placement_for
 from tinyscale.estimate import tflite_graph
 from tinyscale.graph.patch import split_candidates
 from tinyscale.targets import load_target
@@ -230,7 +230,7 @@ def test_build_searches_a_schedule_when_fits_split_is_not_in_the_conversion(capl
 def test_build_passes_its_patch_mode_to_fit(tmp_path, monkeypatch, mode):
     from test_pipeline_cli import write_stripes
 
-    import tinyscale.fit as fit_module
+    import tinyscale.search.fit as fit_module
     from tinyscale.errors import DataError
 
     seen = {}
@@ -282,7 +282,7 @@ def test_unpatched_size_is_a_lower_bound_of_every_patched_file(base, phi, channe
     """fit --patch auto drops a schedule without writing it when even the unpatched size breaks flash."""
     from tinyscale.arch import scale
     from tinyscale.estimate import flatbuffer_bytes
-    from tinyscale.patch_fit import ranked_schedules
+    from tinyscale.search.patch_fit import ranked_schedules
 
     spec = scale(base, phi, channels=channels).spec
     unpatched = flatbuffer_bytes(tflite_graph(spec))

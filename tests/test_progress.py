@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tinyscale import progress
 from tinyscale.cli import app
-from tinyscale.fit import FitRequest, Measured, Memory, fit
+from tinyscale.search.fit import FitRequest, Measured, Memory, fit
 
 runner = CliRunner()
 

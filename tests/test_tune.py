@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 from tinyscale.cli import app
 from tinyscale.coefficients import CoefficientsFile, load_coefficients, parse_coefficients, write_coefficients
 from tinyscale.errors import DoesNotFitError, UsageError
-from tinyscale.fit import FitRequest, fit
+from tinyscale.search.fit import FitRequest, fit
 from tinyscale.scaling import Coefficients
-from tinyscale.tune import Lead, TuneSettings, correct_bits, failed_trial, lead_over_paper, plan, row, table, winner, Candidate
-from tinyscale.tune_grid import PAPER, candidates, lattice, parse_candidates, solve_gamma
+from tinyscale.search.tune import Lead, TuneSettings, correct_bits, failed_trial, lead_over_paper, plan, row, table, winner, Candidate
+from tinyscale.search.tune_grid import PAPER, candidates, lattice, parse_candidates, solve_gamma
 
 runner = CliRunner()
 NUCLEO = Path(__file__).resolve().parent.parent / "targets" / "nucleo-l476rg.toml"

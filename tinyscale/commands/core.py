@@ -13,7 +13,7 @@ import typer
 from tinyscale import arch
 from tinyscale.arch import BASES, ScaledNetwork
 from tinyscale.budget import Placement
-from tinyscale.fit import DEFAULT_MAX_EXTRA_MACS, PATCH_MODES, Memory, latency_for, placement_for
+from tinyscale.search.fit import DEFAULT_MAX_EXTRA_MACS, PATCH_MODES, Memory, latency_for, placement_for
 from tinyscale.cli import app, reports_errors
 from tinyscale.coefficients import resolve_coefficients
 from tinyscale.errors import NothingFitsError, UsageError
@@ -237,8 +237,8 @@ def scale(
     ]
     memory = Memory(estimate.model_bytes, estimate.arena_bytes)
     if board is not None and patch.value == "auto":
-        from tinyscale.fit import analytic_memory
-        from tinyscale.patch_fit import patched_estimator
+        from tinyscale.search.fit import analytic_memory
+        from tinyscale.search.patch_fit import patched_estimator
 
         memory = patched_estimator(board, analytic_memory, max_extra_macs)(spec)
     schedule = memory.schedule
@@ -252,8 +252,8 @@ def scale(
         ]
     model_bytes, arena_bytes = memory.model_bytes, memory.arena_bytes
     if measure or tflite is not None:
-        from tinyscale.fit import measured_memory
-        from tinyscale.patch_fit import measured_patched_memory
+        from tinyscale.search.fit import measured_memory
+        from tinyscale.search.patch_fit import measured_patched_memory
 
         with status(enabled=not json_output) as report:
             measured = measured_patched_memory(spec, schedule, report) if schedule.patched \
@@ -309,7 +309,7 @@ def fit(
     json_output: JsonOption = False,
 ) -> None:
     """Find the largest phi whose int8 TFLite Micro model fits the target's flash and SRAM (and --max-latency-ms)."""
-    from tinyscale.fit import FitRequest, check_latency_budget, fit as run_fit
+    from tinyscale.search.fit import FitRequest, check_latency_budget, fit as run_fit
 
     coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, target)
     settings = _scaling(base, classes, channels, coefficients)

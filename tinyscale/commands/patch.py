@@ -60,7 +60,7 @@ def patch(
 ) -> None:
     """Compute the first layers patch by patch (a standard int8 flatbuffer): smaller arena, bit-identical outputs."""
     from tinyscale.fsutil import atomic_write_bytes, refuse_clobber  # noqa: PLC0415 - keeps --help fast
-    from tinyscale.patching import parse_grid, patch_flatbuffer  # noqa: PLC0415
+    from tinyscale.search.patching import parse_grid, patch_flatbuffer  # noqa: PLC0415
 
     refuse_clobber(output, force)
     chosen_grid = parse_grid(grid) if grid is not None else None

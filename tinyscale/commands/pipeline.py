@@ -141,7 +141,7 @@ def _run_fit(target: Target, base: str, coefficients: Coefficients, classes: int
              progress: Progress = no_progress, patch: str = "auto",
              max_extra_macs: float = DEFAULT_MAX_EXTRA_MACS) -> dict[str, Any]:
     """The fit result as fit.json holds it; `patch` as `fit --patch` (the network may need its schedule)."""
-    from tinyscale.fit import FitRequest, fit  # noqa: PLC0415 - the fitter pulls in the converter
+    from tinyscale.search.fit import FitRequest, fit  # noqa: PLC0415 - the fitter pulls in the converter
 
     request = FitRequest(target, base, classes, channels, coefficients)
     return fit(request, progress=progress, patch=patch, max_extra_macs=max_extra_macs).to_dict()
@@ -162,7 +162,7 @@ def _apply_schedule(flatbuffer: bytes, schedule: tuple[tuple[int, int], str], ma
     The same architecture converts to the same tensor names, so the split is
     found; if not (another converter), the schedule is searched on this model.
     """
-    from tinyscale.patching import patch_flatbuffer  # noqa: PLC0415
+    from tinyscale.search.patching import patch_flatbuffer  # noqa: PLC0415
 
     grid, split = schedule
     try:

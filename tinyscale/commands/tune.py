@@ -41,10 +41,10 @@ from tinyscale.errors import TinyscaleError, UsageError
 from tinyscale.progress import status
 from tinyscale.scaling import Coefficients, format_phi
 from tinyscale.targets import Target, load_target
-from tinyscale.tune_backends import default_jobs, threads_per_trial
+from tinyscale.search.tune_backends import default_jobs, threads_per_trial
 
 if TYPE_CHECKING:
-    from tinyscale.tune import Lead
+    from tinyscale.search.tune import Lead
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class TuneOutcome:
 
 
 def _fit_function(options: TuneOptions, classes: int, channels: int):
-    from tinyscale.fit import FitRequest, fit  # noqa: PLC0415
+    from tinyscale.search.fit import FitRequest, fit  # noqa: PLC0415
 
     def fit_candidate(coefficients: Coefficients):
         request = FitRequest(options.target, options.base, classes, channels, coefficients)
@@ -98,8 +98,8 @@ def run_tune(options: TuneOptions, quiet: bool = False, dataset: Dataset | None 
     `dataset`: the training data already loaded (build's training share), else
     `options.data`'s train split is loaded with `options.limit`.
     """
-    from tinyscale.tune_backends import ray_session  # noqa: PLC0415
-    from tinyscale.tune_grid import candidates  # noqa: PLC0415
+    from tinyscale.search.tune_backends import ray_session  # noqa: PLC0415
+    from tinyscale.search.tune_grid import candidates  # noqa: PLC0415
 
     if options.ray_address is not None and options.backend != "ray":
         raise UsageError("--ray-address needs --backend ray")
@@ -117,7 +117,7 @@ FEW_FITTING = 2
 
 def few_fit_note(grid: str | None, planned: list, target: str) -> str | None:
     """One stderr line when at most FEW_FITTING of the grid's candidates fit `target`, else None."""
-    from tinyscale.tune_grid import MAX_GRID_STEPS, candidates, grid_steps  # noqa: PLC0415
+    from tinyscale.search.tune_grid import MAX_GRID_STEPS, candidates, grid_steps  # noqa: PLC0415
 
     fitting = sum(candidate.error is None for candidate in planned)
     if fitting > FEW_FITTING or fitting == len(planned):
@@ -134,10 +134,10 @@ def few_fit_note(grid: str | None, planned: list, target: str) -> str | None:
 def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, dataset: Dataset | None,
               started: float) -> TuneOutcome:
     from tinyscale.data import split  # noqa: PLC0415
-    from tinyscale.tune import (TuneSettings, lead_over_paper, open_directory, plan, row, table,  # noqa: PLC0415
+    from tinyscale.search.tune import (TuneSettings, lead_over_paper, open_directory, plan, row, table,  # noqa: PLC0415
                                 winner, write_reports, write_winner)
-    from tinyscale.tune_backends import run  # noqa: PLC0415
-    from tinyscale.tune_trial import TrialData  # noqa: PLC0415
+    from tinyscale.search.tune_backends import run  # noqa: PLC0415
+    from tinyscale.search.tune_trial import TrialData  # noqa: PLC0415
 
     jobs = options.jobs or default_jobs()
     given = dataset
@@ -208,7 +208,7 @@ def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, datas
 def _verify_winner(options: TuneOptions, classes: int, channels: int, coefficients: Coefficients,
                    best: dict[str, Any], quiet: bool) -> float:
     """The winner's fit verified by a real conversion in TFLM, once (as `fit` does)."""
-    from tinyscale.fit import FitRequest, fit  # noqa: PLC0415
+    from tinyscale.search.fit import FitRequest, fit  # noqa: PLC0415
 
     request = FitRequest(options.target, options.base, classes, channels, coefficients)
     with status(enabled=not quiet) as progress:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tinyscale.tune_backends import BACKENDS
+from tinyscale.search.tune_backends import BACKENDS
 
 Backend = Enum("Backend", {name: name for name in BACKENDS}, type=str)  # type: ignore[misc]
 GridOption = Annotated[

@@ -1,6 +1,6 @@
 """Where tune's trials run: a local process pool, or Ray (a local instance or an existing cluster).
 
-Both call :func:`tinyscale.tune_trial.run_trial` with the same job and data, and
+Both call :func:`tinyscale.search.tune_trial.run_trial` with the same job and data, and
 each trial sizes TensorFlow's threads to the cores it owns, so the same seeds
 give the same table on either backend. Results come back in completion order
 through `on_result`, which stores each finished trial at once: a ^C keeps them.
@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
 from tinyscale.errors import TinyscaleError, UsageError
-from tinyscale.tune import TrialJob, failed_trial
+from tinyscale.search.tune import TrialJob, failed_trial
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _init_worker(data: Any) -> None:
 
 
 def _pool_trial(job: TrialJob) -> dict[str, Any]:
-    from tinyscale.tune_trial import run_trial  # noqa: PLC0415
+    from tinyscale.search.tune_trial import run_trial  # noqa: PLC0415
 
     return run_trial(job, _worker_data)
 
@@ -198,7 +198,7 @@ def connect_ray(address: str | None, num_cpus: int | None = None):
 
 
 def _ray_trial(job: TrialJob, data: Any) -> dict[str, Any]:
-    from tinyscale.tune_trial import run_trial  # noqa: PLC0415
+    from tinyscale.search.tune_trial import run_trial  # noqa: PLC0415
 
     return run_trial(job, data)
 

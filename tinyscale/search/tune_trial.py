@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tinyscale.data import Dataset, network_inputs
-from tinyscale.tune import TrialJob, correct_bits, failed_trial
+from tinyscale.search.tune import TrialJob, correct_bits, failed_trial
 
 log = logging.getLogger(__name__)
 

@@ -2,15 +2,15 @@
 
 Estimated (pure, no TFLM): the patch pass runs on the spec-built graph
 (:func:`tinyscale.estimate.tflite_graph`), a few schedules per
-network (:func:`tinyscale.patching.fit_schedules`) ranked by
-:func:`tinyscale.patching.ranking_bytes`. Flash is the writer's size of the
+network (:func:`tinyscale.search.patching.fit_schedules`) ranked by
+:func:`tinyscale.search.patching.ranking_bytes`. Flash is the writer's size of the
 patched graph: the spec-built graph has the converted file's tensors, names,
 quantization lengths, options and buffer sizes, so the writer gives the
 patched converted model's size to the byte (tests/test_patch_fit.py checks it
 against the measured file).
 
 Measured: convert, apply that schedule to the converted flatbuffer
-(:func:`tinyscale.patching.patch_flatbuffer`, which checks bit-equality),
+(:func:`tinyscale.search.patching.patch_flatbuffer`, which checks bit-equality),
 and take the patched file's size and TFLM arena.
 """
 
@@ -23,7 +23,7 @@ from typing import Callable
 
 from tinyscale.arch import NetworkSpec
 from tinyscale.estimate import tflite_graph
-from tinyscale.fit import Estimator, Measured, Memory, Schedule, placement_for
+from tinyscale.search.fit import Estimator, Measured, Memory, Schedule, placement_for
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.graph.model import Model
@@ -51,7 +51,7 @@ class _Ranked:
 @functools.lru_cache(maxsize=256)
 def ranked_schedules(spec: NetworkSpec, max_extra_macs: float) -> tuple[_Ranked, ...]:
     """The best few schedules of `spec` under the extra-MACs cap, best ranked first (memoised per spec)."""
-    from tinyscale.patching import fit_schedules
+    from tinyscale.search.patching import fit_schedules
 
     model = tflite_graph(spec)
     base = model_macs(model)
@@ -92,7 +92,7 @@ def patched_estimator(target: Target, unpatched: Estimator, max_extra_macs: floa
 def measured_patched_memory(spec: NetworkSpec, schedule: Schedule, progress: Progress = no_progress) -> Measured:
     """Convert `spec`, apply `schedule` (outputs checked bit for bit in TFLM), measure the patched file."""
     from tinyscale.convert import spec_to_tflite
-    from tinyscale.patching import patch_flatbuffer
+    from tinyscale.search.patching import patch_flatbuffer
 
     start = time.perf_counter()
     progress(f"converting the {spec.resolution} px network to int8")

@@ -1,14 +1,14 @@
 """`tinyscale tune`: the paper's coefficient search, run against a board's budgets and the user's data.
 
-For each candidate (alpha, beta, gamma) of :mod:`tinyscale.tune_grid` the fitter
+For each candidate (alpha, beta, gamma) of :mod:`tinyscale.search.tune_grid` the fitter
 finds the largest phi for the target (analytic, no conversion); candidates that
 round to the same network share one trial. A trial is a short proxy training on
 part of the training data, an int8 conversion, and the int8 accuracy in TFLM on
 a held-out validation share that no trial trains on (the test split stays for
 the final report). The winner is verified by a real conversion, as `fit` does.
 
-This module plans, stores and reports (no TensorFlow); :mod:`tinyscale.tune_trial`
-runs one trial and :mod:`tinyscale.tune_backends` runs many (process pool or Ray).
+This module plans, stores and reports (no TensorFlow); :mod:`tinyscale.search.tune_trial`
+runs one trial and :mod:`tinyscale.search.tune_backends` runs many (process pool or Ray).
 Each finished trial is written atomically to ``DIR/trials/<key>.json``; a rerun
 with the same settings reads those back instead of training again.
 """

@@ -8,7 +8,7 @@ TFLM measurement; if the measurement disagrees with the estimate the search
 steps down one network at a time.
 
 With ``patch="auto"`` a network that does not fit unpatched may run its first
-stages in patches (:mod:`tinyscale.patch_fit` picks the schedule); the search
+stages in patches (:mod:`tinyscale.search.patch_fit` picks the schedule); the search
 then starts at the unpatched answer and verifies the patched conversion.
 """
 
@@ -561,7 +561,7 @@ def _start_search(request: FitRequest, estimator: Estimator, patch: str, max_ext
         if not search.fits(PHI_MIN):
             raise _nothing_fits(search)
         return search, search.bracket(), None
-    from tinyscale.patch_fit import patched_estimator
+    from tinyscale.search.patch_fit import patched_estimator
 
     phi_unpatched = _unpatched_answer(request, estimator)
     search = _Search(request, patched_estimator(request.target, estimator, max_extra_macs))
@@ -582,7 +582,7 @@ def _measure(search: _Search, spec: NetworkSpec, measurer: Measurer, progress: P
     schedule = search.memory(spec).schedule
     if not schedule.patched:
         return measurer(spec)
-    from tinyscale.patch_fit import measured_patched_memory
+    from tinyscale.search.patch_fit import measured_patched_memory
 
     return measured_patched_memory(spec, schedule, progress)
 
