@@ -153,7 +153,7 @@ def smaller_arena_fails(work: Path, board: str, kernels: str, tree: Path, arena_
     """
     import firmware_sizes  # noqa: PLC0415
     from tinyscale import firmware as fw  # noqa: PLC0415
-    from tinyscale.targets import load_target  # noqa: PLC0415
+    from tinyscale.boards.targets import load_target  # noqa: PLC0415
 
     slot = work / f"{'' if board == firmware_sizes.DEFAULT_TARGET else board + '-'}tiny-{kernels}"
     header = slot / "project" / "src" / "selftest_data.h"

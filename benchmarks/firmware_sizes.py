@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyscale import firmware as fw
-from tinyscale.targets import load_target
+from tinyscale.boards.targets import load_target
 
 DEFAULT_TARGET = "mps2-an386"
 # Sections the image occupies in flash (.data is copied from flash at reset) and in RAM.

@@ -14,7 +14,7 @@ import time
 from tinyscale.errors import DoesNotFitError
 from tinyscale.search.fit import FitRequest, fit
 from tinyscale.scaling import format_phi
-from tinyscale.targets import load_all_targets
+from tinyscale.boards.targets import load_all_targets
 
 
 def main() -> None:

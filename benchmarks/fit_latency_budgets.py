@@ -22,7 +22,7 @@ from tinyscale import arch  # noqa: E402
 from tinyscale.errors import NothingFitsError  # noqa: E402
 from tinyscale.search.fit import FitRequest, fit  # noqa: E402
 from tinyscale.scaling import format_phi  # noqa: E402
-from tinyscale.targets import load_target  # noqa: E402
+from tinyscale.boards.targets import load_target  # noqa: E402
 
 DEFAULT_TARGETS = ("nucleo-l476rg", "stm32f746g-disco", "esp32-s3")
 DEFAULT_BUDGETS = (None, 200.0, 50.0, 20.0, 5.0)

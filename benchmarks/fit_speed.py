@@ -22,7 +22,7 @@ import time
 
 from tinyscale.search.fit import FitRequest, Measured, fit, measured_memory
 from tinyscale.scaling import format_phi
-from tinyscale.targets import load_target
+from tinyscale.boards.targets import load_target
 
 
 def cli_run(args: list[str], cache_dir: str) -> tuple[float, dict]:

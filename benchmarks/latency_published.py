@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from tinyscale.graph.flatbuffer import read_flatbuffer  # noqa: E402
 from tinyscale.latency import cost_table, predict  # noqa: E402
-from tinyscale.targets import load_target  # noqa: E402
+from tinyscale.boards.targets import load_target  # noqa: E402
 
 PUBLISHED = ROOT / "benchmarks/data/published_latencies.toml"
 

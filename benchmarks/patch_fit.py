@@ -21,7 +21,7 @@ from tinyscale.search.fit import FitRequest, fit
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer
 from tinyscale.scaling import format_phi
-from tinyscale.targets import load_all_targets, load_target
+from tinyscale.boards.targets import load_all_targets, load_target
 
 COLUMNS = ("target", "patch", "phi", "px", "params", "model B", "arena B", "device arena B", "flash %", "SRAM %",
            "MACs", "grid", "split", "binding", "s")

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from tinyscale.targets import Target, parse_target
+from tinyscale.boards.targets import Target, parse_target
 
 
 def make_target(

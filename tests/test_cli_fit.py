@@ -223,7 +223,7 @@ def test_console_entry_point_turns_usage_errors_into_one_line():
 
 
 def _bundled_targets() -> list[str]:
-    from tinyscale.targets import load_all_targets
+    from tinyscale.boards.targets import load_all_targets
 
     return [target.name for target in load_all_targets()]
 

@@ -1,4 +1,4 @@
-"""STM32 clock trees (tinyscale.clocks) against the reference manuals' tables, and the
+"""STM32 clock trees (tinyscale.boards.clocks) against the reference manuals' tables, and the
 generated set-up run on the host against a fake register file (success and both fallbacks).
 
 The expected figures below are transcribed from the manuals independently of the
@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tinyscale import clocks
+from tinyscale.boards import clocks
 from tinyscale import firmware as fw
 from tinyscale.cli import app
 from tinyscale.errors import TargetError
-from tinyscale.targets import load_all_targets, load_target, targets_dir
+from tinyscale.boards.targets import load_all_targets, load_target, targets_dir
 
 MHZ = 1_000_000
 HOST_GCC = shutil.which("gcc")
@@ -191,7 +191,7 @@ def test_hse_bypass_from_the_st_link_mco_is_planned_too():
 
 
 def test_an_unreachable_clock_gives_the_closest_below_and_says_so(caplog):
-    with caplog.at_level(logging.WARNING, logger="tinyscale.clocks"):
+    with caplog.at_level(logging.WARNING, logger="tinyscale.boards.clocks"):
         plan = clocks.plan_clock(clocks.L476, 79_999_999)
     # From HSI16 every L4 PLL output is 16 MHz * N / (M * R); the largest at most 79,999,999 Hz
     # with a 4-16 MHz VCO input: 79 MHz (M=4, N=79, R=4, VCO 316 MHz).

@@ -22,10 +22,10 @@ from tinyscale import estimate
 from tinyscale.search import fit
 from tinyscale import firmware as fw
 from tinyscale.arch import scale
-from tinyscale.budget import DEVICE_MODEL_RULE, HOST_MARGIN_RULE
+from tinyscale.boards.budget import DEVICE_MODEL_RULE, HOST_MARGIN_RULE
 from tinyscale.errors import NotModelledError
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
-from tinyscale.targets import load_target
+from tinyscale.boards.targets import load_target
 from tinyscale.tflite_model import read_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))

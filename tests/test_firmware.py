@@ -23,11 +23,11 @@ from typer.testing import CliRunner
 from conftest import repack_model
 from tinyscale import estimate, fsutil, latency
 from tinyscale import firmware as fw
-from tinyscale.budget import DEVICE_ARENA_SLACK_BYTES, DEVICE_MODEL_RULE, HOST_MARGIN_RULE
+from tinyscale.boards.budget import DEVICE_ARENA_SLACK_BYTES, DEVICE_MODEL_RULE, HOST_MARGIN_RULE
 from tinyscale.cli import app
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
-from tinyscale.kernels import ARENA_ALIGNMENT, align_up, arena_margin_bytes, op_shapes
-from tinyscale.targets import load_all_targets, load_target
+from tinyscale.boards.kernels import ARENA_ALIGNMENT, align_up, arena_margin_bytes, op_shapes
+from tinyscale.boards.targets import load_all_targets, load_target
 from tinyscale.tflite_model import input_quantization, read_model
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -20,7 +20,7 @@ from test_firmware import (  # noqa: F401 - fixtures
 )
 from tinyscale import firmware as fw
 from tinyscale.errors import TemplateError
-from tinyscale.targets import load_target
+from tinyscale.boards.targets import load_target
 
 # Stand-ins with the real signatures: ArduinoCore-mbed's USBSerial (Serial on the Nano 33 BLE)
 # drops writes while no host has the port open and has a non-explicit operator bool.

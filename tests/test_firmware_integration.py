@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import firmware_sizes  # noqa: E402
 import patch_firmware  # noqa: E402
 
-from tinyscale.targets import load_target
+from tinyscale.boards.targets import load_target
 
 TINY_MODEL = Path(__file__).parent / "golden" / "tiny.tflite"
 KERNELS = ("cmsis-nn", "reference")

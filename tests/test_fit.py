@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tinyscale import arch
-from tinyscale.budget import place
+from tinyscale.boards.budget import place
 from tinyscale.search.fit import placement_for
 from tinyscale.errors import DoesNotFitError
 from tinyscale.search.fit import PHI_MAX, FitRequest, Measured, Memory, fit

@@ -11,7 +11,7 @@ from tinyscale.arch import scale
 from tinyscale.convert import spec_to_tflite
 from tinyscale.estimate import tflite_graph
 from tinyscale.search.fit import Memory, placement_for
-from tinyscale.kernels import (
+from tinyscale.boards.kernels import (
     ARENA_SLACK_BYTES,
     arena_margin_bytes,
     cmsis_nn_mve_scratch_bytes,
@@ -22,7 +22,7 @@ from tinyscale.kernels import (
     op_shapes,
     split_margin,
 )
-from tinyscale.targets import load_target
+from tinyscale.boards.targets import load_target
 from tinyscale.tflite_model import read_model
 from tinyscale.tflm import measure_arena
 
@@ -135,8 +135,8 @@ def test_a_patched_model_needs_the_kernel_scratch_of_the_unpatched_one(grid):
 
 
 def test_patch_kernels_add_their_measured_code_to_the_flash_need(synthetic_target):
-    from tinyscale.budget import place
-    from tinyscale.kernels import PATCH_KERNELS_FLASH_BYTES, extra_kernel_flash_bytes
+    from tinyscale.boards.budget import place
+    from tinyscale.boards.kernels import PATCH_KERNELS_FLASH_BYTES, extra_kernel_flash_bytes
 
     plain = [("CONV_2D", (1, 8, 8, 3), (8, 3, 3, 3)), ("MEAN", (1, 4, 4, 8), ())]
     assert extra_kernel_flash_bytes(plain) == 0
@@ -181,7 +181,7 @@ def _lstm_graph(activation: str, state_dimension: int, input_dimension: int = 25
 
 
 def test_cmsis_nn_lstm_keeps_eight_kernel_sum_vectors_the_reference_kernel_does_not():
-    from tinyscale.kernels import cmsis_nn_persistent_bytes
+    from tinyscale.boards.kernels import cmsis_nn_persistent_bytes
 
     # TFLM's micro_speech_lstm example (state 80): 8 x 80 int32 sums. It ran out of arena on
     # the Cortex-M55 under QEMU by 1,248 B with the scratch margin alone; dtln (two LSTMs of

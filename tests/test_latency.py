@@ -172,7 +172,7 @@ def test_fit_with_a_large_budget_gives_the_unbounded_answer():
 def test_a_patched_answer_is_costed_from_the_patched_graph():
     from tinyscale.estimate import tflite_graph
     from tinyscale.search.fit import FitRequest, fit
-    from tinyscale.targets import load_target
+    from tinyscale.boards.targets import load_target
 
     target = load_target("nucleo-l476rg")  # SRAM-bound: --patch auto patches its answer
     result = fit(FitRequest(target), verify=False, patch="auto")

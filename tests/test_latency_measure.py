@@ -14,7 +14,7 @@ import latency_measure as lm  # noqa: E402
 
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer
-from tinyscale.targets import load_target
+from tinyscale.boards.targets import load_target
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY_MODEL = GOLDEN / "tiny.tflite"

@@ -13,7 +13,7 @@ from tinyscale.cli import app
 from tinyscale.search.fit import FitRequest, analytic_memory, fit, placement_for
 from tinyscale.estimate import tflite_graph
 from tinyscale.graph.patch import split_candidates
-from tinyscale.targets import load_target
+from tinyscale.boards.targets import load_target
 
 runner = CliRunner()
 PATCH_KEYS = {"patch_grid", "patch_split_tensor", "macs_overhead", "phi_unpatched"}
@@ -160,7 +160,7 @@ def _sram_bound_board_file(path):
     """nucleo-l476rg (real firmware glue) with its SRAM cut to 2% above the phi=-10 lite0 need."""
     import re
 
-    from tinyscale.targets import load_target as load
+    from tinyscale.boards.targets import load_target as load
 
     nucleo = (Path(__file__).resolve().parent.parent / "targets" / "nucleo-l476rg.toml").read_text()
     nucleo = nucleo.replace('name = "nucleo-l476rg"', 'name = "patch-board"')

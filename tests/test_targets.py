@@ -15,10 +15,10 @@ from typing import Any, Callable
 import pytest
 from typer.testing import CliRunner
 
-from tinyscale.chips import chip_families, find_chip
+from tinyscale.boards.chips import chip_families, find_chip
 from tinyscale.cli import app
 from tinyscale.errors import TargetError
-from tinyscale.targets import (
+from tinyscale.boards.targets import (
     BUILD_SYSTEMS,
     bundled_target_names,
     load_target,
@@ -307,7 +307,7 @@ def test_bundled_target_names_a_chip_that_agrees_with_its_core(name):
 
 
 def test_every_esp_idf_cpu_the_schema_accepts_has_a_cpu_frequency():
-    from tinyscale.chips import ESP_IDF_CPUS
+    from tinyscale.boards.chips import ESP_IDF_CPUS
     from tinyscale.firmware import _ESP_CPU_MHZ
 
     assert set(ESP_IDF_CPUS) <= set(_ESP_CPU_MHZ)
@@ -372,7 +372,7 @@ def test_unknown_name_without_close_match_lists_the_boards():
 def test_bundled_file_whose_name_field_disagrees_is_rejected(tmp_path, monkeypatch):
     source = (targets_dir() / "nucleo-f411re.toml").read_text(encoding="utf-8")
     (tmp_path / "renamed.toml").write_text(source, encoding="utf-8")
-    monkeypatch.setattr("tinyscale.targets.targets_dir", lambda: tmp_path)
+    monkeypatch.setattr("tinyscale.boards.targets.targets_dir", lambda: tmp_path)
     with pytest.raises(TargetError, match="name 'nucleo-f411re' does not match the file name"):
         load_target("renamed")
 

@@ -154,7 +154,7 @@ def test_coefficients_file_round_trips_and_refuses_missing_or_bad_keys(tmp_path)
 
 
 def test_identical_networks_are_planned_once_and_nothing_fitting_is_one_error(synthetic_target, tmp_path):
-    from tinyscale.targets import load_target
+    from tinyscale.boards.targets import load_target
 
     board = load_target(str(small_board(tmp_path / "b.toml")))
     settings = TuneSettings(board.name, "data.npz", "tiny", classes=3, channels=1)
@@ -173,7 +173,7 @@ def test_identical_networks_are_planned_once_and_nothing_fitting_is_one_error(sy
 
 def test_a_candidate_whose_smallest_network_does_not_fit_is_a_row_with_the_fitters_reason(tmp_path):
     from tinyscale.errors import NothingFitsError
-    from tinyscale.targets import load_target
+    from tinyscale.boards.targets import load_target
 
     board = load_target(str(small_board(tmp_path / "b.toml")))
     settings = TuneSettings(board.name, "data.npz", "tiny", classes=3, channels=1)

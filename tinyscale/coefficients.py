@@ -31,7 +31,7 @@ from typing import Any
 from tinyscale.errors import UsageError
 from tinyscale.fsutil import atomic_write_text
 from tinyscale.scaling import Coefficients
-from tinyscale.targets import check_fields, read_toml_file
+from tinyscale.boards.targets import check_fields, read_toml_file
 
 log = logging.getLogger(__name__)
 

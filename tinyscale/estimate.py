@@ -39,7 +39,7 @@ from tinyscale.arch import BlockSpec, NetworkSpec
 from tinyscale.errors import NotModelledError
 from tinyscale.graph.model import (Buffer, Graph, Metadata, Model, Operator, Options, Quantization, Tensor,
                                    tensor_bytes)
-from tinyscale.kernels import CMSIS_NN_KERNELS, align_up, cmsis_nn_scratch_requests
+from tinyscale.boards.kernels import CMSIS_NN_KERNELS, align_up, cmsis_nn_scratch_requests
 from tinyscale.tflm_abi import (ARM32_EABI, HOST_X86_64, MAX_SCRATCH_BUFFERS_PER_OP, PLANNER_BYTES_PER_BUFFER,
                                 TflmAbi)
 

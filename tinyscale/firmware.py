@@ -29,18 +29,18 @@ from pathlib import Path
 import numpy as np
 
 from tinyscale import __version__
-from tinyscale.budget import DEVICE_MODEL_NOTE, DEVICE_MODEL_RULE, HOST_MARGIN_RULE, Placement, place_model
-from tinyscale.chips import find_chip
-from tinyscale.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program, clock_source, find_spec, plan_clock,
+from tinyscale.boards.budget import DEVICE_MODEL_NOTE, DEVICE_MODEL_RULE, HOST_MARGIN_RULE, Placement, place_model
+from tinyscale.boards.chips import find_chip
+from tinyscale.boards.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program, clock_source, find_spec, plan_clock,
                               uart_brr)
 from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, UsageError
 from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
 from tinyscale.graph.model import element_count
-from tinyscale.kernels import MARGIN_NOTE, MVE_CPUS, align_up, check_kernel_support
+from tinyscale.boards.kernels import MARGIN_NOTE, MVE_CPUS, align_up, check_kernel_support
 from tinyscale.latency import LatencyEstimate, predict_for_target
 from tinyscale.latency import describe as describe_latency
 from tinyscale.resources import data_dir
-from tinyscale.targets import MemoryRegion, Target
+from tinyscale.boards.targets import MemoryRegion, Target
 from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_integer, input_quantization,
                                     output_quantization, read_model)
 
@@ -66,7 +66,7 @@ SELFTEST_SEED = 0
 MODEL_ALIGNMENT = 16
 MANIFEST_FILE = "manifest.json"
 
-# The arena margin (kernel-library scratch, 32-bit slack) is tinyscale.kernels'
+# The arena margin (kernel-library scratch, 32-bit slack) is tinyscale.boards.kernels'
 # rule, shared with the fitter so that fit and firmware agree to the byte.
 # Measured on mps2-an386 under QEMU (tests/test_firmware_integration.py,
 # benchmarks/firmware_sizes.py): the device's arena_used_bytes() was 17,716 B
@@ -229,7 +229,7 @@ class CmakeArmContext:
 
 @dataclass(frozen=True)
 class ClockSetup:
-    """The computed clock tree (tinyscale.clocks) and the register program that sets it."""
+    """The computed clock tree (tinyscale.boards.clocks) and the register program that sets it."""
 
     plan: ClockPlan
     program: ClockProgram

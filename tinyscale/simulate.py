@@ -27,13 +27,13 @@ from typing import Any, Callable
 import numpy as np
 
 from tinyscale import tflm
-from tinyscale.budget import Placement, place_model
+from tinyscale.boards.budget import Placement, place_model
 from tinyscale.firmware import selftest_bytes
-from tinyscale.kernels import check_kernel_support
+from tinyscale.boards.kernels import check_kernel_support
 from tinyscale.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, NotModelledError, UsageError
 from tinyscale.estimate import arena_plan
-from tinyscale.targets import Target
+from tinyscale.boards.targets import Target
 from tinyscale.graph.analysis import operator_macs as graph_operator_macs
 from tinyscale.graph.model import element_count
 from tinyscale.latency import LatencyEstimate, no_model_reason, predict_for_target

@@ -12,7 +12,7 @@ import typer
 
 from tinyscale import arch
 from tinyscale.arch import BASES, ScaledNetwork
-from tinyscale.budget import Placement
+from tinyscale.boards.budget import Placement
 from tinyscale.search.fit import DEFAULT_MAX_EXTRA_MACS, PATCH_MODES, Memory, latency_for, placement_for
 from tinyscale.cli import app, reports_errors
 from tinyscale.coefficients import resolve_coefficients
@@ -20,7 +20,7 @@ from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
 from tinyscale.progress import status
 from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
-from tinyscale.targets import Target, load_all_targets, load_target
+from tinyscale.boards.targets import Target, load_all_targets, load_target
 
 Base = Enum("Base", {name: name for name in BASES}, type=str)  # type: ignore[misc]
 

@@ -64,7 +64,7 @@ def firmware(
 ) -> None:
     """Render a firmware project (ESP-IDF, CMake arm-none-eabi, Arduino sketch or Pico SDK) that runs MODEL with a self-test."""
     from tinyscale.firmware import FirmwareOptions, generate_firmware  # noqa: PLC0415 - keeps --help fast
-    from tinyscale.targets import load_target  # noqa: PLC0415
+    from tinyscale.boards.targets import load_target  # noqa: PLC0415
 
     board = load_target(target)
     options = FirmwareOptions(

@@ -57,7 +57,7 @@ from tinyscale.fsutil import (
 )
 from tinyscale.progress import Progress, before_output, no_progress, status
 from tinyscale.scaling import Coefficients, format_phi
-from tinyscale.targets import Target, load_target
+from tinyscale.boards.targets import Target, load_target
 
 log = logging.getLogger(__name__)
 

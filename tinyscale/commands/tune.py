@@ -40,7 +40,7 @@ from tinyscale.data import Dataset
 from tinyscale.errors import TinyscaleError, UsageError
 from tinyscale.progress import status
 from tinyscale.scaling import Coefficients, format_phi
-from tinyscale.targets import Target, load_target
+from tinyscale.boards.targets import Target, load_target
 from tinyscale.search.tune_backends import default_jobs, threads_per_trial
 
 if TYPE_CHECKING:

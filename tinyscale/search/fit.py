@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Callable
 
 from tinyscale import arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
-from tinyscale.budget import DeviceArena, Placement, device_arena, place_by_rule, selftest_flash_bytes
+from tinyscale.boards.budget import DeviceArena, Placement, device_arena, place_by_rule, selftest_flash_bytes
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.graph.model import Model
 from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS
-from tinyscale.kernels import OpShapes, op_shapes
+from tinyscale.boards.kernels import OpShapes, op_shapes
 from tinyscale.latency import LatencyEstimate, cost_table, no_model_reason, predict
 from tinyscale.progress import Progress, no_progress
 from tinyscale.scaling import Coefficients, format_phi
-from tinyscale.targets import Target
+from tinyscale.boards.targets import Target
 
 if TYPE_CHECKING:
     from tinyscale.graph.model import Model

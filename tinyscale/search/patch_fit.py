@@ -27,9 +27,9 @@ from tinyscale.search.fit import Estimator, Measured, Memory, Schedule, placemen
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.graph.model import Model
-from tinyscale.kernels import op_shapes
+from tinyscale.boards.kernels import op_shapes
 from tinyscale.progress import Progress, no_progress
-from tinyscale.targets import Target
+from tinyscale.boards.targets import Target
 
 log = logging.getLogger(__name__)
 

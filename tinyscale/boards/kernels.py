@@ -10,7 +10,7 @@ the largest one; 32-bit pointers make TFLM's own structs smaller on the MCU,
 no credit is taken for that there: it stays as slack.
 
 One rule for everyone: the fitter, `simulate --target` and the firmware project
-all size the device arena with tinyscale.budget.place_model, so a model that
+all size the device arena with tinyscale.boards.budget.place_model, so a model that
 `fit` accepts is never refused by `firmware`.
 """
 

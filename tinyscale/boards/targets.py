@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyscale.chips import BUILD_SYSTEM_CPUS, CPU_FPUS, KERNEL_LIBRARY_CPUS, chip_families, find_chip
-from tinyscale.clocks import check_target_clock
+from tinyscale.boards.chips import BUILD_SYSTEM_CPUS, CPU_FPUS, KERNEL_LIBRARY_CPUS, chip_families, find_chip
+from tinyscale.boards.clocks import check_target_clock
 from tinyscale.errors import TargetError, TinyscaleError
 from tinyscale.resources import data_dir
 
@@ -231,7 +231,7 @@ def _check_mcu(source: str, data: dict[str, Any]) -> None:
 
 
 def _check_clock(source: str, data: dict[str, Any]) -> None:
-    """The clock tree the cmake-arm firmware sets up must exist for the chip (tinyscale.clocks)."""
+    """The clock tree the cmake-arm firmware sets up must exist for the chip (tinyscale.boards.clocks)."""
     try:
         check_target_clock(data.get("mcu"), data["clock_hz"], data.get("hse_bypass_hz"))
     except TargetError as exc:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from tinyscale.errors import DoesNotFitError, NotModelledError
 from tinyscale.estimate import arena_plan, device_runtime
-from tinyscale.kernels import (ARENA_ALIGNMENT, OpShapes, align_up, arena_margin_bytes, cmsis_nn_persistent_bytes,
+from tinyscale.boards.kernels import (ARENA_ALIGNMENT, OpShapes, align_up, arena_margin_bytes, cmsis_nn_persistent_bytes,
                                device_arena_bytes, extra_kernel_flash_bytes, op_shapes, split_margin)
-from tinyscale.targets import MemoryRegion, Target
+from tinyscale.boards.targets import MemoryRegion, Target
 
 if TYPE_CHECKING:
     from tinyscale.graph.model import Model
@@ -203,14 +203,14 @@ def place(
     """Flash and SRAM need of a model whose host arena is `arena_bytes`.
 
     Without `device`, the device arena is the host figure plus `margin_bytes`
-    (tinyscale.kernels.arena_margin_bytes for the target's kernel library);
+    (tinyscale.boards.kernels.arena_margin_bytes for the target's kernel library);
     with it, the modelled 32-bit minimum (see :func:`place_model`), and the
     margin is what that adds to the host figure (negative: 32-bit structs
     are smaller). The SRAM need is for the device arena.
     `selftest_bytes` is the int8 input + output the firmware embeds for its
     self-test: flash that every generated project spends beside the model.
     `kernel_flash_bytes` is runtime code the board's reserve does not cover
-    (tinyscale.kernels.extra_kernel_flash_bytes: the patch kernels).
+    (tinyscale.boards.kernels.extra_kernel_flash_bytes: the patch kernels).
     """
     if device is None:
         device_arena = device_arena_bytes(arena_bytes, margin_bytes)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 # IDF targets (`idf.py set-target`) the esp-idf template sets a CPU frequency for and
 # espressif/esp-tflite-micro builds for.
 ESP_IDF_CPUS = ("esp32", "esp32s2", "esp32s3", "esp32c3", "esp32c6")
-# gcc -mcpu names of the Cortex-M cores whose CMSIS-NN scratch sizes tinyscale.kernels
+# gcc -mcpu names of the Cortex-M cores whose CMSIS-NN scratch sizes tinyscale.boards.kernels
 # models (the DSP-extension formulas, the pure-C paths and, on the M55, the MVE/Helium
 # ones) and that TFLM's cortex_m_generic target builds for. The M85 is not listed:
 # no bundled board or emulator here runs one.
