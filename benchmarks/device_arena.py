@@ -82,7 +82,7 @@ def build_models(model_dir: Path, tflm_source: Path | None) -> dict[str, bytes]:
         models[name] = path.read_bytes()
 
     from tinyscale.arch import scale  # noqa: PLC0415
-    from tinyscale.convert import spec_to_tflite  # noqa: PLC0415 - TensorFlow
+    from tinyscale.training.convert import spec_to_tflite  # noqa: PLC0415 - TensorFlow
 
     for base, phi in SPECS:
         cached(f"{base}-phi{phi:g}", lambda: spec_to_tflite(scale(base, phi).spec))

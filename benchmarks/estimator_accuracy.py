@@ -5,7 +5,7 @@
 
 For every (base, channels, phi) it estimates the flatbuffer size and minimal
 TFLM arena with tinyscale.estimate, then converts the network with
-tinyscale.convert.spec_to_tflite (seeded random weights, cached on disk) and
+tinyscale.training.convert.spec_to_tflite (seeded random weights, cached on disk) and
 measures the minimal arena with tinyscale.tflm.measure_arena. Prints one
 table with both figures and the relative errors, then the estimator's time
 per call (uncached; median wall and CPU time of repeated calls). Goal: |error| <= 1% everywhere.
@@ -46,7 +46,7 @@ def error_percent(estimated: int, measured: int | None) -> str:
 
 
 def measure(spec) -> tuple[int, int]:
-    from tinyscale.convert import spec_to_tflite  # imports TensorFlow
+    from tinyscale.training.convert import spec_to_tflite  # imports TensorFlow
     from tinyscale.tflm import measure_arena
 
     flatbuffer = spec_to_tflite(spec)

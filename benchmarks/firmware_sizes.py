@@ -189,7 +189,7 @@ def _models(specs: list[str], files: list[str]) -> list[tuple[str, bytes]]:
     models = [(Path(f).stem, Path(f).read_bytes()) for f in files]
     if specs:
         from tinyscale.arch import scale  # noqa: PLC0415
-        from tinyscale.convert import spec_to_tflite  # noqa: PLC0415 - TensorFlow
+        from tinyscale.training.convert import spec_to_tflite  # noqa: PLC0415 - TensorFlow
 
         for spec in specs:
             base, _, phi = spec.partition(":")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from tinyscale import arch, simulate, tflm
-from tinyscale.convert import spec_to_tflite
-from tinyscale.data import Dataset, load_dataset
+from tinyscale.training.convert import spec_to_tflite
+from tinyscale.training.data import Dataset, load_dataset
 from tinyscale.tflite_model import read_model
 
 

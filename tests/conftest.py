@@ -107,7 +107,7 @@ def _checkpoints_in_a_temporary_folder(tmp_path_factory):
     """Training checkpoints (train, build) go under the test session's temp folder, not ~/.cache."""
     import os
 
-    from tinyscale.train_checkpoint import CHECKPOINT_DIR_VARIABLE
+    from tinyscale.training.train_checkpoint import CHECKPOINT_DIR_VARIABLE
 
     previous = os.environ.get(CHECKPOINT_DIR_VARIABLE)
     os.environ[CHECKPOINT_DIR_VARIABLE] = str(tmp_path_factory.mktemp("checkpoints"))

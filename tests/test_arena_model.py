@@ -140,7 +140,7 @@ def test_per_tensor_quantized_weights_are_exact():
 def test_fitted_networks_patched_by_the_search_are_exact(phi):
     pytest.importorskip("tensorflow")
     from tinyscale.arch import scale
-    from tinyscale.convert import spec_to_tflite
+    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.search.patching import patch_flatbuffer
 
     data = spec_to_tflite(scale("efficientnet-lite0", phi).spec)
@@ -195,7 +195,7 @@ def test_patched_spec_graph_predicts_the_patched_converted_model(base, phi):
     """A spec-built graph (no weights) patched like the converter's model: same flatbuffer size, same arena."""
     pytest.importorskip("tensorflow")
     from tinyscale.arch import scale
-    from tinyscale.convert import spec_to_tflite
+    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.estimate import tflite_graph
 
     spec = scale(base, phi).spec

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tinyscale import arch
-from tinyscale.convert import convert_keras_model, random_representative_data, spec_to_tflite
+from tinyscale.training.convert import convert_keras_model, random_representative_data, spec_to_tflite
 from tinyscale.errors import ConversionError
 from tinyscale.tflite_model import read_model
 
@@ -61,8 +61,8 @@ def test_conversion_failure_is_a_conversion_error():
 def test_batchnorm_calibration_normalises_an_untrained_network():
     import keras
 
-    from tinyscale.convert import calibrate_batchnorm
-    from tinyscale.keras_builder import build_keras_model
+    from tinyscale.training.convert import calibrate_batchnorm
+    from tinyscale.training.keras_builder import build_keras_model
 
     spec = arch.scale("tiny-se", 0).spec
     model = build_keras_model(spec)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyscale import data
-from tinyscale.data import Dataset, load_dataset, load_fashion_mnist, network_inputs, quantize, split
+from tinyscale.training import data
+from tinyscale.training.data import Dataset, load_dataset, load_fashion_mnist, network_inputs, quantize, split
 from tinyscale.errors import DataError
 
 

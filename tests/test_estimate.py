@@ -145,7 +145,7 @@ MEASURED_SPECS = [
 def measured():
     pytest.importorskip("tensorflow")
     pytest.importorskip("tflite_micro")
-    from tinyscale.convert import spec_to_tflite
+    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.tflm import measure_arena
 
     results = {}

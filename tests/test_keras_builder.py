@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tinyscale import arch
-from tinyscale.keras_builder import build_keras_model
+from tinyscale.training.keras_builder import build_keras_model
 
 pytest.importorskip("keras")
 

@@ -8,7 +8,7 @@ import pytest
 
 from tinyscale import firmware
 from tinyscale.arch import scale
-from tinyscale.convert import spec_to_tflite
+from tinyscale.training.convert import spec_to_tflite
 from tinyscale.estimate import tflite_graph
 from tinyscale.search.fit import Memory, placement_for
 from tinyscale.boards.kernels import (

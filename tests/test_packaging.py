@@ -6,7 +6,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from tinyscale.convert import tensorflow_version
+from tinyscale.training.convert import tensorflow_version
 
 PROJECT = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
 

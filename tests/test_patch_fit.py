@@ -108,7 +108,7 @@ def test_patched_fit_is_larger_and_both_answers_are_measured(synthetic_target):
 def test_fit_out_writes_patched_and_unpatched_models(tmp_path, synthetic_target):
     from test_cli_fit import board_toml
 
-    from tinyscale.convert import spec_to_tflite
+    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.graph.flatbuffer import read_flatbuffer
 
     target = _sram_bound_board(synthetic_target)
@@ -136,7 +136,7 @@ def test_fit_out_writes_patched_and_unpatched_models(tmp_path, synthetic_target)
 @pytest.mark.parametrize("base", ["tiny", "tiny-se", "efficientnet-lite0", "efficientnet-b0"])
 def test_spec_graph_writes_to_the_converted_models_size_patched_or_not(base):
     """tflite_graph has the converted file's structure: the writer sizes both alike, to the byte."""
-    from tinyscale.convert import spec_to_tflite
+    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
     from tinyscale.graph.patch import find_candidate, patch_model
 

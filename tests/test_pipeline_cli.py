@@ -73,7 +73,7 @@ def converted(trained):
 
 
 def test_train_names_the_device_it_trains_on(trained):
-    from tinyscale.train import training_device
+    from tinyscale.training.train import training_device
 
     first = next(line for line in trained[2].stderr.splitlines() if line.startswith("training "))
     assert first.endswith(f", device {training_device()}"), first
@@ -228,7 +228,7 @@ def test_convert_json_and_no_clobber(trained, converted):
 def test_convert_saved_model_directory(workdir, trained):
     data, out, _ = trained
     from tinyscale.quiet import quiet_tensorflow
-    from tinyscale.train import load_keras_model
+    from tinyscale.training.train import load_keras_model
 
     with quiet_tensorflow():
         load_keras_model(out / "model.keras").export(str(workdir / "saved"))

@@ -99,7 +99,7 @@ def test_a_warning_during_a_status_starts_on_its_own_line(monkeypatch):
     try:
         with progress.status(tick_seconds=60) as report:
             report("loading images")
-            logging.getLogger("tinyscale.data").warning("skipped 1 unreadable image")
+            logging.getLogger("tinyscale.training.data").warning("skipped 1 unreadable image")
     finally:
         restore()  # the CLI's handler goes and the logger propagates again, as after a command
     assert f"loading images ...{progress.ERASE_LINE}WARNING: skipped 1 unreadable image\n" in terminal.getvalue()
@@ -107,7 +107,7 @@ def test_a_warning_during_a_status_starts_on_its_own_line(monkeypatch):
 
 def test_training_status_names_the_epoch_that_runs_next():
     from tinyscale.commands.pipeline import _epoch_status
-    from tinyscale.train import EpochReport
+    from tinyscale.training.train import EpochReport
 
     def report(epoch: int, step: int | None = None) -> EpochReport:
         return EpochReport(epoch=epoch, epochs=3, loss=1.0, accuracy=0.5, val_loss=1.0, val_accuracy=0.5,

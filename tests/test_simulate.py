@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from conftest import IO_KINDS, make_target, quantized_model, repack_model
 from tinyscale import arch, estimate, simulate, tflm
 from tinyscale.cli import app
-from tinyscale.convert import spec_to_tflite
-from tinyscale.data import Dataset
+from tinyscale.training.convert import spec_to_tflite
+from tinyscale.training.data import Dataset
 from tinyscale.errors import DataError, ModelError
 from tinyscale.tflite_model import input_quantization, output_quantization, read_model
 

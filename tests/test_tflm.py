@@ -15,7 +15,7 @@ pytest.importorskip("tflite_micro")
 @pytest.fixture(scope="module", params=["tiny", "tiny-se"])
 def model(request):
     pytest.importorskip("tensorflow")
-    from tinyscale.convert import convert_spec
+    from tinyscale.training.convert import convert_spec
 
     return convert_spec(arch.scale(request.param, 0).spec)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tinyscale import arch
-from tinyscale.data import Dataset
+from tinyscale.training.data import Dataset
 from tinyscale.errors import DataError, OutputExistsError, UsageError
-from tinyscale.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, early_stopping_start, load_keras_model,
+from tinyscale.training.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, early_stopping_start, load_keras_model,
                              save_training, train_network, training_device)
-from tinyscale.train_checkpoint import checkpoint_for
+from tinyscale.training.train_checkpoint import checkpoint_for
 
 
 def stripes(count: int = 96, size: int = 20, seed: int = 0) -> Dataset:
@@ -43,7 +43,7 @@ class _Records(logging.Handler):
 @pytest.fixture(scope="module")
 def trained():
     reports = []
-    logger, records = logging.getLogger("tinyscale.train"), _Records()  # this one run's INFO records
+    logger, records = logging.getLogger("tinyscale.training.train"), _Records()  # this one run's INFO records
     level = logger.level
     logger.addHandler(records)
     logger.setLevel(logging.INFO)
@@ -211,7 +211,7 @@ def test_a_checkpoint_that_cannot_be_written_does_not_stop_the_training(tmp_path
     blocker.write_text("a file where the checkpoint folder would go")
     monkeypatch.setenv("TINYSCALE_CHECKPOINT_DIR", str(blocker))
     checkpoint = checkpoint_for(tmp_path / "run", NETWORK, stripes(), QUICK)
-    with caplog.at_level(logging.WARNING, logger="tinyscale.train"):
+    with caplog.at_level(logging.WARNING, logger="tinyscale.training.train"):
         result = train_network(NETWORK, stripes(), QUICK, checkpoint=checkpoint)
     assert result.epochs_run == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -222,7 +222,7 @@ def test_a_checkpoint_that_does_not_load_starts_the_same_training_over(tmp_path,
     checkpoint = checkpoint_for(tmp_path / "run", NETWORK, stripes(), RESUMABLE)
     _interrupted(checkpoint, epoch=1)
     (checkpoint.directory / "epoch-1.weights.h5").write_bytes(b"not an HDF5 file")
-    with caplog.at_level(logging.WARNING, logger="tinyscale.train"):
+    with caplog.at_level(logging.WARNING, logger="tinyscale.training.train"):
         again = train_network(NETWORK, stripes(), RESUMABLE, checkpoint=checkpoint)
     assert any(r.getMessage().startswith(f"cannot resume from {checkpoint.directory}") for r in caplog.records)
     # Started over from the seeded weights: the very run an uninterrupted training makes.

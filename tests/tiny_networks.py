@@ -14,7 +14,7 @@ import numpy as np
 def _convert(build, input_shape: tuple[int, ...], seed: int = 0) -> bytes:
     import tensorflow as tf
 
-    from tinyscale.convert import convert_keras_model
+    from tinyscale.training.convert import convert_keras_model
 
     tf.keras.utils.set_random_seed(seed)
     inputs = tf.keras.Input(input_shape)

@@ -30,7 +30,7 @@ from tinyscale import tflm
 from tinyscale.boards.budget import Placement, place_model
 from tinyscale.firmware import selftest_bytes
 from tinyscale.boards.kernels import check_kernel_support
-from tinyscale.data import Dataset, check_classes, network_inputs, quantize
+from tinyscale.training.data import Dataset, check_classes, network_inputs, quantize
 from tinyscale.errors import DataError, NotModelledError, UsageError
 from tinyscale.estimate import arena_plan
 from tinyscale.boards.targets import Target

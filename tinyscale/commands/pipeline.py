@@ -41,7 +41,7 @@ from tinyscale.commands.core import (
     _table,
 )
 from tinyscale.coefficients import resolve_coefficients
-from tinyscale.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
+from tinyscale.training.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
 from tinyscale.errors import DataError, ModelError, TinyscaleError, UsageError
 from tinyscale.fsutil import (
     atomic_write_bytes,
@@ -237,7 +237,7 @@ def _load_data(source: str, split_name: str, limit: Optional[int], seed: int, st
 
 def _checkpoint(out: Path, network: ScaledNetwork, dataset: Dataset, config, resume: bool):
     """The training's per-epoch checkpoint for output `out`; --no-resume drops a saved one."""
-    from tinyscale.train_checkpoint import checkpoint_for  # noqa: PLC0415 - hashes the data; no TensorFlow
+    from tinyscale.training.train_checkpoint import checkpoint_for  # noqa: PLC0415 - hashes the data; no TensorFlow
 
     checkpoint = checkpoint_for(out, network, dataset, config)
     if not resume:
@@ -246,7 +246,7 @@ def _checkpoint(out: Path, network: ScaledNetwork, dataset: Dataset, config, res
 
 
 def _train(network: ScaledNetwork, dataset: Dataset, config, quiet: bool, checkpoint=None):
-    from tinyscale.train import train_network, training_device  # noqa: PLC0415 - imports TensorFlow
+    from tinyscale.training.train import train_network, training_device  # noqa: PLC0415 - imports TensorFlow
 
     spec = network.spec
     done = checkpoint.completed_epochs() if checkpoint is not None else 0
@@ -288,7 +288,7 @@ def _epoch_status(report) -> str:
 
 
 def _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed):
-    from tinyscale.train import TrainConfig  # noqa: PLC0415
+    from tinyscale.training.train import TrainConfig  # noqa: PLC0415
 
     return TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                        validation_fraction=validation_split, patience=patience, augment=augment, flip=flip, seed=seed)
@@ -323,7 +323,7 @@ def train(
     json_output: JsonOption = False,
 ) -> None:
     """Train the fitted network on a dataset; writes model.keras and history.json."""
-    from tinyscale.train import HISTORY_FILE, MODEL_FILE, save_training  # noqa: PLC0415
+    from tinyscale.training.train import HISTORY_FILE, MODEL_FILE, save_training  # noqa: PLC0415
 
     config = _train_config(epochs, batch_size, learning_rate, validation_split, patience, augment, flip, seed)
     for name in (MODEL_FILE, HISTORY_FILE):
@@ -402,10 +402,10 @@ def _check_float_model(path: Path) -> None:
 def _load_float_model(path: Path):
     _check_float_model(path)
     if path.is_dir():
-        from tinyscale.train import load_saved_model  # noqa: PLC0415
+        from tinyscale.training.train import load_saved_model  # noqa: PLC0415
 
         return load_saved_model(path)
-    from tinyscale.train import load_keras_model  # noqa: PLC0415
+    from tinyscale.training.train import load_keras_model  # noqa: PLC0415
 
     return load_keras_model(path)
 
@@ -424,7 +424,7 @@ def _model_geometry(model) -> tuple[tuple[int, int], int, int]:
 def _calibration_inputs(model, data: Optional[str], history: Optional[dict], samples: int, seed: int,
                         strict: bool = False) -> np.ndarray:
     """Real training images for calibration, shaped for the model; never random data."""
-    from tinyscale.data import check_classes  # noqa: PLC0415
+    from tinyscale.training.data import check_classes  # noqa: PLC0415
 
     source = data or (history or {}).get("data")
     if not source:
@@ -440,7 +440,7 @@ def _calibration_inputs(model, data: Optional[str], history: Optional[dict], sam
 def convert_model(model, representative: np.ndarray, max_samples: int) -> bytes:
     """Convert and check: full int8 that TFLM loads, or ModelError/ConversionError."""
     from tinyscale import tflm  # noqa: PLC0415
-    from tinyscale.convert import convert_keras_model  # noqa: PLC0415
+    from tinyscale.training.convert import convert_keras_model  # noqa: PLC0415
     from tinyscale.simulate import load_model_bytes  # noqa: PLC0415
 
     flatbuffer = convert_keras_model(model, representative, max_samples=max_samples)
@@ -474,7 +474,7 @@ def convert(
     json_output: JsonOption = False,
 ) -> None:
     """Convert a trained model to a full-integer int8 TFLite Micro model, calibrated on real data."""
-    from tinyscale.train import read_history, record_run_output  # noqa: PLC0415
+    from tinyscale.training.train import read_history, record_run_output  # noqa: PLC0415
     from tinyscale.tflite_model import read_model  # noqa: PLC0415
 
     _check_float_model(model)  # before the clobber check: the default output may be the input itself
@@ -521,7 +521,7 @@ def convert(
 
 def _simulation(model_bytes: bytes, source: str, target: Optional[Target], dataset: Optional[Dataset],
                 keras_model, workers: int, quiet: bool):
-    from tinyscale.data import check_classes  # noqa: PLC0415
+    from tinyscale.training.data import check_classes  # noqa: PLC0415
     from tinyscale.simulate import evaluate, memory_report, output_classes  # noqa: PLC0415
 
     with status(enabled=not quiet) as progress:
@@ -663,7 +663,7 @@ def simulate(
 ) -> None:
     """Run the model in TFLM on the host: minimal arena, flash need, per-operator memory, accuracy."""
     from tinyscale.simulate import plot_memory, pyplot  # noqa: PLC0415
-    from tinyscale.train import record_run_output  # noqa: PLC0415
+    from tinyscale.training.train import record_run_output  # noqa: PLC0415
 
     if keras is not None and data is None:
         raise UsageError("--keras compares accuracies on --data; pass --data too")
@@ -782,7 +782,7 @@ def build(
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""
     from tinyscale.firmware import check_board_glue, check_edits  # noqa: PLC0415
-    from tinyscale.train import MODEL_FILE, TrainConfig, run_outputs, save_training, set_run_outputs  # noqa: PLC0415
+    from tinyscale.training.train import MODEL_FILE, TrainConfig, run_outputs, save_training, set_run_outputs  # noqa: PLC0415
 
     started = time.perf_counter()
     if tune and (coefficients_file is not None or any(v is not None for v in (alpha, beta, gamma))):

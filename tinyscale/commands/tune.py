@@ -36,7 +36,7 @@ from tinyscale.commands.pipeline import (
 from tinyscale.commands.tune_options import (DEFAULT_TUNE_EPOCHS, Backend, BackendOption, GridOption, JobsOption,
                                              RayAddressOption)
 from tinyscale.commands.wording import plural
-from tinyscale.data import Dataset
+from tinyscale.training.data import Dataset
 from tinyscale.errors import TinyscaleError, UsageError
 from tinyscale.progress import status
 from tinyscale.scaling import Coefficients, format_phi
@@ -133,7 +133,7 @@ def few_fit_note(grid: str | None, planned: list, target: str) -> str | None:
 
 def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, dataset: Dataset | None,
               started: float) -> TuneOutcome:
-    from tinyscale.data import split  # noqa: PLC0415
+    from tinyscale.training.data import split  # noqa: PLC0415
     from tinyscale.search.tune import (TuneSettings, lead_over_paper, open_directory, plan, row, table,  # noqa: PLC0415
                                 winner, write_reports, write_winner)
     from tinyscale.search.tune_backends import run  # noqa: PLC0415

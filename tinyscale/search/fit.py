@@ -101,7 +101,7 @@ def analytic_memory(spec: NetworkSpec) -> Memory:
 
 def measured_memory(spec: NetworkSpec, progress: Progress = no_progress) -> Measured:
     """Build, convert to int8 and measure in TFLM (seconds; TensorFlow imported here)."""
-    from tinyscale.convert import spec_to_tflite
+    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.tflm import measure_arena
 
     start = time.perf_counter()

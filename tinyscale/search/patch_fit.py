@@ -91,7 +91,7 @@ def patched_estimator(target: Target, unpatched: Estimator, max_extra_macs: floa
 
 def measured_patched_memory(spec: NetworkSpec, schedule: Schedule, progress: Progress = no_progress) -> Measured:
     """Convert `spec`, apply `schedule` (outputs checked bit for bit in TFLM), measure the patched file."""
-    from tinyscale.convert import spec_to_tflite
+    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.search.patching import patch_flatbuffer
 
     start = time.perf_counter()

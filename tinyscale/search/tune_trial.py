@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tinyscale.data import Dataset, network_inputs
+from tinyscale.training.data import Dataset, network_inputs
 from tinyscale.search.tune import TrialJob, correct_bits, failed_trial
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class TrialData:
 def limit_threads(threads: int) -> None:
     """Size TensorFlow's thread pools (once per process, before TensorFlow runs anything)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    from tinyscale.train import import_tensorflow  # noqa: PLC0415
+    from tinyscale.training.train import import_tensorflow  # noqa: PLC0415
 
     tf, _ = import_tensorflow()
     try:
@@ -54,9 +54,9 @@ def run_trial(job: TrialJob, data: TrialData) -> dict[str, Any]:
 
 def _run(job: TrialJob, data: TrialData, started: float) -> dict[str, Any]:
     from tinyscale import tflm  # noqa: PLC0415
-    from tinyscale.convert import calibrate_batchnorm, convert_keras_model  # noqa: PLC0415
+    from tinyscale.training.convert import calibrate_batchnorm, convert_keras_model  # noqa: PLC0415
     from tinyscale.simulate import evaluate, load_model_bytes  # noqa: PLC0415
-    from tinyscale.train import TrainConfig, train_network  # noqa: PLC0415
+    from tinyscale.training.train import TrainConfig, train_network  # noqa: PLC0415
 
     settings = job.settings
     limit_threads(settings.threads)

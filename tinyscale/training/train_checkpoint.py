@@ -34,8 +34,8 @@ import numpy as np
 
 from tinyscale import __version__
 from tinyscale.arch import ScaledNetwork
-from tinyscale.convert import cache_root, tensorflow_version
-from tinyscale.data import Dataset
+from tinyscale.training.convert import cache_root, tensorflow_version
+from tinyscale.training.data import Dataset
 from tinyscale.fsutil import atomic_write_text, make_dirs
 
 log = logging.getLogger(__name__)

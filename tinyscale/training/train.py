@@ -1,4 +1,4 @@
-"""Train a scaled network on a :class:`~tinyscale.data.Dataset` with Keras.
+"""Train a scaled network on a :class:`~tinyscale.training.data.Dataset` with Keras.
 
 Images stay uint8 at their stored size; a tf.data pipeline resizes each batch
 to the network's resolution (and grey <-> RGB) on the fly, so memory does not
@@ -21,13 +21,13 @@ from typing import Any, Callable, Iterable, NamedTuple
 import numpy as np
 
 from tinyscale.arch import ScaledNetwork
-from tinyscale.data import Dataset, check_classes, split
+from tinyscale.training.data import Dataset, check_classes, split
 from tinyscale.errors import DataError, TinyscaleError, UsageError
 from tinyscale.fsutil import (atomic_write_text, file_mode, make_dirs, output_error, refuse_clobber, remove_generated,
                               safe_relative)
 from tinyscale.quiet import quiet_tensorflow
 from tinyscale.scaling import format_phi
-from tinyscale.train_checkpoint import ResumePoint, TrainingCheckpoint
+from tinyscale.training.train_checkpoint import ResumePoint, TrainingCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,7 @@ def _adapt_batchnorm_momentum(model: Any, total_steps: int) -> None:
 def _compiled_model(tf, keras, spec, config: TrainConfig, steps: int) -> tuple[Any, Any]:
     """The network with fresh seeded weights, compiled, and its early stopping: (model, stopper)."""
     _make_deterministic(tf, keras, config.seed)  # first, so a rebuilt model has the same weights
-    from tinyscale.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
+    from tinyscale.training.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
 
     model = build_keras_model(spec, dropout=config.dropout, seed=config.seed)
     _adapt_batchnorm_momentum(model, steps * config.epochs)

@@ -210,7 +210,7 @@ def _write_cache(path: Path, data: bytes) -> None:
 
 def convert_spec(spec: NetworkSpec, *, seed: int = 0) -> bytes:
     """Build `spec` with seeded random weights and convert it (no cache)."""
-    from tinyscale.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
+    from tinyscale.training.keras_builder import build_keras_model  # noqa: PLC0415 - imports Keras
 
     started = time.perf_counter()
     data = random_representative_data(spec.input_shape, MEMORY_CALIBRATION_SAMPLES, seed)
