@@ -9,7 +9,7 @@
 #define TS_REG(address) (*(volatile uint32_t*)(uintptr_t)(address))
 
 // ---- Clock tree. 480000000 Hz from HSI 64000000 Hz: M=4 N=60 P=2, VCO 960000000 Hz, VOS0, 4 flash wait states
-// (tinyscale.clocks, from RM0433's tables). Wait states and voltage scaling are
+// (tinyscale.boards.clocks, from RM0433's tables). Wait states and voltage scaling are
 // set before the clock goes up; every ready flag is polled at most TS_CLOCK_WAIT_POLLS times,
 // and on a timeout the chip stays on (or returns to) its 64000000 Hz reset clock.
 #define TS_PLL_CLOCK_HZ 480000000u
