@@ -7,6 +7,11 @@ them into one line on stderr and the exit code the class carries.
 from __future__ import annotations
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """`text` (a library's or a worker's message, often multi-line) as one error line of at most `limit`."""
+    return " ".join(str(text).split())[:limit]
+
+
 class TinyscaleError(Exception):
     """Base class of every error tinyscale reports to a user."""
 

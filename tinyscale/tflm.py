@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tinyscale._tflm_worker import EXCEPTION_MARKER
-from tinyscale.errors import DataError, MeasurementError, ModelError
+from tinyscale.errors import DataError, MeasurementError, ModelError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +65,14 @@ class _Outcome:
     text: str
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    return " ".join(text.split())[:limit]
-
-
 def _tflm_reason(text: str) -> str:
     """TFLM's own messages in one line, else the Python exception the child reported."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     own = [line for line in lines if not line.startswith(EXCEPTION_MARKER)]
     if own:
-        return _one_line("; ".join(dict.fromkeys(own)))
+        return one_line("; ".join(dict.fromkeys(own)))
     exceptions = [line.removeprefix(EXCEPTION_MARKER) for line in lines]
-    return _one_line(exceptions[-1]) if exceptions else "no message"
+    return one_line(exceptions[-1]) if exceptions else "no message"
 
 
 class _Worker:
@@ -188,7 +184,7 @@ class _Worker:
             "inputs": str(inputs) if inputs else None, "outputs": str(outputs) if outputs else None,
         })
         if "status" not in answer:
-            raise MeasurementError(f"TFLM worker error: {_one_line(answer.get('error', ''))}")
+            raise MeasurementError(f"TFLM worker error: {one_line(answer.get('error', ''))}")
         return _Outcome(bool(answer["ok"]), answer["status"], answer.get("text", ""))
 
     def allocates(self, arena: int, invoke: bool = False) -> bool:
@@ -213,7 +209,7 @@ def _unreadable(model: bytes, worker_error: str) -> ModelError:
         read_model(model)
     except ModelError as error:
         return error
-    return ModelError(f"TFLM cannot read the model: {_one_line(worker_error)}")
+    return ModelError(f"TFLM cannot read the model: {one_line(worker_error)}")
 
 
 def _worker_environment() -> dict[str, str]:

@@ -28,9 +28,10 @@ from typing import Any, Callable, Iterable
 from tinyscale import __version__, arch
 from tinyscale.arch import NetworkSpec, ScaledNetwork
 from tinyscale.coefficients import CoefficientsFile, write_coefficients
-from tinyscale.errors import DoesNotFitError, NothingFitsError, OutputExistsError, TinyscaleError
+from tinyscale.errors import DoesNotFitError, NothingFitsError, OutputExistsError, TinyscaleError, one_line
 from tinyscale.fsutil import atomic_write_text, check_writable_dir, make_dirs, remove_generated, safe_relative
 from tinyscale.scaling import Coefficients, format_phi
+from tinyscale.search.tune_grid import PAPER
 
 log = logging.getLogger(__name__)
 
@@ -340,9 +341,8 @@ def lead_over_paper(rows: list[dict[str, Any]], best: dict[str, Any],
                     trials: dict[str, dict[str, Any]] | None = None) -> Lead | None:
     """None when the paper's point won, was not scored, or the sample count is unknown. `trials`
     (trial key -> result) pairs the comparison when both results kept `int8_correct`."""
-    published = Coefficients()
     paper = next((r for r in rows if r["status"] == "ok"
-                  and (r["alpha"], r["beta"], r["gamma"]) == (published.alpha, published.beta, published.gamma)), None)
+                  and (r["alpha"], r["beta"], r["gamma"]) == (PAPER.alpha, PAPER.beta, PAPER.gamma)), None)
     samples = best.get("validation_samples")
     if paper is None or paper["candidate"] == best["candidate"] or not samples:
         return None
@@ -479,4 +479,4 @@ def failed_trial(key: str, error: BaseException | str, seconds: float | None = N
     """A trial's failure as its result: reported in the table, never written as finished."""
     text = str(error) if isinstance(error, TinyscaleError) or isinstance(error, str) \
         else f"{type(error).__name__}: {error}"
-    return {"key": key, "error": " ".join(text.split())[:300], "seconds": seconds}
+    return {"key": key, "error": one_line(text), "seconds": seconds}

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator
 
-from tinyscale.errors import TinyscaleError, UsageError
+from tinyscale.errors import TinyscaleError, UsageError, one_line
 from tinyscale.search.tune import TrialJob, failed_trial
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _probe_cluster(address: str) -> None:
                              f"{RAY_CONNECT_TIMEOUT_SECONDS:.0f} s (is `ray start --head` running there?)") from None
     if probe.returncode != 0:
         lines = [line for line in probe.stderr.splitlines() if "Error" in line] or probe.stderr.splitlines() or [""]
-        raise TinyscaleError(f"cannot reach a Ray cluster at {address}: {' '.join(lines[-1].split())[:200]}")
+        raise TinyscaleError(f"cannot reach a Ray cluster at {address}: {one_line(lines[-1], 200)}")
 
 
 def connect_ray(address: str | None, num_cpus: int | None = None):
@@ -192,7 +192,7 @@ def connect_ray(address: str | None, num_cpus: int | None = None):
     try:
         ray.init(**options)
     except Exception as exc:  # ConnectionError, RuntimeError, ValueError: one line whatever Ray raises
-        reason = " ".join(str(exc).split())[:200]
+        reason = one_line(str(exc), 200)
         raise TinyscaleError(f"cannot start or join {where}: {reason}") from None
     return ray
 

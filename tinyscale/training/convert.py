@@ -18,7 +18,7 @@ import numpy as np
 
 from tinyscale import __version__
 from tinyscale.arch import NetworkSpec
-from tinyscale.errors import ConversionError, TinyscaleError
+from tinyscale.errors import ConversionError, TinyscaleError, one_line
 from tinyscale.fsutil import atomic_write_bytes
 from tinyscale.quiet import quiet_tensorflow
 
@@ -40,16 +40,12 @@ def random_representative_data(input_shape: tuple[int, ...], count: int = 8, see
     return rng.random((count, *input_shape), dtype=np.float32)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _failure_reason(error: Exception, captured_text: str) -> str:
     """TF's own last error line when it printed one, else the exception text."""
     for line in reversed(captured_text.splitlines()):
         if "error" in line.lower():
-            return _one_line(line)[:300]
-    return _one_line(f"{type(error).__name__}: {error}")[:300]
+            return one_line(line)
+    return one_line(f"{type(error).__name__}: {error}")
 
 
 def _frozen_graph_converter(tf: Any, model: Any) -> Any:

@@ -22,7 +22,7 @@ import numpy as np
 
 from tinyscale.arch import ScaledNetwork
 from tinyscale.training.data import Dataset, check_classes, split
-from tinyscale.errors import DataError, TinyscaleError, UsageError
+from tinyscale.errors import DataError, TinyscaleError, UsageError, one_line
 from tinyscale.fsutil import (atomic_write_text, file_mode, make_dirs, output_error, refuse_clobber, remove_generated,
                               safe_relative)
 from tinyscale.quiet import quiet_tensorflow
@@ -282,7 +282,7 @@ class _CheckpointCallback:
 
 def _reason(error: BaseException) -> str:
     """An exception as one short line for a log or error message."""
-    return " ".join(str(error).split())[:200] or type(error).__name__
+    return one_line(str(error), 200) or type(error).__name__
 
 
 def early_stopping_start(config: TrainConfig) -> int:
@@ -524,7 +524,7 @@ def _load_or_fail(kind: str, path: Path, load: Callable[[], Any]) -> Any:
         except Exception as caught:  # TF and Keras raise many types for a bad file
             error = caught
     if error is not None:
-        reason = " ".join(str(error).split())[:200] or captured.last_lines(1)
+        reason = one_line(str(error), 200) or captured.last_lines(1)
         raise ModelError(f"cannot load {kind} {path}: {reason}")
     return result
 
