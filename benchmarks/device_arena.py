@@ -1,6 +1,6 @@
 """Predicted vs QEMU-measured device arena (`arena_used_bytes()`) on every emulated Cortex-M core.
 
-The analytic model (tinyscale.estimate.device_arena_used_bytes) predicts what
+The analytic model (tinyscale.graph.estimate.device_arena_used_bytes) predicts what
 the firmware prints as `ARENA used`; this script compares it with the stored
 QEMU measurements (tests/data/device_arena_measurements.json) and prints one
 markdown row per (core, kernels, model):
@@ -32,8 +32,8 @@ import os
 import sys
 from pathlib import Path
 
-from tinyscale import estimate
 from tinyscale.errors import NotModelledError
+from tinyscale.graph import estimate
 from tinyscale.graph.flatbuffer import read_flatbuffer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def build_models(model_dir: Path, tflm_source: Path | None) -> dict[str, bytes]:
             path.write_bytes(make())
         models[name] = path.read_bytes()
 
-    from tinyscale.arch import scale  # noqa: PLC0415
+    from tinyscale.network.arch import scale  # noqa: PLC0415
     from tinyscale.training.convert import spec_to_tflite  # noqa: PLC0415 - TensorFlow
 
     for base, phi in SPECS:
@@ -152,8 +152,9 @@ def smaller_arena_fails(work: Path, board: str, kernels: str, tree: Path, arena_
     below shows the model is tight, not just sufficient.
     """
     import firmware_sizes  # noqa: PLC0415
-    from tinyscale import firmware as fw  # noqa: PLC0415
+
     from tinyscale.boards.targets import load_target  # noqa: PLC0415
+    from tinyscale.project import render as fw  # noqa: PLC0415
 
     slot = work / f"{'' if board == firmware_sizes.DEFAULT_TARGET else board + '-'}tiny-{kernels}"
     header = slot / "project" / "src" / "selftest_data.h"
@@ -172,8 +173,8 @@ def analytic_graph(row: dict, tflm_source: Path | None):
     the spec-built graph of its row's base and phi (the converter's graph, to
     the arena: tests/test_estimate.py); tiny-2x2 as the pure patch pass makes it.
     """
-    from tinyscale.arch import scale  # noqa: PLC0415
     from tinyscale.graph.patch import find_candidate, patch_model, split_candidates  # noqa: PLC0415
+    from tinyscale.network.arch import scale  # noqa: PLC0415
 
     model_id = row["model"]
     if model_id == "tiny":

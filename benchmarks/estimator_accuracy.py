@@ -4,9 +4,9 @@
         [--phis -10 -8 -6 -4 -2 0] [--channels 1 3] [--classes 10] [--no-measure]
 
 For every (base, channels, phi) it estimates the flatbuffer size and minimal
-TFLM arena with tinyscale.estimate, then converts the network with
+TFLM arena with tinyscale.graph.estimate, then converts the network with
 tinyscale.training.convert.spec_to_tflite (seeded random weights, cached on disk) and
-measures the minimal arena with tinyscale.tflm.measure_arena. Prints one
+measures the minimal arena with tinyscale.simulation.tflm.measure_arena. Prints one
 table with both figures and the relative errors, then the estimator's time
 per call (uncached; median wall and CPU time of repeated calls). Goal: |error| <= 1% everywhere.
 """
@@ -17,8 +17,8 @@ import argparse
 import statistics
 import time
 
-from tinyscale.arch import scale
-from tinyscale.estimate import estimate_memory
+from tinyscale.graph.estimate import estimate_memory
+from tinyscale.network.arch import scale
 
 DEFAULT_BASES = ("efficientnet-lite0", "efficientnet-b0")
 DEFAULT_PHIS = (-10.0, -8.0, -6.0, -4.0, -2.0, 0.0)
@@ -46,8 +46,8 @@ def error_percent(estimated: int, measured: int | None) -> str:
 
 
 def measure(spec) -> tuple[int, int]:
+    from tinyscale.simulation.tflm import measure_arena
     from tinyscale.training.convert import spec_to_tflite  # imports TensorFlow
-    from tinyscale.tflm import measure_arena
 
     flatbuffer = spec_to_tflite(spec)
     return len(flatbuffer), measure_arena(flatbuffer).arena_bytes

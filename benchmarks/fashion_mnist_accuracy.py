@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tinyscale.scaling import format_phi
+from tinyscale.network.scaling import format_phi
 
 DEFAULT_TARGETS = ("nucleo-l476rg", "esp32", "stm32f746g-disco")
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyscale import firmware as fw
 from tinyscale.boards.targets import load_target
+from tinyscale.project import render as fw
 
 DEFAULT_TARGET = "mps2-an386"
 # Sections the image occupies in flash (.data is copied from flash at reset) and in RAM.
@@ -188,7 +188,7 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path, slot_label: s
 def _models(specs: list[str], files: list[str]) -> list[tuple[str, bytes]]:
     models = [(Path(f).stem, Path(f).read_bytes()) for f in files]
     if specs:
-        from tinyscale.arch import scale  # noqa: PLC0415
+        from tinyscale.network.arch import scale  # noqa: PLC0415
         from tinyscale.training.convert import spec_to_tflite  # noqa: PLC0415 - TensorFlow
 
         for spec in specs:

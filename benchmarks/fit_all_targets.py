@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from tinyscale.errors import DoesNotFitError
-from tinyscale.search.fit import FitRequest, fit
-from tinyscale.scaling import format_phi
 from tinyscale.boards.targets import load_all_targets
+from tinyscale.errors import DoesNotFitError
+from tinyscale.network.scaling import format_phi
+from tinyscale.search.fit import FitRequest, fit
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
 Each row is one `tinyscale fit --target T --max-latency-ms B` (efficientnet-lite0, 10 classes,
 3 channels, --patch auto), verified by conversion unless --no-verify; "none" is the fit
 without a latency budget. Latency is the cost tables' prediction at the board's clock
-(tinyscale.latency), for the answer and for the next, larger network.
+(tinyscale.graph.latency), for the answer and for the next, larger network.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tinyscale import arch  # noqa: E402
-from tinyscale.errors import NothingFitsError  # noqa: E402
-from tinyscale.search.fit import FitRequest, fit  # noqa: E402
-from tinyscale.scaling import format_phi  # noqa: E402
 from tinyscale.boards.targets import load_target  # noqa: E402
+from tinyscale.errors import NothingFitsError  # noqa: E402
+from tinyscale.network import arch  # noqa: E402
+from tinyscale.network.scaling import format_phi  # noqa: E402
+from tinyscale.search.fit import FitRequest, fit  # noqa: E402
 
 DEFAULT_TARGETS = ("nucleo-l476rg", "stm32f746g-disco", "esp32-s3")
 DEFAULT_BUDGETS = (None, 200.0, 50.0, 20.0, 5.0)

@@ -20,9 +20,9 @@ import sys
 import tempfile
 import time
 
-from tinyscale.search.fit import FitRequest, Measured, fit, measured_memory
-from tinyscale.scaling import format_phi
 from tinyscale.boards.targets import load_target
+from tinyscale.network.scaling import format_phi
+from tinyscale.search.fit import FitRequest, Measured, fit, measured_memory
 
 
 def cli_run(args: list[str], cache_dir: str) -> tuple[float, dict]:

@@ -35,8 +35,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from latency_fit import render_cost_table  # noqa: E402
+
 from tinyscale.graph.flatbuffer import read_flatbuffer  # noqa: E402
-from tinyscale.latency import costs_dir, parse_cost_table, predict  # noqa: E402
+from tinyscale.graph.latency import costs_dir, parse_cost_table, predict  # noqa: E402
 
 PUBLISHED = ROOT / "benchmarks/data/published_latencies.toml"
 ESP_NN_URL = "https://github.com/espressif/esp-nn (README, snapshot d45b843, 2026-04-27)"

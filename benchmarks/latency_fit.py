@@ -38,7 +38,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tinyscale.latency import COEFFICIENTS, SCHEMA_VERSION, costs_dir, kernel_variant  # noqa: E402
+from tinyscale.graph.latency import (  # noqa: E402
+    COEFFICIENTS,
+    SCHEMA_VERSION,
+    costs_dir,
+    kernel_variant,
+)
 
 FEATURES = [feature for feature in COEFFICIENTS.values()]  # None (constant), macs, output/input elements
 MIN_VARIANT_RECORDS = 1  # a kernel variant gets its own coefficients from this many records on
@@ -77,7 +82,7 @@ def norm_core(name: str) -> str:
 
 
 def variant(record: dict) -> str | None:
-    """The same kernel variant tinyscale.latency derives from a graph, from a record's shapes."""
+    """The same kernel variant tinyscale.graph.latency derives from a graph, from a record's shapes."""
     return kernel_variant(record["op_type"], record.get("filter_shape"), record.get("input_shapes") or [])
 
 
@@ -224,7 +229,7 @@ def _toml_value(value) -> str:
 
 def render_cost_table(header: dict, provenance: dict, invoke: dict, fallback: dict, ops: dict,
                       comment: str) -> str:
-    """A cost table file (tinyscale.latency's schema): `invoke`, `fallback` and each of `ops` map keys to values."""
+    """A cost table file (tinyscale.graph.latency's schema): `invoke`, `fallback` and each of `ops` map keys to values."""
     lines = [f"# {line}" for line in comment.splitlines()]
     lines += [f"{key} = {_toml_value(value)}" for key, value in {"schema_version": SCHEMA_VERSION, **header}.items()]
     lines += ["", "[provenance]", *(f"{key} = {_toml_value(value)}" for key, value in provenance.items())]

@@ -45,12 +45,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import firmware_sizes  # noqa: E402
 
-from tinyscale import firmware as fw  # noqa: E402
 from tinyscale.fsutil import atomic_write_text  # noqa: E402
 from tinyscale.graph.analysis import operator_macs  # noqa: E402
 from tinyscale.graph.flatbuffer import read_flatbuffer  # noqa: E402
 from tinyscale.graph.model import Graph, Model, Operator  # noqa: E402
 from tinyscale.graph.patch import split_candidates  # noqa: E402
+from tinyscale.project import render as fw  # noqa: E402
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "latency_measurements.json"
 BOARDS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547")

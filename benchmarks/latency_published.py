@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tinyscale.graph.flatbuffer import read_flatbuffer  # noqa: E402
-from tinyscale.latency import cost_table, predict  # noqa: E402
 from tinyscale.boards.targets import load_target  # noqa: E402
+from tinyscale.graph.flatbuffer import read_flatbuffer  # noqa: E402
+from tinyscale.graph.latency import cost_table, predict  # noqa: E402
 
 PUBLISHED = ROOT / "benchmarks/data/published_latencies.toml"
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from tinyscale import arch
+from tinyscale.boards.targets import load_all_targets, load_target
 from tinyscale.errors import DoesNotFitError
-from tinyscale.search.fit import FitRequest, fit
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer
-from tinyscale.scaling import format_phi
-from tinyscale.boards.targets import load_all_targets, load_target
+from tinyscale.network import arch
+from tinyscale.network.scaling import format_phi
+from tinyscale.search.fit import FitRequest, fit
 
 COLUMNS = ("target", "patch", "phi", "px", "params", "model B", "arena B", "device arena B", "flash %", "SRAM %",
            "MACs", "grid", "split", "binding", "s")

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyscale import arch, simulate, tflm
+from tinyscale.graph.tflite_model import read_model
+from tinyscale.network import arch
+from tinyscale.simulation import simulate, tflm
 from tinyscale.training.convert import spec_to_tflite
 from tinyscale.training.data import Dataset, load_dataset
-from tinyscale.tflite_model import read_model
 
 
 def models(paths: list[Path], classes: int, channels: int) -> list[tuple[str, bytes]]:

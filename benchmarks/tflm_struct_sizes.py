@@ -3,7 +3,7 @@
 Compiles small probe translation units against a TFLite Micro tree made by
 create_tflm_tree.py (the same defines and include paths as the firmware's
 CMake project) and reads the constants back from the assembly, so the sizes
-are the compiler's, not read off by eye. The figures in tinyscale/tflm_abi.py
+are the compiler's, not read off by eye. The figures in tinyscale/graph/tflm_abi.py
 come from this script:
 
     python benchmarks/tflm_struct_sizes.py --tflm TREE_M4_CMSIS        # arm-none-eabi, Cortex-M4

@@ -2,9 +2,16 @@
 
 import pytest
 
-from tinyscale import arch
-from tinyscale.arch import BASES, StageSpec, count_macs, count_params, get_base, scale
 from tinyscale.errors import UsageError
+from tinyscale.network import arch
+from tinyscale.network.arch import (
+    BASES,
+    StageSpec,
+    count_macs,
+    count_params,
+    get_base,
+    scale,
+)
 
 
 def test_b0_has_the_papers_parameter_count():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tinyscale.errors import NotModelledError
-from tinyscale.estimate import arena_plan, fits_in_arena
+from tinyscale.graph.estimate import arena_plan, fits_in_arena
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.graph.model import Buffer, Operator, Options, Quantization
 from tinyscale.graph.patch import patch_model, split_candidates
@@ -27,7 +27,7 @@ GRIDS = ((1, 2), (2, 2), (3, 3))
 
 
 def _measured(data: bytes) -> int:
-    from tinyscale.tflm import measure_arena
+    from tinyscale.simulation.tflm import measure_arena
 
     return measure_arena(data, verify_invoke=False).arena_bytes
 
@@ -139,9 +139,9 @@ def test_per_tensor_quantized_weights_are_exact():
 @pytest.mark.parametrize("phi", [-7.604, -9.43])
 def test_fitted_networks_patched_by_the_search_are_exact(phi):
     pytest.importorskip("tensorflow")
-    from tinyscale.arch import scale
-    from tinyscale.training.convert import spec_to_tflite
+    from tinyscale.network.arch import scale
     from tinyscale.search.patching import patch_flatbuffer
+    from tinyscale.training.convert import spec_to_tflite
 
     data = spec_to_tflite(scale("efficientnet-lite0", phi).spec)
     model = read_flatbuffer(data)
@@ -194,9 +194,9 @@ def test_written_size_needs_no_weight_bytes():
 def test_patched_spec_graph_predicts_the_patched_converted_model(base, phi):
     """A spec-built graph (no weights) patched like the converter's model: same flatbuffer size, same arena."""
     pytest.importorskip("tensorflow")
-    from tinyscale.arch import scale
+    from tinyscale.graph.estimate import tflite_graph
+    from tinyscale.network.arch import scale
     from tinyscale.training.convert import spec_to_tflite
-    from tinyscale.estimate import tflite_graph
 
     spec = scale(base, phi).spec
     built, real = tflite_graph(spec), read_flatbuffer(spec_to_tflite(spec))

@@ -230,7 +230,7 @@ def _bundled_targets() -> list[str]:
 
 @pytest.mark.parametrize("target", _bundled_targets())
 def test_printed_phis_give_the_fitted_network_back(target):
-    from tinyscale import arch
+    from tinyscale.network import arch
 
     table = invoke("fit", "--target", target, "--no-verify")
     data = json.loads(invoke("fit", "--target", target, "--no-verify", "--json").stdout)
@@ -255,7 +255,7 @@ def test_printed_phis_give_the_fitted_network_back(target):
 
 
 def test_phi_has_the_fewest_decimals_that_give_the_network():
-    from tinyscale import arch
+    from tinyscale.network import arch
 
     data = json.loads(invoke("fit", "--target", "esp32", "--no-verify", "--patch", "off", "--json").stdout)
     low, high = data["phi_interval"]

@@ -18,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tinyscale.boards import clocks
-from tinyscale import firmware as fw
+from tinyscale.boards.targets import load_all_targets, load_target, targets_dir
 from tinyscale.cli import app
 from tinyscale.errors import TargetError
-from tinyscale.boards.targets import load_all_targets, load_target, targets_dir
+from tinyscale.project import render as fw
 
 MHZ = 1_000_000
 HOST_GCC = shutil.which("gcc")

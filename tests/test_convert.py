@@ -5,10 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyscale import arch
-from tinyscale.training.convert import convert_keras_model, random_representative_data, spec_to_tflite
 from tinyscale.errors import ConversionError
-from tinyscale.tflite_model import read_model
+from tinyscale.graph.tflite_model import read_model
+from tinyscale.network import arch
+from tinyscale.training.convert import (
+    convert_keras_model,
+    random_representative_data,
+    spec_to_tflite,
+)
 
 pytest.importorskip("tensorflow")
 
@@ -76,7 +80,7 @@ def test_batchnorm_calibration_normalises_an_untrained_network():
 
 def test_many_class_untrained_model_runs_in_tflm(no_cache):
     pytest.importorskip("tflite_micro")
-    from tinyscale.tflm import measure_arena
+    from tinyscale.simulation.tflm import measure_arena
 
     # Near-uniform logits over 1000 classes made TFLM's int8 softmax abort().
     model = spec_to_tflite(arch.scale("tiny", 0, classes=1000).spec)

@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinyscale.training import data
-from tinyscale.training.data import Dataset, load_dataset, load_fashion_mnist, network_inputs, quantize, split
 from tinyscale.errors import DataError
+from tinyscale.training import data
+from tinyscale.training.data import (
+    Dataset,
+    load_dataset,
+    load_fashion_mnist,
+    network_inputs,
+    quantize,
+    split,
+)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

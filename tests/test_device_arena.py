@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tinyscale import estimate
-from tinyscale.search import fit
-from tinyscale import firmware as fw
-from tinyscale.arch import scale
 from tinyscale.boards.budget import DEVICE_MODEL_RULE, HOST_MARGIN_RULE
-from tinyscale.errors import NotModelledError
-from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.boards.targets import load_target
-from tinyscale.tflite_model import read_model
+from tinyscale.errors import NotModelledError
+from tinyscale.graph import estimate
+from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
+from tinyscale.graph.tflite_model import read_model
+from tinyscale.network.arch import scale
+from tinyscale.project import render as fw
+from tinyscale.search import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import device_arena  # noqa: E402

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from tinyscale import arch
-from tinyscale.estimate import (
+from tinyscale.graph.estimate import (
     MemoryEstimate,
     _Buffer,
     arena_plan,
@@ -25,6 +24,7 @@ from tinyscale.estimate import (
     plan_bytes,
     tflite_graph,
 )
+from tinyscale.network import arch
 
 TOLERANCE = 0.01  # the required accuracy; in practice the model is exact
 
@@ -39,7 +39,7 @@ def spec(base: str, phi: float = 0.0, channels: int = 3) -> arch.NetworkSpec:
 
 def test_importing_the_estimator_loads_no_tensorflow():
     code = (
-        "import sys, tinyscale.estimate as e, tinyscale.arch as a\n"
+        "import sys, tinyscale.graph.estimate as e, tinyscale.network.arch as a\n"
         "e.estimate_memory(a.scale('tiny', 0).spec)\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tflite_micro')]\n"
         "print(','.join(heavy))\n"
@@ -145,8 +145,8 @@ MEASURED_SPECS = [
 def measured():
     pytest.importorskip("tensorflow")
     pytest.importorskip("tflite_micro")
+    from tinyscale.simulation.tflm import measure_arena
     from tinyscale.training.convert import spec_to_tflite
-    from tinyscale.tflm import measure_arena
 
     results = {}
     for base, phi, channels in MEASURED_SPECS:

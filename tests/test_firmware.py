@@ -18,17 +18,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import repack_model
 from typer.testing import CliRunner
 
-from conftest import repack_model
-from tinyscale import estimate, fsutil, latency
-from tinyscale import firmware as fw
-from tinyscale.boards.budget import DEVICE_ARENA_SLACK_BYTES, DEVICE_MODEL_RULE, HOST_MARGIN_RULE
-from tinyscale.cli import app
-from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, TinyscaleError
-from tinyscale.boards.kernels import ARENA_ALIGNMENT, align_up, arena_margin_bytes, op_shapes
+from tinyscale import fsutil
+from tinyscale.boards.budget import (
+    DEVICE_ARENA_SLACK_BYTES,
+    DEVICE_MODEL_RULE,
+    HOST_MARGIN_RULE,
+)
+from tinyscale.boards.kernels import (
+    ARENA_ALIGNMENT,
+    align_up,
+    arena_margin_bytes,
+    op_shapes,
+)
 from tinyscale.boards.targets import load_all_targets, load_target
-from tinyscale.tflite_model import input_quantization, read_model
+from tinyscale.cli import app
+from tinyscale.errors import (
+    DoesNotFitError,
+    ModelError,
+    OutputExistsError,
+    TemplateError,
+    TinyscaleError,
+)
+from tinyscale.graph import estimate, latency
+from tinyscale.graph.tflite_model import input_quantization, read_model
+from tinyscale.project import render as fw
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FIRMWARE = GOLDEN / "firmware"

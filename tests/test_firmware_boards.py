@@ -13,14 +13,28 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from test_firmware import (  # noqa: F401 - fixtures
-    ARM_GCC, ARM_GXX, HOST_GCC, HOST_GXX, assert_refused, compile_file, context_for, host_figures, model,
-    needs_arm, needs_host_gcc, render, run_cli, workdir, write_edited_model, _set_first_operator,
+    ARM_GCC,
+    ARM_GXX,
+    HOST_GCC,
+    HOST_GXX,
+    _set_first_operator,
+    assert_refused,
+    compile_file,
+    context_for,
+    host_figures,
+    model,
+    needs_arm,
+    needs_host_gcc,
+    render,
+    run_cli,
+    workdir,
+    write_edited_model,
 )
-from tinyscale import firmware as fw
-from tinyscale.errors import TemplateError
+
 from tinyscale.boards.targets import load_target
+from tinyscale.errors import TemplateError
+from tinyscale.project import render as fw
 
 # Stand-ins with the real signatures: ArduinoCore-mbed's USBSerial (Serial on the Nano 33 BLE)
 # drops writes while no host has the port open and has a non-explicit operator bool.

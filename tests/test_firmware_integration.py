@@ -178,6 +178,7 @@ def test_qemu_board_passes_its_selftest_bit_identical(target_name, kernels, work
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_profiled_tiny_model_prints_one_line_per_operator_summing_to_the_invoke(kernels, work):
     import latency_measure  # noqa: PLC0415 - a benchmark module
+
     from tinyscale.graph.flatbuffer import read_flatbuffer  # noqa: PLC0415
 
     tree = require_tree(kernels)

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import pytest
 
-from tinyscale import arch
 from tinyscale.boards.budget import place
-from tinyscale.search.fit import placement_for
 from tinyscale.errors import DoesNotFitError
-from tinyscale.search.fit import PHI_MAX, FitRequest, Measured, Memory, fit
+from tinyscale.network import arch
+from tinyscale.search.fit import (
+    PHI_MAX,
+    FitRequest,
+    Measured,
+    Memory,
+    fit,
+    placement_for,
+)
 
 
 def proxy_memory(spec: arch.NetworkSpec) -> Memory:
@@ -136,7 +142,7 @@ def test_result_json_has_the_documented_keys(synthetic_target):
 def test_logged_phi_is_the_printed_phi(synthetic_target, caplog):
     import logging
 
-    from tinyscale.scaling import format_phi
+    from tinyscale.network.scaling import format_phi
 
     def measurer(spec):
         memory = proxy_memory(spec)

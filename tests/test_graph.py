@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from tinyscale.errors import ModelError
-from tinyscale.graph.flatbuffer import BUFFER_ALIGNMENT, read_flatbuffer, write_flatbuffer
-from tinyscale.tflite_model import read_model
+from tinyscale.graph.flatbuffer import (
+    BUFFER_ALIGNMENT,
+    read_flatbuffer,
+    write_flatbuffer,
+)
+from tinyscale.graph.tflite_model import read_model
 
 pytest.importorskip("tflite_micro")
 
@@ -18,7 +22,8 @@ GOLDEN = Path(__file__).parent / "golden" / "tiny.tflite"
 
 def _assert_same_in_tflm(original: bytes, written: bytes) -> None:
     from tiny_networks import random_inputs
-    from tinyscale.tflm import run_model
+
+    from tinyscale.simulation.tflm import run_model
 
     inputs = random_inputs(original, 4)
     assert np.array_equal(run_model(original, inputs), run_model(written, inputs))

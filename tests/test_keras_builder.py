@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinyscale import arch
+from tinyscale.network import arch
 from tinyscale.training.keras_builder import build_keras_model
 
 pytest.importorskip("keras")

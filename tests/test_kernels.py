@@ -6,11 +6,6 @@ from dataclasses import replace
 
 import pytest
 
-from tinyscale import firmware
-from tinyscale.arch import scale
-from tinyscale.training.convert import spec_to_tflite
-from tinyscale.estimate import tflite_graph
-from tinyscale.search.fit import Memory, placement_for
 from tinyscale.boards.kernels import (
     ARENA_SLACK_BYTES,
     arena_margin_bytes,
@@ -23,8 +18,13 @@ from tinyscale.boards.kernels import (
     split_margin,
 )
 from tinyscale.boards.targets import load_target
-from tinyscale.tflite_model import read_model
-from tinyscale.tflm import measure_arena
+from tinyscale.graph.estimate import tflite_graph
+from tinyscale.graph.tflite_model import read_model
+from tinyscale.network.arch import scale
+from tinyscale.project import render
+from tinyscale.search.fit import Memory, placement_for
+from tinyscale.simulation.tflm import measure_arena
+from tinyscale.training.convert import spec_to_tflite
 
 
 def test_cmsis_nn_scratch_formulas():
@@ -84,7 +84,7 @@ def test_fit_and_firmware_size_the_same_device_arena(target_name):
     info = read_model(model)
     # The analytic graph and the converted model give the operators the same shapes.
     assert op_shapes(tflite_graph(spec).graph) == op_shapes(info.graph)
-    plan, firmware_placement = firmware.plan_arena(info, host_arena, target)
+    plan, firmware_placement = render.plan_arena(info, host_arena, target)
     fit_placement = placement_for(target, spec, Memory(len(model), host_arena))
     assert plan.arena_bytes == fit_placement.device_arena_bytes
     assert firmware_placement == fit_placement
@@ -136,7 +136,10 @@ def test_a_patched_model_needs_the_kernel_scratch_of_the_unpatched_one(grid):
 
 def test_patch_kernels_add_their_measured_code_to_the_flash_need(synthetic_target):
     from tinyscale.boards.budget import place
-    from tinyscale.boards.kernels import PATCH_KERNELS_FLASH_BYTES, extra_kernel_flash_bytes
+    from tinyscale.boards.kernels import (
+        PATCH_KERNELS_FLASH_BYTES,
+        extra_kernel_flash_bytes,
+    )
 
     plain = [("CONV_2D", (1, 8, 8, 3), (8, 3, 3, 3)), ("MEAN", (1, 4, 4, 8), ())]
     assert extra_kernel_flash_bytes(plain) == 0

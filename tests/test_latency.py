@@ -1,4 +1,4 @@
-"""tinyscale.latency: cost tables (schema), operator features, predictions against stored QEMU
+"""tinyscale.graph.latency: cost tables (schema), operator features, predictions against stored QEMU
 measurements, and the latency budget of `fit` (--max-latency-ms), `simulate` and `firmware`."""
 
 from __future__ import annotations
@@ -18,9 +18,15 @@ from typer.testing import CliRunner
 from tinyscale.cli import app
 from tinyscale.errors import CostTableError
 from tinyscale.graph.flatbuffer import read_flatbuffer
+from tinyscale.graph.latency import (
+    bundled_cost_tables,
+    cost_table,
+    load_cost_table_file,
+    op_features,
+    parse_cost_table,
+    predict,
+)
 from tinyscale.graph.model import Buffer, Graph, Model, Operator, Tensor
-from tinyscale.latency import (bundled_cost_tables, cost_table, load_cost_table_file, op_features,
-                               parse_cost_table, predict)
 
 HERE = Path(__file__).parent
 TINY = HERE / "golden" / "tiny.tflite"
@@ -170,9 +176,9 @@ def test_fit_with_a_large_budget_gives_the_unbounded_answer():
 
 
 def test_a_patched_answer_is_costed_from_the_patched_graph():
-    from tinyscale.estimate import tflite_graph
-    from tinyscale.search.fit import FitRequest, fit
     from tinyscale.boards.targets import load_target
+    from tinyscale.graph.estimate import tflite_graph
+    from tinyscale.search.fit import FitRequest, fit
 
     target = load_target("nucleo-l476rg")  # SRAM-bound: --patch auto patches its answer
     result = fit(FitRequest(target), verify=False, patch="auto")

@@ -12,9 +12,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import latency_measure as lm  # noqa: E402
 
+from tinyscale.boards.targets import load_target
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer
-from tinyscale.boards.targets import load_target
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY_MODEL = GOLDEN / "tiny.tflite"

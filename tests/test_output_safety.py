@@ -132,8 +132,8 @@ def _blocked(tmp_path: Path) -> Path:
 
 
 def test_unwritable_outputs_fail_before_the_long_work(tmp_path, stripes, monkeypatch):
-    from tinyscale.search import fit as fit_module
     from tinyscale.commands import pipeline
+    from tinyscale.search import fit as fit_module
 
     blocked = _blocked(tmp_path)
     monkeypatch.setattr(pipeline, "_train", _never("training"))

@@ -12,7 +12,14 @@ from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.graph.model import Operator, Quantization
 from tinyscale.graph.patch import (
-    Span, Window, find_candidate, input_span, patch_model, same_padding, split_candidates, split_spans,
+    Span,
+    Window,
+    find_candidate,
+    input_span,
+    patch_model,
+    same_padding,
+    split_candidates,
+    split_spans,
 )
 
 pytest.importorskip("tflite_micro")
@@ -72,7 +79,8 @@ def test_candidates_are_cuts_and_stop_before_the_global_pool():
 
 def _reference_and_inputs(data: bytes, count: int = 6):
     from tiny_networks import random_inputs
-    from tinyscale.tflm import run_model
+
+    from tinyscale.simulation.tflm import run_model
 
     inputs = random_inputs(data, count, seed=3)
     inputs[0] = -128  # the extremes too
@@ -81,7 +89,7 @@ def _reference_and_inputs(data: bytes, count: int = 6):
 
 
 def _assert_bit_equal(data: bytes, model, candidate, grid, reference, inputs) -> bytes:
-    from tinyscale.tflm import run_model
+    from tinyscale.simulation.tflm import run_model
 
     patched = write_flatbuffer(patch_model(model, candidate, grid))
     outputs = run_model(patched, inputs)
@@ -146,7 +154,7 @@ def _with_unary_after_first_op(model, kind: str, scale_factor: float):
 
 @pytest.mark.parametrize("kind, scale_factor", [("QUANTIZE", 1.7), ("HARD_SWISH", 1.0)])
 def test_graph_built_element_wise_ops_patch_bit_for_bit(kind, scale_factor):
-    from tinyscale.tflm import run_model
+    from tinyscale.simulation.tflm import run_model
 
     data, model = _network("mbconv")
     edited = write_flatbuffer(_with_unary_after_first_op(model, kind, scale_factor))
@@ -206,7 +214,7 @@ def test_reading_patching_and_writing_import_no_tensorflow():
 def test_golden_tiny_network_patches_bit_for_bit_without_tensorflow():
     from pathlib import Path
 
-    from tinyscale.tflm import run_model
+    from tinyscale.simulation.tflm import run_model
 
     data = (Path(__file__).parent / "golden" / "tiny.tflite").read_bytes()
     model = read_flatbuffer(data)

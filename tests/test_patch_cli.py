@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tinyscale.cli import app
-from tinyscale.search.patching import parse_grid
 from tinyscale.errors import UsageError
+from tinyscale.search.patching import parse_grid
 
 pytest.importorskip("tflite_micro")
 runner = CliRunner()
@@ -40,9 +40,10 @@ def test_parse_grid():
 
 def test_explicit_schedule_is_written_and_runs_bit_for_bit(tmp_path):
     from tiny_networks import random_inputs
+
     from tinyscale.graph.flatbuffer import read_flatbuffer
     from tinyscale.graph.patch import split_candidates
-    from tinyscale.tflm import run_model
+    from tinyscale.simulation.tflm import run_model
 
     source = _network_file(tmp_path, "mbconv")
     split = split_candidates(read_flatbuffer(source.read_bytes()))[1]  # the residual ADD's output
@@ -98,9 +99,9 @@ def _assert_measurement_decided(result, finalists: int) -> None:
 
 
 def test_search_measures_finalists_for_operators_the_arena_model_lacks(monkeypatch, caplog):
-    from tinyscale import estimate
-    from tinyscale.search import patching
     from tinyscale.errors import NotModelledError
+    from tinyscale.graph import estimate
+    from tinyscale.search import patching
 
     def refuse(model):
         raise NotModelledError("TFLM's allocations for X are not modelled")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tinyscale.cli import app
-from tinyscale.search.fit import FitRequest, analytic_memory, fit, placement_for
-from tinyscale.estimate import tflite_graph
-from tinyscale.graph.patch import split_candidates
 from tinyscale.boards.targets import load_target
+from tinyscale.cli import app
+from tinyscale.graph.estimate import tflite_graph
+from tinyscale.graph.patch import split_candidates
+from tinyscale.search.fit import FitRequest, analytic_memory, fit, placement_for
 
 runner = CliRunner()
 PATCH_KEYS = {"patch_grid", "patch_split_tensor", "macs_overhead", "phi_unpatched"}
@@ -96,7 +96,7 @@ def test_patched_fit_is_larger_and_both_answers_are_measured(synthetic_target):
     # Measured: the patched file's size is what the writer-based estimate said, to the byte.
     assert auto.measured.model_bytes == auto.estimate.model_bytes == len(auto.measured.tflite)
     # The patched network does not fit unpatched (measured: the converter's own file).
-    from tinyscale.tflm import measure_arena
+    from tinyscale.simulation.tflm import measure_arena
 
     unpatched = auto.measured.unpatched_tflite
     plain = placement_for(target, auto.network.spec,
@@ -108,8 +108,8 @@ def test_patched_fit_is_larger_and_both_answers_are_measured(synthetic_target):
 def test_fit_out_writes_patched_and_unpatched_models(tmp_path, synthetic_target):
     from test_cli_fit import board_toml
 
-    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.graph.flatbuffer import read_flatbuffer
+    from tinyscale.training.convert import spec_to_tflite
 
     target = _sram_bound_board(synthetic_target)
     sram = target.arena_regions[0].arena_budget_bytes
@@ -136,9 +136,9 @@ def test_fit_out_writes_patched_and_unpatched_models(tmp_path, synthetic_target)
 @pytest.mark.parametrize("base", ["tiny", "tiny-se", "efficientnet-lite0", "efficientnet-b0"])
 def test_spec_graph_writes_to_the_converted_models_size_patched_or_not(base):
     """tflite_graph has the converted file's structure: the writer sizes both alike, to the byte."""
-    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
     from tinyscale.graph.patch import find_candidate, patch_model
+    from tinyscale.training.convert import spec_to_tflite
 
     spec = FitRequest(load_target("esp32"), base=base).spec(-10.0 if base.startswith("efficientnet") else 0.0)
     built, converted = tflite_graph(spec), read_flatbuffer(spec_to_tflite(spec))
@@ -184,7 +184,7 @@ def test_build_applies_fits_schedule_and_ships_the_patched_model(tmp_path):
     from test_pipeline_cli import write_stripes
 
     from tinyscale.graph.flatbuffer import read_flatbuffer
-    from tinyscale.tflm import run_model
+    from tinyscale.simulation.tflm import run_model
 
     board = _sram_bound_board_file(tmp_path / "board.toml")
     data = write_stripes(tmp_path / "stripes.npz", count=32)
@@ -280,8 +280,8 @@ def test_scale_checks_the_phi_fit_prints_the_way_fit_does():
                                                  ("efficientnet-b0", -6.5, 1)])
 def test_unpatched_size_is_a_lower_bound_of_every_patched_file(base, phi, channels):
     """fit --patch auto drops a schedule without writing it when even the unpatched size breaks flash."""
-    from tinyscale.arch import scale
-    from tinyscale.estimate import flatbuffer_bytes
+    from tinyscale.graph.estimate import flatbuffer_bytes
+    from tinyscale.network.arch import scale
     from tinyscale.search.patch_fit import ranked_schedules
 
     spec = scale(base, phi, channels=channels).spec

@@ -541,11 +541,11 @@ def test_build_for_a_board_the_templates_cannot_serve_fails_before_training(work
 
 
 def test_build_whose_firmware_step_fails_exits_non_zero_and_keeps_the_rest(workdir, trained, monkeypatch):
-    from tinyscale import firmware
     from tinyscale.errors import TemplateError
+    from tinyscale.project import render
 
     error = TemplateError("template main.cc.jinja: 'ctx' has no attribute 'x'")
-    out, result = build_failing(monkeypatch, firmware, "build_context", error, workdir, trained, "no-firmware")
+    out, result = build_failing(monkeypatch, render, "build_context", error, workdir, trained, "no-firmware")
     one_line_error(result, TemplateError.exit_code, f"has no attribute 'x'; firmware not generated; .* in {out}$")
     summary = json.loads(result.stdout)
     assert summary["firmware"] is False and "has no attribute" in summary["firmware_problem"]

@@ -34,7 +34,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_core_imports_no_tensorflow():
     code = (
         "import sys\n"
-        "import tinyscale.cli, tinyscale.search.fit, tinyscale.estimate, tinyscale.boards.targets, tinyscale.arch\n"
+        "import tinyscale.cli, tinyscale.search.fit, tinyscale.graph.estimate, tinyscale.boards.targets, tinyscale.network.arch\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'tflite_micro') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from tinyscale.errors import UsageError
-from tinyscale.scaling import (
+from tinyscale.network.scaling import (
     MIN_RESOLUTION,
     Coefficients,
     check_phi,

@@ -8,16 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
+from conftest import IO_KINDS, make_target, quantized_model, repack_model
 from typer.testing import CliRunner
 
-from conftest import IO_KINDS, make_target, quantized_model, repack_model
-from tinyscale import arch, estimate, simulate, tflm
 from tinyscale.cli import app
+from tinyscale.errors import DataError, ModelError
+from tinyscale.graph import estimate
+from tinyscale.graph.tflite_model import (
+    input_quantization,
+    output_quantization,
+    read_model,
+)
+from tinyscale.network import arch
+from tinyscale.simulation import simulate, tflm
 from tinyscale.training.convert import spec_to_tflite
 from tinyscale.training.data import Dataset
-from tinyscale.errors import DataError, ModelError
-from tinyscale.tflite_model import input_quantization, output_quantization, read_model
 
 # A tflite-micro source checkout (github.com/tensorflow/tflite-micro) for its example models.
 TFLM_SOURCE = os.environ.get("TFLM_SOURCE")

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tinyscale import arch
 from tinyscale.errors import DataError, MeasurementError, ModelError
-from tinyscale.tflm import ModelRunner, _Worker, check_loads, measure_arena, probe, run_model
+from tinyscale.network import arch
+from tinyscale.simulation.tflm import (
+    ModelRunner,
+    _Worker,
+    check_loads,
+    measure_arena,
+    probe,
+    run_model,
+)
 
 pytest.importorskip("tflite_micro")
 
@@ -99,7 +106,7 @@ def test_timeout_is_a_measurement_error(model):
 
 
 def _input_shape(model: bytes) -> tuple[int, ...]:
-    from tinyscale.tflite_model import read_model
+    from tinyscale.graph.tflite_model import read_model
 
     return read_model(model).input_tensors[0].shape[1:]
 
@@ -114,5 +121,5 @@ def test_inputs_of_the_wrong_shape_or_type_are_data_errors(model):
 
 def test_first_arena_too_small_is_grown_not_reported_as_a_model_error(model, monkeypatch):
     expected = measure_arena(model).arena_bytes
-    monkeypatch.setattr("tinyscale.tflm.FIRST_ARENA_BYTES", 512)  # forces the fallback to a large arena
+    monkeypatch.setattr("tinyscale.simulation.tflm.FIRST_ARENA_BYTES", 512)  # forces the fallback to a large arena
     assert measure_arena(model).arena_bytes == expected

@@ -8,11 +8,19 @@ import logging
 import numpy as np
 import pytest
 
-from tinyscale import arch
-from tinyscale.training.data import Dataset
 from tinyscale.errors import DataError, OutputExistsError, UsageError
-from tinyscale.training.train import (HISTORY_FILE, MODEL_FILE, TrainConfig, early_stopping_start, load_keras_model,
-                             save_training, train_network, training_device)
+from tinyscale.network import arch
+from tinyscale.training.data import Dataset
+from tinyscale.training.train import (
+    HISTORY_FILE,
+    MODEL_FILE,
+    TrainConfig,
+    early_stopping_start,
+    load_keras_model,
+    save_training,
+    train_network,
+    training_device,
+)
 from tinyscale.training.train_checkpoint import checkpoint_for
 
 

@@ -17,12 +17,34 @@ import pytest
 from typer.testing import CliRunner
 
 from tinyscale.cli import app
-from tinyscale.coefficients import CoefficientsFile, load_coefficients, parse_coefficients, write_coefficients
 from tinyscale.errors import DoesNotFitError, UsageError
+from tinyscale.network.coefficients import (
+    CoefficientsFile,
+    load_coefficients,
+    parse_coefficients,
+    write_coefficients,
+)
+from tinyscale.network.scaling import Coefficients
 from tinyscale.search.fit import FitRequest, fit
-from tinyscale.scaling import Coefficients
-from tinyscale.search.tune import Lead, TuneSettings, correct_bits, failed_trial, lead_over_paper, plan, row, table, winner, Candidate
-from tinyscale.search.tune_grid import PAPER, candidates, lattice, parse_candidates, solve_gamma
+from tinyscale.search.tune import (
+    Candidate,
+    Lead,
+    TuneSettings,
+    correct_bits,
+    failed_trial,
+    lead_over_paper,
+    plan,
+    row,
+    table,
+    winner,
+)
+from tinyscale.search.tune_grid import (
+    PAPER,
+    candidates,
+    lattice,
+    parse_candidates,
+    solve_gamma,
+)
 
 runner = CliRunner()
 NUCLEO = Path(__file__).resolve().parent.parent / "targets" / "nucleo-l476rg.toml"
@@ -172,8 +194,8 @@ def test_identical_networks_are_planned_once_and_nothing_fitting_is_one_error(sy
 
 
 def test_a_candidate_whose_smallest_network_does_not_fit_is_a_row_with_the_fitters_reason(tmp_path):
-    from tinyscale.errors import NothingFitsError
     from tinyscale.boards.targets import load_target
+    from tinyscale.errors import NothingFitsError
 
     board = load_target(str(small_board(tmp_path / "b.toml")))
     settings = TuneSettings(board.name, "data.npz", "tiny", classes=3, channels=1)

@@ -163,11 +163,13 @@ def _configure_logging(verbose: bool) -> Callable[[], None]:
 
 def _register_commands() -> None:
     # Each module adds its commands to `app`; imported here, after `app` exists.
-    from tinyscale.commands import core  # noqa: F401
-    from tinyscale.commands import firmware  # noqa: F401
-    from tinyscale.commands import pipeline  # noqa: F401
-    from tinyscale.commands import patch  # noqa: F401
-    from tinyscale.commands import tune  # noqa: F401
+    from tinyscale.commands import (
+        core,  # noqa: F401
+        firmware,  # noqa: F401
+        patch,  # noqa: F401
+        pipeline,  # noqa: F401
+        tune,  # noqa: F401
+    )
     _full_short_help()
 
 

@@ -9,11 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tinyscale.errors import DoesNotFitError, NotModelledError
-from tinyscale.estimate import arena_plan, device_runtime
-from tinyscale.boards.kernels import (ARENA_ALIGNMENT, OpShapes, align_up, arena_margin_bytes, cmsis_nn_persistent_bytes,
-                               device_arena_bytes, extra_kernel_flash_bytes, op_shapes, split_margin)
+from tinyscale.boards.kernels import (
+    ARENA_ALIGNMENT,
+    OpShapes,
+    align_up,
+    arena_margin_bytes,
+    cmsis_nn_persistent_bytes,
+    device_arena_bytes,
+    extra_kernel_flash_bytes,
+    op_shapes,
+    split_margin,
+)
 from tinyscale.boards.targets import MemoryRegion, Target
+from tinyscale.errors import DoesNotFitError, NotModelledError
+from tinyscale.graph.estimate import arena_plan, device_runtime
 
 if TYPE_CHECKING:
     from tinyscale.graph.model import Model
@@ -25,7 +34,7 @@ HOST_MARGIN_RULE = "host + margin"
 # to the byte and the minimum was confirmed there (benchmarks/device_arena.py
 # --check-minimum), so none is needed.
 DEVICE_ARENA_SLACK_BYTES = 0
-# Firmware whose TFLM is the one tinyscale.tflm_abi was measured on: cmake-arm
+# Firmware whose TFLM is the one tinyscale.graph.tflm_abi was measured on: cmake-arm
 # projects compile a create_tflm_tree.py tree (tflite-micro 90b983c2 here). The
 # Pico's pico-tflmicro and the Arduino_TensorFlowLite library vendor their own
 # TFLM snapshots, whose structs and kernels were not measured: the host rule.

@@ -1,6 +1,6 @@
 """What an optimized kernel library adds to the host-measured arena.
 
-Cortex-M builds are replayed exactly (tinyscale.estimate with the 32-bit
+Cortex-M builds are replayed exactly (tinyscale.graph.estimate with the 32-bit
 struct sizes, CMSIS-NN's scratch requests from :func:`cmsis_nn_scratch_requests`).
 For the others (ESP-NN, the ESP32s' toolchains) the device arena is the host
 figure from TFLM's Python interpreter (x86-64, reference kernels) plus a

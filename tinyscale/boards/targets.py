@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tinyscale.boards.chips import BUILD_SYSTEM_CPUS, CPU_FPUS, KERNEL_LIBRARY_CPUS, chip_families, find_chip
+from tinyscale.boards.chips import (
+    BUILD_SYSTEM_CPUS,
+    CPU_FPUS,
+    KERNEL_LIBRARY_CPUS,
+    chip_families,
+    find_chip,
+)
 from tinyscale.boards.clocks import check_target_clock
 from tinyscale.errors import TargetError, TinyscaleError
 from tinyscale.resources import data_dir

@@ -10,17 +10,29 @@ from typing import Annotated, Optional
 
 import typer
 
-from tinyscale import arch
-from tinyscale.arch import BASES, ScaledNetwork
 from tinyscale.boards.budget import Placement
-from tinyscale.search.fit import DEFAULT_MAX_EXTRA_MACS, PATCH_MODES, Memory, latency_for, placement_for
+from tinyscale.boards.targets import Target, load_all_targets, load_target
 from tinyscale.cli import app, reports_errors
-from tinyscale.coefficients import resolve_coefficients
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
+from tinyscale.network import arch
+from tinyscale.network.arch import BASES, ScaledNetwork
+from tinyscale.network.coefficients import resolve_coefficients
+from tinyscale.network.scaling import (
+    PAPER_ALPHA,
+    PAPER_BETA,
+    PAPER_GAMMA,
+    Coefficients,
+    format_phi,
+)
 from tinyscale.progress import status
-from tinyscale.scaling import PAPER_ALPHA, PAPER_BETA, PAPER_GAMMA, Coefficients, format_phi
-from tinyscale.boards.targets import Target, load_all_targets, load_target
+from tinyscale.search.fit import (
+    DEFAULT_MAX_EXTRA_MACS,
+    PATCH_MODES,
+    Memory,
+    latency_for,
+    placement_for,
+)
 
 Base = Enum("Base", {name: name for name in BASES}, type=str)  # type: ignore[misc]
 
@@ -200,8 +212,8 @@ def scale(
     unpatched is checked with its best patch schedule, as fit checks it: a phi
     fit prints then gives the same answer here.
     """
-    from tinyscale.estimate import estimate_memory
     from tinyscale.fsutil import check_writable_file, refuse_clobber
+    from tinyscale.graph.estimate import estimate_memory
 
     coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, target)
     settings = _scaling(base, classes, channels, coefficients)
@@ -309,7 +321,8 @@ def fit(
     json_output: JsonOption = False,
 ) -> None:
     """Find the largest phi whose int8 TFLite Micro model fits the target's flash and SRAM (and --max-latency-ms)."""
-    from tinyscale.search.fit import FitRequest, check_latency_budget, fit as run_fit
+    from tinyscale.search.fit import FitRequest, check_latency_budget
+    from tinyscale.search.fit import fit as run_fit
 
     coefficients = resolve_coefficients(coefficients_file, alpha, beta, gamma, target)
     settings = _scaling(base, classes, channels, coefficients)
@@ -408,8 +421,8 @@ def _next_rows(result) -> list[tuple[str, str]]:
 
 
 def latency_text(latency, target: Target, budget_ms: Optional[float] = None) -> str:
-    """The prediction (tinyscale.latency.describe) and, with a budget, whether it fits."""
-    from tinyscale.latency import describe
+    """The prediction (tinyscale.graph.latency.describe) and, with a budget, whether it fits."""
+    from tinyscale.graph.latency import describe
 
     text = describe(latency, target)
     if latency is not None and budget_ms is not None:

@@ -24,7 +24,7 @@ def _read_model(path: Path) -> bytes:
 
 def _result_dict(result) -> dict:
     """The --json object: the manifest (arena, flash, ops) plus the placement and what changed on disk."""
-    from tinyscale.firmware import MANIFEST_FILE  # noqa: PLC0415
+    from tinyscale.project.render import MANIFEST_FILE  # noqa: PLC0415
 
     context = result.context
     return {
@@ -63,8 +63,8 @@ def firmware(
     json_output: JsonOption = False,
 ) -> None:
     """Render a firmware project (ESP-IDF, CMake arm-none-eabi, Arduino sketch or Pico SDK) that runs MODEL with a self-test."""
-    from tinyscale.firmware import FirmwareOptions, generate_firmware  # noqa: PLC0415 - keeps --help fast
     from tinyscale.boards.targets import load_target  # noqa: PLC0415
+    from tinyscale.project.render import FirmwareOptions, generate_firmware  # noqa: PLC0415 - keeps --help fast
 
     board = load_target(target)
     options = FirmwareOptions(

@@ -14,15 +14,12 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 
-from tinyscale import arch
-from tinyscale.arch import ScaledNetwork
+from tinyscale.boards.targets import Target, load_target
 from tinyscale.cli import app, reports_errors
-from tinyscale.commands.tune_options import (DEFAULT_TUNE_EPOCHS, Backend, BackendOption, JobsOption,
-                                             RayAddressOption)
-from tinyscale.commands.wording import plural
 from tinyscale.commands.core import (
-    DEFAULT_MAX_EXTRA_MACS,
     DEFAULT_BASE,
+    DEFAULT_MAX_EXTRA_MACS,
+    UNPATCHED_MODEL_FILE,
     AlphaOption,
     Base,
     BaseOption,
@@ -33,15 +30,20 @@ from tinyscale.commands.core import (
     MaxExtraMacsOption,
     PatchMode,
     PatchOption,
-    UNPATCHED_MODEL_FILE,
     _bytes,
     _network_rows,
     _placement_rows,
-    latency_text,
     _table,
+    latency_text,
 )
-from tinyscale.coefficients import resolve_coefficients
-from tinyscale.training.data import FASHION_MNIST, Dataset, load_dataset, network_inputs, split
+from tinyscale.commands.tune_options import (
+    DEFAULT_TUNE_EPOCHS,
+    Backend,
+    BackendOption,
+    JobsOption,
+    RayAddressOption,
+)
+from tinyscale.commands.wording import plural
 from tinyscale.errors import DataError, ModelError, TinyscaleError, UsageError
 from tinyscale.fsutil import (
     atomic_write_bytes,
@@ -55,9 +57,18 @@ from tinyscale.fsutil import (
     relative_files,
     staging_directory,
 )
+from tinyscale.network import arch
+from tinyscale.network.arch import ScaledNetwork
+from tinyscale.network.coefficients import resolve_coefficients
+from tinyscale.network.scaling import Coefficients, format_phi
 from tinyscale.progress import Progress, before_output, no_progress, status
-from tinyscale.scaling import Coefficients, format_phi
-from tinyscale.boards.targets import Target, load_target
+from tinyscale.training.data import (
+    FASHION_MNIST,
+    Dataset,
+    load_dataset,
+    network_inputs,
+    split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -439,9 +450,9 @@ def _calibration_inputs(model, data: Optional[str], history: Optional[dict], sam
 
 def convert_model(model, representative: np.ndarray, max_samples: int) -> bytes:
     """Convert and check: full int8 that TFLM loads, or ModelError/ConversionError."""
-    from tinyscale import tflm  # noqa: PLC0415
+    from tinyscale.simulation import tflm  # noqa: PLC0415
+    from tinyscale.simulation.simulate import load_model_bytes  # noqa: PLC0415
     from tinyscale.training.convert import convert_keras_model  # noqa: PLC0415
-    from tinyscale.simulate import load_model_bytes  # noqa: PLC0415
 
     flatbuffer = convert_keras_model(model, representative, max_samples=max_samples)
     load_model_bytes(flatbuffer, "the converted model")
@@ -450,7 +461,7 @@ def convert_model(model, representative: np.ndarray, max_samples: int) -> bytes:
 
 
 def _io_rows(info) -> list[tuple[str, str]]:
-    from tinyscale.simulate import io_dicts  # noqa: PLC0415
+    from tinyscale.simulation.simulate import io_dicts  # noqa: PLC0415
 
     rows = []
     for label, entries in io_dicts(info).items():
@@ -474,8 +485,8 @@ def convert(
     json_output: JsonOption = False,
 ) -> None:
     """Convert a trained model to a full-integer int8 TFLite Micro model, calibrated on real data."""
+    from tinyscale.graph.tflite_model import read_model  # noqa: PLC0415
     from tinyscale.training.train import read_history, record_run_output  # noqa: PLC0415
-    from tinyscale.tflite_model import read_model  # noqa: PLC0415
 
     _check_float_model(model)  # before the clobber check: the default output may be the input itself
     out = out or model.with_suffix(".tflite")
@@ -492,7 +503,7 @@ def convert(
     atomic_write_bytes(out, flatbuffer)
     record_run_output(out)
     info = read_model(flatbuffer)
-    from tinyscale.simulate import io_dicts  # noqa: PLC0415
+    from tinyscale.simulation.simulate import io_dicts  # noqa: PLC0415
 
     result = {
         "model": str(out),
@@ -521,8 +532,8 @@ def convert(
 
 def _simulation(model_bytes: bytes, source: str, target: Optional[Target], dataset: Optional[Dataset],
                 keras_model, workers: int, quiet: bool):
+    from tinyscale.simulation.simulate import evaluate, memory_report, output_classes  # noqa: PLC0415
     from tinyscale.training.data import check_classes  # noqa: PLC0415
-    from tinyscale.simulate import evaluate, memory_report, output_classes  # noqa: PLC0415
 
     with status(enabled=not quiet) as progress:
         progress("measuring the minimal arena in TFLM (bisection)")
@@ -550,7 +561,7 @@ def _simulation_dict(report, evaluation, target: Optional[Target]) -> dict[str, 
 
 
 def _operator_table(report) -> str:
-    from tinyscale.simulate import format_macs, format_shape  # noqa: PLC0415
+    from tinyscale.simulation.simulate import format_macs, format_shape  # noqa: PLC0415
 
     peak = report.peak
     latency = report.latency
@@ -662,7 +673,7 @@ def simulate(
     json_output: JsonOption = False,
 ) -> None:
     """Run the model in TFLM on the host: minimal arena, flash need, per-operator memory, accuracy."""
-    from tinyscale.simulate import plot_memory, pyplot  # noqa: PLC0415
+    from tinyscale.simulation.simulate import plot_memory, pyplot  # noqa: PLC0415
     from tinyscale.training.train import record_run_output  # noqa: PLC0415
 
     if keras is not None and data is None:
@@ -733,7 +744,7 @@ def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes:
                      out_dir: Path) -> TinyscaleError | None:
     """Render the firmware project into out_dir/firmware; the error when it cannot be."""
     from tinyscale.errors import DoesNotFitError, TemplateError  # noqa: PLC0415
-    from tinyscale.firmware import FirmwareOptions, build_context, write_project  # noqa: PLC0415
+    from tinyscale.project.render import FirmwareOptions, build_context, write_project  # noqa: PLC0415
 
     options = FirmwareOptions(target=target, out_dir=out_dir / "firmware", phi=phi, model_file=TFLITE_FILE)
     try:
@@ -781,8 +792,14 @@ def build(
     json_output: JsonOption = False,
 ) -> None:
     """Fit, train, convert and simulate (and generate firmware) in one go."""
-    from tinyscale.firmware import check_board_glue, check_edits  # noqa: PLC0415
-    from tinyscale.training.train import MODEL_FILE, TrainConfig, run_outputs, save_training, set_run_outputs  # noqa: PLC0415
+    from tinyscale.project.render import check_board_glue, check_edits  # noqa: PLC0415
+    from tinyscale.training.train import (  # noqa: PLC0415
+        MODEL_FILE,
+        TrainConfig,
+        run_outputs,
+        save_training,
+        set_run_outputs,
+    )
 
     started = time.perf_counter()
     if tune and (coefficients_file is not None or any(v is not None for v in (alpha, beta, gamma))):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from tinyscale.boards.targets import Target, load_target
 from tinyscale.cli import app, reports_errors
 from tinyscale.commands.core import (
     DEFAULT_BASE,
@@ -33,15 +34,20 @@ from tinyscale.commands.pipeline import (
     _err,
     _load_data,
 )
-from tinyscale.commands.tune_options import (DEFAULT_TUNE_EPOCHS, Backend, BackendOption, GridOption, JobsOption,
-                                             RayAddressOption)
+from tinyscale.commands.tune_options import (
+    DEFAULT_TUNE_EPOCHS,
+    Backend,
+    BackendOption,
+    GridOption,
+    JobsOption,
+    RayAddressOption,
+)
 from tinyscale.commands.wording import plural
-from tinyscale.training.data import Dataset
 from tinyscale.errors import TinyscaleError, UsageError
+from tinyscale.network.scaling import Coefficients, format_phi
 from tinyscale.progress import status
-from tinyscale.scaling import Coefficients, format_phi
-from tinyscale.boards.targets import Target, load_target
 from tinyscale.search.tune_backends import default_jobs, threads_per_trial
+from tinyscale.training.data import Dataset
 
 if TYPE_CHECKING:
     from tinyscale.search.tune import Lead
@@ -133,11 +139,20 @@ def few_fit_note(grid: str | None, planned: list, target: str) -> str | None:
 
 def _run_tune(options: TuneOptions, grid: list[Coefficients], quiet: bool, dataset: Dataset | None,
               started: float) -> TuneOutcome:
-    from tinyscale.training.data import split  # noqa: PLC0415
-    from tinyscale.search.tune import (TuneSettings, lead_over_paper, open_directory, plan, row, table,  # noqa: PLC0415
-                                winner, write_reports, write_winner)
+    from tinyscale.search.tune import (  # noqa: PLC0415
+        TuneSettings,
+        lead_over_paper,
+        open_directory,
+        plan,
+        row,
+        table,
+        winner,
+        write_reports,
+        write_winner,
+    )
     from tinyscale.search.tune_backends import run  # noqa: PLC0415
     from tinyscale.search.tune_trial import TrialData  # noqa: PLC0415
+    from tinyscale.training.data import split  # noqa: PLC0415
 
     jobs = options.jobs or default_jobs()
     given = dataset

@@ -19,7 +19,15 @@ import numpy as np
 
 from tinyscale.errors import ModelError
 from tinyscale.graph.model import (
-    Buffer, Graph, Metadata, Model, Operator, Options, Quantization, SignatureDef, Tensor,
+    Buffer,
+    Graph,
+    Metadata,
+    Model,
+    Operator,
+    Options,
+    Quantization,
+    SignatureDef,
+    Tensor,
 )
 
 FILE_IDENTIFIER = b"TFL3"

@@ -33,7 +33,15 @@ import numpy as np
 
 from tinyscale.errors import ModelError, UsageError
 from tinyscale.graph.analysis import consumers, float_tensors, producers
-from tinyscale.graph.model import Buffer, Graph, Model, Operator, Options, Quantization, Tensor
+from tinyscale.graph.model import (
+    Buffer,
+    Graph,
+    Model,
+    Operator,
+    Options,
+    Quantization,
+    Tensor,
+)
 
 log = logging.getLogger(__name__)
 

@@ -21,17 +21,28 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from tinyscale import arch
-from tinyscale.arch import NetworkSpec, ScaledNetwork
-from tinyscale.boards.budget import DeviceArena, Placement, device_arena, place_by_rule, selftest_flash_bytes
+from tinyscale.boards.budget import (
+    DeviceArena,
+    Placement,
+    device_arena,
+    place_by_rule,
+    selftest_flash_bytes,
+)
+from tinyscale.boards.kernels import OpShapes, op_shapes
+from tinyscale.boards.targets import Target
 from tinyscale.errors import NothingFitsError, UsageError
+from tinyscale.graph.latency import (
+    LatencyEstimate,
+    cost_table,
+    no_model_reason,
+    predict,
+)
 from tinyscale.graph.model import Model
 from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS
-from tinyscale.boards.kernels import OpShapes, op_shapes
-from tinyscale.latency import LatencyEstimate, cost_table, no_model_reason, predict
+from tinyscale.network import arch
+from tinyscale.network.arch import NetworkSpec, ScaledNetwork
+from tinyscale.network.scaling import Coefficients, format_phi
 from tinyscale.progress import Progress, no_progress
-from tinyscale.scaling import Coefficients, format_phi
-from tinyscale.boards.targets import Target
 
 if TYPE_CHECKING:
     from tinyscale.graph.model import Model
@@ -93,7 +104,7 @@ Measurer = Callable[[NetworkSpec], Measured]
 
 
 def analytic_memory(spec: NetworkSpec) -> Memory:
-    from tinyscale.estimate import estimate_memory
+    from tinyscale.graph.estimate import estimate_memory
 
     estimate = estimate_memory(spec)
     return Memory(model_bytes=estimate.model_bytes, arena_bytes=estimate.arena_bytes)
@@ -101,8 +112,8 @@ def analytic_memory(spec: NetworkSpec) -> Memory:
 
 def measured_memory(spec: NetworkSpec, progress: Progress = no_progress) -> Measured:
     """Build, convert to int8 and measure in TFLM (seconds; TensorFlow imported here)."""
+    from tinyscale.simulation.tflm import measure_arena
     from tinyscale.training.convert import spec_to_tflite
-    from tinyscale.tflm import measure_arena
 
     start = time.perf_counter()
     progress(f"converting the {spec.resolution} px network to int8")
@@ -119,14 +130,14 @@ def measured_memory(spec: NetworkSpec, progress: Progress = no_progress) -> Meas
 
 @functools.lru_cache(maxsize=256)
 def _operator_shapes(spec: NetworkSpec) -> tuple[OpShapes, ...]:
-    from tinyscale.estimate import tflite_graph
+    from tinyscale.graph.estimate import tflite_graph
 
     return tuple(op_shapes(tflite_graph(spec).graph))
 
 
 @functools.lru_cache(maxsize=1024)
 def _device_arena(spec: NetworkSpec, target: Target) -> DeviceArena | None:
-    from tinyscale.estimate import tflite_graph
+    from tinyscale.graph.estimate import tflite_graph
 
     return device_arena(tflite_graph(spec), target)
 
@@ -155,7 +166,7 @@ def latency_for(target: Target, spec: NetworkSpec, memory: Memory) -> LatencyEst
     table = cost_table(target.cpu, target.kernel_library)
     if table is None:
         return None
-    from tinyscale.estimate import tflite_graph
+    from tinyscale.graph.estimate import tflite_graph
 
     patched = memory.schedule.model if memory.schedule.patched else None
     return predict(patched or tflite_graph(spec), table, target.clock_hz)

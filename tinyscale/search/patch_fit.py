@@ -1,7 +1,7 @@
 """`fit --patch auto`: each probed network's best patch schedule, estimated, then measured.
 
 Estimated (pure, no TFLM): the patch pass runs on the spec-built graph
-(:func:`tinyscale.estimate.tflite_graph`), a few schedules per
+(:func:`tinyscale.graph.estimate.tflite_graph`), a few schedules per
 network (:func:`tinyscale.search.patching.fit_schedules`) ranked by
 :func:`tinyscale.search.patching.ranking_bytes`. Flash is the writer's size of the
 patched graph: the spec-built graph has the converted file's tensors, names,
@@ -21,15 +21,15 @@ import logging
 import time
 from typing import Callable
 
-from tinyscale.arch import NetworkSpec
-from tinyscale.estimate import tflite_graph
-from tinyscale.search.fit import Estimator, Measured, Memory, Schedule, placement_for
+from tinyscale.boards.kernels import op_shapes
+from tinyscale.boards.targets import Target
 from tinyscale.graph.analysis import model_macs
+from tinyscale.graph.estimate import tflite_graph
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.graph.model import Model
-from tinyscale.boards.kernels import op_shapes
+from tinyscale.network.arch import NetworkSpec
 from tinyscale.progress import Progress, no_progress
-from tinyscale.boards.targets import Target
+from tinyscale.search.fit import Estimator, Measured, Memory, Schedule, placement_for
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ def patched_estimator(target: Target, unpatched: Estimator, max_extra_macs: floa
 
 def measured_patched_memory(spec: NetworkSpec, schedule: Schedule, progress: Progress = no_progress) -> Measured:
     """Convert `spec`, apply `schedule` (outputs checked bit for bit in TFLM), measure the patched file."""
-    from tinyscale.training.convert import spec_to_tflite
     from tinyscale.search.patching import patch_flatbuffer
+    from tinyscale.training.convert import spec_to_tflite
 
     start = time.perf_counter()
     progress(f"converting the {spec.resolution} px network to int8")

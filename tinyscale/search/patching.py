@@ -2,7 +2,7 @@
 
 The pass itself (:mod:`tinyscale.graph.patch`) is pure; this module adds the
 side effects: it ranks every (split tensor, grid) under the extra-MACs cap by
-the analytic TFLM arena (:func:`tinyscale.estimate.arena_plan`, exact to the
+the analytic TFLM arena (:func:`tinyscale.graph.estimate.arena_plan`, exact to the
 byte, every duplicated operator's persistent records included), measures the
 winner in the TFLM interpreter to confirm it, and checks that its outputs
 equal the original's bit for bit before handing it out. Should the
@@ -22,12 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from tinyscale import estimate, tflm
 from tinyscale.errors import MeasurementError, NotModelledError, UsageError
+from tinyscale.graph import estimate
 from tinyscale.graph.analysis import model_macs
 from tinyscale.graph.flatbuffer import read_flatbuffer, write_flatbuffer
 from tinyscale.graph.model import Model
-from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS, Candidate, check_int8, find_candidate, patch_model, split_candidates
+from tinyscale.graph.patch import (
+    DEFAULT_MAX_EXTRA_MACS,
+    Candidate,
+    check_int8,
+    find_candidate,
+    patch_model,
+    split_candidates,
+)
+from tinyscale.simulation import tflm
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tinyscale import __version__, arch
-from tinyscale.arch import NetworkSpec, ScaledNetwork
-from tinyscale.coefficients import CoefficientsFile, write_coefficients
-from tinyscale.errors import DoesNotFitError, NothingFitsError, OutputExistsError, TinyscaleError, one_line
-from tinyscale.fsutil import atomic_write_text, check_writable_dir, make_dirs, remove_generated, safe_relative
-from tinyscale.scaling import Coefficients, format_phi
+from tinyscale import __version__
+from tinyscale.errors import (
+    DoesNotFitError,
+    NothingFitsError,
+    OutputExistsError,
+    TinyscaleError,
+    one_line,
+)
+from tinyscale.fsutil import (
+    atomic_write_text,
+    check_writable_dir,
+    make_dirs,
+    remove_generated,
+    safe_relative,
+)
+from tinyscale.network import arch
+from tinyscale.network.arch import NetworkSpec, ScaledNetwork
+from tinyscale.network.coefficients import CoefficientsFile, write_coefficients
+from tinyscale.network.scaling import Coefficients, format_phi
 from tinyscale.search.tune_grid import PAPER
 
 log = logging.getLogger(__name__)
@@ -413,7 +426,7 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 def plot_png(rows: list[dict[str, Any]]) -> bytes | None:
     """A bar chart of float and int8 accuracy per candidate; None without matplotlib (the `plot` extra)."""
     from tinyscale.errors import UsageError  # noqa: PLC0415
-    from tinyscale.simulate import figure_png, pyplot  # noqa: PLC0415
+    from tinyscale.simulation.simulate import figure_png, pyplot  # noqa: PLC0415
 
     try:
         plt = pyplot()

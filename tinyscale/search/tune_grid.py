@@ -16,7 +16,7 @@ import math
 import re
 
 from tinyscale.errors import UsageError
-from tinyscale.scaling import Coefficients
+from tinyscale.network.scaling import Coefficients
 
 FLOPS_BASE = 2.0
 PAPER = Coefficients()  # (1.2, 1.1, 1.15)

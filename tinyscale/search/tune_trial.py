@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tinyscale.training.data import Dataset, network_inputs
 from tinyscale.search.tune import TrialJob, correct_bits, failed_trial
+from tinyscale.training.data import Dataset, network_inputs
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ def run_trial(job: TrialJob, data: TrialData) -> dict[str, Any]:
 
 
 def _run(job: TrialJob, data: TrialData, started: float) -> dict[str, Any]:
-    from tinyscale import tflm  # noqa: PLC0415
+    from tinyscale.simulation import tflm  # noqa: PLC0415
+    from tinyscale.simulation.simulate import evaluate, load_model_bytes  # noqa: PLC0415
     from tinyscale.training.convert import calibrate_batchnorm, convert_keras_model  # noqa: PLC0415
-    from tinyscale.simulate import evaluate, load_model_bytes  # noqa: PLC0415
     from tinyscale.training.train import TrainConfig, train_network  # noqa: PLC0415
 
     settings = job.settings

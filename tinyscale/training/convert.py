@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from tinyscale import __version__
-from tinyscale.arch import NetworkSpec
 from tinyscale.errors import ConversionError, TinyscaleError, one_line
 from tinyscale.fsutil import atomic_write_bytes
+from tinyscale.network.arch import NetworkSpec
 from tinyscale.quiet import quiet_tensorflow
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
-"""Build the Keras model of a :class:`~tinyscale.arch.NetworkSpec`.
+"""Build the Keras model of a :class:`~tinyscale.network.arch.NetworkSpec`.
 
-The layers follow :func:`tinyscale.arch.layers` one for one, so the Keras
-parameter count equals :func:`tinyscale.arch.count_params` (with BN statistics).
+The layers follow :func:`tinyscale.network.arch.layers` one for one, so the Keras
+parameter count equals :func:`tinyscale.network.arch.count_params` (with BN statistics).
 TensorFlow is imported inside :func:`build_keras_model` only.
 
 Every layer, and the model, gets an explicit name derived from its position in
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tinyscale.arch import BlockSpec, NetworkSpec
 from tinyscale.errors import UsageError
+from tinyscale.network.arch import BlockSpec, NetworkSpec
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99

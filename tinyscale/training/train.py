@@ -20,13 +20,20 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
-from tinyscale.arch import ScaledNetwork
-from tinyscale.training.data import Dataset, check_classes, split
 from tinyscale.errors import DataError, TinyscaleError, UsageError, one_line
-from tinyscale.fsutil import (atomic_write_text, file_mode, make_dirs, output_error, refuse_clobber, remove_generated,
-                              safe_relative)
+from tinyscale.fsutil import (
+    atomic_write_text,
+    file_mode,
+    make_dirs,
+    output_error,
+    refuse_clobber,
+    remove_generated,
+    safe_relative,
+)
+from tinyscale.network.arch import ScaledNetwork
+from tinyscale.network.scaling import format_phi
 from tinyscale.quiet import quiet_tensorflow
-from tinyscale.scaling import format_phi
+from tinyscale.training.data import Dataset, check_classes, split
 from tinyscale.training.train_checkpoint import ResumePoint, TrainingCheckpoint
 
 log = logging.getLogger(__name__)

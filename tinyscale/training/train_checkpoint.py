@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from tinyscale import __version__
-from tinyscale.arch import ScaledNetwork
+from tinyscale.fsutil import atomic_write_text, make_dirs
+from tinyscale.network.arch import ScaledNetwork
 from tinyscale.training.convert import cache_root, tensorflow_version
 from tinyscale.training.data import Dataset
-from tinyscale.fsutil import atomic_write_text, make_dirs
 
 log = logging.getLogger(__name__)
 

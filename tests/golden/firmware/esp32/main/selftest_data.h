@@ -26,7 +26,7 @@ typedef struct {
 // Largest |device - host| accepted per output value, in quantization steps (esp-nn kernels).
 #define TS_SELFTEST_TOLERANCE 1
 #define TS_ARENA_BYTES 19888u
-// One Invoke as tinyscale.latency predicts it at the board's 240000000 Hz
+// One Invoke as tinyscale.graph.latency predicts it at the board's 240000000 Hz
 // (esp32 esp-nn cost table): printed beside the measured time.
 #define TS_PREDICTED_LATENCY_US 37563u
 

@@ -26,7 +26,7 @@ typedef struct {
 // Largest |device - host| accepted per output value, in quantization steps (cmsis-nn kernels).
 #define TS_SELFTEST_TOLERANCE 1
 #define TS_ARENA_BYTES 17792u
-// One Invoke as tinyscale.latency predicts it at the board's 25000000 Hz
+// One Invoke as tinyscale.graph.latency predicts it at the board's 25000000 Hz
 // (cortex-m4 cmsis-nn cost table): printed beside the measured time.
 #define TS_PREDICTED_LATENCY_US 138395u
 // The same in instructions (the table is fitted to QEMU -icount counts), for runs under QEMU.

@@ -2,7 +2,7 @@
 
 The TFLM Python interpreter can abort() or segfault the whole process (a
 too-small arena, an unsupported model). All TFLM work therefore happens in a
-worker subprocess (:mod:`tinyscale._tflm_worker`, no TensorFlow) that forks one
+worker subprocess (:mod:`tinyscale.simulation._tflm_worker`, no TensorFlow) that forks one
 child per interpreter. This module talks to it over pipes with enforced
 timeouts and turns every failure into a one-line :class:`MeasurementError` or
 :class:`ModelError`.
@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from tinyscale._tflm_worker import EXCEPTION_MARKER
+import tinyscale
 from tinyscale.errors import DataError, MeasurementError, ModelError, one_line
+from tinyscale.simulation._tflm_worker import EXCEPTION_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ LARGE_ARENA_BYTES = 1 << 30
 MAX_ARENA_BYTES = 1 << 31
 PROBE_TIMEOUT_SECONDS = 30.0
 # TensorType values of the TFLite schema -> the inputs a runner accepts
-# (tinyscale.tflite_model.IO_TYPES; check_full_integer refuses other models).
+# (tinyscale.graph.tflite_model.IO_TYPES; check_full_integer refuses other models).
 _INPUT_TYPES = {0: np.float32, 7: np.int16, 9: np.int8}
 
 
@@ -76,7 +77,7 @@ def _tflm_reason(text: str) -> str:
 
 
 class _Worker:
-    """One `python -m tinyscale._tflm_worker` process holding one loaded model.
+    """One `python -m tinyscale.simulation._tflm_worker` process holding one loaded model.
 
     The worker runs in its own process group, so that a timeout kills it
     together with the interpreter child it may have forked.
@@ -91,7 +92,7 @@ class _Worker:
         self._stderr = tempfile.TemporaryFile()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tinyscale._tflm_worker"],
+                [sys.executable, "-m", "tinyscale.simulation._tflm_worker"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=self._stderr,
@@ -203,7 +204,7 @@ def _readable(stream: Any, timeout: float) -> bool:
 
 def _unreadable(model: bytes, worker_error: str) -> ModelError:
     """The clearest reason a model cannot be read: our flatbuffer reader's, else TFLM's."""
-    from tinyscale.tflite_model import read_model  # noqa: PLC0415 - only on this error path
+    from tinyscale.graph.tflite_model import read_model  # noqa: PLC0415 - only on this error path
 
     try:
         read_model(model)
@@ -215,7 +216,7 @@ def _unreadable(model: bytes, worker_error: str) -> ModelError:
 def _worker_environment() -> dict[str, str]:
     """The caller's environment, with tinyscale importable from the worker."""
     environment = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(tinyscale.__file__).resolve().parent.parent)  # the folder holding tinyscale/
     paths = [package_root, *filter(None, environment.get("PYTHONPATH", "").split(os.pathsep))]
     environment["PYTHONPATH"] = os.pathsep.join(paths)
     return environment

@@ -29,20 +29,58 @@ from pathlib import Path
 import numpy as np
 
 from tinyscale import __version__
-from tinyscale.boards.budget import DEVICE_MODEL_NOTE, DEVICE_MODEL_RULE, HOST_MARGIN_RULE, Placement, place_model
+from tinyscale.boards.budget import (
+    DEVICE_MODEL_NOTE,
+    DEVICE_MODEL_RULE,
+    HOST_MARGIN_RULE,
+    Placement,
+    place_model,
+)
 from tinyscale.boards.chips import find_chip
-from tinyscale.boards.clocks import (WAIT_POLLS, ClockPlan, ClockProgram, clock_program, clock_source, find_spec, plan_clock,
-                              uart_brr)
-from tinyscale.errors import DoesNotFitError, ModelError, OutputExistsError, TemplateError, UsageError
-from tinyscale.fsutil import TreeChanges, check_output_dir, output_error, publish_tree, safe_relative, staging_directory
-from tinyscale.graph.model import element_count
-from tinyscale.boards.kernels import MARGIN_NOTE, MVE_CPUS, align_up, check_kernel_support
-from tinyscale.latency import LatencyEstimate, predict_for_target
-from tinyscale.latency import describe as describe_latency
-from tinyscale.resources import data_dir
+from tinyscale.boards.clocks import (
+    WAIT_POLLS,
+    ClockPlan,
+    ClockProgram,
+    clock_program,
+    clock_source,
+    find_spec,
+    plan_clock,
+    uart_brr,
+)
+from tinyscale.boards.kernels import (
+    MARGIN_NOTE,
+    MVE_CPUS,
+    align_up,
+    check_kernel_support,
+)
 from tinyscale.boards.targets import MemoryRegion, Target
-from tinyscale.tflite_model import (IoQuantization, ModelInfo, check_full_integer, input_quantization,
-                                    output_quantization, read_model)
+from tinyscale.errors import (
+    DoesNotFitError,
+    ModelError,
+    OutputExistsError,
+    TemplateError,
+    UsageError,
+)
+from tinyscale.fsutil import (
+    TreeChanges,
+    check_output_dir,
+    output_error,
+    publish_tree,
+    safe_relative,
+    staging_directory,
+)
+from tinyscale.graph.latency import LatencyEstimate, predict_for_target
+from tinyscale.graph.latency import describe as describe_latency
+from tinyscale.graph.model import element_count
+from tinyscale.graph.tflite_model import (
+    IoQuantization,
+    ModelInfo,
+    check_full_integer,
+    input_quantization,
+    output_quantization,
+    read_model,
+)
+from tinyscale.resources import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -467,7 +505,7 @@ def check_library_ops(operators: tuple[OpEntry, ...], build_system: str) -> None
 
 def check_io(info: ModelInfo) -> None:
     # The self-test feeds one input and checks one output, as the host runner
-    # (tinyscale.tflm.run_model) does; the model itself must pass simulate's rule.
+    # (tinyscale.simulation.tflm.run_model) does; the model itself must pass simulate's rule.
     if len(info.inputs) != 1 or len(info.outputs) != 1:
         raise ModelError(
             f"firmware needs a model with one input and one output, got {len(info.inputs)} and {len(info.outputs)}"
@@ -529,7 +567,7 @@ def selftest_input(io: IoQuantization, seed: int = SELFTEST_SEED) -> np.ndarray:
 
 def host_expected_output(model: bytes, inputs: np.ndarray, arena_bytes: int) -> np.ndarray:
     """Output 0 of the host TFLM interpreter for the self-test input, flat, in the output's type."""
-    from tinyscale import tflm  # noqa: PLC0415 - starts a TFLM worker process
+    from tinyscale.simulation import tflm  # noqa: PLC0415 - starts a TFLM worker process
 
     batch = inputs if inputs.shape[0] == 1 else inputs[np.newaxis]
     outputs = tflm.run_model(model, batch, arena_bytes=arena_bytes)
@@ -557,7 +595,7 @@ def selftest_tensor(io: IoQuantization, values: np.ndarray, tolerance: float = 0
 
 
 def measure_arena_bytes(model: bytes) -> int:
-    from tinyscale import tflm  # noqa: PLC0415 - starts a TFLM worker process
+    from tinyscale.simulation import tflm  # noqa: PLC0415 - starts a TFLM worker process
 
     return tflm.measure_arena(model).arena_bytes
 

@@ -3,7 +3,7 @@
 TFLM's persistent allocations are C structs holding pointers and size_t, so
 the same model needs a different arena in the 64-bit host interpreter (the
 tflite_micro pip wheel, the measurement reference) and in 32-bit Cortex-M
-firmware. Every figure the arena model (tinyscale.estimate) uses for a struct
+firmware. Every figure the arena model (tinyscale.graph.estimate) uses for a struct
 lives here, once per build:
 
 - HOST_X86_64: the x86-64 wheel (built with USE_TFLM_COMPRESSION), checked

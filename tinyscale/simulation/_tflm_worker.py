@@ -1,4 +1,4 @@
-"""TFLM worker process: `python -m tinyscale._tflm_worker`.
+"""TFLM worker process: `python -m tinyscale.simulation._tflm_worker`.
 
 Imports numpy and tflite_micro only (never TensorFlow), so it starts in well
 under a second. It reads one JSON request per line on stdin and answers one

@@ -18,7 +18,7 @@ what the two real tools do with the network that tinyscale's converter emits:
    own scratch, then finds the smallest arena for which every phase fits.
 
 The replay is parametrised by the TFLM build (:class:`Runtime`): the sizes of
-TFLM's C structs (tinyscale.tflm_abi) and the kernel library. The x86-64
+TFLM's C structs (tinyscale.graph.tflm_abi) and the kernel library. The x86-64
 host build of the TFLM Python interpreter (the measurement reference, reference
 kernels) is checked against its measured minimal arena
 (tests/test_arena_model.py: the converter's networks, patched ones, TFLM's
@@ -35,13 +35,31 @@ import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from tinyscale.arch import BlockSpec, NetworkSpec
+from tinyscale.boards.kernels import (
+    CMSIS_NN_KERNELS,
+    align_up,
+    cmsis_nn_scratch_requests,
+)
 from tinyscale.errors import NotModelledError
-from tinyscale.graph.model import (Buffer, Graph, Metadata, Model, Operator, Options, Quantization, Tensor,
-                                   tensor_bytes)
-from tinyscale.boards.kernels import CMSIS_NN_KERNELS, align_up, cmsis_nn_scratch_requests
-from tinyscale.tflm_abi import (ARM32_EABI, HOST_X86_64, MAX_SCRATCH_BUFFERS_PER_OP, PLANNER_BYTES_PER_BUFFER,
-                                TflmAbi)
+from tinyscale.graph.model import (
+    Buffer,
+    Graph,
+    Metadata,
+    Model,
+    Operator,
+    Options,
+    Quantization,
+    Tensor,
+    tensor_bytes,
+)
+from tinyscale.graph.tflm_abi import (
+    ARM32_EABI,
+    HOST_X86_64,
+    MAX_SCRATCH_BUFFERS_PER_OP,
+    PLANNER_BYTES_PER_BUFFER,
+    TflmAbi,
+)
+from tinyscale.network.arch import BlockSpec, NetworkSpec
 
 # ---------------------------------------------------------------------------
 # 1. The TFLite graph the converter emits
@@ -641,7 +659,7 @@ HOST = Runtime()
 def device_runtime(kernel_library: str, cpu: str) -> Runtime:
     """The 32-bit Cortex-M firmware build for `kernel_library` on `cpu`.
 
-    NotModelledError for builds whose structs are not in tinyscale.tflm_abi
+    NotModelledError for builds whose structs are not in tinyscale.graph.tflm_abi
     (ESP-NN, the Xtensa/RISC-V ESP32s' toolchains, other kernel libraries).
     """
     if kernel_library not in ARM32_EABI.op_data_bytes or not cpu.startswith("cortex-m"):
@@ -652,7 +670,7 @@ def device_runtime(kernel_library: str, cpu: str) -> Runtime:
 # What each kernel of the TFLM reference library does in Prepare, read from
 # its sources and checked against the interpreter's measured minimal arena
 # (tests/test_arena_model.py); the sizes of its parsed builtin options and of
-# its Init allocation are per build, in tinyscale.tflm_abi:
+# its Init allocation are per build, in tinyscale.graph.tflm_abi:
 # - `temps`: the tensors its Prepare fetches as temporary TfLiteTensors, in
 #   order ("I0" input 0, "O0" output 0, "I*" every input; a tensor fetched
 #   twice is allocated twice, an omitted optional input not at all);

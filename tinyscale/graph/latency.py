@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyscale.boards.targets import check_fields, read_toml_file
 from tinyscale.errors import CostTableError
 from tinyscale.graph.analysis import operator_macs
 from tinyscale.graph.model import Model, Operator, element_count
 from tinyscale.resources import data_dir
-from tinyscale.boards.targets import check_fields, read_toml_file
 
 SCHEMA_VERSION = 1
 # Coefficient key -> the operator feature it multiplies (None: a constant per invocation).

@@ -13,7 +13,12 @@ import re
 from dataclasses import dataclass, field
 
 from tinyscale.errors import UsageError
-from tinyscale.scaling import Coefficients, round_filters, round_repeats, round_resolution
+from tinyscale.network.scaling import (
+    Coefficients,
+    round_filters,
+    round_repeats,
+    round_resolution,
+)
 
 _STAGE_TOKEN = re.compile(r"^(r|k|s|e|i|o|se)(\d+(?:\.\d+)?)$")
 

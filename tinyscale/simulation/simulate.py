@@ -1,10 +1,10 @@
 """Host simulation of a quantized TFLite Micro model: memory, per-operator table, accuracy.
 
-Works on any TFLM model of the kinds `tinyscale.tflite_model.SUPPORTED_MODELS`
+Works on any TFLM model of the kinds `tinyscale.graph.tflite_model.SUPPORTED_MODELS`
 names (int8 or int16x8, integer or float32 I/O), not only tinyscale's. The arena is measured by
-:func:`tinyscale.tflm.measure_arena` (bisection in isolated processes), and
-computed beside it by :func:`tinyscale.estimate.arena_plan` (None, with the
-reason, for operators it does not model); the model is run by :func:`tinyscale.tflm.run_model` in worker processes, several
+:func:`tinyscale.simulation.tflm.measure_arena` (bisection in isolated processes), and
+computed beside it by :func:`tinyscale.graph.estimate.arena_plan` (None, with the
+reason, for operators it does not model); the model is run by :func:`tinyscale.simulation.tflm.run_model` in worker processes, several
 in parallel, so an abort inside TFLM costs a worker, never this process.
 
 The per-operator table reads the flatbuffer only (main subgraph): an
@@ -26,19 +26,26 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tinyscale import tflm
 from tinyscale.boards.budget import Placement, place_model
-from tinyscale.firmware import selftest_bytes
 from tinyscale.boards.kernels import check_kernel_support
-from tinyscale.training.data import Dataset, check_classes, network_inputs, quantize
-from tinyscale.errors import DataError, NotModelledError, UsageError
-from tinyscale.estimate import arena_plan
 from tinyscale.boards.targets import Target
+from tinyscale.errors import DataError, NotModelledError, UsageError
 from tinyscale.graph.analysis import operator_macs as graph_operator_macs
+from tinyscale.graph.estimate import arena_plan
+from tinyscale.graph.latency import LatencyEstimate, no_model_reason, predict_for_target
 from tinyscale.graph.model import element_count
-from tinyscale.latency import LatencyEstimate, no_model_reason, predict_for_target
-from tinyscale.tflite_model import (IoQuantization, ModelInfo, OperatorInfo, check_full_integer,
-                                    input_quantization, output_quantization, read_model)
+from tinyscale.graph.tflite_model import (
+    IoQuantization,
+    ModelInfo,
+    OperatorInfo,
+    check_full_integer,
+    input_quantization,
+    output_quantization,
+    read_model,
+)
+from tinyscale.project.render import selftest_bytes
+from tinyscale.simulation import tflm
+from tinyscale.training.data import Dataset, check_classes, network_inputs, quantize
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +172,10 @@ class MemoryReport:
     runtime_bytes: int
     runtime_source: str
     placement: Placement | None = None
-    # The analytic arena (tinyscale.estimate's TFLM replay); None when it does not model the model.
+    # The analytic arena (tinyscale.graph.estimate's TFLM replay); None when it does not model the model.
     analytic_arena_bytes: int | None = None
     analytic_note: str | None = None  # why it is None
-    # The predicted latency at the target's clock (tinyscale.latency); None without a target or cost table.
+    # The predicted latency at the target's clock (tinyscale.graph.latency); None without a target or cost table.
     latency: LatencyEstimate | None = None
     latency_note: str | None = None  # why it is None when a target was given
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tinyscale.boards.targets import check_fields, read_toml_file
 from tinyscale.errors import UsageError
 from tinyscale.fsutil import atomic_write_text
-from tinyscale.scaling import Coefficients
-from tinyscale.boards.targets import check_fields, read_toml_file
+from tinyscale.network.scaling import Coefficients
 
 log = logging.getLogger(__name__)
 
