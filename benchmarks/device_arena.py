@@ -154,14 +154,14 @@ def smaller_arena_fails(work: Path, board: str, kernels: str, tree: Path, arena_
     import firmware_sizes  # noqa: PLC0415
 
     from tinyscale.boards.targets import load_target  # noqa: PLC0415
-    from tinyscale.project import render as fw  # noqa: PLC0415
+    from tinyscale.project.board_glue import qemu_machine  # noqa: PLC0415
 
     slot = work / f"{'' if board == firmware_sizes.DEFAULT_TARGET else board + '-'}tiny-{kernels}"
     header = slot / "project" / "src" / "selftest_data.h"
     text = header.read_text()
     header.write_text(text.replace(f"#define TS_ARENA_BYTES {arena_bytes}u", f"#define TS_ARENA_BYTES {arena_bytes - 16}u"))
     elf = firmware_sizes.build(slot / "project", slot / "build", tree)
-    run = firmware_sizes.run_qemu(elf, machine=fw.qemu_machine(load_target(board)))
+    run = firmware_sizes.run_qemu(elf, machine=qemu_machine(load_target(board)))
     header.write_text(text)
     return "AllocateTensors failed" in run.text
 

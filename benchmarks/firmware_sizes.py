@@ -32,6 +32,8 @@ import numpy as np
 
 from tinyscale.boards.targets import load_target
 from tinyscale.project import render as fw
+from tinyscale.project.board_glue import qemu_machine
+from tinyscale.project.context import FirmwareOptions
 
 DEFAULT_TARGET = "mps2-an386"
 # Sections the image occupies in flash (.data is copied from flash at reset) and in RAM.
@@ -64,7 +66,7 @@ def tree_for(cpu: str, kernels: str) -> Path | None:
 def mps2_target(kernels: str, name: str = DEFAULT_TARGET):
     """A bundled QEMU board target, with its kernel library set to what the tree provides."""
     target = load_target(name)
-    if fw.qemu_machine(target) is None:
+    if qemu_machine(target) is None:
         raise ValueError(f"target {name!r} names no chip QEMU emulates (mcu {target.mcu!r})")
     return target if target.kernel_library == kernels else replace(target, kernel_library=kernels)
 
@@ -149,12 +151,12 @@ def measure(model: bytes, label: str, tflm_root: Path, work: Path, slot_label: s
     target = mps2_target(kernels, target_name)
     prefix = "" if target_name == DEFAULT_TARGET else f"{target_name}-"
     slot = work / f"{prefix}{slot_label or label}-{kernels}"
-    options = fw.FirmwareOptions(target=target, out_dir=slot / "project", name="app",
+    options = FirmwareOptions(target=target, out_dir=slot / "project", name="app",
                                  force=True, allow_overflow=True, model_file=f"{label}.tflite")
     result = fw.generate_firmware(model, options)
     context = result.context
     elf = build(slot / "project", slot / "build", tflm_root)
-    run = run_qemu(elf, machine=fw.qemu_machine(target))
+    run = run_qemu(elf, machine=qemu_machine(target))
     linked = linked_sizes(elf)
     expected = context.expected[0]
     host_diff = float(np.max(np.abs(np.array(run.outputs) - np.array(expected.values[: len(run.outputs)])))) \

@@ -51,6 +51,8 @@ from tinyscale.graph.flatbuffer import read_flatbuffer  # noqa: E402
 from tinyscale.graph.model import Graph, Model, Operator  # noqa: E402
 from tinyscale.graph.patch import split_candidates  # noqa: E402
 from tinyscale.project import render as fw  # noqa: E402
+from tinyscale.project.board_glue import qemu_machine  # noqa: PLC0415
+from tinyscale.project.context import FirmwareOptions  # noqa: PLC0415
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "latency_measurements.json"
 BOARDS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547")
@@ -209,7 +211,7 @@ def records(profile: Profile, model_bytes: bytes, model_id: str, target, kernels
     per_second = profile.ticks_per_second
     common = {
         "core": target.cpu,
-        "machine": fw.qemu_machine(target),
+        "machine": qemu_machine(target),
         "kernel_library": kernels,
         "model": model_id,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
@@ -284,12 +286,12 @@ def make_model(model_id: str, recipe: str, models_dir: Path) -> Path:
 
 def profiled_run(model: bytes, model_id: str, target, tree: Path, slot: Path, timeout: float) -> Profile:
     """Render with --profile into the pair's slot, build, run under -icount; the parsed profile."""
-    options = fw.FirmwareOptions(target=target, out_dir=slot / "project", name="app", force=True,
+    options = FirmwareOptions(target=target, out_dir=slot / "project", name="app", force=True,
                                  overwrite_edits=True, allow_overflow=True, model_file=f"{model_id}.tflite",
                                  profile=True)
     fw.generate_firmware(model, options)
     elf = firmware_sizes.build(slot / "project", slot / "build", tree)
-    command = [*firmware_sizes.qemu_command(fw.qemu_machine(target)), "-icount", f"shift={ICOUNT_SHIFT}",
+    command = [*firmware_sizes.qemu_command(qemu_machine(target)), "-icount", f"shift={ICOUNT_SHIFT}",
                "-kernel", str(elf)]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, timeout=timeout)
@@ -365,7 +367,7 @@ def measure_suite(boards, kernel_libraries, suite, work: Path, data: Path, timeo
             continue
         for target, tree in pairs:
             board, kernels = target.name, target.kernel_library
-            if (fw.qemu_machine(target), kernels, hashlib.sha256(model).hexdigest()) in done:
+            if (qemu_machine(target), kernels, hashlib.sha256(model).hexdigest()) in done:
                 continue
             if not fits(model, target):
                 print(f"skip {board} {kernels} {model_id}: does not fit the board's flash", file=sys.stderr)

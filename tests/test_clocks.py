@@ -22,6 +22,13 @@ from tinyscale.boards.targets import load_all_targets, load_target, targets_dir
 from tinyscale.cli import app
 from tinyscale.errors import TargetError
 from tinyscale.project import render as fw
+from tinyscale.project.board_glue import (
+    _STM32_FAMILIES,
+    clock_setup,
+    cmake_arm_context,
+    uart_glue,
+)
+from tinyscale.project.context import ArenaPlan
 
 MHZ = 1_000_000
 HOST_GCC = shutil.which("gcc")
@@ -289,7 +296,7 @@ def test_u585_sets_the_booster_prescaler_before_enabling_the_booster_with_range_
 
 def test_reset_clocks_agree_with_the_uart_glue():
     for spec in clocks.CLOCK_SPECS:
-        assert fw._STM32_FAMILIES[spec.family].reset_clock_hz == spec.reset_clock_hz
+        assert _STM32_FAMILIES[spec.family].reset_clock_hz == spec.reset_clock_hz
 
 
 # ---- The generated set-up, run on the host against a fake register file.
@@ -336,10 +343,10 @@ int main(void) {
 
 def _run_on_fake_registers(tmp_path: Path, target_name: str, failing: str | None) -> list[str]:
     target = load_target(target_name)
-    clock = fw.clock_setup(target)
-    uart = fw.uart_glue(target, clock)
-    arena = fw.ArenaPlan(0, 0, 16, target.arena_regions[0].name, "sram")
-    context = fw.cmake_arm_context(target, arena)
+    clock = clock_setup(target)
+    uart = uart_glue(target, clock)
+    arena = ArenaPlan(0, 0, 16, target.arena_regions[0].name, "sram")
+    context = cmake_arm_context(target, arena)
     template = fw._environment(fw.templates_root()).get_template("cmake-arm/src/board.c.jinja")
     source = template.render(ctx=_BoardContext(target, context))
     source = source.replace("#define TS_REG(address) (*(volatile uint32_t*)(uintptr_t)(address))",
@@ -381,8 +388,8 @@ class _BoardContext:
 @pytest.mark.parametrize("failing", [None, "PLL did not lock", "switch to the PLL not confirmed"])
 def test_generated_setup_reports_the_running_clock_and_falls_back(tmp_path, target_name, failing):
     target = load_target(target_name)
-    clock = fw.clock_setup(target)
-    uart = fw.uart_glue(target, clock)
+    clock = clock_setup(target)
+    uart = uart_glue(target, clock)
     lines = _run_on_fake_registers(tmp_path, target_name, failing)
     switch = next(s for s in clock.program.switch if ".SW = PLL" in s.comment)
     if failing is None:
@@ -407,7 +414,7 @@ def _with_hse(tmp_path: Path, name: str, hse_hz: int) -> Path:
 
 def test_a_board_file_can_run_the_pll_from_the_st_link_mco(tmp_path):
     target = load_target(str(_with_hse(tmp_path, "nucleo-l476rg", 8 * MHZ)))
-    clock = fw.clock_setup(target)
+    clock = clock_setup(target)
     assert (clock.plan.pll.source, clock.plan.pll.source_hz, clock.plan.sysclk_hz) == ("hse-bypass", 8 * MHZ, 80 * MHZ)
     hse = [s for s in clock.program.prepare if s.comment.startswith("RCC_CR.HSEBYP")]
     assert hse and hse[0].value == (1 << 16) | (1 << 18)  # HSEON | HSEBYP

@@ -45,6 +45,17 @@ from tinyscale.errors import (
 from tinyscale.graph import estimate, latency
 from tinyscale.graph.tflite_model import input_quantization, read_model
 from tinyscale.project import render as fw
+from tinyscale.project.board_glue import clock_setup, uart_glue
+from tinyscale.project.context import (
+    FLOAT_TOLERANCE_EPSILON_STEPS,
+    SELFTEST_TYPES,
+    FirmwareOptions,
+    ProjectContext,
+    _c_float,
+    check_identifier,
+    default_project_name,
+)
+from tinyscale.project.selftest import host_expected_output, selftest_input
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FIRMWARE = GOLDEN / "firmware"
@@ -78,18 +89,18 @@ def host_figures(model) -> tuple[int, np.ndarray]:
     """Host-measured arena and expected output, once per module (each costs a TFLM worker)."""
     arena = fw.measure_arena_bytes(model)
     info = read_model(model)
-    expected = fw.host_expected_output(model, fw.selftest_input(input_quantization(info)), arena + 4096)
+    expected = host_expected_output(model, selftest_input(input_quantization(info)), arena + 4096)
     return arena, expected
 
 
-def context_for(model: bytes, figures, target_name: str, **options) -> fw.ProjectContext:
+def context_for(model: bytes, figures, target_name: str, **options) -> ProjectContext:
     arena, expected = figures
     target = load_target(target_name)
-    opts = fw.FirmwareOptions(target=target, out_dir=Path("unused"), name="tiny", model_file="tiny.tflite", **options)
+    opts = FirmwareOptions(target=target, out_dir=Path("unused"), name="tiny", model_file="tiny.tflite", **options)
     return fw.build_context(model, opts, measured_arena_bytes=arena, expected=expected)
 
 
-def render(context: fw.ProjectContext, directory: Path) -> Path:
+def render(context: ProjectContext, directory: Path) -> Path:
     fw.write_project(context, directory, force=False)
     return directory
 
@@ -125,7 +136,7 @@ def frozen_cost_tables(monkeypatch):
 def test_rendered_tree_matches_golden(target_name, tmp_path, frozen_cost_tables):
     # Frozen copies of the target files: a board file's edit must not change these goldens.
     target = load_target(str(GOLDEN_FIRMWARE / "targets" / f"{target_name}.toml"))
-    options = fw.FirmwareOptions(target=target, out_dir=tmp_path / "out", name="tiny", model_file="tiny.tflite")
+    options = FirmwareOptions(target=target, out_dir=tmp_path / "out", name="tiny", model_file="tiny.tflite")
     fw.generate_firmware(TINY_MODEL.read_bytes(), options)
     rendered = _golden_view(tree(tmp_path / "out"))
     golden_dir = GOLDEN_FIRMWARE / target_name
@@ -143,7 +154,7 @@ def test_rendered_tree_matches_golden(target_name, tmp_path, frozen_cost_tables)
 def test_same_inputs_give_byte_identical_projects(model, tmp_path):
     target = load_target("mps2-an386")
     for name in ("a", "b"):
-        fw.generate_firmware(model, fw.FirmwareOptions(target=target, out_dir=tmp_path / name, model_file="m.tflite"))
+        fw.generate_firmware(model, FirmwareOptions(target=target, out_dir=tmp_path / name, model_file="m.tflite"))
     assert tree(tmp_path / "a") == tree(tmp_path / "b")
 
 
@@ -174,7 +185,7 @@ def test_patched_model_project_registers_the_patch_operators(model, host_figures
     original = read_flatbuffer(model)
     split = next(c for c in split_candidates(original) if "b1_dw_act" in c.name)
     patched = write_flatbuffer(patch_model(original, split, (2, 2)))
-    options = fw.FirmwareOptions(target=load_target("mps2-an386"), out_dir=tmp_path / "p", model_file="p.tflite")
+    options = FirmwareOptions(target=load_target("mps2-an386"), out_dir=tmp_path / "p", model_file="p.tflite")
     context = fw.generate_firmware(patched, options).context
     ops = (tmp_path / "p" / "src" / "model_ops.h").read_text()
     assert [op.name for op in context.operators] == list(read_model(patched).operator_names)
@@ -235,7 +246,7 @@ def test_partition_table_only_when_the_image_exceeds_one_megabyte(model, host_fi
     target = load_target("esp32")
     big_flash = replace(target.flash, budget_bytes=3 * 1024 * 1024, reserved_bytes=1024 * 1024)
     arena, expected = host_figures
-    options = fw.FirmwareOptions(target=replace(target, flash=big_flash), out_dir=Path("unused"), name="tiny")
+    options = FirmwareOptions(target=replace(target, flash=big_flash), out_dir=Path("unused"), name="tiny")
     context = fw.build_context(model, options, measured_arena_bytes=arena, expected=expected)
     size = context.esp_idf.factory_partition_bytes
     assert size is not None and size % 0x10000 == 0 and size >= context.predicted_flash_bytes
@@ -248,13 +259,13 @@ def test_partition_table_only_when_the_image_exceeds_one_megabyte(model, host_fi
     ("person-det.v2.tflite", "person_det_v2"), ("2class.tflite", "app_2class"), ("int.tflite", "app_int"),
 ])
 def test_default_project_name_is_a_c_identifier(name, expected):
-    assert fw.default_project_name(name) == expected
+    assert default_project_name(name) == expected
 
 
 @pytest.mark.parametrize("bad", ["1abc", "a-b", "int", "", "a b"])
 def test_invalid_identifiers_are_refused(bad):
     with pytest.raises(TemplateError, match="not a valid C identifier"):
-        fw.check_identifier(bad, "project name")
+        check_identifier(bad, "project name")
 
 
 # ---------------------------------------------------------------------------
@@ -585,11 +596,11 @@ def test_undefined_template_variable_is_an_error(model, host_figures, tmp_path):
 
 def test_library_errors_are_typed(model, host_figures, tmp_path):
     with pytest.raises(ModelError):
-        fw.build_context(b"garbage!", fw.FirmwareOptions(target=load_target("esp32"), out_dir=tmp_path))
+        fw.build_context(b"garbage!", FirmwareOptions(target=load_target("esp32"), out_dir=tmp_path))
     arena, expected = host_figures
     tight = load_target("esp32")  # the host-measured arena sizes it (no 32-bit model for its build)
     with pytest.raises(DoesNotFitError):
-        fw.build_context(model, fw.FirmwareOptions(target=tight, out_dir=tmp_path, name="x"),
+        fw.build_context(model, FirmwareOptions(target=tight, out_dir=tmp_path, name="x"),
                          measured_arena_bytes=10_000_000, expected=expected)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "f").write_text("x")
@@ -646,7 +657,7 @@ def compile_file(compiler: str, source: Path, flags: list[str], out: Path | None
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stderr}"
 
 
-def arm_flags(context: fw.ProjectContext) -> list[str]:
+def arm_flags(context: ProjectContext) -> list[str]:
     flags = [f"-mcpu={context.cmake_arm.cpu}", "-mthumb", "-ffunction-sections", "-fdata-sections"]
     fpu = context.cmake_arm.fpu
     return flags + ([f"-mfpu={fpu}", "-mfloat-abi=hard"] if fpu else ["-mfloat-abi=soft"])
@@ -716,7 +727,7 @@ def test_mps2_glue_boots_under_qemu(model, host_figures, tmp_path, target_name):
     assert result.stdout.splitlines() == ["hook registered", f"tinyscale tiny on {target_name}", "STUB OK"]
 
 
-def build_stub_elf(context: fw.ProjectContext, tmp_path: Path, runner: str = STUB_RUNNER) -> Path:
+def build_stub_elf(context: ProjectContext, tmp_path: Path, runner: str = STUB_RUNNER) -> Path:
     out = render(context, tmp_path / "p")
     src = out / "src"
     stubs = write_stubs(tmp_path / "stubs")
@@ -781,7 +792,7 @@ def test_every_bundled_target_renders_a_project(model, host_figures, tmp_path, t
 ])
 def test_stm32_uart_divisor_follows_the_clock_that_runs(target_name, family, brr_reset, brr_pll):
     target = load_target(target_name)
-    glue = fw.uart_glue(target, fw.clock_setup(target))
+    glue = uart_glue(target, clock_setup(target))
     assert (glue.family, glue.brr_reset, glue.brr_pll, glue.baud) == (family, brr_reset, brr_pll, 115200)
 
 
@@ -869,7 +880,7 @@ def fake_op_resolver() -> str:
             f"template <unsigned int N> class MicroMutableOpResolver {{\n public:\n{methods}}};\n}}\n")
 
 
-def build_host_selftest(context: fw.ProjectContext, tmp_path: Path) -> Path:
+def build_host_selftest(context: ProjectContext, tmp_path: Path) -> Path:
     """The project's runner, model and self-test data linked with the fake TFLM into a host program."""
     src = render(context, tmp_path / "p") / context.source_dir
     headers = dict(FAKE_TFLM_HEADERS, **{"tensorflow/lite/micro/micro_mutable_op_resolver.h": fake_op_resolver()})
@@ -907,14 +918,14 @@ def io_models(model) -> dict[str, bytes]:
 def test_selftest_core_compares_every_io_type_within_its_tolerance(io_models, kind, tmp_path):
     model = io_models[kind]
     target = load_target("mps2-an386")  # cmsis-nn: a tolerance of one quantization step
-    options = fw.FirmwareOptions(target=target, out_dir=tmp_path / "unused", name="m", model_file="m.tflite")
+    options = FirmwareOptions(target=target, out_dir=tmp_path / "unused", name="m", model_file="m.tflite")
     context = fw.build_context(model, options)
     (expected,), (inputs,) = context.expected, context.inputs
     info = read_model(model)
     assert (inputs.dtype, expected.dtype) == (info.input_tensors[0].dtype, info.output_tensors[0].dtype)
     is_float = expected.dtype == "float32"
     step = fw.output_quantization(info).scale if is_float else 1.0  # one quantization step of the output
-    assert expected.tolerance == pytest.approx((1 + fw.FLOAT_TOLERANCE_EPSILON_STEPS) * step if is_float else 1)
+    assert expected.tolerance == pytest.approx((1 + FLOAT_TOLERANCE_EPSILON_STEPS) * step if is_float else 1)
     program = build_host_selftest(context, tmp_path)
 
     code, lines = run_host_selftest(program, 0.0)
@@ -940,12 +951,12 @@ def test_simulate_and_firmware_accept_the_same_io_layouts(io_models, kind, tmp_p
     result = run_cli(str(tmp_path / "m.tflite"), "--target", "mps2-an386", "-o", str(tmp_path / "out"))
     assert result.exit_code == 0, result.output
     dtype = read_model(io_models[kind]).input_tensors[0].dtype
-    assert f"{fw.SELFTEST_TYPES[dtype][0]} ts_input_0[64]" in (tmp_path / "out/src/selftest_data.c").read_text()
+    assert f"{SELFTEST_TYPES[dtype][0]} ts_input_0[64]" in (tmp_path / "out/src/selftest_data.c").read_text()
 
 
 @pytest.mark.parametrize("value, literal", [(1.0, "1.0f"), (-0.5, "-0.5f"), (1e-5, "9.99999975e-06f"), (3, "3.0f")])
 def test_float_literals_read_back_as_the_same_float32(value, literal):
-    assert fw._c_float(value) == literal
+    assert _c_float(value) == literal
     assert np.float32(float(literal[:-1])) == np.float32(value)
 
 

@@ -35,6 +35,8 @@ from test_firmware import (  # noqa: F401 - fixtures
 from tinyscale.boards.targets import load_target
 from tinyscale.errors import TemplateError
 from tinyscale.project import render as fw
+from tinyscale.project.board_glue import _RP2040_UART_PINS, HOST_WAIT_MS
+from tinyscale.project.context import FirmwareOptions, ProjectContext
 
 # Stand-ins with the real signatures: ArduinoCore-mbed's USBSerial (Serial on the Nano 33 BLE)
 # drops writes while no host has the port open and has a non-explicit operator bool.
@@ -177,7 +179,7 @@ ARM_FLAGS = {
                   "-std=gnu++14"],
     "rpi-pico": ["-mcpu=cortex-m0plus", "-mthumb", "-std=c++17"],
 }
-TEN_SECONDS_MS = fw.HOST_WAIT_MS
+TEN_SECONDS_MS = HOST_WAIT_MS
 
 
 def write_stubs(directory: Path) -> Path:
@@ -193,7 +195,7 @@ def project(request, model, host_figures, tmp_path_factory):
     return context, render(context, tmp_path_factory.mktemp(request.param) / "p")
 
 
-def compile_glue(compiler: str, context: fw.ProjectContext, out: Path, work: Path, flags: list[str]) -> list[Path]:
+def compile_glue(compiler: str, context: ProjectContext, out: Path, work: Path, flags: list[str]) -> list[Path]:
     """The glue and the generated data, each compiled with -Wall -Wextra -Werror; returns the objects."""
     glue, glue_flags, _ = BOARDS[context.target.name]
     src = out / context.source_dir
@@ -355,7 +357,7 @@ def test_a_relabelled_copy_of_a_bundled_board_renders_firmware(model, host_figur
     target = load_target(str(board))
     assert "STM32" not in target.board and "nRF52840" not in target.board
     arena, expected = host_figures
-    options = fw.FirmwareOptions(target=target, out_dir=Path("unused"), name="tiny")
+    options = FirmwareOptions(target=target, out_dir=Path("unused"), name="tiny")
     context = fw.build_context(model, options, measured_arena_bytes=arena, expected=expected)
     files = render(context, tmp_path / "p")
     assert (files / "manifest.json").is_file()
@@ -368,7 +370,7 @@ def test_a_relabelled_copy_of_a_bundled_board_renders_firmware(model, host_figur
 def test_usb_only_pico_enables_no_uart(model, host_figures, tmp_path):
     board = board_file(tmp_path, "rpi-pico", "pico-usb", ('kind = "uart"', 'kind = "usb-cdc"'))
     arena, expected = host_figures
-    options = fw.FirmwareOptions(target=load_target(str(board)), out_dir=Path("unused"), name="tiny")
+    options = FirmwareOptions(target=load_target(str(board)), out_dir=Path("unused"), name="tiny")
     context = fw.build_context(model, options, measured_arena_bytes=arena, expected=expected)
     cmake = (render(context, tmp_path / "p") / "CMakeLists.txt").read_text()
     assert "pico_enable_stdio_usb(tiny 1)" in cmake and "pico_enable_stdio_uart(tiny 0)" in cmake
@@ -377,7 +379,7 @@ def test_usb_only_pico_enables_no_uart(model, host_figures, tmp_path):
 
 def test_rp2040_uart_pin_table_follows_the_datasheet_pattern():
     # RP2040 datasheet 2.19.2: GPIO n (0-29) carries UART((n + 4) // 8 % 2); TX when n % 4 == 0, RX when 1.
-    for index, roles in fw._RP2040_UART_PINS.items():
+    for index, roles in _RP2040_UART_PINS.items():
         for role, pins in enumerate(roles):
             assert set(pins) == {n for n in range(30) if (n + 4) // 8 % 2 == index and n % 4 == role}
 

@@ -308,13 +308,13 @@ def test_bundled_target_names_a_chip_that_agrees_with_its_core(name):
 
 def test_every_esp_idf_cpu_the_schema_accepts_has_a_cpu_frequency():
     from tinyscale.boards.chips import ESP_IDF_CPUS
-    from tinyscale.project.render import _ESP_CPU_MHZ
+    from tinyscale.project.board_glue import _ESP_CPU_MHZ
 
     assert set(ESP_IDF_CPUS) <= set(_ESP_CPU_MHZ)
 
 
 def test_every_stm32_family_the_schema_knows_has_uart_glue():
-    from tinyscale.project.render import _STM32_FAMILIES
+    from tinyscale.project.board_glue import _STM32_FAMILIES
 
     stm32 = {family.removeprefix("STM32") for family in chip_families() if family.startswith("STM32")}
     assert stm32 == set(_STM32_FAMILIES)

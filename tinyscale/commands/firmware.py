@@ -64,7 +64,8 @@ def firmware(
 ) -> None:
     """Render a firmware project (ESP-IDF, CMake arm-none-eabi, Arduino sketch or Pico SDK) that runs MODEL with a self-test."""
     from tinyscale.boards.targets import load_target  # noqa: PLC0415
-    from tinyscale.project.render import FirmwareOptions, generate_firmware  # noqa: PLC0415 - keeps --help fast
+    from tinyscale.project.context import FirmwareOptions  # noqa: PLC0415 - keeps --help fast
+    from tinyscale.project.render import generate_firmware  # noqa: PLC0415
 
     board = load_target(target)
     options = FirmwareOptions(

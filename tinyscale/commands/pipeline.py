@@ -744,7 +744,8 @@ def _render_firmware(flatbuffer: bytes, target: Target, phi: float, arena_bytes:
                      out_dir: Path) -> TinyscaleError | None:
     """Render the firmware project into out_dir/firmware; the error when it cannot be."""
     from tinyscale.errors import DoesNotFitError, TemplateError  # noqa: PLC0415
-    from tinyscale.project.render import FirmwareOptions, build_context, write_project  # noqa: PLC0415
+    from tinyscale.project.context import FirmwareOptions  # noqa: PLC0415
+    from tinyscale.project.render import build_context, write_project  # noqa: PLC0415
 
     options = FirmwareOptions(target=target, out_dir=out_dir / "firmware", phi=phi, model_file=TFLITE_FILE)
     try:
