@@ -21,6 +21,22 @@ def test_each_command_module_imports_on_its_own_in_a_fresh_interpreter(module):
     assert done.returncode == 0, done.stderr
 
 
+def test_the_app_imports_no_command_module():
+    # Commands register on the app; the app never imports them back (no import cycle to order around).
+    probe = ("import sys, tinyscale.commands.app\n"
+             "print(sorted(m for m in sys.modules if m.startswith('tinyscale.commands.')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['tinyscale.commands.app']"
+
+
+def test_importing_the_cli_registers_every_command():
+    probe = "from tinyscale.cli import app\nprint(' '.join(c.name or c.callback.__name__ for c in app.registered_commands))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert {"fit", "scale", "train", "convert", "simulate", "firmware", "build", "tune", "targets"} <= set(done.stdout.split())
+
+
 def _run_with_closed_stdout(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`tinyscale ARGS | head -0`, without a race: the pipe's reader is closed before the first write."""
     read_end, write_end = os.pipe()
@@ -43,7 +59,7 @@ def test_a_broken_pipe_that_is_not_stdout_is_still_reported(tmp_path):
     script = tmp_path / "broken.py"
     script.write_text(
         "import sys\n"
-        "from tinyscale.cli import reports_errors\n"
+        "from tinyscale.commands.app import reports_errors\n"
         "@reports_errors\n"
         "def command():\n"
         "    raise BrokenPipeError(32, 'Broken pipe')\n"

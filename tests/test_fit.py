@@ -155,7 +155,6 @@ def test_logged_phi_is_the_printed_phi(synthetic_target, caplog):
 
 
 def test_prove_puts_the_next_networks_measured_figures_in_table_and_json(synthetic_target):
-    import tinyscale.cli  # noqa: F401 - registers the commands (core's import order)
     from tinyscale.commands.core import _fit_table
 
     def measurer(spec):  # measurements a little above the estimate, so the two are told apart

@@ -91,7 +91,7 @@ def test_scale_measure_on_a_terminal_shows_progress_without_changing_the_output(
 
 def test_a_warning_during_a_status_starts_on_its_own_line(monkeypatch):
     """The CLI's log handler erases the status line before writing a record."""
-    from tinyscale.cli import _configure_logging
+    from tinyscale.commands.app import _configure_logging
 
     terminal = FakeTerminal()
     monkeypatch.setattr("sys.stderr", terminal)

@@ -12,7 +12,7 @@ import typer
 
 from tinyscale.boards.budget import Placement
 from tinyscale.boards.targets import Target, load_all_targets, load_target
-from tinyscale.cli import app, reports_errors
+from tinyscale.commands.app import app, reports_errors
 from tinyscale.errors import NothingFitsError, UsageError
 from tinyscale.fsutil import atomic_write_bytes, atomic_write_text, check_output_dir
 from tinyscale.network import arch

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tinyscale.cli import app, reports_errors
+from tinyscale.commands.app import app, reports_errors
 from tinyscale.errors import ModelError
 from tinyscale.graph.patch import DEFAULT_MAX_EXTRA_MACS
 

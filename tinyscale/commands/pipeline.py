@@ -15,7 +15,7 @@ import numpy as np
 import typer
 
 from tinyscale.boards.targets import Target, load_target
-from tinyscale.cli import app, reports_errors
+from tinyscale.commands.app import app, reports_errors
 from tinyscale.commands.core import (
     DEFAULT_BASE,
     DEFAULT_MAX_EXTRA_MACS,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tinyscale.boards.targets import Target, load_target
-from tinyscale.cli import app, reports_errors
+from tinyscale.commands.app import app, reports_errors
 from tinyscale.commands.core import (
     DEFAULT_BASE,
     DEFAULT_MAX_EXTRA_MACS,
