@@ -6,6 +6,8 @@ estimator and TFLM measurement are exercised in test_fit_measured.py.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from tinyscale.boards.budget import place
@@ -16,9 +18,23 @@ from tinyscale.search.fit import (
     FitRequest,
     Measured,
     Memory,
+    bisect,
     fit,
     placement_for,
 )
+
+
+@pytest.mark.parametrize("answer", [-7.6041, -0.5, 0.0, 2.25])
+def test_bisect_brackets_where_the_predicate_turns_false(answer):
+    probes = []
+
+    def at_or_below(phi):
+        probes.append(phi)
+        return phi <= answer
+
+    lo, hi = bisect(-10.0, 3.0, at_or_below, 1e-7)
+    assert lo <= answer < hi and hi - lo <= 1e-7
+    assert len(probes) == math.ceil(math.log2(13.0 / 1e-7))  # halves the bracket every probe
 
 
 def proxy_memory(spec: arch.NetworkSpec) -> Memory:

@@ -304,6 +304,22 @@ def latency_dict(request: FitRequest, latency: LatencyEstimate | None) -> dict:
     }
 
 
+def bisect(lo: float, hi: float, at_or_below_answer: Callable[[float], bool], tolerance: float) -> tuple[float, float]:
+    """Narrow (lo, hi) to `tolerance` around the phi where `at_or_below_answer` turns false.
+
+    The one bisection of the search: the largest fitting phi (the predicate is
+    "fits") and the first phi of a new network on either side (the predicate is
+    "gives the same network", or its negation going down).
+    """
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        if at_or_below_answer(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
 class _Search:
     """Memoised evaluation of phi -> network -> memory -> placement."""
 
@@ -366,27 +382,14 @@ class _Search:
 
     def largest_fitting(self, lo: float, hi: float) -> float:
         """Bisect a bracket with fits(lo) and not fits(hi)."""
-        while hi - lo > SEARCH_TOL:
-            mid = (lo + hi) / 2
-            if self.fits(mid):
-                lo = mid
-            else:
-                hi = mid
-        return lo
+        return bisect(lo, hi, self.fits, SEARCH_TOL)[0]
 
     def boundary_above(self, phi: float, limit: float) -> float | None:
         """Smallest phi' in (phi, limit] whose network differs from phi's (to BOUNDARY_TOL)."""
         spec = self.request.spec(phi)
         if self.request.spec(limit) == spec:
             return None
-        lo, hi = phi, limit
-        while hi - lo > BOUNDARY_TOL:
-            mid = (lo + hi) / 2
-            if self.request.spec(mid) == spec:
-                lo = mid
-            else:
-                hi = mid
-        return hi
+        return bisect(phi, limit, lambda mid: self.request.spec(mid) == spec, BOUNDARY_TOL)[1]
 
     def boundary_below(self, phi: float) -> float:
         """Smallest phi' <= phi with the same network as phi (PHI_MIN if it never changes)."""
@@ -400,14 +403,7 @@ class _Search:
             lo = candidate
         else:
             return PHI_MIN
-        lo, hi = candidate, lo
-        while hi - lo > BOUNDARY_TOL:
-            mid = (lo + hi) / 2
-            if self.request.spec(mid) == spec:
-                hi = mid
-            else:
-                lo = mid
-        return hi
+        return bisect(candidate, lo, lambda mid: self.request.spec(mid) != spec, BOUNDARY_TOL)[1]
 
 
 # Printed phis: the answer with the fewest decimals (2 to 6) that still gives its
