@@ -11,8 +11,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,10 +20,8 @@ import numpy as np
 
 from tinyscale.errors import DataError, TinyscaleError, UsageError, one_line
 from tinyscale.fsutil import (
+    atomic_write,
     atomic_write_text,
-    file_mode,
-    make_dirs,
-    output_error,
     refuse_clobber,
     remove_generated,
     safe_relative,
@@ -422,24 +418,13 @@ def _note_checkpoint(failure: BaseException, checkpoint: TrainingCheckpoint | No
 
 
 def save_keras_model(model: Any, path: Path) -> None:
-    """Save atomically: Keras writes a temp file in the same directory, then it is renamed."""
-    path = Path(path)
-    make_dirs(path.parent)
-    try:
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".keras")
-    except OSError as exc:
-        raise output_error(path, exc) from None
-    os.close(handle)
-    try:
+    """Save atomically: Keras writes a temporary `.keras` file beside `path`, which is then renamed."""
+
+    def save(tmp: Path) -> None:
         with quiet_tensorflow():
-            model.save(temp)
-        os.chmod(temp, file_mode())  # mkstemp's 0600 would outlive the rename
-        os.replace(temp, path)
-    except BaseException as exc:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise output_error(path, exc) from None
-        raise
+            model.save(tmp)
+
+    atomic_write(path, save, suffix=".keras")
 
 
 class SavedRun(NamedTuple):
