@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from tinyscale import __version__
-from tinyscale.fsutil import atomic_write_text, make_dirs
+from tinyscale.fsutil import atomic_write, atomic_write_text, make_dirs
 from tinyscale.network.arch import ScaledNetwork
 from tinyscale.training.convert import cache_root, tensorflow_version
 from tinyscale.training.data import Dataset
@@ -172,10 +172,11 @@ def _plain(value: Any) -> Any:
 
 
 def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
-    temp = path.with_name(f".{path.name}.tmp")  # np.savez would add .npz to a name without it
-    with temp.open("wb") as handle:
-        np.savez(handle, *arrays)
-    os.replace(temp, path)
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as handle:  # a handle: np.savez would add .npz to a name without it
+            np.savez(handle, *arrays)
+
+    atomic_write(path, save)
 
 
 def _load_arrays(path: Path) -> list[np.ndarray]:
