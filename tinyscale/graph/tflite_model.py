@@ -67,6 +67,11 @@ class ModelInfo:
     def output_tensors(self) -> tuple[TensorInfo, ...]:
         return tuple(self.tensors[i] for i in self.outputs)
 
+    @property
+    def selftest_bytes(self) -> int:
+        """Flash a firmware self-test takes for one input and its expected output, in their own types."""
+        return sum(t.nbytes for t in (*self.input_tensors, *self.output_tensors))
+
 
 def _tensor_info(index: int, tensor: Tensor, model: Model) -> TensorInfo:
     quant = tensor.quantization

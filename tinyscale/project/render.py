@@ -216,11 +216,6 @@ def check_io(info: ModelInfo) -> None:
 # Memory
 
 
-def selftest_bytes(info: ModelInfo) -> int:
-    """Flash taken by the embedded self-test input and expected output (in their own types)."""
-    return sum(t.nbytes for t in (*info.input_tensors, *info.output_tensors))
-
-
 def measure_arena_bytes(model: bytes) -> int:
     """The host interpreter's minimal arena for the model (bisection in TFLM worker processes)."""
     from tinyscale.simulation import tflm  # noqa: PLC0415 - starts a TFLM worker process
@@ -230,7 +225,7 @@ def measure_arena_bytes(model: bytes) -> int:
 
 def plan_arena(info: ModelInfo, measured_bytes: int, target: Target) -> tuple[ArenaPlan, Placement]:
     """The firmware's arena: budget.place_model's rule (fit's), from the file's graph."""
-    placement = place_model(target, info.model, info.size_bytes, measured_bytes, selftest_bytes(info))
+    placement = place_model(target, info.model, info.size_bytes, measured_bytes, info.selftest_bytes)
     arena = placement.device_arena_bytes
     region = next(r for r in target.memory if r.name == placement.arena_region)
     plan = ArenaPlan(measured_bytes, arena - measured_bytes, arena, region.name, region.kind,

@@ -43,7 +43,6 @@ from tinyscale.graph.tflite_model import (
     output_quantization,
     read_model,
 )
-from tinyscale.project.render import selftest_bytes
 from tinyscale.simulation import tflm
 from tinyscale.training.data import Dataset, check_classes, network_inputs, quantize
 
@@ -258,7 +257,7 @@ def memory_report(data: bytes, target: Target | None = None, source: str = "the 
     placement = None
     if target is not None:
         # The same device-arena rule as fit and firmware.
-        placement = place_model(target, info.model, info.size_bytes, arena.arena_bytes, selftest_bytes(info))
+        placement = place_model(target, info.model, info.size_bytes, arena.arena_bytes, info.selftest_bytes)
     if target is not None:
         runtime_bytes = target.flash.reserved_bytes + placement.extra_kernel_flash_bytes
         runtime_source = f"{target.name} flash.reserved_bytes" + (" + patch kernels" if placement.extra_kernel_flash_bytes else "")
