@@ -54,6 +54,15 @@ MIN_VARIANT_RECORDS = 1  # a kernel variant gets its own coefficients from this 
 # pipeline timings and CoreMark scores, for code and data in zero-wait-state memory (TCM, SRAM);
 # flash wait states and caches on a real board add to it (see the published comparison).
 CPI = {
+    # The M0+ has no published CoreMark ratio that would carry over (its ARMv6-M code has other
+    # instructions than the M4's), so its factor comes from its own instruction timings applied
+    # to the hot loops of the measured build itself (benchmarks/latency_measure.py's M0+ image).
+    "cortex-m0plus": (1.35, "Arm Cortex-M0+ TRM (DDI 0484) 'Instruction set summary': data processing and MULS "
+                      "1 cycle (the single-cycle multiplier the RP2040 is built with [assumed]; the small one "
+                      "takes 32), LDR/LDRSB/STR 2, taken branch 2; the inner loops of this build's CMSIS-NN "
+                      "pure-C kernels at those timings: arm_nn_mat_mult_nt_t_s8 1.29 (2x2 block) and 1.38 "
+                      "(row tail), arm_depthwise_conv_3x3_s8 1.42, arm_depthwise_conv_s8 1.52; weighted "
+                      "towards the 1x1 convolutions that dominate: ~1.35 [est.]"),
     "cortex-m4": (1.25, "Arm Cortex-M4 TRM (DDI 0439) 'Instruction set summary': data processing and "
                   "SMLAD/SXTB16 1 cycle, LDR 2 (1 when pipelined), taken branch 1+P (P 1-3); the int8 "
                   "inner loops mix ~1/3 loads with 1-cycle DSP ops and one loop branch: ~1.25 [est.]"),
@@ -69,6 +78,15 @@ CPI = {
     "cortex-m55": (1.50, "Cortex-M55 dual-beat MVE (Arm Cortex-M55 TRM 101051, 'Helium: beats per tick'): a "
                    "128-bit vector instruction takes 2 beats, overlapping with the next (e.g. VLDRB with "
                    "VMLADAVA); CMSIS-NN's MVE loops are mostly vector: ~1.5 cycles per instruction [est.]"),
+}
+
+# What a table's user should know beyond its provenance, per core (the table's `notes`).
+NOTES = {
+    "cortex-m0plus": ("QEMU has no Cortex-M0+ board: counted on mps2-an386's Cortex-M4 model running this "
+                      "core's ARMv6-M build, checked to hold no other instruction (benchmarks/latency_measure.py "
+                      "HOSTED_CORES). The RP2040 runs code and reads weights from QSPI flash through a 16 KB "
+                      "XIP cache: layers whose weights do not fit in it wait on flash, which this "
+                      "zero-wait-state prediction leaves out."),
 }
 
 
@@ -269,6 +287,8 @@ def write_table(cpu: str, kernels: str, table: dict, held_out: list, source: str
                  "fit_error_percent": entry["fit_error_percent"]} for key, entry in table["ops"].items()}
     header = {"cpu": cpu, "kernel_library": kernels, "estimate": False, "cycles_per_instruction": cpi,
               "cycles_per_instruction_source": cpi_source}
+    if cpu in NOTES:
+        header["notes"] = NOTES[cpu]
     fixed, per_operator = table["invoke"]
     invoke = {"cycles_fixed": fixed * cpi, "cycles_per_operator": per_operator * cpi}
     text = render_cost_table(header, provenance, invoke, cycle_coefficients(table["fallback"], cpi),

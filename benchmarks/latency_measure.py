@@ -12,15 +12,16 @@ exactly 1e9 / clock_hz instructions (40 at mps2's 25 MHz, 50 at mps2-an505's
     python benchmarks/latency_measure.py --table     # print the table of the data file only
 
 Trees: the variables of tests/test_firmware_integration.py (TFLM_ROOT / TFLM_REFERENCE_ROOT
-for the Cortex-M4, TFLM_ROOT_CORTEX_M7 ... for the others); a pair without a tree is skipped.
+for the Cortex-M4, TFLM_ROOT_CORTEX_M7 ... for the others, TFLM_ROOT_CORTEX_M0PLUS for the
+M0+ that mps2-an386-m0plus builds for); a pair without a tree is skipped.
 Models are made once into WORK/models (tinyscale scale / patch / fit through the CLI) or
 read from TFLM's examples under $TFLM_SOURCE. Each (board, kernels) pair reuses one build
 directory, so TFLM compiles once per tree and each model recompiles only the application.
 The data file gets one record per operator run and is rewritten after every model, so an
 interrupted run keeps what it measured; a rerun skips what the file already has.
 
-A record: core (cortex-m4/m7/m33/m55), machine, kernel_library, model (suite id), model_sha256,
-op_index, op_type (builtin name), ticks, instructions; the operator's shape from tinyscale's graph:
+A record: core (cortex-m0plus/m4/m7/m33/m55), machine (the M0+'s is mps2-an386: HOSTED_CORES),
+kernel_library, model (suite id), model_sha256, op_index, op_type (builtin name), ticks, instructions; the operator's shape from tinyscale's graph:
 macs (graph.analysis.operator_macs), input_shapes (non-constant inputs), output_shape,
 filter_shape (weights of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED; else null), stride [h, w],
 pool_size [h, w] (pooling), padding (SAME/VALID), input_elements, output_elements, dtype (of the
@@ -39,7 +40,7 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,7 +56,13 @@ from tinyscale.project.board_glue import qemu_machine  # noqa: PLC0415
 from tinyscale.project.context import FirmwareOptions  # noqa: PLC0415
 
 DATA_FILE = Path(__file__).resolve().parent / "data" / "latency_measurements.json"
-BOARDS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547")
+# Cores QEMU has no machine for, run on one whose core executes their code unchanged: ARMv6-M
+# (the M0+) is a subset of ARMv7-M, so a -mcpu=cortex-m0plus build runs as it is on the AN386's
+# Cortex-M4 model and QEMU counts the M0+ build's own instructions. Each image's disassembly is
+# checked (armv6m_violations), so no instruction the M0+ lacks is ever counted.
+# measurement board -> (the QEMU board that hosts it, the core its code is built for)
+HOSTED_CORES = {"mps2-an386-m0plus": ("mps2-an386", "cortex-m0plus")}
+BOARDS = ("mps2-an386", "mps2-an500", "mps2-an505", "mps3-an547", *HOSTED_CORES)
 KERNELS = ("cmsis-nn", "reference")
 # QEMU's -icount shift=N: 2^N ns of virtual time per instruction; 0 makes it one.
 ICOUNT_SHIFT = 0
@@ -284,6 +291,48 @@ def make_model(model_id: str, recipe: str, models_dir: Path) -> Path:
 # Building and running
 
 
+def measurement_target(kernels: str, board: str):
+    """The target a board's records are measured on: a bundled QEMU board, or (HOSTED_CORES) that
+    board's target with the hosted core's cpu and no FPU, so the project is built for that core."""
+    if board not in HOSTED_CORES:
+        return firmware_sizes.mps2_target(kernels, board)
+    host, cpu = HOSTED_CORES[board]
+    return replace(firmware_sizes.mps2_target(kernels, host), name=board, cpu=cpu, fpu=None,
+                   core=f"{cpu} code on the {host} model")
+
+
+# ARMv6-M (ARM DDI 0419, "The ARMv6-M instruction set"): the 16-bit Thumb instructions of
+# ARMv7-M except CBZ, CBNZ and IT, and of the 32-bit ones only these.
+ARMV6M_WIDE = frozenset({"bl", "dmb", "dsb", "isb", "mrs", "msr"})
+ARMV7M_ONLY_NARROW = ("cbz", "cbnz", "it")
+
+
+def armv6m_violations(elf: Path) -> list[str]:
+    """The instructions of `elf`'s code that ARMv6-M lacks, from its disassembly (the linker
+    script discards .ARM.attributes, so the build attributes cannot be read from the image)."""
+    listing = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True,
+                             check=True).stdout
+    found = []
+    for line in listing.splitlines():
+        fields = line.split("\t")  # "  addr:", "hex halfwords ", "mnemonic", "operands"
+        if len(fields) < 3 or not fields[0].strip().endswith(":") or fields[2].startswith("."):
+            continue  # headers, labels, literal pool words
+        mnemonic = fields[2].strip().split(".")[0]
+        wide = len(fields[1].split()) == 2
+        if (wide and mnemonic not in ARMV6M_WIDE) or (not wide and mnemonic.startswith(ARMV7M_ONLY_NARROW)):
+            found.append(line.strip())
+    return found
+
+
+def check_hosted_build(elf: Path, board: str) -> None:
+    """A hosted core's ELF must hold no instruction that core lacks (see HOSTED_CORES)."""
+    if board in HOSTED_CORES:
+        violations = armv6m_violations(elf)
+        if violations:
+            raise RuntimeError(f"{elf} is not ARMv6-M code ({len(violations)} instructions such as "
+                               f"{violations[0]!r}): its count would not be the M0+'s")
+
+
 def profiled_run(model: bytes, model_id: str, target, tree: Path, slot: Path, timeout: float) -> Profile:
     """Render with --profile into the pair's slot, build, run under -icount; the parsed profile."""
     options = FirmwareOptions(target=target, out_dir=slot / "project", name="app", force=True,
@@ -291,6 +340,7 @@ def profiled_run(model: bytes, model_id: str, target, tree: Path, slot: Path, ti
                                  profile=True)
     fw.generate_firmware(model, options)
     elf = firmware_sizes.build(slot / "project", slot / "build", tree)
+    check_hosted_build(elf, target.name)
     command = [*firmware_sizes.qemu_command(qemu_machine(target)), "-icount", f"shift={ICOUNT_SHIFT}",
                "-kernel", str(elf)]
     result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -344,7 +394,7 @@ def measure_pairs(boards, kernel_libraries) -> list[tuple]:
     pairs = []
     for board in boards:
         for kernels in kernel_libraries:
-            target = firmware_sizes.mps2_target(kernels, board)
+            target = measurement_target(kernels, board)
             tree = firmware_sizes.tree_for(target.cpu, kernels)
             if tree is None or firmware_sizes.kernels_of(tree) != kernels:
                 print(f"skip {board} {kernels}: set {' or '.join(firmware_sizes.tree_variables(target.cpu, kernels))}",
@@ -357,7 +407,8 @@ def measure_pairs(boards, kernel_libraries) -> list[tuple]:
 def measure_suite(boards, kernel_libraries, suite, work: Path, data: Path, timeout: float) -> list[dict]:
     """Each model on every pair in turn (model by model, so a partial run covers every core)."""
     rows = load_records(data)
-    done = {(r["machine"], r["kernel_library"], r["model_sha256"]) for r in rows}
+    # A hosted core shares its host's machine: the core tells their records apart.
+    done = {(r["core"], r["machine"], r["kernel_library"], r["model_sha256"]) for r in rows}
     pairs = measure_pairs(boards, kernel_libraries)
     for model_id, recipe in suite:
         try:
@@ -367,7 +418,7 @@ def measure_suite(boards, kernel_libraries, suite, work: Path, data: Path, timeo
             continue
         for target, tree in pairs:
             board, kernels = target.name, target.kernel_library
-            if (qemu_machine(target), kernels, hashlib.sha256(model).hexdigest()) in done:
+            if (target.cpu, qemu_machine(target), kernels, hashlib.sha256(model).hexdigest()) in done:
                 continue
             if not fits(model, target):
                 print(f"skip {board} {kernels} {model_id}: does not fit the board's flash", file=sys.stderr)
@@ -383,7 +434,7 @@ def measure_suite(boards, kernel_libraries, suite, work: Path, data: Path, timeo
                 print(f"FAIL {board} {kernels} {model_id}: self-test did not pass", file=sys.stderr)
                 continue
             rows += new
-            done.add((new[0]["machine"], kernels, new[0]["model_sha256"]))
+            done.add((new[0]["core"], new[0]["machine"], kernels, new[0]["model_sha256"]))
             save_records(data, rows)
             print(f"{board} {kernels} {model_id}: {new[0]['model_invoke_instructions']:,} instructions, "
                   f"{len(new)} ops, {time.monotonic() - started:.1f} s", flush=True)
@@ -416,7 +467,7 @@ def table(rows: list[dict], top: int = 3) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--board", action="append", choices=BOARDS, help="default: all four")
+    parser.add_argument("--board", action="append", choices=BOARDS, help="default: all of them")
     parser.add_argument("--kernels", action="append", choices=KERNELS, help="default: both")
     parser.add_argument("--model", action="append", choices=[m for m, _ in SUITE], help="default: the whole suite")
     parser.add_argument("--work", type=Path, default=Path("/tmp/tinyscale-latency"), help="models and build directories")

@@ -10,6 +10,10 @@ variables; a test whose tree is not set skips, naming the variable:
     mps2-an500   Cortex-M7    cortex-m7+fp   TFLM_ROOT_CORTEX_M7       TFLM_REFERENCE_ROOT_CORTEX_M7
     mps2-an505   Cortex-M33   cortex-m33     TFLM_ROOT_CORTEX_M33      TFLM_REFERENCE_ROOT_CORTEX_M33
     mps3-an547   Cortex-M55   cortex-m55     TFLM_ROOT_CORTEX_M55      TFLM_REFERENCE_ROOT_CORTEX_M55
+    (mps2-an386) Cortex-M0+   cortex-m0plus  TFLM_ROOT_CORTEX_M0PLUS   -
+
+(the M0+ has no QEMU board: its ARMv6-M build runs on the AN386's M4 model,
+benchmarks/latency_measure.py's HOSTED_CORES)
 
 (the rule: TFLM_ROOT / TFLM_REFERENCE_ROOT plus the board's cpu upper-cased with
 "-" as "_"; the Cortex-M4 also takes the plain names). A tree with
@@ -199,3 +203,24 @@ def test_profiled_tiny_model_prints_one_line_per_operator_summing_to_the_invoke(
     # -icount makes the counts deterministic: a second run prints the same ticks.
     again = latency_measure.profiled_run(model, "tiny", target, tree, work / f"tiny-{kernels}", timeout=600)
     assert again.events == profile.events
+
+
+def test_cortex_m0plus_build_runs_on_the_m4_model_with_armv6m_code_only(work):
+    """The Cortex-M0+ build that the M0+ cost table is measured with: ARMv6-M code alone, on mps2-an386."""
+    import latency_measure  # noqa: PLC0415 - a benchmark module
+
+    target = latency_measure.measurement_target("cmsis-nn", "mps2-an386-m0plus")
+    tree = require_tree("cmsis-nn", target.cpu)
+    slot = work / "tiny-m0plus-cmsis-nn"
+    profile = latency_measure.profiled_run(TINY_MODEL.read_bytes(), "tiny", target, tree, slot, timeout=600)
+
+    assert target.cpu == "cortex-m0plus" and target.fpu is None
+    assert latency_measure.qemu_machine(target) == "mps2-an386"
+    assert profile.passed and profile.dropped == 0
+    # The image holds no instruction the M0+ lacks (profiled_run checked it too), and the
+    # check does find them in the M4's image.
+    assert latency_measure.armv6m_violations(slot / "build" / "app.elf") == []
+    m4_elf = work / "tiny-cmsis-nn" / "build" / "app.elf"
+    if m4_elf.is_file():
+        assert latency_measure.armv6m_violations(m4_elf)
+    assert "-mcpu=cortex-m0plus" in (slot / "project" / "cmake" / "arm-none-eabi.cmake").read_text()

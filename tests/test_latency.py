@@ -199,10 +199,21 @@ def test_fit_table_prints_latency_rows():
     assert "latency  " in result.stdout and "next latency" in result.stdout and "budget 1000 ms" in result.stdout
 
 
-def test_latency_budget_without_a_cost_table_is_refused():
-    result = runner().invoke(app, ["fit", "--target", "rpi-pico", "--no-verify", "--max-latency-ms", "50"])
+def cortex_m3_board(tmp_path: Path) -> str:
+    """A user's board whose core (the Cortex-M3) no bundled cost table covers: mps2-an386's facts, no FPU."""
+    text = (Path(__file__).parents[1] / "targets" / "mps2-an386.toml").read_text()
+    text = re.sub(r'^(mcu|fpu) = .*$', "", text, flags=re.MULTILINE)
+    text = text.replace('name = "mps2-an386"', 'name = "m3-board"').replace('cpu = "cortex-m4"', 'cpu = "cortex-m3"')
+    path = tmp_path / "m3-board.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_latency_budget_without_a_cost_table_is_refused(tmp_path):
+    board = cortex_m3_board(tmp_path)
+    result = runner().invoke(app, ["fit", "--target", board, "--no-verify", "--max-latency-ms", "50"])
     assert result.exit_code == 2
-    assert "no latency cost table for cortex-m0plus" in result.output
+    assert "no latency cost table for cortex-m3" in result.output
     assert result.output.count("\n") == 1
 
 
@@ -211,11 +222,12 @@ def test_latency_budget_must_be_positive():
     assert result.exit_code == 2 and "--max-latency-ms must be a positive number" in result.output
 
 
-def test_fit_without_a_cost_table_reports_null_latency():
-    result = runner().invoke(app, ["fit", "--target", "rpi-pico", "--no-verify", "--patch", "off", "--json"])
+def test_fit_without_a_cost_table_reports_null_latency(tmp_path):
+    board = cortex_m3_board(tmp_path)
+    result = runner().invoke(app, ["fit", "--target", board, "--no-verify", "--patch", "off", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["latency_ms"] is None and "cortex-m0plus" in data["latency_note"]
+    assert data["latency_ms"] is None and "cortex-m3" in data["latency_note"]
 
 
 def test_simulate_json_has_latency_and_cycles_per_operator():
