@@ -224,3 +224,81 @@ def test_cortex_m0plus_build_runs_on_the_m4_model_with_armv6m_code_only(work):
     if m4_elf.is_file():
         assert latency_measure.armv6m_violations(m4_elf)
     assert "-mcpu=cortex-m0plus" in (slot / "project" / "cmake" / "arm-none-eabi.cmake").read_text()
+
+
+# ---------------------------------------------------------------------------
+# The Raspberry Pi Pico project built with the real Pico SDK and pico-tflmicro (no RP2040
+# emulator here: it is linked and sized, not run).
+
+PICO_CHECKOUTS = ("PICO_SDK_PATH", "PICO_TFLMICRO_PATH")
+RP2040_XIP_FLASH = (0x1000_0000, 0x1100_0000)
+RP2040_STRIPED_SRAM = (0x2000_0000, 0x2004_0000)  # SRAM0-3; SCRATCH_X/Y (the stacks) lie above
+
+
+def sections_in(elf: Path, window: tuple[int, int]) -> dict[str, int]:
+    """Allocated sections (name -> bytes) whose address lies in `window`, from `size -A`."""
+    import subprocess  # noqa: PLC0415
+
+    listing = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True,
+                             check=True).stdout
+    found = {}
+    for line in listing.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit() and parts[2].isdigit():
+            if window[0] <= int(parts[2]) < window[1] and int(parts[1]) > 0:
+                found[parts[0]] = int(parts[1])
+    return found
+
+
+def flash_image_bytes(elf: Path, window: tuple[int, int]) -> int:
+    """Bytes the image stores in `window`: the file size of each LOAD segment loaded there (the
+    code, and .data's initial values, which the start-up code copies to RAM)."""
+    import subprocess  # noqa: PLC0415
+
+    listing = subprocess.run(["arm-none-eabi-readelf", "-lW", str(elf)], capture_output=True, text=True,
+                             check=True).stdout
+    total = 0
+    for line in listing.splitlines():
+        parts = line.split()  # LOAD offset virtual physical file-size memory-size flags align
+        if parts and parts[0] == "LOAD" and window[0] <= int(parts[3], 16) < window[1]:
+            total += int(parts[4], 16)
+    return total
+
+
+def test_pico_project_builds_with_the_pico_sdk_and_within_its_prediction(work):
+    import subprocess  # noqa: PLC0415
+
+    from tinyscale.project import render as fw  # noqa: PLC0415
+    from tinyscale.project.board_glue import PICO_SDK_VERSION, PICO_TFLM  # noqa: PLC0415
+    from tinyscale.project.context import FirmwareOptions  # noqa: PLC0415
+
+    missing = [name for name in PICO_CHECKOUTS if not os.environ.get(name)]
+    if missing:
+        pytest.skip(f"set {' and '.join(missing)} to checkouts of pico-sdk {PICO_SDK_VERSION} (with "
+                    f"lib/tinyusb) and pico-tflmicro {PICO_TFLM.commit[:7]}; PICOTOOL_DIR to an installed "
+                    "picotool if the SDK is not to fetch one")
+    target = load_target("rpi-pico")
+    slot = work / "tiny-rpi-pico"
+    options = FirmwareOptions(target=target, out_dir=slot / "project", name="app", force=True,
+                              overwrite_edits=True, model_file="tiny.tflite")
+    placement = fw.generate_firmware(TINY_MODEL.read_bytes(), options).context.placement
+    configure = ["cmake", "-S", str(slot / "project"), "-B", str(slot / "build"),
+                 *(f"-D{name}={os.environ[name]}" for name in PICO_CHECKOUTS)]
+    if os.environ.get("PICOTOOL_DIR"):
+        configure.append(f"-Dpicotool_DIR={os.environ['PICOTOOL_DIR']}")
+    for command in (configure, ["cmake", "--build", str(slot / "build"), "-j2"]):
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+    elf = slot / "build" / "app.elf"
+    assert elf.is_file() and (slot / "build" / "app.uf2").is_file()
+    flash = flash_image_bytes(elf, RP2040_XIP_FLASH)
+    static_ram = sections_in(elf, RP2040_STRIPED_SRAM)
+    print(f"\nrpi-pico tiny: flash {flash:,} B (predicted {placement.flash_needed_bytes:,}), "
+          f"static RAM {sum(static_ram.values()):,} B (predicted {placement.sram_needed_bytes:,}): {static_ram}")
+    # The prediction fit and build use is an upper bound of what links, and the target's
+    # reserves cover the runtime: everything but the model, the self-test vectors and the arena.
+    assert flash <= placement.flash_needed_bytes
+    assert flash - placement.model_bytes - placement.selftest_flash_bytes <= target.flash.reserved_bytes
+    assert ".bss" in static_ram and static_ram[".bss"] >= placement.device_arena_bytes  # the arena is static
+    assert sum(static_ram.values()) <= placement.sram_needed_bytes
