@@ -336,3 +336,13 @@ def test_fit_prove_shows_the_measured_next_network(tmp_path):
     assert table.exit_code == 0, table.output
     assert _row(table.stdout, "next network").endswith("(measured in TFLM by --prove)")
     assert f"model {following['model_bytes']:,} B, arena {following['arena_bytes']:,} B" in table.stdout
+
+
+def test_nothing_fits_says_no_other_base_fits_before_what_to_try():
+    # 10 ms is below even the smallest network of every base on the Pico's Cortex-M0+.
+    result = invoke("fit", "--target", "rpi-pico", "--no-verify", "--max-latency-ms", "10")
+    assert result.exit_code == 3
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert "; no other base fits either (--base efficientnet-b0, " in lines[0]
+    assert "); try fewer --classes; --channels 1; a larger --max-latency-ms" in lines[0]

@@ -513,19 +513,19 @@ def _smaller_hint(search: _Search) -> str:
                            request.max_latency_ms)
         if _Search(other, search.estimator).fits(PHI_MIN):
             fitting.append(name)
-    bases = (
-        f"a base whose smallest network fits: {', '.join('--base ' + name for name in fitting)}"
-        if fitting
-        else f"no other base fits either (--base {', '.join(name for name in arch.BASES if name != request.base)})"
-    )
-    options = [bases]
+    options = [f"a base whose smallest network fits: {', '.join('--base ' + name for name in fitting)}"] if fitting else []
     if request.classes > 2:
         options.append("fewer --classes")
     if request.channels > 1:
         options.append("--channels 1")
     options.append("or a board with more memory" if request.max_latency_ms is None
                    else "a larger --max-latency-ms, or a faster board with more memory")
-    return "try " + "; ".join(options)
+    hint = "try " + "; ".join(options)
+    if fitting:
+        return hint
+    # Said before the suggestions, not as one of them: it is not something to try.
+    others = ", ".join(name for name in arch.BASES if name != request.base)
+    return f"no other base fits either (--base {others}); {hint}"
 
 
 def _smallest_need(search: _Search) -> str:
