@@ -21,7 +21,8 @@ The data file gets one record per operator run and is rewritten after every mode
 interrupted run keeps what it measured; a rerun skips what the file already has.
 
 A record: core (cortex-m0plus/m4/m7/m33/m55), machine (the M0+'s is mps2-an386: HOSTED_CORES),
-kernel_library, model (suite id), model_sha256, op_index, op_type (builtin name), ticks, instructions; the operator's shape from tinyscale's graph:
+kernel_library, model (suite id), model_sha256, op_index, op_type (builtin name), ticks,
+instructions; the operator's shape from tinyscale's graph:
 macs (graph.analysis.operator_macs), input_shapes (non-constant inputs), output_shape,
 filter_shape (weights of CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED; else null), stride [h, w],
 pool_size [h, w] (pooling), padding (SAME/VALID), input_elements, output_elements, dtype (of the
@@ -312,6 +313,11 @@ def armv6m_violations(elf: Path) -> list[str]:
     script discards .ARM.attributes, so the build attributes cannot be read from the image)."""
     listing = subprocess.run(["arm-none-eabi-objdump", "-d", str(elf)], capture_output=True, text=True,
                              check=True).stdout
+    return armv6m_violations_in(listing)
+
+
+def armv6m_violations_in(listing: str) -> list[str]:
+    """The lines of an `objdump -d` listing whose instruction ARMv6-M lacks."""
     found = []
     for line in listing.splitlines():
         fields = line.split("\t")  # "  addr:", "hex halfwords ", "mnemonic", "operands"

@@ -103,3 +103,31 @@ def test_refreshed_features_keep_the_counts_and_skip_models_not_on_disk(tmp_path
     assert lm.refresh_features(stale, tmp_path) == stale  # no model file: rows kept as they are
     (tmp_path / "tiny-phi0.tflite").write_bytes(data)
     assert lm.refresh_features(stale, tmp_path) == rows
+
+
+# An `arm-none-eabi-objdump -d` excerpt: Thumb-1, BL and a literal-pool word (ARMv6-M), then
+# a Thumb-2 load, a CBZ and an IT block (ARMv7-M only).
+OBJDUMP_LISTING = (
+    "app.elf:     file format elf32-littlearm\n\n"
+    "Disassembly of section .text:\n\n"
+    "00000044 <Reset_Handler>:\n"
+    "      44:\t480e      \tldr\tr0, [pc, #56]\t@ (80 <Reset_Handler+0x3c>)\n"
+    "      4c:\td207      \tbcs.n\t5e <Reset_Handler+0x1a>\n"
+    "      5a:\tf01a f8e7 \tbl\t1a22c <memcpy>\n"
+    "      80:\t20000000 \t.word\t0x20000000\n"
+    "      84:\tf8d2 3d88 \tldr.w\tr3, [r2, #3464]\t@ 0xd88\n"
+    "      88:\tb118      \tcbz\tr0, 92 <f+0x12>\n"
+    "      8a:\tbf18      \tit\tne\n"
+)
+
+
+def test_armv6m_check_finds_exactly_the_armv7m_instructions():
+    found = lm.armv6m_violations_in(OBJDUMP_LISTING)
+    assert [line.split("\t")[2] for line in found] == ["ldr.w", "cbz", "it"]
+
+
+def test_m0plus_is_measured_on_the_m4_board_built_for_its_own_core():
+    target = lm.measurement_target("cmsis-nn", "mps2-an386-m0plus")
+    assert (target.cpu, target.fpu, target.kernel_library) == ("cortex-m0plus", None, "cmsis-nn")
+    assert lm.qemu_machine(target) == "mps2-an386"
+    assert lm.measurement_target("reference", "mps2-an386").cpu == "cortex-m4"
