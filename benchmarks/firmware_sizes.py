@@ -120,14 +120,19 @@ def run_qemu(elf: Path, timeout: float = 600.0, machine: str = DEFAULT_TARGET) -
     )
 
 
-def section_sizes(elf: Path) -> dict[str, int]:
+def sections(elf: Path) -> list[tuple[str, int, int]]:
+    """(name, bytes, address) of each section `arm-none-eabi-size -A` lists."""
     text = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True, check=True).stdout
-    sizes = {}
+    found = []
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit():
-            sizes[parts[0]] = int(parts[1])
-    return sizes
+        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit() and parts[2].isdigit():
+            found.append((parts[0], int(parts[1]), int(parts[2])))
+    return found
+
+
+def section_sizes(elf: Path) -> dict[str, int]:
+    return {name: size for name, size, _ in sections(elf)}
 
 
 def linked_sizes(elf: Path) -> dict[str, int]:

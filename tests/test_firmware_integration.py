@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -236,25 +237,14 @@ RP2040_STRIPED_SRAM = (0x2000_0000, 0x2004_0000)  # SRAM0-3; SCRATCH_X/Y (the st
 
 
 def sections_in(elf: Path, window: tuple[int, int]) -> dict[str, int]:
-    """Allocated sections (name -> bytes) whose address lies in `window`, from `size -A`."""
-    import subprocess  # noqa: PLC0415
-
-    listing = subprocess.run(["arm-none-eabi-size", "-A", str(elf)], capture_output=True, text=True,
-                             check=True).stdout
-    found = {}
-    for line in listing.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0].startswith(".") and parts[1].isdigit() and parts[2].isdigit():
-            if window[0] <= int(parts[2]) < window[1] and int(parts[1]) > 0:
-                found[parts[0]] = int(parts[1])
-    return found
+    """Allocated sections (name -> bytes) whose address lies in `window`."""
+    return {name: size for name, size, address in firmware_sizes.sections(elf)
+            if window[0] <= address < window[1] and size > 0}
 
 
 def flash_image_bytes(elf: Path, window: tuple[int, int]) -> int:
     """Bytes the image stores in `window`: the file size of each LOAD segment loaded there (the
     code, and .data's initial values, which the start-up code copies to RAM)."""
-    import subprocess  # noqa: PLC0415
-
     listing = subprocess.run(["arm-none-eabi-readelf", "-lW", str(elf)], capture_output=True, text=True,
                              check=True).stdout
     total = 0
@@ -266,8 +256,6 @@ def flash_image_bytes(elf: Path, window: tuple[int, int]) -> int:
 
 
 def test_pico_project_builds_with_the_pico_sdk_and_within_its_prediction(work):
-    import subprocess  # noqa: PLC0415
-
     from tinyscale.project import render as fw  # noqa: PLC0415
     from tinyscale.project.board_glue import PICO_SDK_VERSION, PICO_TFLM  # noqa: PLC0415
     from tinyscale.project.context import FirmwareOptions  # noqa: PLC0415

@@ -75,7 +75,6 @@ def test_fsutil_outputs_follow_the_umask(tmp_path, umask):
     assert assert_modes(tmp_path / "tree", umask) == 3
 
 
-
 def test_a_writer_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
     target = tmp_path / "model.keras"
     target.write_text("the user's model")
@@ -88,6 +87,7 @@ def test_a_writer_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
         fsutil.atomic_write(target, half_written, suffix=".keras")
     assert target.read_text() == "the user's model"
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+
 
 @pytest.mark.parametrize("umask", MASKS, indirect=True)
 def test_firmware_project_follows_the_umask(tmp_path, umask):
