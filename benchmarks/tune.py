@@ -30,6 +30,11 @@ Rerun with the same `--out` to resume: the tune skips its finished trials, a
 final build whose folder holds the report of the same command is reused, and
 an interrupted one continues its training after its last finished epoch.
 `--finished-only` prints the table of what `--out` holds so far and trains nothing.
+Every finished tune and final build is also recorded in
+benchmarks/data/tune_accuracy_runs.json (its command without `-o`, its JSON
+output, the commit it ran at): commit that file, and a rerun on another machine,
+or after `--out` is gone, reuses those runs instead of spending hours on them
+again, `--finished-only` included (`--no-ledger` neither reads nor writes it).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -148,19 +154,68 @@ FINISHED = "benchmark_command.json"  # beside a final build's report.json: the c
 NOT_BUILT = "not built"  # --finished-only: a final build that has not finished yet
 
 
+LEDGER = Path(__file__).resolve().parent / "data" / "tune_accuracy_runs.json"
+_LEDGER_LOCK = threading.Lock()  # two final builds may finish at once (--jobs 2)
+_MACHINE_KEYS = ("out", "files")  # where this machine put its outputs: not part of the result
+
+
+def ledger_key(command: list[str]) -> list[str]:
+    """A tune or build command without its output folder: the same run, wherever it was made."""
+    at = command.index("-o")
+    return command[:at] + command[at + 2:]
+
+
+def _read_ledger(ledger: Path) -> list[dict]:
+    return json.loads(ledger.read_text()) if ledger.is_file() else []
+
+
+def recorded_run(ledger: Path | None, command: list[str]) -> dict | None:
+    """The JSON output the ledger holds for this command, or None."""
+    key = ledger_key(command)
+    entries = [] if ledger is None else _read_ledger(ledger)
+    return next((entry["report"] for entry in entries if entry["command"] == key), None)
+
+
+def _commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    found = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return (found.stdout.strip() or None) if found.returncode == 0 else None
+
+
+def record_run(ledger: Path, command: list[str], report: dict) -> None:
+    """Adds (or replaces) this command's entry; written whole to a temporary file and renamed, so an
+    interrupted write leaves the previous ledger, never half of one."""
+    entry = {"command": ledger_key(command), "commit": _commit(), "recorded": time.strftime("%Y-%m-%d"),
+             "report": {k: v for k, v in report.items() if k not in _MACHINE_KEYS}}
+    with _LEDGER_LOCK:
+        entries = [e for e in _read_ledger(ledger) if e["command"] != entry["command"]] + [entry]
+        partial = ledger.with_name(ledger.name + ".partial")
+        partial.write_text(json.dumps(entries, indent=1) + "\n")
+        os.replace(partial, ledger)
+
+
 def final_build(command: list[str], out: Path, log: Path, cores: list[int] | None = None,
-                start: bool = True) -> dict | str | None:
+                start: bool = True, ledger: Path | None = None) -> dict | str | None:
     """A final build's report: reused when `out` holds one made by this very command (a rerun with
     the same --out resumes: each build is hours, and an interrupted one continues its training
-    from its last epoch, `build`'s own resume), else built now (or NOT_BUILT when not `start`)."""
+    from its last epoch, `build`'s own resume) or when `ledger` records it (a build made on another
+    machine or in a folder since deleted), else built now (or NOT_BUILT when not `start`)."""
     finished, report = out / FINISHED, out / "report.json"
     if finished.is_file() and report.is_file() and json.loads(finished.read_text()) == command:
-        return json.loads(report.read_text())  # what `build --json` printed for it
+        built = json.loads(report.read_text())  # what `build --json` printed for it
+        if ledger is not None and recorded_run(ledger, command) is None:
+            record_run(ledger, command, built)  # made before the ledger existed
+        return built
+    recorded = recorded_run(ledger, command)
+    if recorded is not None:
+        return recorded
     if not start:
         return NOT_BUILT
     built, _, _ = run_json(command, log, cores)
     if built is not None:
         finished.write_text(json.dumps(command))
+        if ledger is not None:
+            record_run(ledger, command, built)
     return built
 
 
@@ -186,7 +241,7 @@ def run_finals(args: argparse.Namespace, root: Path, builds: list[tuple[str, dic
         cores = free.get()
         try:
             built = final_build(build_command(args, target, out, r, seed), out, root / f"{out.name}.log", cores,
-                                start=not args.finished_only)
+                                start=not args.finished_only, ledger=None if args.no_ledger else LEDGER)
         finally:
             free.put(cores)
         if built == NOT_BUILT:
@@ -216,6 +271,22 @@ def finished_tune(folder: Path) -> dict | None:
     return {"trials": rows, "best": best, "lead_over_paper": None if lead is None else lead.to_dict()}
 
 
+def tuned(args: argparse.Namespace, target: str, root: Path, ledger: Path | None) -> tuple[dict | None, float, str]:
+    """(the tune's summary or None, its wall seconds, why not): the ledger's record of this tune, else
+    the run in `root` (--finished-only: as far as it got), else the tune run now and recorded."""
+    folder = root / f"{target}-tune"
+    command = tune_command(args, target, folder, fresh=False)
+    recorded = recorded_run(ledger, command)
+    if recorded is not None:
+        return recorded, recorded.get("seconds", float("nan")), ""
+    if args.finished_only:
+        return finished_tune(folder), float("nan"), "not tuned yet"
+    summary, wall, last = run_json(command, root / f"{target}-tune.log")
+    if summary is not None and ledger is not None:
+        record_run(ledger, command, summary)
+    return summary, wall, last
+
+
 def _lead_text(lead: dict | None) -> str:
     if lead is None:
         return "-"
@@ -232,11 +303,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
     for target in args.targets:
         tune_args = argparse.Namespace(**{**vars(args), "epochs": args.tune_epochs, "limit": args.tune_limit,
                                           "seed": args.seeds[0]})
-        if args.finished_only:
-            summary, wall, last = finished_tune(root / f"{target}-tune"), float("nan"), "not tuned yet"
-        else:
-            summary, wall, last = run_json(tune_command(tune_args, target, root / f"{target}-tune", fresh=False),
-                                           root / f"{target}-tune.log")
+        summary, wall, last = tuned(tune_args, target, root, None if args.no_ledger else LEDGER)
         if summary is None:
             print(f"{target:16} tune failed: {last}", flush=True)
             continue
@@ -305,6 +372,7 @@ def main() -> None:
     slow.add_argument("--out", type=Path, default=None)
     slow.add_argument("--finished-only", action="store_true", help="print what --out holds so far; train nothing "
                       "('-': a build not finished yet)")
+    slow.add_argument("--no-ledger", action="store_true", help=f"neither reuse nor record tunes and final builds in {LEDGER.name}")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix=f"tune-bench-{args.mode}-"))
     root.mkdir(parents=True, exist_ok=True)
