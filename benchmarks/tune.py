@@ -4,7 +4,9 @@
         [--epochs 1] [--configs local:1 local:2 ray:1 ray:2] [--out DIR]
     python benchmarks/tune.py accuracy [--targets nucleo-l476rg esp32] [--seeds 0 1] [--base efficientnet-lite0]
         [--grid 2] [--tune-epochs 3] [--tune-limit 10000] [--epochs 30] [--limit N] [--final all|best]
-        [--jobs N] [--out DIR] [--finished-only]
+        [--jobs N] [--out DIR] [--finished-only] [--no-ledger]
+    python benchmarks/tune.py final --target T --candidates 'A,B[,G];...' [--seeds 0 1] [--base B]
+        [--epochs 30] [--limit N] [--jobs N] [--out DIR] [--finished-only] [--no-ledger]
 
 speed: the same tune run (Fashion-MNIST, fresh output folder each time) with
 each backend:jobs pair; prints wall seconds, the sum of the trials' own seconds,
@@ -30,6 +32,11 @@ Rerun with the same `--out` to resume: the tune skips its finished trials, a
 final build whose folder holds the report of the same command is reused, and
 an interrupted one continues its training after its last finished epoch.
 `--finished-only` prints the table of what `--out` holds so far and trains nothing.
+
+final: the final builds of `accuracy` for candidates named on the command line,
+without the tune (the first candidate is the baseline the last column subtracts):
+how the rest of an `accuracy` run is finished on another machine.
+
 Every finished tune and final build is also recorded in
 benchmarks/data/tune_accuracy_runs.json (its command without `-o`, its JSON
 output, the commit it ran at): commit that file, and a rerun on another machine,
@@ -237,7 +244,7 @@ def run_finals(args: argparse.Namespace, root: Path, builds: list[tuple[str, dic
 
     def one(build: tuple[str, dict, int]) -> tuple[tuple[str, int, int], float | None]:
         target, r, seed = build
-        out = root / f"{target}-c{r['candidate']}-s{seed}"
+        out = root / f"{target}-{r.get('folder', 'c' + str(r['candidate']))}-s{seed}"
         cores = free.get()
         try:
             built = final_build(build_command(args, target, out, r, seed), out, root / f"{out.name}.log", cores,
@@ -345,6 +352,42 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
               f"{'-' if wall != wall else f'{wall:.0f} s'}", flush=True)
 
 
+# ---------------------------------------------------------------------------
+# final
+
+
+def final_rows(grid: str) -> list[dict]:
+    """`final --candidates`: each alpha,beta[,gamma] as a candidate row (gamma solved as `tune` solves
+    it, so the build command, and with it the ledger's key, is the one `accuracy` would run)."""
+    from tinyscale.search.tune_grid import parse_candidates  # noqa: PLC0415 - tune's own parsing
+
+    return [{"candidate": i, "folder": f"final{i}", "alpha": c.alpha, "beta": c.beta, "gamma": c.gamma}
+            for i, c in enumerate(parse_candidates(grid), 1)]
+
+
+def finals(args: argparse.Namespace, root: Path) -> None:
+    """Final builds of the given candidates, without a tune: the rest of an `accuracy` run on another
+    machine (recorded in the ledger, so `accuracy` reuses them); the first candidate is the baseline."""
+    rows = final_rows(args.candidates)
+    scores = run_finals(args, root, [(args.target, r, seed) for r in rows for seed in args.seeds])
+    print(f"final builds: {args.target}, base {args.base}, {args.epochs} epochs"
+          + (f" on {args.limit} training images" if args.limit else " on the full training set")
+          + f", seeds {args.seeds}; folders in {root}")
+    print(f"{'#':>2} {'alpha':>8} {'beta':>8} {'gamma':>8} " + " ".join(f"{'seed ' + str(s) + ' %':>9}"
+                                                                      for s in args.seeds)
+          + f" {'mean %':>7} {'- #1':>7}")
+    baseline = [scores[(args.target, 1, seed)] for seed in args.seeds]
+    for r in rows:
+        row_scores = [scores[(args.target, r["candidate"], seed)] for seed in args.seeds]
+        valid = [s for s in row_scores if isinstance(s, float)]
+        # Over the seeds both this row and #1 finished: a partial table compares like with like.
+        paired = [a - b for a, b in zip(row_scores, baseline) if isinstance(a, float) and isinstance(b, float)]
+        mean = f"{100 * statistics.mean(valid):.2f}" if valid else "-"
+        gain = f"{100 * statistics.mean(paired):+.2f}" if paired and r["candidate"] != 1 else "-"
+        print(f"{r['candidate']:>2} {r['alpha']:>8.4f} {r['beta']:>8.4f} {r['gamma']:>8.4f} "
+              + " ".join(f"{_score_cell(s):>9}" for s in row_scores) + f" {mean:>7} {gain:>7}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -373,10 +416,23 @@ def main() -> None:
     slow.add_argument("--finished-only", action="store_true", help="print what --out holds so far; train nothing "
                       "('-': a build not finished yet)")
     slow.add_argument("--no-ledger", action="store_true", help=f"neither reuse nor record tunes and final builds in {LEDGER.name}")
+    last = sub.add_parser("final", help="final builds of given candidates, no tune (recorded in the ledger)")
+    last.add_argument("--target", required=True)
+    last.add_argument("--candidates", required=True, help="alpha,beta[,gamma] separated by ';' "
+                      "(gamma solved from the constraint when left out); the first is the baseline")
+    last.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    last.add_argument("--base", default="efficientnet-lite0")
+    last.add_argument("--epochs", type=int, default=30)
+    last.add_argument("--limit", type=int, default=None, help="training subset (default: all)")
+    last.add_argument("--jobs", type=int, default=1, help="builds at a time, each pinned to its share of the cores")
+    last.add_argument("--out", type=Path, default=None)
+    last.add_argument("--finished-only", action="store_true", help="print what the ledger and --out hold; "
+                      "train nothing")
+    last.add_argument("--no-ledger", action="store_true", help=f"neither reuse nor record builds in {LEDGER.name}")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix=f"tune-bench-{args.mode}-"))
     root.mkdir(parents=True, exist_ok=True)
-    (speed if args.mode == "speed" else accuracy)(args, root)
+    {"speed": speed, "accuracy": accuracy, "final": finals}[args.mode](args, root)
     sys.exit(0)
 
 

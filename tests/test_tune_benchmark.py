@@ -97,3 +97,35 @@ def test_a_recorded_tune_is_reused_and_a_new_one_recorded(tmp_path, runs):
 def test_finished_only_without_a_record_reads_the_folder(tmp_path, runs):
     summary, _, why = bench.tuned(_tune_args(finished_only=True), "esp32", tmp_path, tmp_path / "ledger.json")
     assert summary is None and why == "not tuned yet" and not runs
+
+
+def test_final_candidates_build_what_accuracy_builds_for_the_same_point():
+    from tinyscale.search.tune_grid import lattice
+
+    winner = next(c for c in lattice(4) if c.alpha == 2 ** 0.5 and c.beta == 2 ** 0.125)
+    paper, given = bench.final_rows("1.2,1.1,1.15;1.4142135623730951,1.0905077326652577")
+    args = argparse.Namespace(base="efficientnet-lite0", epochs=30, limit=None)
+    row = {"alpha": winner.alpha, "beta": winner.beta, "gamma": winner.gamma}
+    # The same command, hence the same ledger key: accuracy reuses what final built, and the reverse.
+    assert bench.build_command(args, "esp32", Path("a"), given, 1) == bench.build_command(args, "esp32", Path("a"),
+                                                                                          row, 1)
+    assert (paper["candidate"], paper["alpha"], paper["gamma"]) == (1, 1.2, 1.15)
+
+
+def test_final_prints_each_candidates_seeds_and_its_gain_over_the_first(tmp_path, runs, capsys, monkeypatch):
+    def run_json(command, log, cores=None):
+        runs.append(command)
+        Path(command[command.index("-o") + 1]).mkdir()  # as `build` makes its output folder
+        gamma = float(command[command.index("--gamma") + 1])
+        return {"int8_accuracy": 0.9 if gamma == 1.15 else 0.915}, 1.0, ""
+
+    monkeypatch.setattr(bench, "run_json", run_json)
+    args = argparse.Namespace(target="esp32", candidates="1.2,1.1,1.15;1.4142135623730951,1.0905077326652577",
+                              seeds=[0, 1], base="tiny", epochs=1, limit=100, jobs=1, finished_only=False,
+                              no_ledger=True)
+    bench.finals(args, tmp_path)
+    table = capsys.readouterr().out.splitlines()
+    assert len(runs) == 4 and sorted(p.name for p in tmp_path.iterdir()) == [
+        "esp32-final1-s0", "esp32-final1-s1", "esp32-final2-s0", "esp32-final2-s1"]
+    assert table[-2].split()[-4:] == ["90.00", "90.00", "90.00", "-"]  # the baseline: no gain over itself
+    assert table[-1].split()[-2:] == ["91.50", "+1.50"]
