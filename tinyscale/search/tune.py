@@ -78,8 +78,10 @@ class TuneSettings:
     max_extra_macs: float = 0.0
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     validation_fraction: float = VALIDATION_FRACTION
-    # TensorFlow's threads per trial (from --jobs). Not part of a run's identity: a rerun
-    # with other --jobs resumes; with op determinism the thread count should not change results.
+    # TensorFlow's threads per trial (from --jobs). Not part of a run's identity, so a rerun
+    # with other --jobs resumes rather than retraining hours of trials. Op determinism does
+    # not make results independent of it: another thread count can change an accuracy's last
+    # digits (measured, README), so such a resumed table mixes two thread counts.
     threads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
