@@ -368,7 +368,12 @@ def final_rows(grid: str) -> list[dict]:
 def finals(args: argparse.Namespace, root: Path) -> None:
     """Final builds of the given candidates, without a tune: the rest of an `accuracy` run on another
     machine (recorded in the ledger, so `accuracy` reuses them); the first candidate is the baseline."""
-    rows = final_rows(args.candidates)
+    from tinyscale.errors import UsageError  # noqa: PLC0415
+
+    try:
+        rows = final_rows(args.candidates)
+    except UsageError as error:  # one line, as tinyscale's own commands report it
+        sys.exit(f"error: --candidates: {str(error).removeprefix('--grid: ')}")
     scores = run_finals(args, root, [(args.target, r, seed) for r in rows for seed in args.seeds])
     print(f"final builds: {args.target}, base {args.base}, {args.epochs} epochs"
           + (f" on {args.limit} training images" if args.limit else " on the full training set")
