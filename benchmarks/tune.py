@@ -305,6 +305,16 @@ def _score_cell(score: float | str | None) -> str:
     return "fail" if score is None else "-" if score == NOT_BUILT else f"{100 * score:.2f}"
 
 
+def paired_gain(scores: dict, target: str, candidate: int, seeds: list[int]) -> tuple[float | None, list[int]]:
+    """Mean of candidate minus #1 (the paper's point) over the seeds both finished, so a partial
+    table (--finished-only) compares like with like; None where no seed has both."""
+    both = [seed for seed in seeds
+            if all(isinstance(scores.get((target, c, seed)), float) for c in (1, candidate))]
+    if not both:
+        return None, both
+    return statistics.mean(scores[(target, candidate, s)] - scores[(target, 1, s)] for s in both), both
+
+
 def accuracy(args: argparse.Namespace, root: Path) -> None:
     plans = []  # (target, the candidates built, the winner's number, tune seconds, the proxy's lead)
     for target in args.targets:
@@ -342,11 +352,8 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
                   + f" {mean:>7}", flush=True)
         ranked = [r for r in chosen if r["candidate"] in finals]
         tau = kendall_tau([r["int8_accuracy"] for r in ranked], [finals[r["candidate"]] for r in ranked])
-        # Over the seeds both builds finished, so a partial table (--finished-only) compares like with like.
-        both = [seed for seed in args.seeds
-                if all(isinstance(scores.get((target, c, seed)), float) for c in (1, best))]
-        gain = (f"{100 * statistics.mean(scores[(target, best, s)] - scores[(target, 1, s)] for s in both):+.2f} "
-                f"points over seeds {both}" if both and best != 1 else "-")
+        lift, both = paired_gain(scores, target, best, args.seeds)
+        gain = f"{100 * lift:+.2f} points over seeds {both}" if lift is not None and best != 1 else "-"
         print(f"{target:16} tuned - paper: {gain}; proxy's lead {_lead_text(lead)}; proxy-vs-final Kendall tau over "
               f"{len(ranked)} networks: {'-' if tau is None else f'{tau:+.2f}'}; tune took "
               f"{'-' if wall != wall else f'{wall:.0f} s'}", flush=True)
@@ -381,14 +388,12 @@ def finals(args: argparse.Namespace, root: Path) -> None:
     print(f"{'#':>2} {'alpha':>8} {'beta':>8} {'gamma':>8} " + " ".join(f"{'seed ' + str(s) + ' %':>9}"
                                                                       for s in args.seeds)
           + f" {'mean %':>7} {'- #1':>7}")
-    baseline = [scores[(args.target, 1, seed)] for seed in args.seeds]
     for r in rows:
         row_scores = [scores[(args.target, r["candidate"], seed)] for seed in args.seeds]
         valid = [s for s in row_scores if isinstance(s, float)]
-        # Over the seeds both this row and #1 finished: a partial table compares like with like.
-        paired = [a - b for a, b in zip(row_scores, baseline) if isinstance(a, float) and isinstance(b, float)]
         mean = f"{100 * statistics.mean(valid):.2f}" if valid else "-"
-        gain = f"{100 * statistics.mean(paired):+.2f}" if paired and r["candidate"] != 1 else "-"
+        lift, _ = paired_gain(scores, args.target, r["candidate"], args.seeds)
+        gain = f"{100 * lift:+.2f}" if lift is not None and r["candidate"] != 1 else "-"
         print(f"{r['candidate']:>2} {r['alpha']:>8.4f} {r['beta']:>8.4f} {r['gamma']:>8.4f} "
               + " ".join(f"{_score_cell(s):>9}" for s in row_scores) + f" {mean:>7} {gain:>7}", flush=True)
 

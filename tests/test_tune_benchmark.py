@@ -129,3 +129,11 @@ def test_final_prints_each_candidates_seeds_and_its_gain_over_the_first(tmp_path
         "esp32-final1-s0", "esp32-final1-s1", "esp32-final2-s0", "esp32-final2-s1"]
     assert table[-2].split()[-4:] == ["90.00", "90.00", "90.00", "-"]  # the baseline: no gain over itself
     assert table[-1].split()[-2:] == ["91.50", "+1.50"]
+
+
+def test_the_gain_over_the_paper_pairs_only_seeds_both_finished():
+    # Seed 1 of the candidate is missing (a build still running): its paper score must not enter the mean.
+    scores = {("esp32", 1, 0): 0.936, ("esp32", 1, 1): 0.937, ("esp32", 2, 0): 0.939, ("esp32", 2, 1): bench.NOT_BUILT}
+    gain, seeds = bench.paired_gain(scores, "esp32", 2, [0, 1])
+    assert seeds == [0] and gain == pytest.approx(0.003)
+    assert bench.paired_gain(scores, "esp32", 3, [0, 1]) == (None, [])
