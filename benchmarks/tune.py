@@ -307,10 +307,10 @@ def _score_cell(score: float | str | None) -> str:
 
 def paired_gain(scores: dict, target: str, candidate: int, seeds: list[int]) -> tuple[float | None, list[int]]:
     """Mean of candidate minus #1 (the paper's point) over the seeds both finished, so a partial
-    table (--finished-only) compares like with like; None where no seed has both."""
+    table (--finished-only) compares like with like; None for #1 itself or where no seed has both."""
     both = [seed for seed in seeds
             if all(isinstance(scores.get((target, c, seed)), float) for c in (1, candidate))]
-    if not both:
+    if candidate == 1 or not both:
         return None, both
     return statistics.mean(scores[(target, candidate, s)] - scores[(target, 1, s)] for s in both), both
 
@@ -353,7 +353,7 @@ def accuracy(args: argparse.Namespace, root: Path) -> None:
         ranked = [r for r in chosen if r["candidate"] in finals]
         tau = kendall_tau([r["int8_accuracy"] for r in ranked], [finals[r["candidate"]] for r in ranked])
         lift, both = paired_gain(scores, target, best, args.seeds)
-        gain = f"{100 * lift:+.2f} points over seeds {both}" if lift is not None and best != 1 else "-"
+        gain = f"{100 * lift:+.2f} points over seeds {both}" if lift is not None else "-"
         print(f"{target:16} tuned - paper: {gain}; proxy's lead {_lead_text(lead)}; proxy-vs-final Kendall tau over "
               f"{len(ranked)} networks: {'-' if tau is None else f'{tau:+.2f}'}; tune took "
               f"{'-' if wall != wall else f'{wall:.0f} s'}", flush=True)
@@ -393,7 +393,7 @@ def finals(args: argparse.Namespace, root: Path) -> None:
         valid = [s for s in row_scores if isinstance(s, float)]
         mean = f"{100 * statistics.mean(valid):.2f}" if valid else "-"
         lift, _ = paired_gain(scores, args.target, r["candidate"], args.seeds)
-        gain = f"{100 * lift:+.2f}" if lift is not None and r["candidate"] != 1 else "-"
+        gain = "-" if lift is None else f"{100 * lift:+.2f}"
         print(f"{r['candidate']:>2} {r['alpha']:>8.4f} {r['beta']:>8.4f} {r['gamma']:>8.4f} "
               + " ".join(f"{_score_cell(s):>9}" for s in row_scores) + f" {mean:>7} {gain:>7}", flush=True)
 

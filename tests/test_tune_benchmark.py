@@ -137,3 +137,4 @@ def test_the_gain_over_the_paper_pairs_only_seeds_both_finished():
     gain, seeds = bench.paired_gain(scores, "esp32", 2, [0, 1])
     assert seeds == [0] and gain == pytest.approx(0.003)
     assert bench.paired_gain(scores, "esp32", 3, [0, 1]) == (None, [])
+    assert bench.paired_gain(scores, "esp32", 1, [0, 1])[0] is None  # no gain over itself
