@@ -375,12 +375,7 @@ def final_rows(grid: str) -> list[dict]:
 def finals(args: argparse.Namespace, root: Path) -> None:
     """Final builds of the given candidates, without a tune: the rest of an `accuracy` run on another
     machine (recorded in the ledger, so `accuracy` reuses them); the first candidate is the baseline."""
-    from tinyscale.errors import UsageError  # noqa: PLC0415
-
-    try:
-        rows = final_rows(args.candidates)
-    except UsageError as error:  # one line, as tinyscale's own commands report it
-        sys.exit(f"error: --candidates: {str(error).removeprefix('--grid: ')}")
+    rows = final_rows(args.candidates)
     scores = run_finals(args, root, [(args.target, r, seed) for r in rows for seed in args.seeds])
     print(f"final builds: {args.target}, base {args.base}, {args.epochs} epochs"
           + (f" on {args.limit} training images" if args.limit else " on the full training set")
@@ -396,6 +391,25 @@ def finals(args: argparse.Namespace, root: Path) -> None:
         gain = "-" if lift is None else f"{100 * lift:+.2f}"
         print(f"{r['candidate']:>2} {r['alpha']:>8.4f} {r['beta']:>8.4f} {r['gamma']:>8.4f} "
               + " ".join(f"{_score_cell(s):>9}" for s in row_scores) + f" {mean:>7} {gain:>7}", flush=True)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Bad targets or candidates end here, as one line and the exit code tinyscale's own commands use,
+    before any output folder is made or a build is started."""
+    from tinyscale.boards.targets import load_target  # noqa: PLC0415
+    from tinyscale.errors import TargetError, UsageError  # noqa: PLC0415
+
+    try:
+        for target in getattr(args, "targets", None) or [args.target]:
+            load_target(target)
+        if args.mode == "final":
+            final_rows(args.candidates)
+    except TargetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except UsageError as error:
+        print(f"error: --candidates: {str(error).removeprefix('--grid: ')}", file=sys.stderr)
+        sys.exit(error.exit_code)
 
 
 def main() -> None:
@@ -440,6 +454,7 @@ def main() -> None:
                       "train nothing")
     last.add_argument("--no-ledger", action="store_true", help=f"neither reuse nor record builds in {LEDGER.name}")
     args = parser.parse_args()
+    check_arguments(args)
     root = args.out or Path(tempfile.mkdtemp(prefix=f"tune-bench-{args.mode}-"))
     root.mkdir(parents=True, exist_ok=True)
     {"speed": speed, "accuracy": accuracy, "final": finals}[args.mode](args, root)

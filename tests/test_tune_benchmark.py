@@ -138,3 +138,15 @@ def test_the_gain_over_the_paper_pairs_only_seeds_both_finished():
     assert seeds == [0] and gain == pytest.approx(0.003)
     assert bench.paired_gain(scores, "esp32", 3, [0, 1]) == (None, [])
     assert bench.paired_gain(scores, "esp32", 1, [0, 1])[0] is None  # no gain over itself
+
+
+@pytest.mark.parametrize("mode, fields, line", [
+    ("final", {"target": "esp32", "candidates": "x,y"}, "error: --candidates: 'x,y' is not alpha,beta"),
+    ("final", {"target": "nosuch", "candidates": "1.2,1.1,1.15"}, "error: unknown target 'nosuch'"),
+    ("accuracy", {"targets": ["esp32", "esp23"]}, "error: unknown target 'esp23'; did you mean esp32?"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_any_folder_is_made(mode, fields, line, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.check_arguments(argparse.Namespace(mode=mode, **fields))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith(line) and err.count("\n") == 1
